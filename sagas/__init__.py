@@ -1,0 +1,32 @@
+"""A saga orchestrator on Django and Celery.
+
+The DSL names are importable at any time; the functions that touch the
+database (``start_saga`` and friends) are loaded on first use, once Django's
+apps are ready.
+"""
+from .definitions import Parallel, Retry, Saga, Step, StepContext, registry
+from .errors import (
+    IdempotencyConflict,
+    InvalidSagaInput,
+    InvalidTransition,
+    PermanentError,
+    SagaDefinitionError,
+    UnknownSagaType,
+)
+
+_ENGINE_FUNCTIONS = {"start_saga", "resubmit", "cancel", "retry_compensation"}
+
+__all__ = [
+    "Parallel", "Retry", "Saga", "Step", "StepContext", "registry",
+    "IdempotencyConflict", "InvalidSagaInput", "InvalidTransition", "PermanentError",
+    "SagaDefinitionError", "UnknownSagaType",
+    *sorted(_ENGINE_FUNCTIONS),
+]
+
+
+def __getattr__(name: str):
+    if name in _ENGINE_FUNCTIONS:
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'sagas' has no attribute {name!r}")

@@ -1,0 +1,70 @@
+"""How a saga becomes Celery messages: signatures, chains and their time limits.
+
+A workflow is data here: the forward chain and the compensation chain are
+built as signatures (inspectable, serialisable) and sent only after the
+transaction that decided them has committed.
+"""
+from __future__ import annotations
+
+from celery import chain
+from celery.canvas import Signature
+from django.conf import settings
+
+from .definitions import Saga, Step, registry
+
+
+def effective_timeout(step: Step, *, compensation: bool = False) -> float:
+    """Seconds one attempt may run: the step's own timeout, or the default."""
+    own = step.compensation_timeout if compensation else step.timeout
+    return float(own or settings.SAGAS_DEFAULT_STEP_TIMEOUT)
+
+
+def hard_time_limit(step: Step, *, compensation: bool = False) -> float:
+    """The pool kills an attempt still running this long after it began."""
+    return effective_timeout(step, compensation=compensation) + settings.SAGAS_HARD_TIMEOUT_GRACE
+
+
+def step_signature(saga_id, index: int, step: Step) -> Signature:
+    from .tasks import run_step
+
+    return run_step.si(str(saga_id), index, retry=step.retry.as_dict()).set(
+        soft_time_limit=effective_timeout(step), time_limit=hard_time_limit(step)
+    )
+
+
+def compensation_signature(saga_id, index: int, step: Step) -> Signature:
+    from .tasks import compensate_step
+
+    return compensate_step.si(str(saga_id), index, retry=step.compensation_retry.as_dict()).set(
+        soft_time_limit=effective_timeout(step, compensation=True),
+        time_limit=hard_time_limit(step, compensation=True),
+    )
+
+
+def forward_chain(saga_id, definition: Saga, from_index: int = 0) -> Signature:
+    """run_step for each step from ``from_index`` on; any failure calls compensate_saga."""
+    from .tasks import compensate_saga
+
+    steps = [step_signature(saga_id, i, s) for i, s in enumerate(definition.steps) if i >= from_index]
+    return chain(*steps).on_error(compensate_saga.si(str(saga_id)))
+
+
+def compensation_chain(saga_id, definition: Saga, indices: list[int]) -> Signature:
+    """compensate_step for each index, in the order given (latest step first)."""
+    return chain(*[compensation_signature(saga_id, i, definition.step_at(i)) for i in indices])
+
+
+def _definition_for(saga_id) -> Saga:
+    from .models import SagaInstance
+
+    saga_type, version = SagaInstance.objects.values_list("saga_type", "version").get(pk=saga_id)
+    return registry.get(saga_type, version)
+
+
+def dispatch_forward(saga_id, from_index: int = 0) -> None:
+    forward_chain(saga_id, _definition_for(saga_id), from_index).apply_async()
+
+
+def dispatch_compensation(saga_id, indices: list[int]) -> None:
+    if indices:
+        compensation_chain(saga_id, _definition_for(saga_id), indices).apply_async()

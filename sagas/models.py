@@ -1,0 +1,149 @@
+"""Saga instances, their step records and the audit trail.
+
+Rows hold data and constraints only; every change of status goes through
+``sagas.engine``.
+"""
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+class SagaStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    COMPENSATING = "compensating", "compensating"
+    COMPENSATED = "compensated", "compensated"
+    FAILED = "failed", "failed (needs a person)"
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    COMPENSATING = "compensating", "compensating"
+    COMPENSATED = "compensated", "compensated"
+    COMPENSATION_FAILED = "compensation_failed", "compensation failed"
+    SKIPPED = "skipped", "skipped"
+
+
+class EventKind(models.TextChoices):
+    SAGA_CREATED = "saga_created"
+    SAGA_STARTED = "saga_started"
+    SAGA_SUCCEEDED = "saga_succeeded"
+    SAGA_COMPENSATING = "saga_compensating"
+    SAGA_COMPENSATED = "saga_compensated"
+    SAGA_FAILED = "saga_failed"
+    CANCEL_REQUESTED = "cancel_requested"
+    RESUBMITTED = "resubmitted"
+    COMPENSATION_RETRY_REQUESTED = "compensation_retry_requested"
+    SAGA_RESUMED = "saga_resumed"
+    STEP_STARTED = "step_started"
+    STEP_ATTEMPT_FAILED = "step_attempt_failed"
+    STEP_ATTEMPT_LOST = "step_attempt_lost"
+    STEP_SUCCEEDED = "step_succeeded"
+    STEP_FAILED = "step_failed"
+    STEP_SKIPPED = "step_skipped"
+    COMPENSATION_STARTED = "compensation_started"
+    COMPENSATION_ATTEMPT_FAILED = "compensation_attempt_failed"
+    STEP_COMPENSATED = "step_compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+    NOTHING_TO_COMPENSATE = "nothing_to_compensate"
+
+
+ACTIVE_SAGA_STATUSES = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+FINAL_SAGA_STATUSES = (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
+
+
+class SagaInstance(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    saga_type = models.CharField(max_length=200, db_index=True)
+    version = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=20, choices=SagaStatus.choices, default=SagaStatus.PENDING, db_index=True)
+    input = models.JSONField(default=dict, blank=True)
+    results = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True, default="")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    resubmitted_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resubmissions"
+    )
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["saga_type", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="saga_unique_idempotency_key_per_type",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=SagaStatus.values), name="saga_status_valid"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "updated_at"], name="saga_status_updated_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.saga_type} {self.id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINAL_SAGA_STATUSES
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+
+class StepRecord(models.Model):
+    saga = models.ForeignKey(SagaInstance, on_delete=models.CASCADE, related_name="steps")
+    index = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=StepStatus.choices, default=StepStatus.PENDING)
+    has_compensation = models.BooleanField(default=True)
+    attempts = models.PositiveIntegerField(default=0)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    compensation_attempts = models.PositiveIntegerField(default=0)
+    compensation_error = models.TextField(blank=True, default="")
+    compensated_at = models.DateTimeField(null=True, blank=True)
+    # While an attempt holds the step: after this moment another delivery may
+    # assume the attempt's worker died and take over.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # When a failed attempt's retry is due (the retry message waits until then).
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["index"]
+        constraints = [
+            models.UniqueConstraint(fields=["saga", "index"], name="step_unique_index_per_saga"),
+            models.UniqueConstraint(fields=["saga", "name"], name="step_unique_name_per_saga"),
+            models.CheckConstraint(condition=Q(status__in=StepStatus.values), name="step_status_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.index} {self.name} ({self.status})"
+
+
+class SagaEvent(models.Model):
+    saga = models.ForeignKey(SagaInstance, on_delete=models.CASCADE, related_name="events")
+    step = models.ForeignKey(StepRecord, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=40, choices=EventKind.choices)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%H:%M:%S.%f} {self.kind}"

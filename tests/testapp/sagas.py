@@ -1,0 +1,94 @@
+"""Sagas the integration tests drive. Their behaviour comes from the input:
+
+- ``fail``: step -> "permanent" (PermanentError) or "always" (RuntimeError every attempt)
+- ``flaky``: step -> number of attempts that raise before one succeeds
+- ``sleep``: step -> seconds every attempt sleeps; ``sleep_first``: only attempt 1
+- ``comp_fail``: step -> number of compensation calls that raise
+- ``stubborn``: step -> seconds to keep sleeping even after the soft time limit
+"""
+import os
+import time
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.db import transaction
+
+from sagas import PermanentError, Retry, Saga, Step, registry
+
+from .models import Call, Ledger
+
+
+def _record(ctx, kind):
+    Call.objects.create(saga_id=ctx.saga_id, step=ctx.step, kind=kind, attempt=ctx.attempt, pid=os.getpid())
+
+
+def _calls(ctx, kind):
+    return Call.objects.filter(saga_id=ctx.saga_id, step=ctx.step, kind=kind).count()
+
+
+def action(ctx):
+    _record(ctx, "action")
+    spec = ctx.input
+    seconds = spec.get("sleep", {}).get(ctx.step, 0)
+    if ctx.attempt == 1:
+        seconds += spec.get("sleep_first", {}).get(ctx.step, 0)
+    if seconds:
+        time.sleep(seconds)
+    stubborn = spec.get("stubborn", {}).get(ctx.step)
+    if stubborn:
+        deadline = time.monotonic() + stubborn
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.05)
+            except SoftTimeLimitExceeded:
+                pass  # ignores its soft limit: only the hard limit stops it
+    mode = spec.get("fail", {}).get(ctx.step)
+    if mode == "permanent":
+        raise PermanentError(f"{ctx.step} refused")
+    if mode == "always":
+        raise RuntimeError(f"{ctx.step} broke")
+    if ctx.attempt <= spec.get("flaky", {}).get(ctx.step, 0):
+        raise ConnectionError(f"{ctx.step} flaked on attempt {ctx.attempt}")
+    previous = sum(r["value"] for r in ctx.results.values())
+    return {"value": previous + 1, "attempt": ctx.attempt}
+
+
+def compensation(ctx):
+    _record(ctx, "compensation")
+    if _calls(ctx, "compensation") <= ctx.input.get("comp_fail", {}).get(ctx.step, 0):
+        raise RuntimeError(f"cannot undo {ctx.step}")
+
+
+FAST = Retry(max_attempts=3, backoff=0.05, max_backoff=0.2)
+COMP = Retry(max_attempts=2, backoff=0.05, max_backoff=0.1)
+
+registry.register(Saga(
+    name="tests.three_steps",
+    steps=[
+        Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+        Step("b", action, compensation=compensation, retry=FAST, compensation_retry=COMP, timeout=4),
+        Step("c", action, compensation=compensation, retry=Retry(max_attempts=1), compensation_retry=COMP,
+             timeout=1),
+    ],
+))
+
+
+def credit(ctx):
+    _record(ctx, "action")
+    Ledger.objects.create(saga_id=ctx.saga_id, amount=ctx.input.get("amount", 1))
+    if ctx.input.get("fail_after_write"):
+        raise RuntimeError("failed after writing")
+    return {"credited": ctx.input.get("amount", 1)}
+
+
+def debit(ctx):
+    with transaction.atomic():
+        Ledger.objects.create(saga_id=ctx.saga_id, amount=-ctx.result["credited"])
+
+
+registry.register(Saga(
+    name="tests.ledger",
+    steps=[
+        Step("credit", credit, compensation=debit, retry=Retry(max_attempts=2, backoff=0.05), transactional=True),
+        Step("notify", action, retry=Retry(max_attempts=1)),
+    ],
+))
