@@ -11,3 +11,4 @@ class SagasConfig(AppConfig):
         from django.utils.module_loading import autodiscover_modules
 
         autodiscover_modules("sagas")
+        from . import checks  # noqa: F401  (registers the system checks)
