@@ -13,4 +13,16 @@ echo "=== tests on SQLite ==="
 env -u DATABASE_URL .venv/bin/pytest "$@" || status=$?
 echo "=== tests on PostgreSQL ==="
 DATABASE_URL="$PG_URL" .venv/bin/pytest "$@" || status=$?
+# RabbitMQ is the other supported broker: when one answers (and no pytest
+# arguments narrowed the run), run the engine's integration tests through it.
+AMQP_URL="${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//}"
+if [ $# = 0 ]; then
+    if python3 -c 'import socket; socket.create_connection(("127.0.0.1", 5672), timeout=1).close()' 2>/dev/null; then
+        echo "=== engine integration tests with RabbitMQ as broker (PostgreSQL) ==="
+        CELERY_BROKER_URL="$AMQP_URL" DATABASE_URL="$PG_URL" .venv/bin/pytest tests/integration/test_execution.py \
+            || status=$?
+    else
+        echo "=== RabbitMQ does not answer on 127.0.0.1:5672: broker tests with RabbitMQ not run ==="
+    fi
+fi
 exit $status
