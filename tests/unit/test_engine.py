@@ -135,3 +135,96 @@ def test_resubmit_refuses_an_active_saga_and_links_a_finished_one(db, sent):
     assert new.input == {"x": 3}
     assert new.status == SagaStatus.PENDING
     assert saga.events.filter(kind=EventKind.RESUBMITTED).get().detail["new_saga"] == str(new.id)
+
+
+# --- running steps in this process (no worker): the engine's decisions -------------
+
+from sagas.engine import Decision, execute_compensation, execute_step, sweep  # noqa: E402
+
+
+def test_redelivered_step_that_already_succeeded_is_not_run_again(db, sent):
+    saga = start_saga(SAGA, input={})
+    assert execute_step(saga.id, 0).decision is Decision.CONTINUE
+
+    again = execute_step(saga.id, 0)
+
+    assert again.decision is Decision.CONTINUE and again.reason == "step already succeeded"
+    assert saga.steps.get(index=0).attempts == 1
+
+
+def test_step_held_by_a_live_attempt_makes_a_duplicate_wait(db, sent):
+    from django.utils import timezone
+    from datetime import timedelta
+
+    saga = start_saga(SAGA, input={})
+    StepRecord.objects.filter(saga=saga, index=0).update(
+        status=StepStatus.RUNNING, attempts=1, lease_expires_at=timezone.now() + timedelta(seconds=30))
+    SagaInstance.objects.filter(pk=saga.pk).update(status=SagaStatus.RUNNING)
+
+    outcome = execute_step(saga.id, 0)
+
+    assert outcome.decision is Decision.RETRY and 0 < outcome.countdown <= 5
+    assert saga.steps.get(index=0).attempts == 1
+
+
+def test_step_out_of_order_does_nothing(db, sent):
+    saga = start_saga(SAGA, input={})
+
+    assert execute_step(saga.id, 2).decision is Decision.STOP
+    assert saga.steps.get(index=2).status == StepStatus.PENDING
+
+
+def test_failed_step_tells_the_task_to_fail_again_on_redelivery(db, sent):
+    saga = start_saga(SAGA, input={"fail": {"a": "permanent"}})
+    assert execute_step(saga.id, 0).decision is Decision.FAILED
+
+    assert execute_step(saga.id, 0).decision is Decision.FAILED  # so the error callback is sure to run
+    assert saga.steps.get(index=0).attempts == 1
+
+
+def test_sweeper_starts_compensation_when_the_error_callback_was_lost(db, sent, django_capture_on_commit_callbacks):
+    saga = start_saga(SAGA, input={"fail": {"b": "permanent"}})
+    execute_step(saga.id, 0)
+    execute_step(saga.id, 1)
+    sent.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = sweep(stall_after=0)
+
+    saga.refresh_from_db()
+    assert report.compensation_started == 1
+    assert saga.status == SagaStatus.COMPENSATING
+    assert sent == [("compensate", saga.id, [0])]
+
+
+def test_sweeper_resumes_a_compensation_that_stalled(db, sent, django_capture_on_commit_callbacks):
+    saga = start_saga(SAGA, input={"fail": {"c": "permanent"}})
+    for index in range(3):
+        execute_step(saga.id, index)
+    from sagas.engine import begin_compensation
+    assert begin_compensation(saga.id) == [1, 0]
+    assert execute_compensation(saga.id, 1).decision is Decision.CONTINUE
+    sent.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = sweep(stall_after=0)
+
+    assert report.resumed_compensation == 1
+    assert sent == [("compensate", saga.id, [0])]
+
+
+def test_sweeper_leaves_recent_sagas_alone(db, sent):
+    start_saga(SAGA, input={})
+
+    assert sweep(stall_after=3600).total == 0
+
+
+def test_compensation_out_of_order_waits_for_later_steps(db, sent):
+    saga = start_saga(SAGA, input={"fail": {"c": "permanent"}})
+    for index in range(3):
+        execute_step(saga.id, index)
+    from sagas.engine import begin_compensation
+    begin_compensation(saga.id)
+
+    assert execute_compensation(saga.id, 0).decision is Decision.STOP
+    assert saga.steps.get(index=0).status == StepStatus.SUCCEEDED
