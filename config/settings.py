@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "sagas",
     "corporate",
 ]
@@ -131,6 +132,10 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Saga orchestrator API",
     "DESCRIPTION": "Start, watch and steer sagas run by the Django/Celery orchestrator.",
     "VERSION": "1.0.0",
+    # Swagger UI and ReDoc from static files, not a CDN: the docs work offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Celery -------------------------------------------------------------------

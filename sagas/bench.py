@@ -1,4 +1,4 @@
-"""What ``saga_bench`` runs: a three-step saga and the same three steps as a bare Celery chain.
+"""What ``saga_bench`` and ``saga_chaos`` run: a three-step saga and the same three steps as a bare Celery chain.
 
 Both do the same (no) work per step, so the difference is what the
 orchestrator adds: claiming, recording and auditing each step, and the saga's
@@ -18,6 +18,8 @@ BENCH_STEPS = 3
 
 
 def _work(ctx):
+    if ctx.input.get("sleep"):
+        time.sleep(ctx.input["sleep"])  # saga_chaos: time for workers to die mid-step
     if ctx.input.get("fail") and ctx.step == f"s{BENCH_STEPS - 1}":
         raise PermanentError("benchmark failure")
     return {"i": ctx.input.get("i")}

@@ -45,12 +45,16 @@ def compensate_step(self, saga_id: str, index: int, retry: dict | None = None) -
     return _follow(self, outcome, CompensationFailed)
 
 
-# One argument only: Celery then sends the error callback as a task of its own
-# (an immutable signature ignores the failed task's id) instead of calling it
-# inline in the failing worker.
-@shared_task(name="sagas.compensate_saga", acks_late=True, reject_on_worker_lost=True)
-def compensate_saga(saga_id: str) -> str:
-    indices = engine.begin_compensation(saga_id, reason="step task ended without reporting (hard time limit or crash)")
+# One argument only (bind=True does not count): Celery then sends the error
+# callback as a task of its own (an immutable signature ignores the failed
+# task's id) instead of calling it inline in the failing worker.
+@shared_task(bind=True, name="sagas.compensate_saga", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def compensate_saga(self, saga_id: str) -> str:
+    try:
+        indices = engine.begin_compensation(
+            saga_id, reason="step task ended without reporting (hard time limit or crash)")
+    except INFRASTRUCTURE_ERRORS as exc:
+        raise self.retry(exc=exc, countdown=1.0, max_retries=INFRASTRUCTURE_RETRIES)
     return "already handled" if indices is None else f"compensating steps {indices}"
 
 

@@ -17,17 +17,6 @@ SAGA = "tests.three_steps"
 
 
 @pytest.fixture
-def sent(monkeypatch):
-    """Record what the engine would send to the broker."""
-    from sagas import canvas
-
-    messages = []
-    monkeypatch.setattr(canvas, "dispatch_forward", lambda saga_id, index=0: messages.append(("forward", saga_id, index)))
-    monkeypatch.setattr(canvas, "dispatch_compensation", lambda saga_id, idx: messages.append(("compensate", saga_id, idx)))
-    return messages
-
-
-@pytest.fixture
 def no_rows():
     def check():
         assert SagaInstance.objects.count() == 0

@@ -1,12 +1,9 @@
 """The orchestrator against a bare Celery chain of the same steps, side by side, in one run."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 from celery import chain
 from django.conf import settings
@@ -17,6 +14,7 @@ from config.celery import app
 from sagas.bench import BENCH_SAGA, BENCH_STEPS, bench_done, bench_step, redis_client
 from sagas.engine import start_saga
 from sagas.models import FINAL_SAGA_STATUSES, SagaInstance, SagaStatus
+from sagas.workers import spawn_worker, stop_workers, wait_for_workers, worker_name
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -44,6 +42,7 @@ class Command(BaseCommand):
                keep: bool, **options):
         if sagas < 1 or workers < 1 or concurrency < 1:
             raise CommandError("--sagas, --workers and --concurrency must be at least 1")
+        self.created: list = []
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         app.conf.task_default_queue = queue
         procs = self._start_workers(queue, workers, concurrency)
@@ -66,41 +65,22 @@ class Command(BaseCommand):
                 ("saga, compensated", *self._run_sagas(one, timeout, fail=True, one_at_a_time=True)),
             ]
         finally:
-            self._stop_workers(procs)
+            stop_workers(procs)
             if not keep:
-                SagaInstance.objects.filter(saga_type=BENCH_SAGA).delete()
+                SagaInstance.objects.filter(id__in=self.created).delete()
         self._report(burst, single)
 
     # --- workers -------------------------------------------------------------------
 
     def _start_workers(self, queue: str, count: int, concurrency: int) -> list[subprocess.Popen]:
-        root = Path(settings.BASE_DIR)
-        env = {**os.environ, "CELERY_TASK_DEFAULT_QUEUE": queue}
-        procs = []
-        for n in range(count):
-            name = f"{queue}-{n}@localhost"
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "prefork", "-c", str(concurrency),
-                 "-Q", queue, "-n", name, "--without-gossip", "--without-mingle", "-l", "warning"],
-                cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
-        names = {f"{queue}-{n}@localhost" for n in range(count)}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            answered = {name for reply in app.control.ping(timeout=0.5) for name in reply}
-            if names <= answered:
-                return procs
-        self._stop_workers(procs)
-        raise CommandError("benchmark workers did not start within 60 s (is Redis running?)")
-
-    def _stop_workers(self, procs: list[subprocess.Popen]) -> None:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        names = [worker_name(queue) for _ in range(count)]
+        procs = [spawn_worker(queue=queue, name=name, concurrency=concurrency) for name in names]
+        try:
+            wait_for_workers(set(names), procs)
+        except RuntimeError as exc:
+            stop_workers(procs)
+            raise CommandError(f"benchmark workers did not start: {exc}") from None
+        return procs
 
     # --- the two modes -------------------------------------------------------------
 
@@ -128,6 +108,7 @@ class Command(BaseCommand):
         ids = []
         for i in range(count):
             ids.append(start_saga(BENCH_SAGA, input={"i": i, "fail": fail}).id)
+            self.created.append(ids[-1])
             if one_at_a_time:
                 self._wait(lambda: self._finished(ids[-1:]) == 1, deadline, "sagas")
         self._wait(lambda: self._finished(ids) == count, deadline, "sagas")

@@ -1,0 +1,357 @@
+"""Django admin for people who watch and steer sagas.
+
+Everything here is read-only: statuses change only through the engine, so the
+admin's way to intervene is its actions (resubmit, cancel, retry
+compensation), which call ``sagas.engine`` and report what it said.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.defaultfilters import truncatechars
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from . import engine
+from .errors import SagaError
+from .models import SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
+
+TIMELINE_LIMIT = 1000
+
+STATUS_COLOURS = {
+    SagaStatus.PENDING: "#777",
+    SagaStatus.RUNNING: "#205067",
+    SagaStatus.SUCCEEDED: "#2e7d32",
+    SagaStatus.COMPENSATING: "#b26a00",
+    SagaStatus.COMPENSATED: "#6d4c41",
+    SagaStatus.FAILED: "#ba2121",
+}
+
+
+def _as_uuid(term: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(term.strip())
+    except ValueError:
+        return None
+
+
+def _pretty_json(value: Any) -> SafeString:
+    return format_html("<pre style='margin:0'>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _saga_link(saga: SagaInstance) -> SafeString:
+    url = reverse("admin:sagas_sagainstance_change", args=[saga.pk])
+    return format_html('<a href="{}">{}</a>', url, saga.pk)
+
+
+class ReadOnlyMixin:
+    """Rows the engine writes: people look; they never add, edit or delete (the audit trail stays whole)."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ReadOnlyAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    pass
+
+
+class SagaIdSearchMixin:
+    """A search term that is a UUID matches that saga exactly.
+
+    ``icontains`` on a UUID column does not match the dashed form on every
+    database (SQLite stores it as bare hex), so an id is looked up as an id.
+    """
+
+    saga_id_lookup = "saga_id"
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
+        found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        saga_id = _as_uuid(search_term)
+        if saga_id is not None:
+            found = found | queryset.filter(**{self.saga_id_lookup: saga_id})
+        return found, may_have_duplicates
+
+
+# --- interventions -------------------------------------------------------------------
+
+
+def _resubmit(saga: SagaInstance, request: HttpRequest) -> str:
+    new = engine.resubmit(saga)
+    return f"resubmitted as {new.pk}"
+
+
+def _cancel(saga: SagaInstance, request: HttpRequest) -> str:
+    saga = engine.cancel(saga, reason=f"cancelled in the admin by {request.user.get_username()}")
+    return f"cancel requested; it is now {saga.status}"
+
+
+def _retry_compensation(saga: SagaInstance, request: HttpRequest) -> str:
+    saga = engine.retry_compensation(saga)
+    return f"compensation retried; it is now {saga.status}"
+
+
+Intervention = Callable[[SagaInstance, HttpRequest], str]
+
+INTERVENTIONS: dict[str, tuple[str, Intervention]] = {
+    "resubmit": ("Resubmit", _resubmit),
+    "cancel": ("Cancel", _cancel),
+    "retry-compensation": ("Retry compensation", _retry_compensation),
+}
+
+
+def intervene(
+    model_admin: admin.ModelAdmin, request: HttpRequest, sagas: Iterable[SagaInstance], run: Intervention,
+) -> None:
+    """Call the engine once per saga and report each outcome; one refusal does not stop the others."""
+    for saga in sagas:
+        try:
+            outcome = run(saga, request)
+        except (SagaError, SagaInstance.DoesNotExist) as exc:
+            model_admin.message_user(request, f"Saga {saga.pk}: {exc}", messages.ERROR)
+        else:
+            model_admin.message_user(request, f"Saga {saga.pk}: {outcome}.", messages.SUCCESS)
+
+
+# --- saga instances ----------------------------------------------------------------
+
+
+class StepRecordInline(ReadOnlyMixin, admin.TabularInline):
+    model = StepRecord
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ("index", "name", "status", "attempts", "compensation", "error_excerpt", "started_at", "finished_at")
+    readonly_fields = fields
+
+    @admin.display(description="compensation")
+    def compensation(self, record: StepRecord) -> str:
+        return compensation_summary(record)
+
+    @admin.display(description="error")
+    def error_excerpt(self, record: StepRecord) -> str:
+        return truncatechars(record.error, 120)
+
+
+def compensation_summary(record: StepRecord) -> str:
+    """Where the step's undo stands, in words; a step without compensation says so loudly."""
+    if not record.has_compensation:
+        return format_html('<strong style="color:#ba2121">{}</strong>', "not undoable (no compensation)")
+    attempts = record.compensation_attempts
+    if record.status == StepStatus.COMPENSATED:
+        when = f" at {record.compensated_at:%Y-%m-%d %H:%M:%S}" if record.compensated_at else ""
+        return f"compensated{when} ({attempts} attempt(s))"
+    if record.status == StepStatus.COMPENSATION_FAILED:
+        error = truncatechars(record.compensation_error, 120)
+        return format_html('<span style="color:#ba2121">compensation failed after {} attempt(s): {}</span>',
+                           attempts, error)
+    if record.status == StepStatus.COMPENSATING:
+        return f"compensating (attempt {attempts})"
+    return "undoable"
+
+
+@admin.register(SagaInstance)
+class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
+    """Sagas start through the API or Python and move only through the engine, which the actions call."""
+
+    saga_id_lookup = "pk"
+    list_display = ("id", "saga_type", "version", "status_badge", "created_at", "duration_display", "error_excerpt")
+    list_filter = ("status", "saga_type", "created_at")
+    search_fields = ("saga_type", "idempotency_key")
+    show_full_result_count = False
+    inlines = [StepRecordInline]
+    actions = ["resubmit_sagas", "cancel_sagas", "retry_compensation_sagas"]
+    fieldsets = (
+        (None, {"fields": ("id", "saga_type", "version", "status_badge", "error", "idempotency_key",
+                           "resubmitted_from_link", "resubmissions_links")}),
+        ("Timing", {"fields": ("created_at", "started_at", "finished_at", "duration_display",
+                               "cancel_requested_at", "updated_at")}),
+        ("Data", {"fields": ("input_pretty", "results_pretty")}),
+        ("Timeline", {"fields": ("timeline",)}),
+    )
+    readonly_fields = (
+        "id", "saga_type", "version", "status_badge", "error", "idempotency_key", "resubmitted_from_link",
+        "resubmissions_links", "created_at", "started_at", "finished_at", "duration_display",
+        "cancel_requested_at", "updated_at", "input_pretty", "results_pretty", "timeline",
+    )
+
+    def has_intervene_permission(self, request: HttpRequest) -> bool:
+        """Who may use the actions: whoever holds the model's change permission."""
+        return request.user.has_perm("sagas.change_sagainstance")
+
+    # --- columns and fields ---
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, saga: SagaInstance) -> SafeString:
+        colour = STATUS_COLOURS.get(saga.status, "#777")
+        return format_html('<strong style="color:{}">{}</strong>', colour, saga.get_status_display())
+
+    @admin.display(description="duration")
+    def duration_display(self, saga: SagaInstance) -> str:
+        duration = saga.duration
+        return "-" if duration is None else f"{duration.total_seconds():.2f} s"
+
+    @admin.display(description="error")
+    def error_excerpt(self, saga: SagaInstance) -> str:
+        return truncatechars(saga.error, 80)
+
+    @admin.display(description="resubmitted from")
+    def resubmitted_from_link(self, saga: SagaInstance) -> SafeString | str:
+        return _saga_link(saga.resubmitted_from) if saga.resubmitted_from_id else "-"
+
+    @admin.display(description="resubmitted as")
+    def resubmissions_links(self, saga: SagaInstance) -> SafeString | str:
+        links = [_saga_link(new) for new in saga.resubmissions.order_by("created_at")]
+        return format_html_join(", ", "{}", ((link,) for link in links)) if links else "-"
+
+    @admin.display(description="input")
+    def input_pretty(self, saga: SagaInstance) -> SafeString:
+        return _pretty_json(saga.input)
+
+    @admin.display(description="results")
+    def results_pretty(self, saga: SagaInstance) -> SafeString:
+        return _pretty_json(saga.results)
+
+    @admin.display(description="events, oldest first")
+    def timeline(self, saga: SagaInstance) -> SafeString:
+        """The audit trail as a table: every transition, in the order it happened."""
+        events = list(saga.events.select_related("step").order_by("id")[: TIMELINE_LIMIT + 1])
+        rows = format_html_join(
+            "\n", "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            (
+                (
+                    f"{event.created_at:%Y-%m-%d %H:%M:%S.%f}"[:-3],
+                    event.kind,
+                    f"#{event.step.index} {event.step.name}" if event.step else "",
+                    json.dumps(event.detail, sort_keys=True, default=str),
+                )
+                for event in events[:TIMELINE_LIMIT]
+            ),
+        )
+        more = format_html("<p>Only the first {} events are shown.</p>", TIMELINE_LIMIT) \
+            if len(events) > TIMELINE_LIMIT else ""
+        return format_html(
+            '<table class="saga-timeline"><thead><tr><th>time (UTC)</th><th>kind</th><th>step</th>'
+            "<th>detail</th></tr></thead><tbody>{}</tbody></table>{}",
+            rows, more,
+        )
+
+    # --- actions ---
+
+    @admin.action(description="Resubmit selected sagas (new instances, same input)", permissions=["intervene"])
+    def resubmit_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
+        intervene(self, request, queryset.order_by("created_at"), _resubmit)
+
+    @admin.action(description="Cancel selected sagas (compensate what ran)", permissions=["intervene"])
+    def cancel_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
+        intervene(self, request, queryset.order_by("created_at"), _cancel)
+
+    @admin.action(description="Retry compensation of selected failed sagas", permissions=["intervene"])
+    def retry_compensation_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
+        intervene(self, request, queryset.order_by("created_at"), _retry_compensation)
+
+    # --- the same actions as buttons on one saga's page ---
+
+    def get_urls(self) -> list:
+        own = [
+            path("<path:object_id>/intervene/<str:name>/", self.admin_site.admin_view(self.intervene_view),
+                 name="sagas_sagainstance_intervene"),
+        ]
+        return own + super().get_urls()
+
+    def intervene_view(self, request: HttpRequest, object_id: str, name: str) -> HttpResponse:
+        """POST from a button on the saga's page: run one intervention, go back to the page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        saga_id = _as_uuid(object_id)
+        saga = SagaInstance.objects.filter(pk=saga_id).first() if saga_id else None
+        if saga is None:
+            self.message_user(request, f"No saga {object_id}.", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:sagas_sagainstance_changelist"))
+        if name not in INTERVENTIONS or not self.has_intervene_permission(request):
+            self.message_user(request, "You may not do that.", messages.ERROR)
+        else:
+            intervene(self, request, [saga], INTERVENTIONS[name][1])
+        return HttpResponseRedirect(reverse("admin:sagas_sagainstance_change", args=[saga.pk]))
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "saga_interventions": [
+                (label, reverse("admin:sagas_sagainstance_intervene", args=[object_id, name]))
+                for name, (label, _) in INTERVENTIONS.items()
+            ] if self.has_intervene_permission(request) else [],
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+# --- step records and events ------------------------------------------------------------
+
+
+@admin.register(StepRecord)
+class StepRecordAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
+    list_display = ("saga_link", "index", "name", "status", "undoable", "attempts", "compensation_attempts",
+                    "started_at", "finished_at")
+    list_filter = ("status", "has_compensation", "saga__saga_type")
+    search_fields = ("name", "saga__saga_type")
+    list_select_related = ("saga",)
+    show_full_result_count = False
+    fields = ("saga_link", "index", "name", "status", "compensation", "attempts", "result_pretty", "error",
+              "started_at", "finished_at", "compensation_attempts", "compensation_error", "compensated_at",
+              "lease_expires_at", "next_attempt_at")
+    readonly_fields = fields
+
+    @admin.display(description="saga", ordering="saga__created_at")
+    def saga_link(self, record: StepRecord) -> SafeString:
+        return _saga_link(record.saga)
+
+    @admin.display(description="undoable", boolean=True, ordering="has_compensation")
+    def undoable(self, record: StepRecord) -> bool:
+        return record.has_compensation
+
+    @admin.display(description="compensation")
+    def compensation(self, record: StepRecord) -> str:
+        return compensation_summary(record)
+
+    @admin.display(description="result")
+    def result_pretty(self, record: StepRecord) -> SafeString:
+        return _pretty_json(record.result)
+
+
+@admin.register(SagaEvent)
+class SagaEventAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
+    list_display = ("created_at", "saga_link", "kind", "step_name", "detail_excerpt")
+    list_filter = ("kind", "created_at", "saga__saga_type")
+    search_fields = ("kind", "saga__saga_type")
+    list_select_related = ("saga", "step")
+    show_full_result_count = False
+    fields = ("created_at", "saga_link", "kind", "step_name", "detail_pretty")
+    readonly_fields = fields
+
+    @admin.display(description="saga", ordering="saga__created_at")
+    def saga_link(self, event: SagaEvent) -> SafeString:
+        return _saga_link(event.saga)
+
+    @admin.display(description="step")
+    def step_name(self, event: SagaEvent) -> str:
+        return f"#{event.step.index} {event.step.name}" if event.step else ""
+
+    @admin.display(description="detail")
+    def detail_excerpt(self, event: SagaEvent) -> str:
+        return truncatechars(json.dumps(event.detail, sort_keys=True, default=str), 120)
+
+    @admin.display(description="detail")
+    def detail_pretty(self, event: SagaEvent) -> SafeString:
+        return _pretty_json(event.detail)

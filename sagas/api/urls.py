@@ -1,0 +1,18 @@
+"""Routes of the saga API; ``config.urls`` mounts them under ``/api/``."""
+from django.urls import path
+
+from . import views
+
+app_name = "sagas_api"
+
+urlpatterns = [
+    path("saga-types/", views.SagaTypeListApi.as_view(), name="saga-type-list"),
+    path("sagas/", views.SagaListCreateApi.as_view(), name="saga-list"),
+    # <str:>, not <uuid:>: a malformed id answers the API's JSON 404, not Django's HTML one.
+    path("sagas/<str:saga_id>/", views.SagaDetailApi.as_view(), name="saga-detail"),
+    path("sagas/<str:saga_id>/events/", views.SagaEventListApi.as_view(), name="saga-events"),
+    path("sagas/<str:saga_id>/resubmit/", views.SagaResubmitApi.as_view(), name="saga-resubmit"),
+    path("sagas/<str:saga_id>/cancel/", views.SagaCancelApi.as_view(), name="saga-cancel"),
+    path("sagas/<str:saga_id>/retry-compensation/", views.SagaRetryCompensationApi.as_view(),
+         name="saga-retry-compensation"),
+]

@@ -1,0 +1,199 @@
+"""Thin views: parse the request, call the engine, shape the answer.
+
+No view sets a status: starting, cancelling, resubmitting and retrying
+compensation are calls to ``sagas.engine``, whose typed errors become
+responses in ``sagas.api.exceptions``.
+"""
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import QuerySet
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.generics import GenericAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import engine
+from ..definitions import registry
+from ..models import SagaEvent, SagaInstance
+from .exceptions import IDEMPOTENCY_HEADER
+from .filters import SagaInstanceFilter
+from .serializers import (
+    ErrorOutputSerializer,
+    SagaCancelInputSerializer,
+    SagaEventOutputSerializer,
+    SagaInstanceOutputSerializer,
+    SagaStartInputSerializer,
+    SagaTypeOutputSerializer,
+)
+
+TAG = "sagas"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+NOT_FOUND = OpenApiResponse(ErrorOutputSerializer, description="No saga with this id.")
+CONFLICT = OpenApiResponse(ErrorOutputSerializer,
+                           description="The saga's state does not allow this (code `invalid_transition`).")
+BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Field errors: field name -> list of messages.")
+SAGA_ID = OpenApiParameter("saga_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The saga instance's id.")
+LOCATION = OpenApiParameter("Location", OpenApiTypes.URI, OpenApiParameter.HEADER, response=[202],
+                            description="URL of the saga instance.")
+
+
+def saga_instances() -> QuerySet[SagaInstance]:
+    """Instances with their steps loaded in one more query, newest first."""
+    return SagaInstance.objects.prefetch_related("steps")
+
+
+def saga_get(saga_id: str) -> SagaInstance:
+    """The instance ``saga_id`` names; a malformed id is as unknown as a missing one."""
+    try:
+        pk = uuid.UUID(str(saga_id))
+    except ValueError:
+        raise SagaInstance.DoesNotExist(f"no saga {saga_id}") from None
+    return saga_instances().get(pk=pk)
+
+
+def saga_url(request: Request, saga: SagaInstance) -> str:
+    return request.build_absolute_uri(reverse("sagas_api:saga-detail", kwargs={"saga_id": saga.pk}))
+
+
+def accepted(request: Request, saga: SagaInstance, *, location: bool = False) -> Response:
+    """202 with the instance: the work goes on in the workers."""
+    headers = {"Location": saga_url(request, saga)} if location else None
+    return Response(SagaInstanceOutputSerializer(saga).data, status=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+class SagaTypeListApi(APIView):
+    """The saga definitions this process has registered."""
+
+    @extend_schema(tags=[TAG], summary="List registered saga types",
+                   responses={200: SagaTypeOutputSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        data = SagaTypeOutputSerializer([saga.describe() for saga in registry], many=True).data
+        return Response(data)
+
+
+class SagaListCreateApi(GenericAPIView):
+    """Start a saga, or list them (paginated, filtered)."""
+
+    queryset = SagaInstance.objects.none()  # for the schema generator; get_queryset is what runs
+    filterset_class = SagaInstanceFilter
+    serializer_class = SagaInstanceOutputSerializer
+
+    def get_queryset(self) -> QuerySet[SagaInstance]:
+        return saga_instances()
+
+    @extend_schema(
+        tags=[TAG], summary="List saga instances",
+        description=(
+            "Newest first. `status` may be repeated (`?status=failed&status=compensating`); "
+            "`created_after` is inclusive, `created_before` exclusive (ISO 8601 date-times)."
+        ),
+        responses={200: SagaInstanceOutputSerializer(many=True)},
+    )
+    def get(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        return self.get_paginated_response(SagaInstanceOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        tags=[TAG],
+        summary="Start a saga",
+        description=(
+            "Validates the input, records the instance and its steps and enqueues the work. "
+            f"With an `{IDEMPOTENCY_HEADER}` already used for this saga type (and the same input) "
+            f"it starts nothing and answers the existing instance, with `{REPLAYED_HEADER}: true`."
+        ),
+        request=SagaStartInputSerializer,
+        parameters=[
+            OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER, required=False,
+                             description="1 to 255 characters; the same key never starts a second saga of this type."),
+            LOCATION,
+            OpenApiParameter(REPLAYED_HEADER, str, OpenApiParameter.HEADER, response=[202],
+                             description="`true` when the key answered an instance started earlier."),
+        ],
+        responses={
+            202: OpenApiResponse(SagaInstanceOutputSerializer, description="Started (or replayed)."),
+            400: BAD_REQUEST,
+            409: OpenApiResponse(ErrorOutputSerializer,
+                                 description="The key was used with another input (code `idempotency_conflict`)."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        params = SagaStartInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        saga = engine.start_saga(
+            params.validated_data["saga_type"],
+            input=params.validated_data["input"],
+            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+            version=params.validated_data.get("version"),
+        )
+        response = accepted(request, saga_get(saga.pk), location=True)
+        if not saga.created_now:
+            response[REPLAYED_HEADER] = "true"
+        return response
+
+
+class SagaDetailApi(APIView):
+    @extend_schema(tags=[TAG], summary="One saga instance with its steps", parameters=[SAGA_ID],
+                   responses={200: SagaInstanceOutputSerializer, 404: NOT_FOUND})
+    def get(self, request: Request, saga_id: str) -> Response:
+        return Response(SagaInstanceOutputSerializer(saga_get(saga_id)).data)
+
+
+class SagaEventListApi(GenericAPIView):
+    """The audit trail of one saga, oldest first."""
+
+    queryset = SagaEvent.objects.none()
+    serializer_class = SagaEventOutputSerializer
+
+    def get_queryset(self) -> QuerySet[SagaEvent]:
+        saga = saga_get(self.kwargs["saga_id"])
+        return SagaEvent.objects.filter(saga=saga).select_related("step").order_by("id")
+
+    @extend_schema(tags=[TAG], summary="The audit trail of a saga", parameters=[SAGA_ID],
+                   responses={200: SagaEventOutputSerializer(many=True), 404: NOT_FOUND})
+    def get(self, request: Request, saga_id: str) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(SagaEventOutputSerializer(page, many=True).data)
+
+
+class SagaResubmitApi(APIView):
+    @extend_schema(
+        tags=[TAG], summary="Resubmit a finished saga", request=None, parameters=[SAGA_ID, LOCATION],
+        description="Starts a new instance of the latest version with the same input, linked by `resubmitted_from`.",
+        responses={202: OpenApiResponse(SagaInstanceOutputSerializer, description="The new instance."),
+                   400: BAD_REQUEST, 404: NOT_FOUND, 409: CONFLICT},
+    )
+    def post(self, request: Request, saga_id: str) -> Response:
+        new = engine.resubmit(saga_get(saga_id))
+        return accepted(request, saga_get(new.pk), location=True)
+
+
+class SagaCancelApi(APIView):
+    @extend_schema(
+        tags=[TAG], summary="Cancel a pending or running saga", request=SagaCancelInputSerializer,
+        parameters=[SAGA_ID],
+        description="A step attempt in progress may finish; then what ran is compensated, in reverse.",
+        responses={202: SagaInstanceOutputSerializer, 400: BAD_REQUEST, 404: NOT_FOUND, 409: CONFLICT},
+    )
+    def post(self, request: Request, saga_id: str) -> Response:
+        params = SagaCancelInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        saga = engine.cancel(saga_get(saga_id), reason=params.validated_data["reason"])
+        return accepted(request, saga_get(saga.pk))
+
+
+class SagaRetryCompensationApi(APIView):
+    @extend_schema(
+        tags=[TAG], summary="Retry the failed compensations of a failed saga", request=None,
+        parameters=[SAGA_ID],
+        responses={202: SagaInstanceOutputSerializer, 404: NOT_FOUND, 409: CONFLICT},
+    )
+    def post(self, request: Request, saga_id: str) -> Response:
+        saga = engine.retry_compensation(saga_get(saga_id))
+        return accepted(request, saga_get(saga.pk))

@@ -1,0 +1,91 @@
+"""Starting and stopping ``celery worker`` processes: for saga_bench, saga_chaos and the tests.
+
+A worker started here uses the database this process uses (its URL is
+passed on, so a test database is shared too) and the queue it is given.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+from django.conf import settings
+from django.db import connection
+
+from config.celery import app
+
+
+def database_url() -> str:
+    """The URL of the database this process is connected to, for worker processes."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    auth = quote(db["USER"] or "")
+    if db["PASSWORD"]:
+        auth += f":{quote(db['PASSWORD'])}"
+    host = db["HOST"] or "127.0.0.1"
+    port = db["PORT"] or 5432
+    return f"postgres://{auth}@{host}:{port}/{db['NAME']}"
+
+
+def worker_name(queue: str) -> str:
+    return f"{queue}-{uuid.uuid4().hex[:6]}@localhost"
+
+
+def spawn_worker(
+    *,
+    queue: str,
+    name: str,
+    concurrency: int = 2,
+    env: dict | None = None,
+    log: Path | None = None,
+    loglevel: str = "warning",
+) -> subprocess.Popen:
+    """Start a prefork worker (so time limits are enforced) consuming ``queue``."""
+    full_env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings"),
+        "DATABASE_URL": database_url(),
+        "CELERY_TASK_DEFAULT_QUEUE": queue,
+        **(env or {}),
+    }
+    out = open(log, "a") if log else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "prefork", "-c", str(concurrency),
+             "-Q", queue, "-n", name, "-E", "--without-gossip", "--without-mingle", "-l", loglevel],
+            cwd=settings.BASE_DIR, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    finally:
+        if log:
+            out.close()
+
+
+def wait_for_workers(names: set[str], procs: list[subprocess.Popen], timeout: float = 60.0) -> None:
+    """Return once every named worker answers a ping; raise if one exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"worker exited with status {dead[0].returncode}")
+        answered = {name for reply in app.control.ping(timeout=0.5) for name in reply}
+        if names <= answered:
+            return
+    raise RuntimeError(f"workers {sorted(names)} did not answer within {timeout:g}s (is the broker running?)")
+
+
+def stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
+    """Warm shutdown (SIGTERM: running tasks finish), then kill what is left."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,443 @@
+"""The REST API without a worker: messages the engine would send are recorded, not sent."""
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from rest_framework import serializers
+from rest_framework.authtoken.models import Token
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.test import APIClient
+
+from sagas import Saga, Step, cancel, registry, start_saga
+from sagas.api.exceptions import input_errors
+from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
+
+SAGA = "tests.three_steps"
+SAGAS_URL = "/api/sagas/"
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("operator", password="secret-pass")
+
+
+@pytest.fixture
+def api(user, sent):
+    """A client authenticated with the user's API token."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+def make_saga(status=SagaStatus.SUCCEEDED, *, saga_type=SAGA, step_statuses=None, created_at=None, **fields):
+    """A saga row in any state, written directly: for reading and refusing, not for running."""
+    saga = SagaInstance.objects.create(saga_type=saga_type, status=status, **fields)
+    default = StepStatus.SUCCEEDED if status == SagaStatus.SUCCEEDED else StepStatus.PENDING
+    for index, (name, step_status) in enumerate(zip("abc", step_statuses or [default] * 3)):
+        StepRecord.objects.create(saga=saga, index=index, name=name, status=step_status)
+    if created_at is not None:
+        SagaInstance.objects.filter(pk=saga.pk).update(created_at=created_at)
+    return SagaInstance.objects.get(pk=saga.pk)
+
+
+def assert_nothing_created():
+    assert SagaInstance.objects.count() == 0
+    assert StepRecord.objects.count() == 0
+    assert SagaEvent.objects.count() == 0
+
+
+# --- authentication ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, url", [
+    ("get", SAGAS_URL), ("post", SAGAS_URL), ("get", "/api/saga-types/"),
+    ("get", f"{SAGAS_URL}{uuid.uuid4()}/"), ("post", f"{SAGAS_URL}{uuid.uuid4()}/cancel/"),
+])
+def test_requests_without_credentials_are_refused(db, sent, method, url):
+    response = getattr(APIClient(), method)(url, {"saga_type": SAGA}, format="json")
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
+    assert_nothing_created()
+
+
+def test_a_wrong_token_is_refused(db):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+
+    assert client.get(SAGAS_URL).status_code == 401
+
+
+def test_token_authentication_is_accepted(api):
+    response = api.get(SAGAS_URL)
+
+    assert response.status_code == 200
+    assert response.json() == {"count": 0, "next": None, "previous": None, "results": []}
+
+
+def test_session_authentication_is_accepted(user, sent):
+    client = APIClient()
+    client.force_login(user)
+
+    assert client.get(SAGAS_URL).status_code == 200
+
+
+# --- starting ---------------------------------------------------------------------
+
+
+def test_post_starts_a_saga_answering_202_with_location_and_pending_steps(
+    api, sent, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(SAGAS_URL, {"saga_type": SAGA, "input": {"x": 1}}, format="json")
+
+    assert response.status_code == 202
+    body = response.json()
+    assert response["Location"] == f"http://testserver/api/sagas/{body['id']}/"
+    assert "Idempotent-Replayed" not in response
+    assert body["saga_type"] == SAGA and body["version"] == 1
+    assert body["status"] == SagaStatus.PENDING
+    assert body["input"] == {"x": 1}
+    assert [(s["index"], s["name"], s["status"], s["has_compensation"]) for s in body["steps"]] == [
+        (0, "a", StepStatus.PENDING, True), (1, "b", StepStatus.PENDING, True), (2, "c", StepStatus.PENDING, True),
+    ]
+    assert sent == [("forward", uuid.UUID(body["id"]), 0)]
+
+
+def test_instance_answer_has_every_documented_field(api):
+    body = api.post(SAGAS_URL, {"saga_type": SAGA}, format="json").json()
+
+    assert set(body) == {
+        "id", "saga_type", "version", "status", "input", "results", "error", "idempotency_key",
+        "resubmitted_from", "created_at", "started_at", "finished_at", "updated_at", "cancel_requested_at", "steps",
+    }
+    assert set(body["steps"][0]) == {
+        "index", "name", "status", "has_compensation", "attempts", "result", "error", "started_at",
+        "finished_at", "compensation_attempts", "compensation_error", "compensated_at",
+    }
+    assert body["input"] == {}
+
+
+def test_same_idempotency_key_replays_the_instance_and_creates_nothing(api):
+    first = api.post(SAGAS_URL, {"saga_type": SAGA, "input": {"x": 1}}, format="json", HTTP_IDEMPOTENCY_KEY="order-42")
+    counts = (SagaInstance.objects.count(), StepRecord.objects.count(), SagaEvent.objects.count())
+
+    again = api.post(SAGAS_URL, {"saga_type": SAGA, "input": {"x": 1}}, format="json", HTTP_IDEMPOTENCY_KEY="order-42")
+
+    assert again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.json()["idempotency_key"] == "order-42"
+    assert again["Idempotent-Replayed"] == "true"
+    assert again["Location"] == first["Location"]
+    assert (SagaInstance.objects.count(), StepRecord.objects.count(), SagaEvent.objects.count()) == counts
+
+
+def test_same_idempotency_key_with_other_input_is_a_conflict(api):
+    api.post(SAGAS_URL, {"saga_type": SAGA, "input": {"x": 1}}, format="json", HTTP_IDEMPOTENCY_KEY="order-42")
+
+    response = api.post(SAGAS_URL, {"saga_type": SAGA, "input": {"x": 2}}, format="json",
+                        HTTP_IDEMPOTENCY_KEY="order-42")
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "idempotency_conflict"
+    assert SagaInstance.objects.count() == 1
+
+
+def test_blank_idempotency_key_is_an_error_on_the_header(api):
+    response = api.post(SAGAS_URL, {"saga_type": SAGA}, format="json", HTTP_IDEMPOTENCY_KEY="  ")
+
+    assert response.status_code == 400
+    assert response.json() == {"Idempotency-Key": ["must be 1 to 255 characters"]}
+    assert_nothing_created()
+
+
+def test_unknown_saga_type_is_a_field_error_and_creates_nothing(api, sent):
+    response = api.post(SAGAS_URL, {"saga_type": "tests.nope", "input": {}}, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["saga_type"]
+    assert "tests.nope" in response.json()["saga_type"][0]
+    assert_nothing_created()
+    assert sent == []
+
+
+def test_unknown_version_is_a_field_error_on_saga_type(api):
+    response = api.post(SAGAS_URL, {"saga_type": SAGA, "version": 99}, format="json")
+
+    assert response.status_code == 400
+    assert "v99" in response.json()["saga_type"][0]
+    assert_nothing_created()
+
+
+def test_missing_saga_type_is_a_field_error(api):
+    response = api.post(SAGAS_URL, {"input": {}}, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["saga_type"]
+    assert_nothing_created()
+
+
+@pytest.mark.parametrize("bad", [[1, 2], "text", 42])
+def test_input_that_is_not_an_object_is_a_field_error_and_creates_nothing(api, bad):
+    response = api.post(SAGAS_URL, {"saga_type": SAGA, "input": bad}, format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {"input": ["must be a JSON object"]}
+    assert_nothing_created()
+
+
+class AmountSchema(serializers.Serializer):
+    amount = serializers.IntegerField(min_value=1)
+
+
+@pytest.fixture
+def saga_with_schema():
+    saga = registry.register(Saga(name="tests.api_schema", steps=[Step("only", lambda ctx: None)],
+                                  input_schema=AmountSchema))
+    yield saga.name
+    registry.unregister(saga.name)
+
+
+def test_input_failing_the_saga_schema_names_the_fields_inside_input(api, saga_with_schema):
+    response = api.post(SAGAS_URL, {"saga_type": saga_with_schema, "input": {"amount": 0}}, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["input"]
+    assert list(response.json()["input"]) == ["amount"]
+    assert_nothing_created()
+
+
+def test_engine_input_errors_map_to_request_fields():
+    assert input_errors({"input": ["must be a JSON object"]}) == {"input": ["must be a JSON object"]}
+    assert input_errors({"amount": ["too small"]}) == {"input": {"amount": ["too small"]}}
+    assert input_errors({"idempotency_key": ["too long"]}) == {"Idempotency-Key": ["too long"]}
+    assert input_errors(["no amount"]) == {"input": ["no amount"]}
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def test_detail_shows_the_instance_with_its_steps(api):
+    saga = make_saga(SagaStatus.SUCCEEDED, input={"x": 1})
+
+    response = api.get(f"{SAGAS_URL}{saga.pk}/")
+
+    assert response.status_code == 200
+    assert response.json()["id"] == str(saga.pk)
+    assert response.json()["status"] == SagaStatus.SUCCEEDED
+    assert [s["name"] for s in response.json()["steps"]] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("suffix", ["", "events/"])
+def test_unknown_id_is_404(api, suffix):
+    response = api.get(f"{SAGAS_URL}{uuid.uuid4()}/{suffix}")
+
+    assert response.status_code == 404
+    assert "detail" in response.json()
+
+
+@pytest.mark.parametrize("method, suffix", [
+    ("get", ""), ("get", "events/"), ("post", "cancel/"), ("post", "resubmit/"), ("post", "retry-compensation/"),
+])
+def test_malformed_id_is_404_not_500(api, method, suffix):
+    response = getattr(api, method)(f"{SAGAS_URL}not-a-uuid/{suffix}")
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize("suffix", ["cancel/", "resubmit/", "retry-compensation/"])
+def test_intervening_on_an_unknown_id_is_404(api, suffix):
+    assert api.post(f"{SAGAS_URL}{uuid.uuid4()}/{suffix}").status_code == 404
+
+
+def ids(response):
+    return {item["id"] for item in response.json()["results"]}
+
+
+def test_list_filters_by_status(api):
+    ok = make_saga(SagaStatus.SUCCEEDED)
+    failed = make_saga(SagaStatus.FAILED)
+    make_saga(SagaStatus.PENDING)
+
+    assert ids(api.get(SAGAS_URL, {"status": SagaStatus.SUCCEEDED})) == {str(ok.pk)}
+    assert ids(api.get(f"{SAGAS_URL}?status=succeeded&status=failed")) == {str(ok.pk), str(failed.pk)}
+    assert api.get(SAGAS_URL).json()["count"] == 3
+
+
+def test_list_rejects_an_unknown_status(api):
+    response = api.get(SAGAS_URL, {"status": "exploded"})
+
+    assert response.status_code == 400
+    assert "status" in response.json()
+
+
+def test_list_filters_by_saga_type(api):
+    three = make_saga(SagaStatus.SUCCEEDED)
+    make_saga(SagaStatus.SUCCEEDED, saga_type="tests.ledger")
+
+    assert ids(api.get(SAGAS_URL, {"saga_type": SAGA})) == {str(three.pk)}
+
+
+def test_list_filters_by_creation_window(api):
+    now = timezone.now()
+    old = make_saga(created_at=now - timedelta(days=3))
+    middle = make_saga(created_at=now - timedelta(days=2))
+    new = make_saga(created_at=now - timedelta(days=1))
+    bound = (now - timedelta(days=2)).isoformat()
+
+    assert ids(api.get(SAGAS_URL, {"created_after": bound})) == {str(middle.pk), str(new.pk)}  # inclusive
+    assert ids(api.get(SAGAS_URL, {"created_before": bound})) == {str(old.pk)}  # exclusive
+    window = {"created_after": (now - timedelta(days=3, hours=1)).isoformat(), "created_before": bound}
+    assert ids(api.get(SAGAS_URL, window)) == {str(old.pk)}
+
+
+def test_list_is_newest_first_and_paginated(api, monkeypatch):
+    monkeypatch.setattr(PageNumberPagination, "page_size", 2)  # read from settings once, at import
+    now = timezone.now()
+    sagas = [make_saga(created_at=now - timedelta(minutes=m)) for m in (3, 2, 1)]
+
+    first = api.get(SAGAS_URL).json()
+
+    assert first["count"] == 3
+    assert [item["id"] for item in first["results"]] == [str(sagas[2].pk), str(sagas[1].pk)]
+    assert first["next"]
+
+
+def test_events_are_listed_oldest_first(api):
+    saga = start_saga(SAGA, input={})
+    cancel(saga)  # pending: every step skipped at once, nothing to undo
+
+    response = api.get(f"{SAGAS_URL}{saga.pk}/events/")
+
+    assert response.status_code == 200
+    events = response.json()["results"]
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    assert [(e["kind"], e["step"]) for e in events] == [
+        (EventKind.SAGA_CREATED, None),
+        (EventKind.CANCEL_REQUESTED, None),
+        (EventKind.STEP_SKIPPED, "a"),
+        (EventKind.STEP_SKIPPED, "b"),
+        (EventKind.STEP_SKIPPED, "c"),
+        (EventKind.SAGA_COMPENSATING, None),
+        (EventKind.SAGA_COMPENSATED, None),
+    ]
+    assert events[2]["step_index"] == 0
+    assert events[5]["detail"]["to"] == SagaStatus.COMPENSATING
+
+
+def test_saga_types_lists_the_registered_definitions_with_their_steps(api):
+    response = api.get("/api/saga-types/")
+
+    assert response.status_code == 200
+    by_name = {t["name"]: t for t in response.json()}
+    three = by_name[SAGA]
+    assert three["version"] == 1
+    assert [s["name"] for s in three["steps"]] == ["a", "b", "c"]
+    assert three["steps"][1]["timeout"] == 4
+    assert three["steps"][0]["retry"] == {"max_attempts": 3, "backoff": 0.05, "max_backoff": 0.2}
+    assert [s["has_compensation"] for s in by_name["tests.ledger"]["steps"]] == [True, False]
+
+
+# --- intervening -------------------------------------------------------------------------
+
+
+def test_cancel_a_pending_saga_answers_202_and_compensates_at_once(api):
+    saga = start_saga(SAGA, input={})
+
+    response = api.post(f"{SAGAS_URL}{saga.pk}/cancel/", {"reason": "customer changed their mind"}, format="json")
+
+    assert response.status_code == 202
+    assert response.json()["status"] == SagaStatus.COMPENSATED
+    assert response.json()["cancel_requested_at"]
+    assert response.json()["error"] == "customer changed their mind"
+
+
+def test_cancel_a_finished_saga_is_a_conflict_and_changes_nothing(api):
+    saga = make_saga(SagaStatus.SUCCEEDED)
+
+    response = api.post(f"{SAGAS_URL}{saga.pk}/cancel/")
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "invalid_transition"
+    assert "only a pending or running saga can be cancelled" in response.json()["detail"]
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.SUCCEEDED and saga.cancel_requested_at is None
+    assert not saga.events.exists()
+
+
+def test_retry_compensation_of_a_saga_that_is_not_failed_is_a_conflict(api):
+    saga = make_saga(SagaStatus.SUCCEEDED)
+
+    response = api.post(f"{SAGAS_URL}{saga.pk}/retry-compensation/")
+
+    assert response.status_code == 409
+    assert "only a failed saga can retry compensation" in response.json()["detail"]
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.SUCCEEDED
+
+
+def test_retry_compensation_of_a_failed_saga_answers_202_and_compensates_again(
+    api, sent, django_capture_on_commit_callbacks
+):
+    saga = make_saga(SagaStatus.FAILED, step_statuses=[
+        StepStatus.COMPENSATION_FAILED, StepStatus.COMPENSATED, StepStatus.FAILED,
+    ])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(f"{SAGAS_URL}{saga.pk}/retry-compensation/")
+
+    assert response.status_code == 202
+    assert response.json()["status"] == SagaStatus.COMPENSATING
+    assert response.json()["steps"][0]["status"] == StepStatus.COMPENSATING
+    assert sent == [("compensate", saga.pk, [0])]
+
+
+def test_resubmit_an_active_saga_is_a_conflict(api):
+    saga = start_saga(SAGA, input={"x": 1})
+
+    response = api.post(f"{SAGAS_URL}{saga.pk}/resubmit/")
+
+    assert response.status_code == 409
+    assert "still pending" in response.json()["detail"]
+    assert SagaInstance.objects.count() == 1
+
+
+def test_resubmit_a_finished_saga_answers_202_with_the_new_linked_instance(api):
+    saga = make_saga(SagaStatus.COMPENSATED, input={"x": 1}, step_statuses=[StepStatus.SKIPPED] * 3)
+
+    response = api.post(f"{SAGAS_URL}{saga.pk}/resubmit/")
+
+    assert response.status_code == 202
+    body = response.json()
+    assert body["id"] != str(saga.pk)
+    assert body["resubmitted_from"] == str(saga.pk)
+    assert body["input"] == {"x": 1}
+    assert body["status"] == SagaStatus.PENDING
+    assert response["Location"].endswith(f"/api/sagas/{body['id']}/")
+    assert saga.events.filter(kind=EventKind.RESUBMITTED).count() == 1
+
+
+# --- schema and docs ------------------------------------------------------------------------
+
+
+def test_schema_is_openapi_3(api):
+    response = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+
+    assert response.status_code == 200
+    schema = response.json()
+    assert schema["openapi"].startswith("3.")
+    assert {"/api/sagas/", "/api/sagas/{saga_id}/cancel/", "/api/saga-types/"} <= set(schema["paths"])
+    start = schema["paths"]["/api/sagas/"]["post"]
+    assert start["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/SagaStartInput")
+    assert set(start["responses"]) == {"202", "400", "409"}
+    assert "Location" in start["responses"]["202"]["headers"]
+
+
+def test_docs_page_answers(api):
+    response = api.get("/api/docs/")
+
+    assert response.status_code == 200
+    assert b"swagger" in response.content.lower()
