@@ -5,6 +5,7 @@ embedded default that works on a laptop: SQLite in ``var/`` and Redis on
 localhost. Production sets ``DATABASE_URL``, ``CELERY_BROKER_URL``,
 ``SECRET_KEY`` and ``DEBUG=0``.
 """
+import json
 import os
 from pathlib import Path
 
@@ -168,6 +169,14 @@ SAGAS_HARD_TIMEOUT_GRACE = env_float("SAGAS_HARD_TIMEOUT_GRACE", 5.0)
 # The sweeper resumes sagas with no live step and no transition for this long.
 SAGAS_STALL_AFTER = env_float("SAGAS_STALL_AFTER", 120.0)
 SAGAS_SWEEP_INTERVAL = env_float("SAGAS_SWEEP_INTERVAL", 30.0)
+# --- Failure injection (demos and staging) -----------------------------------------
+# Off unless DEBUG or switched on explicitly: production never injects by accident.
+SAGAS_FAILURE_INJECTION_ENABLED = env_bool("SAGAS_FAILURE_INJECTION_ENABLED", DEBUG)
+# {"saga.type" or "*": {"step" or "*": {"transient": p, "permanent": p, "seed": n}}}
+SAGAS_FAILURE_INJECTION = json.loads(os.environ.get("SAGAS_FAILURE_INJECTION") or "{}")
+# How long a process keeps the stored (run-time) rules before reading them again.
+SAGAS_FAILURE_INJECTION_CACHE_SECONDS = env_float("SAGAS_FAILURE_INJECTION_CACHE_SECONDS", 1.0)
+
 CELERY_BEAT_SCHEDULE = {
     "sagas-sweep": {"task": "sagas.sweep", "schedule": SAGAS_SWEEP_INTERVAL},
 }

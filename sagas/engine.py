@@ -348,7 +348,7 @@ def _refuse_for_cancel(saga: SagaInstance, record: StepRecord) -> Outcome:
 
 
 def _invoke(fn: Callable, claim: _Claim, *, phase: str) -> Any:
-    failure_injection.maybe_fail(claim.context.saga_type, claim.step.name, phase)
+    failure_injection.maybe_fail(claim.context.saga_type, claim.step.name, phase, context=claim.context)
     result = fn(claim.context)
     try:
         json.dumps(result)

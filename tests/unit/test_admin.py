@@ -39,7 +39,7 @@ def test_changelist_lists_sagas(admin_client, finished):
 
 
 @pytest.mark.parametrize("query", [
-    {"status__exact": SagaStatus.COMPENSATED}, {"saga_type": SAGA}, {"created_at__gte": "2000-01-01"},
+    {"status__exact": SagaStatus.COMPENSATED}, {"saga_type": SAGA}, {"created_at__gte": "2000-01-01T00:00:00+00:00"},
 ])
 def test_changelist_filters_answer(admin_client, finished, query):
     response = admin_client.get(CHANGELIST, query)

@@ -3,7 +3,9 @@
 The command runs its own Redis (no persistence, so a restart loses every
 queued message: the worst case) and its own workers, so it never disturbs a
 broker or workers that something else uses. It plays the sweeper itself,
-with a short stall time, instead of waiting for beat.
+with a short stall time, instead of waiting for beat, and the process
+supervisor: a worker that exits on its own is started again, as systemd or
+``restart: unless-stopped`` would.
 """
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ class Command(BaseCommand):
         self.redis = self._start_redis()
         self.workers: dict[int, subprocess.Popen] = {}
         self.names: dict[int, str] = {}
-        kills = {"pool child": 0, "whole worker": 0, "broker restart": 0}
+        kills = {"pool child": 0, "whole worker": 0, "broker restart": 0, "worker crashed, restarted": 0}
         try:
             for n in range(o["workers"]):
                 self._start_worker(n, o["concurrency"])
@@ -96,6 +98,12 @@ class Command(BaseCommand):
                 if done == len(ids):
                     break
                 chaos_over = chaos_over or done >= 0.8 * len(ids)
+                # Like a process supervisor would: bring back workers that died on their own
+                # (kombu can crash a worker whose broker connection drops mid-restore).
+                for n, proc in list(self.workers.items()):
+                    if proc.poll() is not None:
+                        kills["worker crashed, restarted"] += 1
+                        self._start_worker(n, o["concurrency"])
                 if restarts_at and done >= restarts_at[0]:
                     restarts_at.pop(0)
                     self._restart_redis()

@@ -1,0 +1,216 @@
+"""The business invariants the corporate sagas must keep, checked over the stored rows.
+
+Each check returns an ``Invariant`` (a named tuple: name, passed, detail), so
+callers may unpack it as ``(name, passed, detail)``. Run them once the sagas
+of interest have finished: per-saga checks leave active sagas out, but the
+balance checks read several tables one after another and could catch a saga
+between two of its writes.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from decimal import Decimal
+from typing import Iterable, NamedTuple
+
+from django.db.models import Count, Sum
+
+from sagas.models import SagaInstance, SagaStatus
+
+from .models import (
+    Account,
+    Approval,
+    BudgetRequest,
+    BudgetRequestStatus,
+    Department,
+    Deployment,
+    DeploymentStatus,
+    DeskAssignment,
+    Employee,
+    FundReservation,
+    LaptopAssignment,
+    Order,
+    Payment,
+    PayrollRecord,
+    Product,
+    Refund,
+    Service,
+)
+from .sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, ORDER_FULFILLMENT, SYSTEM_DEPLOYMENT
+
+MAX_EXAMPLES = 3
+
+
+class Invariant(NamedTuple):
+    name: str
+    passed: bool
+    detail: str
+
+
+def _result(name: str, problems: list[str], checked: str) -> Invariant:
+    if not problems:
+        return Invariant(name, True, checked)
+    shown = "; ".join(problems[:MAX_EXAMPLES])
+    more = f" (and {len(problems) - MAX_EXAMPLES} more)" if len(problems) > MAX_EXAMPLES else ""
+    return Invariant(name, False, f"{len(problems)} violation(s): {shown}{more}")
+
+
+def _saga_ids(saga_type: str, status: str, saga_ids: Iterable | None) -> list:
+    sagas = SagaInstance.objects.filter(saga_type=saga_type, status=status)
+    if saga_ids is not None:
+        sagas = sagas.filter(pk__in=list(saga_ids))
+    return list(sagas.values_list("pk", flat=True))
+
+
+# --- stock ------------------------------------------------------------------------------
+
+
+def stock_balances() -> Invariant:
+    problems = []
+    products = list(Product.objects.all())
+    held = dict(
+        Order.objects.filter(stock_released_at__isnull=True).values_list("product").annotate(n=Sum("quantity"))
+    )
+    for p in products:
+        if p.on_hand < 0 or p.reserved < 0:
+            problems.append(f"{p.sku} negative (on hand {p.on_hand}, reserved {p.reserved})")
+        if p.on_hand + p.reserved != p.initial_stock:
+            problems.append(f"{p.sku}: {p.on_hand} on hand + {p.reserved} reserved != {p.initial_stock}")
+        if held.get(p.pk, 0) != p.reserved:
+            problems.append(f"{p.sku}: reserved {p.reserved} but orders hold {held.get(p.pk, 0)}")
+    return _result("stock: on hand + reserved = initial stock, none negative", problems,
+                   f"{len(products)} products")
+
+
+# --- orders -----------------------------------------------------------------------------
+
+
+def _net_charges(saga_ids: list) -> dict:
+    """saga id -> (payments, payments - refunds) for the orders of these sagas."""
+    paid = defaultdict(Decimal)
+    count = Counter()
+    for saga_id, amount in Payment.objects.filter(order__saga_id__in=saga_ids).values_list("order__saga_id", "amount"):
+        paid[saga_id] += amount
+        count[saga_id] += 1
+    for saga_id, amount in Refund.objects.filter(payment__order__saga_id__in=saga_ids).values_list(
+            "payment__order__saga_id", "amount"):
+        paid[saga_id] -= amount
+    return {sid: (count[sid], paid[sid]) for sid in saga_ids}
+
+
+def compensated_orders_refunded(saga_ids: Iterable | None = None) -> Invariant:
+    ids = _saga_ids(ORDER_FULFILLMENT, SagaStatus.COMPENSATED, saga_ids)
+    problems = [f"order saga {sid}: net charge {net}" for sid, (_, net) in _net_charges(ids).items() if net != 0]
+    return _result("compensated orders: payments - refunds = 0", problems, f"{len(ids)} compensated orders")
+
+
+def succeeded_orders_charged_once(saga_ids: Iterable | None = None) -> Invariant:
+    ids = _saga_ids(ORDER_FULFILLMENT, SagaStatus.SUCCEEDED, saga_ids)
+    amounts = dict(Order.objects.filter(saga_id__in=ids).values_list("saga_id", "amount"))
+    problems = []
+    for sid, (payments, net) in _net_charges(ids).items():
+        if payments != 1 or net != amounts.get(sid):
+            problems.append(f"order saga {sid}: {payments} payment(s), net {net}, order amount {amounts.get(sid)}")
+    return _result("succeeded orders: exactly one net charge", problems, f"{len(ids)} succeeded orders")
+
+
+# --- onboarding -------------------------------------------------------------------------
+
+
+def assets_not_shared() -> Invariant:
+    problems = []
+    for model, asset in ((LaptopAssignment, "laptop"), (DeskAssignment, "desk")):
+        open_ = model.objects.filter(returned_at__isnull=True)
+        for row in open_.values(asset).annotate(n=Count("id")).filter(n__gt=1):
+            problems.append(f"{asset} {row[asset]} assigned to {row['n']} employees")
+        for row in open_.values("employee").annotate(n=Count("id")).filter(n__gt=1):
+            problems.append(f"employee {row['employee']} holds {row['n']} {asset}s")
+    return _result("no laptop or desk assigned to two employees", problems, "laptops and desks")
+
+
+def compensated_onboardings_clean(saga_ids: Iterable | None = None) -> Invariant:
+    ids = _saga_ids(EMPLOYEE_ONBOARDING, SagaStatus.COMPENSATED, saga_ids)
+    employees = Employee.objects.filter(saga_id__in=ids)
+    problems = []
+    for label, rows in (
+        ("active account", Account.objects.filter(employee__in=employees, active=True)),
+        ("licence held", Account.objects.filter(employee__in=employees, holds_licence=True)),
+        ("laptop", LaptopAssignment.objects.filter(employee__in=employees, returned_at__isnull=True)),
+        ("desk", DeskAssignment.objects.filter(employee__in=employees, returned_at__isnull=True)),
+        ("open payroll", PayrollRecord.objects.filter(employee__in=employees, active=True)),
+    ):
+        for employee_id in rows.values_list("employee", flat=True):
+            problems.append(f"employee {employee_id}: {label} left")
+    return _result("compensated onboardings: no active account, laptop or desk left", problems,
+                   f"{len(ids)} compensated onboardings")
+
+
+# --- budgets ----------------------------------------------------------------------------
+
+
+def budgets_within_limits() -> Invariant:
+    open_reservations = dict(
+        FundReservation.objects.filter(released_at__isnull=True).values_list("department").annotate(s=Sum("amount"))
+    )
+    problems = []
+    departments = list(Department.objects.all())
+    for d in departments:
+        if d.reserved > d.budget or d.reserved < 0:
+            problems.append(f"{d.code}: reserved {d.reserved} of a budget of {d.budget}")
+        held = open_reservations.get(d.pk) or Decimal("0")
+        if held != d.reserved:
+            problems.append(f"{d.code}: reserved {d.reserved} but open reservations hold {held}")
+    return _result("budgets: reserved never exceeds budget", problems, f"{len(departments)} departments")
+
+
+def compensated_budget_requests_reserve_nothing(saga_ids: Iterable | None = None) -> Invariant:
+    ids = _saga_ids(BUDGET_APPROVAL, SagaStatus.COMPENSATED, saga_ids)
+    requests = BudgetRequest.objects.filter(saga_id__in=ids)
+    problems = [f"request {pk}: funds still reserved" for pk in FundReservation.objects.filter(
+        request__in=requests, released_at__isnull=True).values_list("request", flat=True)]
+    problems += [f"request {pk}: {level} approval not revoked" for pk, level in Approval.objects.filter(
+        request__in=requests, revoked_at__isnull=True).values_list("request", "level")]
+    problems += [f"request {pk}: still {status}" for pk, status in requests.exclude(
+        status=BudgetRequestStatus.WITHDRAWN).values_list("pk", "status")]
+    return _result("compensated approvals reserve nothing", problems, f"{len(ids)} compensated requests")
+
+
+# --- deployments ------------------------------------------------------------------------
+
+
+def compensated_deployments_rolled_back(saga_ids: Iterable | None = None) -> Invariant:
+    ids = _saga_ids(SYSTEM_DEPLOYMENT, SagaStatus.COMPENSATED, saga_ids)
+    problems = []
+    for release in Deployment.objects.filter(saga_id__in=ids).select_related("service"):
+        if release.status != DeploymentStatus.ROLLED_BACK:
+            problems.append(f"{release.service.name} {release.to_version}: still {release.status}")
+            continue
+        later = Deployment.objects.filter(service=release.service_id, pk__gt=release.pk).exists()
+        if not later and release.service.live_version != release.from_version:
+            problems.append(f"{release.service.name}: live {release.service.live_version}, "
+                            f"expected {release.from_version} after rolling back {release.to_version}")
+    # Releases go one at a time per service, so the live version is that of its latest release still standing.
+    for service in Service.objects.all():
+        releases = list(service.deployments.order_by("pk"))
+        if not releases:
+            continue
+        standing = [r for r in releases if r.status != DeploymentStatus.ROLLED_BACK]
+        expected = standing[-1].to_version if standing else releases[0].from_version
+        if service.live_version != expected:
+            problems.append(f"{service.name}: live {service.live_version}, expected {expected}")
+    return _result("compensated deployments: the version before is live again", problems,
+                   f"{len(ids)} compensated deployments")
+
+
+def check_all(saga_ids: Iterable | None = None) -> list[Invariant]:
+    """Every invariant; per-saga checks only over ``saga_ids`` when given."""
+    ids = list(saga_ids) if saga_ids is not None else None
+    return [
+        stock_balances(),
+        compensated_orders_refunded(ids),
+        succeeded_orders_charged_once(ids),
+        assets_not_shared(),
+        compensated_onboardings_clean(ids),
+        budgets_within_limits(),
+        compensated_budget_requests_reserve_nothing(ids),
+        compensated_deployments_rolled_back(ids),
+    ]

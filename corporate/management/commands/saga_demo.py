@@ -1,0 +1,223 @@
+"""saga_demo: run the corporate sagas through the real workers and report on them.
+
+    python manage.py saga_demo --sagas 20 --failure-rate 0.2 --seed 1 [--examples] [--timeout 300]
+
+``--failure-rate P`` makes each step attempt of every corporate saga fail with
+probability P: half of it transient (retried by the step's policy), half
+permanent (the saga compensates). The rules are stored in the database, where
+the workers read them, and removed when the run ends. ``--examples`` first
+runs one success and one refusal of each saga type (no failures injected)
+and checks each ends as expected.
+
+Exit status 1 when a business invariant fails, an example ends otherwise
+than expected, or a saga is still unfinished at ``--timeout``.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+from kombu.exceptions import OperationalError
+
+from config.celery import app
+from corporate import demo
+from corporate.invariants import check_all
+from corporate.sagas import SAGA_TYPES
+from sagas import analytics, failure_injection
+from sagas.models import FINAL_SAGA_STATUSES, SagaInstance, SagaStatus
+
+NO_WORKER = (
+    "no Celery worker answered on queue {queue!r}. Start one in another terminal:\n"
+    "    celery -A config worker -E -l info\n"
+    "(with the same DATABASE_URL and CELERY_BROKER_URL as this command)"
+)
+BAR_WIDTH = 30
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+class Command(BaseCommand):
+    help = "Run the corporate sagas through the workers, with optional failure injection, and print a report."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--sagas", type=int, default=20, help="generated sagas to run, spread over the four types")
+        parser.add_argument("--failure-rate", type=float, default=0.0,
+                            help="probability (0..1) that a step attempt fails: half transient, half permanent")
+        parser.add_argument("--seed", type=int, default=None,
+                            help="seeds the generated inputs and the failure-injection decisions")
+        parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the sagas to finish")
+        parser.add_argument("--examples", action="store_true",
+                            help="first run one success and one refusal of each saga type and check their outcome")
+
+    def handle(self, *args, sagas: int, failure_rate: float, seed: int | None, timeout: float, examples: bool,
+               **options):
+        if sagas < 0:
+            raise CommandError("--sagas must be 0 or more")
+        if not 0.0 <= failure_rate <= 1.0:
+            raise CommandError("--failure-rate must be between 0 and 1")
+        if failure_rate > 0 and not failure_injection.is_enabled():
+            raise CommandError("failure injection is switched off in these settings "
+                               "(SAGAS_FAILURE_INJECTION_ENABLED, which follows DEBUG when unset)")
+        self._check_worker()
+        seed = random.randrange(1_000_000) if seed is None else seed
+        rng = random.Random(seed)
+        world = demo.ensure_reference_data()
+        window_start = timezone.now()
+        began = time.monotonic()
+        deadline = began + timeout
+        self.stdout.write(
+            f"saga_demo: {sagas} sagas over {len(SAGA_TYPES)} types{' plus 10 examples' if examples else ''}, "
+            f"failure rate {failure_rate:g} per step attempt ({failure_rate / 2:g} transient + "
+            f"{failure_rate / 2:g} permanent), seed {seed}"
+        )
+
+        shown: list[demo.Started] = []
+        if examples:
+            plans = demo.plan_examples(world)
+            demo.ensure_capacity(world, plans)
+            shown = demo.start(plans)
+            self._wait(shown, deadline, "examples")
+        generated: list[demo.Started] = []
+        if sagas:
+            plans = demo.plan_random(world, sagas, rng, seed)
+            demo.ensure_capacity(world, plans)
+            replaced = None
+            try:
+                if failure_rate > 0:
+                    replaced = demo.failure_rules_install(rate=failure_rate, seed=seed)
+                    time.sleep(failure_injection.cache_seconds() + 0.2)  # let the workers' caches expire
+                generated = demo.start(plans)
+                self._wait(generated, deadline, "sagas")
+            finally:
+                if replaced is not None:
+                    demo.failure_rules_remove(replaced)
+        elapsed = time.monotonic() - began
+
+        unfinished = self._report_figures(window_start, shown + generated, elapsed)
+        wrong = self._report_examples(shown)
+        invariants = self._report_invariants()
+        failed = [name for name, passed, _ in invariants if not passed]
+        if failed or unfinished or wrong:
+            raise CommandError(
+                f"{len(failed)} invariant(s) failed, {len(wrong)} example(s) ended otherwise than expected, "
+                f"{len(unfinished)} saga(s) unfinished"
+            )
+        self.stdout.write(self.style.SUCCESS("saga_demo: every saga finished and every invariant holds"))
+
+    # --- workers and waiting -------------------------------------------------------------
+
+    def _check_worker(self) -> None:
+        queue = app.conf.task_default_queue
+        try:
+            replies = app.control.inspect(timeout=2.0).active_queues() or {}
+        except (OperationalError, OSError) as exc:
+            raise CommandError(f"the broker does not answer ({exc}); is Redis running?") from None
+        if not any(q.get("name") == queue for queues in replies.values() for q in queues or []):
+            raise CommandError(NO_WORKER.format(queue=queue))
+
+    def _wait(self, started: list[demo.Started], deadline: float, what: str) -> None:
+        ids = [s.saga.pk for s in started]
+        tty = self.stdout.isatty()
+        began = time.monotonic()
+        last_line = ""
+        last_print = 0.0
+        while True:
+            statuses = list(SagaInstance.objects.filter(pk__in=ids).values_list("status", flat=True))
+            done = sum(1 for s in statuses if s in FINAL_SAGA_STATUSES)
+            ok = statuses.count(SagaStatus.SUCCEEDED)
+            undone = statuses.count(SagaStatus.COMPENSATED)
+            broken = statuses.count(SagaStatus.FAILED)
+            filled = BAR_WIDTH * done // max(len(ids), 1)
+            line = (f"  {what:<8} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{len(ids)} finished "
+                    f"({ok} succeeded, {undone} compensated, {broken} failed) {time.monotonic() - began:.1f}s")
+            finished = done == len(ids) or time.monotonic() > deadline
+            if tty:
+                self.stdout.write("\r" + line, ending="")
+                self.stdout.flush()
+            elif finished or (line.split(" finished")[0] != last_line and time.monotonic() - last_print > 2):
+                self.stdout.write(line)
+                last_line, last_print = line.split(" finished")[0], time.monotonic()
+            if finished:
+                if tty:
+                    self.stdout.write("")
+                return
+            time.sleep(0.25)
+
+    # --- the report ----------------------------------------------------------------------
+
+    def _report_figures(self, since, started: list[demo.Started], elapsed: float) -> list:
+        per_type = analytics.saga_type_stats(since=since, saga_type=SAGA_TYPES)
+        overall = analytics.overall_stats(since=since, saga_type=SAGA_TYPES)
+        w = self.stdout.write
+        w("")
+        w(f"Sagas started by this run: {len(started)} in {elapsed:.1f}s")
+        header = (f"  {'saga type':<30}{'total':>6}{'succeeded':>10}{'compensated':>12}{'failed':>7}{'active':>7}"
+                  f"{'success':>9}{'compens.':>9}{'p50':>8}{'p95':>8}")
+        w(header)
+        for s in [*per_type, overall]:
+            label = "all types" if s.saga_type == analytics.ALL_TYPES else s.saga_type
+            w(f"  {label:<30}{s.total:>6}{s.counts[SagaStatus.SUCCEEDED]:>10}{s.counts[SagaStatus.COMPENSATED]:>12}"
+              f"{s.counts[SagaStatus.FAILED]:>7}{s.active:>7}{_pct(s.success_rate):>9}"
+              f"{_pct(s.compensation_rate):>9}{_secs(s.p50_seconds):>8}{_secs(s.p95_seconds):>8}")
+
+        w("")
+        w("Steps: actions that succeeded, failed for good, were compensated; attempts retried")
+        w(f"  {'saga type / step':<44}{'ok':>5}{'failed':>8}{'undone':>8}{'retried':>9}{'p50':>8}{'p95':>8}")
+        current = None
+        for st in analytics.step_stats(since=since, saga_type=SAGA_TYPES):
+            if st.saga_type != current:
+                current = st.saga_type
+                w(f"  {current}")
+            w(f"    {st.index + 1}. {st.step:<37}{st.succeeded:>5}{st.failed:>8}{st.compensated:>8}"
+              f"{st.retried_attempts:>9}{_secs(st.p50_seconds):>8}{_secs(st.p95_seconds):>8}")
+
+        errors = [(s.saga_type, e) for s in per_type for e in s.top_errors]
+        if errors:
+            w("")
+            w("Most frequent errors")
+            for saga_type, e in sorted(errors, key=lambda p: -p[1].count)[:8]:
+                w(f"  {e.count:>3}x  {saga_type.split('.')[-1]}: {e.error[:110]}")
+
+        unfinished = list(SagaInstance.objects.filter(pk__in=[s.saga.pk for s in started]).exclude(
+            status__in=FINAL_SAGA_STATUSES).values_list("pk", "saga_type", "status"))
+        if unfinished:
+            w("")
+            w(self.style.ERROR(f"Unfinished: {len(unfinished)} saga(s)"))
+            for pk, saga_type, status in unfinished[:10]:
+                w(f"  {pk} {saga_type} still {status}")
+        return unfinished
+
+    def _report_examples(self, shown: list[demo.Started]) -> list:
+        if not shown:
+            return []
+        w = self.stdout.write
+        w("")
+        w("Examples")
+        wrong = []
+        for item in shown:
+            item.saga.refresh_from_db()
+            passed = item.saga.status == item.plan.expected
+            if not passed:
+                wrong.append(item)
+            mark = self.style.SUCCESS("PASS") if passed else self.style.ERROR("FAIL")
+            note = "" if passed else f" (expected {item.plan.expected})"
+            w(f"  {mark}  {item.plan.label:<42} {item.saga.status}{note}")
+        return wrong
+
+    def _report_invariants(self) -> list:
+        w = self.stdout.write
+        w("")
+        w("Business invariants")
+        results = check_all()
+        for name, passed, detail in results:
+            mark = self.style.SUCCESS("PASS") if passed else self.style.ERROR("FAIL")
+            w(f"  {mark}  {name:<66} {detail}")
+        return results

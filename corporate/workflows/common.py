@@ -1,0 +1,38 @@
+"""Small helpers the corporate workflows share: input parsing and retry policies."""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from rest_framework import serializers
+
+from sagas import Retry
+
+# Forward steps: a few quick retries (transient failures are short blips here).
+STEP_RETRY = Retry(max_attempts=3, backoff=0.2, max_backoff=2.0)
+# Compensations must finish: more attempts, longer waits.
+COMPENSATION_RETRY = Retry(max_attempts=6, backoff=0.5, max_backoff=10.0)
+STEP_TIMEOUT = 30.0
+
+_boolean = serializers.BooleanField()
+
+
+def money(value: Any) -> Decimal:
+    """An amount from saga input (a string or a number), to the cent."""
+    return Decimal(str(value)).quantize(Decimal("0.01"))
+
+
+def flag(data: dict, name: str, default: bool) -> bool:
+    """A boolean from saga input, read the way the input serializer validated it."""
+    if name not in data or data[name] is None:
+        return default
+    return _boolean.to_internal_value(data[name])
+
+
+def positive_amount_field(**kwargs) -> serializers.DecimalField:
+    return serializers.DecimalField(max_digits=14, decimal_places=2, min_value=Decimal("0.01"), **kwargs)
+
+
+def reference_field() -> serializers.CharField:
+    """The caller's own reference (order number, ticket, change id); seeded failure injection keys on it."""
+    return serializers.CharField(max_length=60, required=False, allow_blank=True)

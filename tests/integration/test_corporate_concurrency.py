@@ -1,0 +1,93 @@
+"""Orders racing for scarce stock on two worker processes never oversell."""
+import threading
+
+import pytest
+
+from corporate import fixtures, invariants, models
+from corporate.fixtures import Inputs
+from corporate.sagas import ORDER_FULFILLMENT
+from sagas import start_saga
+from sagas.models import SagaStatus, StepStatus
+from tests.helpers import wait_for_saga
+from tests.integration.conftest import QUEUE, start_worker
+
+pytestmark = pytest.mark.integration
+
+ORDERS = 50
+STOCK = 20
+
+
+class StockWatch(threading.Thread):
+    """Samples the product's stock while the sagas run: the lowest value it ever saw."""
+
+    def __init__(self, product_id: int):
+        super().__init__(daemon=True)
+        self.product_id = product_id
+        self.lowest = STOCK
+        self.samples = 0
+        self.unbalanced = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self.stopped.wait(0.05):
+                on_hand, reserved, initial = models.Product.objects.values_list(
+                    "on_hand", "reserved", "initial_stock").get(pk=self.product_id)
+                if on_hand + reserved != initial:
+                    self.unbalanced.append((on_hand, reserved, initial))
+                self.lowest = min(self.lowest, on_hand)
+                self.samples += 1
+        finally:
+            connection.close()
+
+
+def test_fifty_orders_for_twenty_units_on_two_workers(worker, celery_worker_process):
+    product = fixtures.product(stock=STOCK, price="10.00")
+    customers = [fixtures.customer() for _ in range(5)]
+    watch = StockWatch(product.pk)
+
+    with start_worker(queue=QUEUE, concurrency=2) as second:
+        watch.start()
+        sagas = [start_saga(ORDER_FULFILLMENT, input=Inputs.order(customer_=customers[n % 5], product_=product))
+                 for n in range(ORDERS)]
+        finished = [wait_for_saga(s, timeout=240) for s in sagas]
+        watch.stopped.set()
+        watch.join()
+        second_log = second["log"].read_text()
+
+    statuses = [s.status for s in finished]
+    assert statuses.count(SagaStatus.SUCCEEDED) == STOCK
+    assert statuses.count(SagaStatus.COMPENSATED) == ORDERS - STOCK
+    for saga in finished:
+        if saga.status == SagaStatus.COMPENSATED:
+            assert saga.steps.get(name="reserve_stock").status == StepStatus.FAILED
+            assert "out of stock" in saga.error
+    product.refresh_from_db()
+    assert (product.on_hand, product.reserved, product.initial_stock) == (0, STOCK, STOCK)
+    assert watch.samples > 0 and watch.lowest >= 0 and watch.unbalanced == []
+    assert models.Payment.objects.count() == STOCK and models.Order.objects.count() == STOCK
+    for name, passed, detail in invariants.check_all():
+        assert passed, f"{name}: {detail}"
+    # Both worker processes took part.
+    assert "sagas.run_step" in second_log
+    assert "sagas.run_step" in celery_worker_process["log"].read_text()
+
+
+def test_hires_racing_for_three_laptops_never_share_one(worker):
+    fixtures.pools(laptops=3, desks=10)
+    department = fixtures.department()
+
+    with start_worker(queue=QUEUE, concurrency=2):
+        sagas = [start_saga("corporate.employee_onboarding", input=Inputs.onboarding(department_=department))
+                 for _ in range(8)]
+        finished = [wait_for_saga(s, timeout=120) for s in sagas]
+
+    statuses = [s.status for s in finished]
+    assert statuses.count(SagaStatus.SUCCEEDED) == 3
+    assert statuses.count(SagaStatus.COMPENSATED) == 5
+    assert all("no laptop left" in s.error for s in finished if s.status == SagaStatus.COMPENSATED)
+    assert models.LaptopAssignment.objects.filter(returned_at__isnull=True).count() == 3
+    for name, passed, detail in invariants.check_all():
+        assert passed, f"{name}: {detail}"

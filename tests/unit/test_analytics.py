@@ -1,0 +1,123 @@
+"""Saga analytics over rows written directly: counts, rates, percentiles, errors, windows."""
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from sagas import analytics
+from sagas.models import SagaInstance, SagaStatus, StepRecord, StepStatus
+
+NOW = timezone.now()
+
+
+def saga(saga_type="shop.order", status=SagaStatus.SUCCEEDED, seconds=1.0, error="", created=NOW, steps=()):
+    """A saga row; ``steps`` is a list of (status, attempts, seconds, error)."""
+    finished = status in (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
+    instance = SagaInstance.objects.create(
+        saga_type=saga_type, status=status, error=error,
+        started_at=created, finished_at=created + timedelta(seconds=seconds) if finished else None,
+    )
+    SagaInstance.objects.filter(pk=instance.pk).update(created_at=created)
+    for index, (step_status, attempts, step_seconds, step_error) in enumerate(steps):
+        StepRecord.objects.create(
+            saga=instance, index=index, name=f"s{index}", status=step_status, attempts=attempts, error=step_error,
+            started_at=created if attempts else None,
+            finished_at=created + timedelta(seconds=step_seconds) if step_seconds is not None else None,
+        )
+    return instance
+
+
+def by_type(**kwargs) -> dict:
+    return {s.saga_type: s for s in analytics.saga_type_stats(**kwargs)}
+
+
+def test_counts_and_rates_per_saga_type(db):
+    for _ in range(3):
+        saga(status=SagaStatus.SUCCEEDED)
+    saga(status=SagaStatus.COMPENSATED, error="step pay failed: declined")
+    saga(status=SagaStatus.RUNNING)
+    saga("hr.hire", status=SagaStatus.FAILED, error="compensation of step a failed")
+
+    stats = by_type()
+
+    order = stats["shop.order"]
+    assert order.total == 5 and order.finished == 4 and order.active == 1
+    assert order.counts[SagaStatus.SUCCEEDED] == 3 and order.counts[SagaStatus.PENDING] == 0
+    assert order.success_rate == pytest.approx(0.75)
+    assert order.compensation_rate == pytest.approx(0.25)
+    assert stats["hr.hire"].success_rate == 0.0 and stats["hr.hire"].compensation_rate == 1.0
+
+
+def test_rates_are_none_when_nothing_finished(db):
+    saga(status=SagaStatus.RUNNING)
+    stats = by_type()["shop.order"]
+    assert stats.success_rate is None and stats.p50_seconds is None
+
+
+def test_p50_and_p95_durations_of_finished_sagas(db):
+    for seconds in range(1, 21):  # 1..20 s
+        saga(seconds=seconds)
+    stats = by_type()["shop.order"]
+    assert stats.p50_seconds == pytest.approx(10.5)
+    assert stats.p95_seconds == pytest.approx(19.05)
+
+
+def test_most_frequent_errors_first(db):
+    for _ in range(3):
+        saga(status=SagaStatus.COMPENSATED, error="out of stock")
+    saga(status=SagaStatus.COMPENSATED, error="card declined")
+    saga(status=SagaStatus.COMPENSATED, error="card declined")
+    saga(status=SagaStatus.COMPENSATED, error="address unknown")
+
+    errors = by_type(top_errors=2)["shop.order"].top_errors
+    assert [(e.error, e.count) for e in errors] == [("out of stock", 3), ("card declined", 2)]
+
+
+def test_time_window_and_type_filter(db):
+    saga(created=NOW - timedelta(days=2))
+    saga(created=NOW - timedelta(hours=1))
+    saga("hr.hire", created=NOW - timedelta(hours=1))
+
+    recent = by_type(since=NOW - timedelta(days=1))
+    assert recent["shop.order"].total == 1
+    older = by_type(until=NOW - timedelta(days=1))
+    assert set(older) == {"shop.order"} and older["shop.order"].total == 1
+    assert set(by_type(saga_type="hr.hire")) == {"hr.hire"}
+    assert set(by_type(saga_type=["hr.hire", "shop.order"])) == {"hr.hire", "shop.order"}
+
+
+def test_overall_stats_add_up_every_type(db):
+    saga(status=SagaStatus.SUCCEEDED)
+    saga("hr.hire", status=SagaStatus.COMPENSATED, error="no desk")
+    overall = analytics.overall_stats()
+    assert overall.saga_type == analytics.ALL_TYPES
+    assert overall.total == 2 and overall.success_rate == 0.5
+    assert overall.top_errors[0].error == "no desk"
+    assert overall.as_dict()["active"] == 0
+
+
+def test_step_stats_count_outcomes_retries_and_errors(db):
+    ok = (StepStatus.SUCCEEDED, 1, 0.5, "")
+    saga(steps=[ok, (StepStatus.SUCCEEDED, 3, 2.0, "")])
+    saga(status=SagaStatus.COMPENSATED, steps=[(StepStatus.COMPENSATED, 1, 0.5, ""),
+                                               (StepStatus.FAILED, 1, 0.1, "PermanentError: declined")])
+    saga(status=SagaStatus.COMPENSATED, steps=[(StepStatus.FAILED, 2, 1.0, "PermanentError: no stock"),
+                                               (StepStatus.SKIPPED, 0, None, "")])
+
+    first, second = analytics.step_stats(saga_type="shop.order")
+
+    assert (first.step, first.index) == ("s0", 0)
+    assert (first.succeeded, first.failed, first.compensated) == (2, 1, 1)
+    assert first.success_rate == pytest.approx(2 / 3)
+    assert first.compensation_rate == pytest.approx(0.5)
+    assert first.retried_attempts == 1
+    assert [e.error for e in first.top_errors] == ["PermanentError: no stock"]
+    assert second.counts[StepStatus.SKIPPED] == 1
+    assert (second.succeeded, second.failed, second.retried_attempts) == (1, 1, 2)
+    assert second.p50_seconds == pytest.approx(1.05)
+
+
+def test_percentile_interpolates_and_handles_nothing():
+    assert analytics.percentile([], 0.5) is None
+    assert analytics.percentile([3.0], 0.95) == 3.0
+    assert analytics.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5

@@ -1,0 +1,125 @@
+"""The invariant checks pass on consistent rows and name what is wrong on broken ones."""
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from corporate import fixtures, invariants, models
+from corporate.sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, ORDER_FULFILLMENT, SYSTEM_DEPLOYMENT
+from sagas.models import SagaInstance, SagaStatus
+
+
+def saga(saga_type: str, status: str) -> uuid.UUID:
+    return SagaInstance.objects.create(saga_type=saga_type, status=status).id
+
+
+def order(saga_id, *, quantity=1, amount="10.00", released=True) -> models.Order:
+    product = fixtures.product(stock=5)
+    return models.Order.objects.create(
+        saga_id=saga_id, customer=fixtures.customer(), product=product, quantity=quantity,
+        amount=Decimal(amount), ship_to="DE", stock_released_at=timezone.now() if released else None,
+    )
+
+
+def pay(order_, amount="10.00", refund=False) -> None:
+    payment = models.Payment.objects.create(order=order_, amount=Decimal(amount), idempotency_key=str(uuid.uuid4()))
+    if refund:
+        models.Refund.objects.create(payment=payment, amount=payment.amount)
+
+
+def failing(result: invariants.Invariant) -> str:
+    name, passed, detail = result
+    assert not passed, f"{name} passed but should not"
+    return detail
+
+
+def test_every_invariant_passes_on_an_empty_database(db):
+    results = invariants.check_all()
+    assert len(results) == 8
+    assert all(passed for _, passed, _ in results), results
+
+
+def test_stock_that_does_not_match_the_orders_holding_it_fails(db):
+    product = fixtures.product(stock=5)
+    models.Product.objects.filter(pk=product.pk).update(on_hand=3, reserved=2)  # no order holds those 2
+    assert "orders hold 0" in failing(invariants.stock_balances())
+
+
+def test_compensated_order_with_an_unrefunded_payment_fails(db):
+    pay(order(saga(ORDER_FULFILLMENT, SagaStatus.COMPENSATED)))
+    assert "net charge 10.00" in failing(invariants.compensated_orders_refunded())
+
+
+def test_compensated_order_with_its_payment_refunded_passes(db):
+    pay(order(saga(ORDER_FULFILLMENT, SagaStatus.COMPENSATED)), refund=True)
+    assert invariants.compensated_orders_refunded().passed
+
+
+def test_succeeded_order_charged_twice_fails(db):
+    placed = order(saga(ORDER_FULFILLMENT, SagaStatus.SUCCEEDED), released=False)
+    pay(placed)
+    pay(placed)
+    assert "2 payment(s)" in failing(invariants.succeeded_orders_charged_once())
+
+
+def test_succeeded_order_never_charged_fails(db):
+    order(saga(ORDER_FULFILLMENT, SagaStatus.SUCCEEDED), released=False)
+    assert "0 payment(s)" in failing(invariants.succeeded_orders_charged_once())
+
+
+def test_running_order_is_left_out_of_the_per_saga_checks(db):
+    pay(order(saga(ORDER_FULFILLMENT, SagaStatus.RUNNING)))
+    assert invariants.compensated_orders_refunded().passed
+    assert invariants.succeeded_orders_charged_once().passed
+
+
+def test_compensated_onboarding_with_an_active_account_and_a_desk_fails(db):
+    saga_id = saga(EMPLOYEE_ONBOARDING, SagaStatus.COMPENSATED)
+    employee = models.Employee.objects.create(saga_id=saga_id, name="A", email="a@corp.example",
+                                              department=fixtures.department(), salary=1)
+    models.Account.objects.create(employee=employee, system="email", username="a")
+    fixtures.pools(laptops=0, desks=1)
+    models.DeskAssignment.objects.create(desk=models.Desk.objects.get(), employee=employee)
+    detail = failing(invariants.compensated_onboardings_clean())
+    assert "active account" in detail and "desk" in detail
+
+
+def test_budget_reserved_without_a_reservation_fails(db):
+    department = fixtures.department(budget=1000)
+    models.Department.objects.filter(pk=department.pk).update(reserved=400)
+    assert "open reservations hold 0" in failing(invariants.budgets_within_limits())
+
+
+def test_compensated_budget_request_still_holding_funds_fails(db):
+    department = fixtures.department(budget=1000)
+    request = models.BudgetRequest.objects.create(saga_id=saga(BUDGET_APPROVAL, SagaStatus.COMPENSATED),
+                                                  department=department, amount=100, purpose="x")
+    models.FundReservation.objects.create(request=request, department=department, amount=100)
+    models.Department.objects.filter(pk=department.pk).update(reserved=100)
+    assert "funds still reserved" in failing(invariants.compensated_budget_requests_reserve_nothing())
+    assert invariants.budgets_within_limits().passed
+
+
+def test_compensated_deployment_that_left_the_new_version_live_fails(db):
+    service = fixtures.service(live_version="2.0.0")
+    models.Deployment.objects.create(saga_id=saga(SYSTEM_DEPLOYMENT, SagaStatus.COMPENSATED), service=service,
+                                     from_version="1.0.0", to_version="2.0.0",
+                                     status=models.DeploymentStatus.ROLLED_BACK)
+    assert "expected 1.0.0" in failing(invariants.compensated_deployments_rolled_back())
+
+
+@pytest.mark.parametrize("status", [models.DeploymentStatus.DEPLOYED, models.DeploymentStatus.VERIFIED])
+def test_compensated_deployment_not_rolled_back_fails(db, status):
+    service = fixtures.service(live_version="2.0.0")
+    models.Deployment.objects.create(saga_id=saga(SYSTEM_DEPLOYMENT, SagaStatus.COMPENSATED), service=service,
+                                     from_version="1.0.0", to_version="2.0.0", status=status)
+    assert f"still {status}" in failing(invariants.compensated_deployments_rolled_back())
+
+
+def test_check_all_can_be_limited_to_some_sagas(db):
+    broken = saga(ORDER_FULFILLMENT, SagaStatus.COMPENSATED)
+    pay(order(broken))
+    fine = saga(ORDER_FULFILLMENT, SagaStatus.COMPENSATED)
+    assert all(passed for _, passed, _ in invariants.check_all(saga_ids=[fine]))
+    assert not all(passed for _, passed, _ in invariants.check_all(saga_ids=[broken]))
