@@ -56,7 +56,7 @@ if [ "$MODE" = serve ]; then
 fi
 
 status=0
-$PY manage.py saga_demo --examples --sagas "$DEMO_SAGAS" --failure-rate "$DEMO_FAILURE_RATE" --seed 1 || status=$?
+$PY manage.py saga_demo --examples --worker-wait 60 --sagas "$DEMO_SAGAS" --failure-rate "$DEMO_FAILURE_RATE" --seed 1 || status=$?
 
 if [ "$MODE" = demo ]; then
     [ $status = 0 ] && echo "demo: every example saga ended as expected" || echo "demo: FAILED (see above)"

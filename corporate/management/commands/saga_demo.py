@@ -54,11 +54,13 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=None,
                             help="seeds the generated inputs and the failure-injection decisions")
         parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the sagas to finish")
+        parser.add_argument("--worker-wait", type=float, default=5.0,
+                            help="seconds to wait for a worker to answer (one that is still starting)")
         parser.add_argument("--examples", action="store_true",
                             help="first run one success and one refusal of each saga type and check their outcome")
 
     def handle(self, *args, sagas: int, failure_rate: float, seed: int | None, timeout: float, examples: bool,
-               **options):
+               worker_wait: float, **options):
         if sagas < 0:
             raise CommandError("--sagas must be 0 or more")
         if not 0.0 <= failure_rate <= 1.0:
@@ -66,7 +68,7 @@ class Command(BaseCommand):
         if failure_rate > 0 and not failure_injection.is_enabled():
             raise CommandError("failure injection is switched off in these settings "
                                "(SAGAS_FAILURE_INJECTION_ENABLED, which follows DEBUG when unset)")
-        self._check_worker()
+        self._check_worker(worker_wait)
         seed = random.randrange(1_000_000) if seed is None else seed
         rng = random.Random(seed)
         world = demo.ensure_reference_data()
@@ -114,14 +116,19 @@ class Command(BaseCommand):
 
     # --- workers and waiting -------------------------------------------------------------
 
-    def _check_worker(self) -> None:
+    def _check_worker(self, wait: float) -> None:
+        """Return once a worker consumes our queue; a worker that is still booting gets ``wait`` seconds."""
         queue = app.conf.task_default_queue
-        try:
-            replies = app.control.inspect(timeout=2.0).active_queues() or {}
-        except (OperationalError, OSError) as exc:
-            raise CommandError(f"the broker does not answer ({exc}); is Redis running?") from None
-        if not any(q.get("name") == queue for queues in replies.values() for q in queues or []):
-            raise CommandError(NO_WORKER.format(queue=queue))
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                replies = app.control.inspect(timeout=1.0).active_queues() or {}
+            except (OperationalError, OSError) as exc:
+                raise CommandError(f"the broker does not answer ({exc}); is Redis running?") from None
+            if any(q.get("name") == queue for queues in replies.values() for q in queues or []):
+                return
+            if time.monotonic() >= deadline:
+                raise CommandError(NO_WORKER.format(queue=queue))
 
     def _wait(self, started: list[demo.Started], deadline: float, what: str) -> None:
         ids = [s.saga.pk for s in started]
