@@ -83,10 +83,12 @@ def can_move_step(current: str, target: str) -> bool:
     return target in STEP_MOVES.get(current, set())
 
 
-def _event(saga: SagaInstance, kind: str, step: StepRecord | None = None, **detail: Any) -> SagaEvent:
-    # Every event also bumps the saga's updated_at: the sweeper reads it as
-    # "last sign of life".
-    SagaInstance.objects.filter(pk=saga.pk).update(updated_at=timezone.now())
+def _event(saga: SagaInstance, kind: str, step: StepRecord | None = None, *, touch: bool = True,
+           **detail: Any) -> SagaEvent:
+    # Every event also bumps the saga's updated_at (unless the caller just
+    # saved the saga): the sweeper reads it as "last sign of life".
+    if touch:
+        SagaInstance.objects.filter(pk=saga.pk).update(updated_at=timezone.now())
     return SagaEvent.objects.create(saga=saga, step=step, kind=kind, detail=detail)
 
 
@@ -102,8 +104,8 @@ def _move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> Non
         saga.finished_at = now
     elif target == SagaStatus.COMPENSATING:
         saga.finished_at = None
-    saga.save()
-    _event(saga, kind, **{"from": previous, "to": target, **detail})
+    saga.save(update_fields=["status", "started_at", "finished_at", "updated_at"])
+    _event(saga, kind, touch=False, **{"from": previous, "to": target, **detail})
 
 
 def _move_step(saga: SagaInstance, step: StepRecord, target: str, kind: str, **detail: Any) -> None:
