@@ -105,3 +105,9 @@ class SagaTypeOutputSerializer(serializers.Serializer):
 class ErrorOutputSerializer(serializers.Serializer):
     detail = serializers.CharField()
     code = serializers.CharField(required=False)
+
+
+class AnalyticsQuerySerializer(serializers.Serializer):
+    since = serializers.DateTimeField(required=False, help_text="sagas created at or after this moment")
+    until = serializers.DateTimeField(required=False, help_text="sagas created before this moment")
+    saga_type = serializers.CharField(required=False, help_text="only this saga type")

@@ -18,12 +18,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import engine
+from .. import analytics, engine
 from ..definitions import registry
 from ..models import SagaEvent, SagaInstance
 from .exceptions import IDEMPOTENCY_HEADER
 from .filters import SagaInstanceFilter
 from .serializers import (
+    AnalyticsQuerySerializer,
     ErrorOutputSerializer,
     SagaCancelInputSerializer,
     SagaEventOutputSerializer,
@@ -197,3 +198,28 @@ class SagaRetryCompensationApi(APIView):
     def post(self, request: Request, saga_id: str) -> Response:
         saga = engine.retry_compensation(saga_get(saga_id))
         return accepted(request, saga_get(saga.pk))
+
+
+class AnalyticsApi(APIView):
+    """Figures over the stored sagas in a time window: the same ones ``saga_demo`` prints."""
+
+    @extend_schema(
+        tags=[TAG], summary="Saga analytics",
+        description=(
+            "Per saga type, over all types and per step: counts by status, success and compensation "
+            "rates, p50/p95 duration (seconds) and the most frequent errors, for sagas created in "
+            "[`since`, `until`) (ISO 8601; both optional), optionally for one `saga_type`."
+        ),
+        parameters=[AnalyticsQuerySerializer],
+        responses={200: OpenApiTypes.OBJECT, 400: BAD_REQUEST},
+    )
+    def get(self, request: Request) -> Response:
+        query = AnalyticsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        window = {k: query.validated_data.get(k) for k in ("since", "until", "saga_type")}
+        return Response({
+            "window": window,
+            "overall": analytics.overall_stats(**window).as_dict(),
+            "saga_types": [s.as_dict() for s in analytics.saga_type_stats(**window)],
+            "steps": [s.as_dict() for s in analytics.step_stats(**window)],
+        })

@@ -441,3 +441,40 @@ def test_docs_page_answers(api):
 
     assert response.status_code == 200
     assert b"swagger" in response.content.lower()
+
+
+# --- analytics -------------------------------------------------------------------------
+
+
+def test_analytics_reports_per_type_overall_and_per_step(api, sent):
+    saga = start_saga(SAGA, input={})
+    cancel(saga)
+
+    response = api.get("/api/analytics/", {"saga_type": SAGA})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["overall"]["total"] == 1
+    assert [t["saga_type"] for t in body["saga_types"]] == [SAGA]
+    assert body["saga_types"][0]["counts"][SagaStatus.COMPENSATED] == 1
+    assert [s["step"] for s in body["steps"]] == ["a", "b", "c"]
+
+
+def test_analytics_window_excludes_older_sagas(api, sent):
+    start_saga(SAGA, input={})
+
+    response = api.get("/api/analytics/", {"since": "2999-01-01T00:00:00Z"})
+
+    assert response.status_code == 200
+    assert response.json()["overall"]["total"] == 0
+
+
+def test_analytics_refuses_a_bad_date_with_a_field_error(api):
+    response = api.get("/api/analytics/", {"since": "yesterday"})
+
+    assert response.status_code == 400
+    assert "since" in response.json()
+
+
+def test_analytics_requires_authentication(db):
+    assert APIClient().get("/api/analytics/").status_code == 401

@@ -11,19 +11,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
 from config.celery import app
+from sagas.analytics import percentile
 from sagas.bench import BENCH_SAGA, BENCH_STEPS, bench_done, bench_step, redis_client
 from sagas.engine import start_saga
 from sagas.models import FINAL_SAGA_STATUSES, SagaInstance, SagaStatus
 from sagas.workers import spawn_worker, stop_workers, wait_for_workers, worker_name
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    low, high = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
 
 
 class Command(BaseCommand):
