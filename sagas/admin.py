@@ -133,8 +133,13 @@ class StepRecordInline(ReadOnlyMixin, admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ("index", "name", "status", "attempts", "compensation", "error_excerpt", "started_at", "finished_at")
+    fields = ("index", "name", "parallel", "status", "attempts", "compensation", "error_excerpt", "started_at",
+              "finished_at")
     readonly_fields = fields
+
+    @admin.display(description="runs")
+    def parallel(self, record: StepRecord) -> str:
+        return parallel_summary(record)
 
     @admin.display(description="compensation")
     def compensation(self, record: StepRecord) -> str:
@@ -143,6 +148,13 @@ class StepRecordInline(ReadOnlyMixin, admin.TabularInline):
     @admin.display(description="error")
     def error_excerpt(self, record: StepRecord) -> str:
         return truncatechars(record.error, 120)
+
+
+def parallel_summary(record: StepRecord) -> str:
+    """How the step runs: alone, or at once with the other members of its Parallel."""
+    if record.parallel_group:
+        return f"in parallel: {record.parallel_group}"
+    return "alone"
 
 
 def compensation_summary(record: StepRecord) -> str:
@@ -302,15 +314,15 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
 
 @admin.register(StepRecord)
 class StepRecordAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
-    list_display = ("saga_link", "index", "name", "status", "undoable", "attempts", "compensation_attempts",
-                    "started_at", "finished_at")
+    list_display = ("saga_link", "index", "name", "parallel_group", "status", "undoable", "attempts",
+                    "compensation_attempts", "started_at", "finished_at")
     list_filter = ("status", "has_compensation", "saga__saga_type")
     search_fields = ("name", "saga__saga_type")
     list_select_related = ("saga",)
     show_full_result_count = False
-    fields = ("saga_link", "index", "name", "status", "compensation", "attempts", "result_pretty", "error",
-              "started_at", "finished_at", "compensation_attempts", "compensation_error", "compensated_at",
-              "lease_expires_at", "next_attempt_at")
+    fields = ("saga_link", "index", "name", "stage", "parallel_group", "status", "compensation", "attempts",
+              "result_pretty", "error", "started_at", "finished_at", "compensation_attempts", "compensation_error",
+              "compensated_at", "lease_expires_at", "next_attempt_at")
     readonly_fields = fields
 
     @admin.display(description="saga", ordering="saga__created_at")

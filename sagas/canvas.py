@@ -6,7 +6,7 @@ transaction that decided them has committed.
 """
 from __future__ import annotations
 
-from celery import chain
+from celery import chain, group
 from celery.canvas import Signature
 from django.conf import settings
 
@@ -42,11 +42,32 @@ def compensation_signature(saga_id, index: int, step: Step) -> Signature:
 
 
 def forward_chain(saga_id, definition: Saga, from_index: int = 0) -> Signature:
-    """run_step for each step from ``from_index`` on; any failure calls compensate_saga."""
+    """run_step for each step from ``from_index`` up to and including the first Parallel.
+
+    A Parallel ends the chain as a group of its members (those from
+    ``from_index`` on): there is no chord, because the join needs no result
+    backend. The member whose success completes the stage has the engine
+    send what follows. Every task carries the error callback compensate_saga.
+    """
     from .tasks import compensate_saga
 
-    steps = [step_signature(saga_id, i, s) for i, s in enumerate(definition.steps) if i >= from_index]
-    return chain(*steps).on_error(compensate_saga.si(str(saga_id)))
+    stage = definition.stage_of(from_index)
+    signatures: list[Signature] = []
+    for indices in definition.stages[stage:]:
+        if definition.is_parallel(indices[0]):
+            members = [step_signature(saga_id, i, definition.step_at(i)) for i in indices if i >= from_index]
+            signatures.append(group(*members))
+            break
+        signatures.append(step_signature(saga_id, indices[0], definition.step_at(indices[0])))
+    return chain(*signatures).on_error(compensate_saga.si(str(saga_id)))
+
+
+def steps_group(saga_id, definition: Saga, indices: list[int]) -> Signature:
+    """run_step for each index at once, each with the error callback: members of a Parallel sent again."""
+    from .tasks import compensate_saga
+
+    members = [step_signature(saga_id, i, definition.step_at(i)) for i in indices]
+    return chain(group(*members)).on_error(compensate_saga.si(str(saga_id)))
 
 
 def compensation_chain(saga_id, definition: Saga, indices: list[int]) -> Signature:
@@ -63,6 +84,12 @@ def _definition_for(saga_id) -> Saga:
 
 def dispatch_forward(saga_id, from_index: int = 0) -> None:
     forward_chain(saga_id, _definition_for(saga_id), from_index).apply_async()
+
+
+def dispatch_steps(saga_id, indices: list[int]) -> None:
+    """Send these steps (members of one Parallel) each on its own; nothing follows them."""
+    if indices:
+        steps_group(saga_id, _definition_for(saga_id), indices).apply_async()
 
 
 def dispatch_compensation(saga_id, indices: list[int]) -> None:

@@ -97,30 +97,71 @@ class Step:
                 raise SagaDefinitionError(f"{where}: {label} must be a positive number of seconds, got {limit!r}")
 
 
+@dataclass(frozen=True, init=False)
 class Parallel:
     """Steps that run at once, standing where one ``Step`` may.
 
-    Not executed yet: registering a saga that uses it raises
-    ``SagaDefinitionError`` so nobody believes it runs.
+    Its members start together once every earlier step has succeeded; the
+    steps after it start once every member has succeeded. If a member fails,
+    the members that succeeded are compensated, then the earlier steps.
     """
 
+    name: str
+    steps: tuple
+
     def __init__(self, name: str, *steps: Step):
-        self.name = name
-        self.steps = tuple(steps)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "steps", tuple(steps))
+
+    def validate(self, saga_name: str) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise SagaDefinitionError(f"saga {saga_name!r}: Parallel name {self.name!r} is not a valid identifier")
+        where = f"saga {saga_name!r}, Parallel({self.name!r})"
+        if not self.steps:
+            raise SagaDefinitionError(f"{where}: a Parallel needs at least one step")
+        for member in self.steps:
+            if isinstance(member, Parallel):
+                raise SagaDefinitionError(f"{where}: Parallel({member.name!r}) is nested; Parallel members must be Steps")
+            if not isinstance(member, Step):
+                raise SagaDefinitionError(f"{where}: {member!r} is not a Step")
 
 
 @dataclass
 class Saga:
-    """A named, versioned sequence of steps."""
+    """A named, versioned sequence of steps; a ``Parallel`` stands where a step may.
+
+    ``steps`` is the flat list of ``Step`` objects in order (a Parallel's
+    members in place of it, one after another): a step's position there is
+    its index, as in its ``StepRecord``. ``stages`` groups those indices into
+    what runs one after another: one index for a plain step, the members'
+    indices for a Parallel.
+    """
 
     name: str
     steps: list
     version: int = 1
     input_schema: Any = None
     description: str = ""
+    layout: list = field(init=False, repr=False, compare=False)
+    stages: list = field(init=False, repr=False, compare=False)
+    _stage_of: list = field(init=False, repr=False, compare=False)
+    _group_of: list = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.steps = list(self.steps)
+        # As declared (Steps and Parallels), kept for validation; ``steps`` is flattened.
+        self.layout = list(self.steps)
+        self.steps, self.stages, self._stage_of, self._group_of = [], [], [], []
+        for item in self.layout:
+            members = item.steps if isinstance(item, Parallel) else (item,)
+            group = item.name if isinstance(item, Parallel) else None
+            stage = []
+            for member in members:
+                stage.append(len(self.steps))
+                self._stage_of.append(len(self.stages))
+                self._group_of.append(group)
+                self.steps.append(member)
+            if stage:
+                self.stages.append(stage)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -131,25 +172,52 @@ class Saga:
             raise SagaDefinitionError(f"saga name {self.name!r} is not a valid identifier")
         if not isinstance(self.version, int) or self.version < 1:
             raise SagaDefinitionError(f"saga {self.name!r}: version must be an int >= 1, got {self.version!r}")
-        if not self.steps:
+        if not self.layout:
             raise SagaDefinitionError(f"saga {self.name!r}: a saga needs at least one step")
+        groups: set[str] = set()
+        for item in self.layout:
+            if isinstance(item, Parallel):
+                item.validate(self.name)
+                if item.name in groups:
+                    raise SagaDefinitionError(f"saga {self.name!r}: duplicate Parallel name {item.name!r}")
+                groups.add(item.name)
+            elif not isinstance(item, Step):
+                raise SagaDefinitionError(f"saga {self.name!r}: {item!r} is not a Step")
         seen: set[str] = set()
         for step in self.steps:
-            if isinstance(step, Parallel):
-                raise SagaDefinitionError(
-                    f"saga {self.name!r}: Parallel({step.name!r}) is not supported by this engine yet"
-                )
-            if not isinstance(step, Step):
-                raise SagaDefinitionError(f"saga {self.name!r}: {step!r} is not a Step")
             step.validate(self.name)
             if step.name in seen:
                 raise SagaDefinitionError(f"saga {self.name!r}: duplicate step name {step.name!r}")
             seen.add(step.name)
+        clash = groups & seen
+        if clash:
+            raise SagaDefinitionError(
+                f"saga {self.name!r}: {sorted(clash)[0]!r} names both a Parallel and a step")
         if self.input_schema is not None and not callable(self.input_schema):
             raise SagaDefinitionError(f"saga {self.name!r}: input_schema must be a serializer class or callable")
 
     def step_at(self, index: int) -> Step:
         return self.steps[index]
+
+    def stage_of(self, index: int) -> int:
+        """Position of the stage that holds step ``index``."""
+        return self._stage_of[index]
+
+    def stage_indices(self, index: int) -> list[int]:
+        """Indices of step ``index`` and the members of its Parallel, if it has one."""
+        return self.stages[self._stage_of[index]]
+
+    def group_of(self, index: int) -> str | None:
+        """Name of the Parallel step ``index`` belongs to; ``None`` for a plain step."""
+        return self._group_of[index]
+
+    def is_parallel(self, index: int) -> bool:
+        return self._group_of[index] is not None
+
+    def next_stage_start(self, index: int) -> int | None:
+        """First index of the stage after the one holding ``index``; ``None`` after the last stage."""
+        following = self._stage_of[index] + 1
+        return self.stages[following][0] if following < len(self.stages) else None
 
     def describe(self) -> dict:
         return {
@@ -166,6 +234,8 @@ class Saga:
                     "timeout": s.timeout,
                     "compensation_retry": s.compensation_retry.as_dict(),
                     "transactional": s.transactional,
+                    "stage": self.stage_of(i),
+                    "parallel_group": self.group_of(i),
                 }
                 for i, s in enumerate(self.steps)
             ],

@@ -14,6 +14,13 @@ a lease (the step's timeout plus a grace); another delivery of the same step
 waits while the lease is live and takes over once it has expired, so a
 duplicated message never runs an action twice at once and a redelivered one
 whose step already succeeded runs nothing.
+
+A ``Parallel`` makes one stage of several steps: its members are claimed
+independently (each waits only for the earlier stages), and the join needs no
+result backend: the member whose recorded success completes the stage, under
+the saga's row lock, sends the next stage after commit. When a member fails,
+siblings waiting for a retry are stopped, siblings still at work finish, and
+the compensation chain waits for them before undoing anything earlier.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from typing import Any, Callable
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from . import canvas, failure_injection
@@ -209,7 +217,8 @@ def start_saga(
                 resubmitted_from=resubmitted_from,
             )
             StepRecord.objects.bulk_create(
-                StepRecord(saga=saga, index=i, name=s.name, has_compensation=s.has_compensation)
+                StepRecord(saga=saga, index=i, name=s.name, has_compensation=s.has_compensation,
+                           stage=definition.stage_of(i), parallel_group=definition.group_of(i))
                 for i, s in enumerate(definition.steps)
             )
             _event(saga, EventKind.SAGA_CREATED, version=definition.version,
@@ -271,18 +280,22 @@ def _poll_delay(until: datetime | None) -> float:
     return max(0.2, min(remaining, 5.0))
 
 
-def _previous_steps_done(saga: SagaInstance, index: int) -> bool:
-    return not saga.steps.filter(index__lt=index).exclude(status=StepStatus.SUCCEEDED).exists()
+def _previous_steps_done(saga: SagaInstance, definition: Saga, index: int) -> bool:
+    """Every step of the earlier stages succeeded (members of one Parallel do not wait for each other)."""
+    first_of_stage = definition.stage_indices(index)[0]
+    return not saga.steps.filter(index__lt=first_of_stage).exclude(status=StepStatus.SUCCEEDED).exists()
 
 
-def _fail_step(saga: SagaInstance, record: StepRecord, error: str, **detail: Any) -> None:
+def _fail_step(saga: SagaInstance, record: StepRecord, error: str, *, blame: bool = True, **detail: Any) -> None:
+    """Mark the step failed; with ``blame`` its error also becomes the saga's (not for a sibling stopped later)."""
     record.error = error
     record.finished_at = timezone.now()
     record.lease_expires_at = None
     record.next_attempt_at = None
     _move_step(saga, record, StepStatus.FAILED, EventKind.STEP_FAILED, error=error, attempts=record.attempts, **detail)
-    saga.error = f"step {record.name} failed: {error}"
-    saga.save(update_fields=["error", "updated_at"])
+    if blame:
+        saga.error = f"step {record.name} failed: {error}"
+        saga.save(update_fields=["error", "updated_at"])
 
 
 def _claim_forward(saga_id, index: int, policy: Retry | None) -> _Claim | Outcome:
@@ -298,9 +311,9 @@ def _claim_forward(saga_id, index: int, policy: Retry | None) -> _Claim | Outcom
             return Outcome(Decision.CONTINUE, reason="step already succeeded")
         if record.status in (StepStatus.FAILED, StepStatus.SKIPPED):
             return Outcome(Decision.FAILED, reason=f"step already {record.status}")
-        if not _previous_steps_done(saga, index):
-            return Outcome(Decision.STOP, reason="an earlier step has not succeeded")
         definition = definition_of(saga)
+        if not _previous_steps_done(saga, definition, index):
+            return Outcome(Decision.STOP, reason="an earlier step has not succeeded")
         step = definition.step_at(index)
         policy = policy or step.retry
         if record.status == StepStatus.RUNNING and record.lease_expires_at and record.lease_expires_at > now:
@@ -336,7 +349,8 @@ def _claim_forward(saga_id, index: int, policy: Retry | None) -> _Claim | Outcom
 
 
 def _names_before(definition: Saga, index: int) -> set[str]:
-    return {s.name for s in definition.steps[:index]}
+    """Steps of the earlier stages: their results are what a step sees (never a sibling's)."""
+    return {s.name for s in definition.steps[:definition.stage_indices(index)[0]]}
 
 
 def _refuse_for_cancel(saga: SagaInstance, record: StepRecord) -> Outcome:
@@ -390,10 +404,18 @@ def execute_step(saga_id, index: int, policy: Retry | None = None) -> Outcome:
 
 def _still_owns(claim: _Claim) -> bool:
     saga = _lock_saga(claim.saga_id)
-    if saga is None or saga.status != SagaStatus.RUNNING:
+    if saga is None:
         return False
     record = _lock_step(saga, claim.index)
-    return record.status == StepStatus.RUNNING and record.attempts == claim.attempt
+    if record.status != StepStatus.RUNNING or record.attempts != claim.attempt:
+        return False
+    if saga.status != SagaStatus.RUNNING:
+        # A Parallel sibling failed between the claim and now: this attempt
+        # never starts, and compensation need not wait for its lease.
+        _fail_step(saga, record, "stopped: the saga is compensating", blame=False)
+        _finish_if_compensated(saga)
+        return False
+    return True
 
 
 def _record_success(claim: _Claim, result: Any) -> Outcome:
@@ -413,9 +435,37 @@ def _record_success(claim: _Claim, result: Any) -> Outcome:
         _move_step(saga, record, StepStatus.SUCCEEDED, EventKind.STEP_SUCCEEDED, attempt=claim.attempt)
         saga.results = {**saga.results, record.name: result}
         saga.save(update_fields=["results", "updated_at"])
+        if saga.status != SagaStatus.RUNNING:
+            # A Parallel member that finished after a sibling failed: its effects
+            # are recorded here and undone by the compensation under way.
+            if not record.has_compensation:
+                _event(saga, EventKind.NOTHING_TO_COMPENSATE, step=record, note="no compensation defined; left as is")
+            _finish_if_compensated(saga)
+            return Outcome(Decision.CONTINUE, reason=f"succeeded while the saga is {saga.status}")
         if not saga.steps.exclude(status=StepStatus.SUCCEEDED).exists():
             _move_saga(saga, SagaStatus.SUCCEEDED, EventKind.SAGA_SUCCEEDED)
+        else:
+            _dispatch_next_stage_if_joined(saga, claim.index)
     return Outcome(Decision.CONTINUE)
+
+
+def _dispatch_next_stage_if_joined(saga: SagaInstance, index: int) -> None:
+    """The join of a Parallel: the member whose success completes the stage sends the next one.
+
+    Called under the saga's row lock, so of members finishing together exactly
+    one sees them all succeeded. A plain step sends nothing: its chain goes on.
+    """
+    definition = definition_of(saga)
+    if not definition.is_parallel(index):
+        return
+    members = definition.stage_indices(index)
+    if saga.steps.filter(index__in=members).exclude(status=StepStatus.SUCCEEDED).exists():
+        return
+    following = definition.next_stage_start(index)
+    if following is None:
+        return
+    saga_id = saga.id
+    transaction.on_commit(lambda: canvas.dispatch_forward(saga_id, following))
 
 
 def _record_failure(claim: _Claim, exc: Exception, policy: Retry) -> Outcome:
@@ -432,6 +482,12 @@ def _record_failure(claim: _Claim, exc: Exception, policy: Retry) -> Outcome:
         record = _lock_step(saga, claim.index)
         if record.status != StepStatus.RUNNING or record.attempts != claim.attempt:
             return Outcome(Decision.STOP, reason="a later attempt owns the step")
+        if saga.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
+            # A Parallel member that failed after a sibling did: no retry, the saga is being undone.
+            _fail_step(saga, record, error, blame=False, permanent=permanent, timeout=timed_out,
+                       note=f"not retried: the saga is {saga.status}")
+            _finish_if_compensated(saga)
+            return Outcome(Decision.STOP, reason=f"saga is {saga.status}")
         if permanent or not policy.allows_another(claim.attempt):
             _fail_step(saga, record, error, permanent=permanent, timeout=timed_out)
             return Outcome(Decision.FAILED, reason=error)
@@ -448,14 +504,32 @@ def _record_failure(claim: _Claim, exc: Exception, policy: Retry) -> Outcome:
 # --- compensating ------------------------------------------------------------------
 
 
+UNDO_PENDING = (StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED)
+
+
 def _compensable(saga: SagaInstance) -> list[StepRecord]:
     """Steps still to undo, latest first."""
-    return list(
-        saga.steps.filter(
-            has_compensation=True,
-            status__in=(StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED),
-        ).order_by("-index")
-    )
+    return list(saga.steps.filter(has_compensation=True, status__in=UNDO_PENDING).order_by("-index"))
+
+
+def _compensation_order(saga: SagaInstance) -> list[int]:
+    """Indices the compensation chain visits, latest first.
+
+    Besides the steps to undo, a Parallel member still running: its chain task
+    waits for it to finish, then undoes it if it succeeded, so nothing earlier
+    is compensated before it.
+    """
+    undo = Q(has_compensation=True, status__in=UNDO_PENDING) | Q(status=StepStatus.RUNNING)
+    return list(saga.steps.filter(undo).order_by("-index").values_list("index", flat=True))
+
+
+def _finish_if_compensated(saga: SagaInstance) -> None:
+    """A compensating saga with nothing left to undo and nothing still running is compensated."""
+    if saga.status != SagaStatus.COMPENSATING:
+        return
+    if saga.steps.filter(status=StepStatus.RUNNING).exists() or _compensable(saga):
+        return
+    _move_saga(saga, SagaStatus.COMPENSATED, EventKind.SAGA_COMPENSATED)
 
 
 def begin_compensation(saga_id, reason: str = "") -> list[int] | None:
@@ -473,8 +547,17 @@ def begin_compensation(saga_id, reason: str = "") -> list[int] | None:
 
 
 def _start_compensating(saga: SagaInstance, reason: str) -> list[int]:
+    definition = definition_of(saga)
+    now = timezone.now()
     for record in saga.steps.select_for_update().order_by("index"):
-        if record.status == StepStatus.RUNNING:
+        if record.status == StepStatus.RUNNING and definition.is_parallel(record.index):
+            if record.lease_expires_at and record.lease_expires_at > now:
+                # A sibling of the member that failed, still at work: it finishes
+                # and records its outcome; the compensation chain waits for it.
+                continue
+            # Waiting for a retry (or its attempt was lost): no attempt is made any more.
+            _fail_step(saga, record, "stopped: the saga is compensating", blame=False)
+        elif record.status == StepStatus.RUNNING:
             # The attempt never reported (hard time limit, or the task crashed).
             _fail_step(saga, record, reason or "attempt did not finish (hard time limit or crashed task)")
         elif record.status == StepStatus.PENDING:
@@ -485,8 +568,8 @@ def _start_compensating(saga: SagaInstance, reason: str) -> list[int]:
         saga.error = reason or "failed"
         saga.save(update_fields=["error", "updated_at"])
     _move_saga(saga, SagaStatus.COMPENSATING, EventKind.SAGA_COMPENSATING, reason=saga.error)
-    indices = [r.index for r in _compensable(saga)]
-    if not indices:
+    indices = _compensation_order(saga)
+    if not indices and not saga.steps.filter(status=StepStatus.RUNNING).exists():
         _move_saga(saga, SagaStatus.COMPENSATED, EventKind.SAGA_COMPENSATED, note="nothing to undo")
         return []
     saga_id = saga.id
@@ -503,16 +586,22 @@ def _claim_compensation(saga_id, index: int, policy: Retry | None) -> _Claim | O
         if saga.status != SagaStatus.COMPENSATING:
             return Outcome(Decision.STOP, reason=f"saga is {saga.status}")
         record = _lock_step(saga, index)
-        if not record.has_compensation or record.status not in (
-            StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED
-        ):
-            return Outcome(Decision.CONTINUE, reason=f"nothing to compensate (step {record.status})")
-        later = saga.steps.filter(index__gt=index, has_compensation=True, status__in=(
-            StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED))
-        if later.exists():
-            return Outcome(Decision.STOP, reason="a later step is not compensated yet")
         definition = definition_of(saga)
         step = definition.step_at(index)
+        if record.status == StepStatus.RUNNING:
+            waiting = _wait_for_running_member(saga, record, now)
+            if waiting is not None:
+                return waiting
+        if not record.has_compensation or record.status not in UNDO_PENDING:
+            _finish_if_compensated(saga)
+            return Outcome(Decision.CONTINUE, reason=f"nothing to compensate (step {record.status})")
+        # Everything in later stages is undone first; members of one Parallel
+        # are independent of each other.
+        last_of_stage = definition.stage_indices(index)[-1]
+        later = saga.steps.filter(Q(has_compensation=True, status__in=UNDO_PENDING) | Q(status=StepStatus.RUNNING),
+                                  index__gt=last_of_stage)
+        if later.exists():
+            return Outcome(Decision.STOP, reason="a later step is not compensated yet")
         policy = policy or step.compensation_retry
         if record.status == StepStatus.COMPENSATING:
             if record.lease_expires_at and record.lease_expires_at > now:
@@ -544,6 +633,24 @@ def _claim_compensation(saga_id, index: int, policy: Retry | None) -> _Claim | O
             is_compensation=True,
         )
         return _Claim(saga.id, index, record.compensation_attempts, step, context)
+
+
+def _wait_for_running_member(saga: SagaInstance, record: StepRecord, now: datetime) -> Outcome | None:
+    """A Parallel member still running when compensation reaches it.
+
+    While its attempt holds a live lease the chain waits (it may yet succeed
+    and need undoing); once the lease has expired the attempt is taken as
+    lost, the member failed, and the chain goes on.
+    """
+    if record.lease_expires_at and record.lease_expires_at > now:
+        return Outcome(Decision.RETRY, _poll_delay(record.lease_expires_at), "a parallel step is still running")
+    if record.lease_expires_at is not None:
+        _event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts)
+        error = "attempt did not finish (hard time limit or crashed task)"
+    else:
+        error = "stopped: the saga is compensating"
+    _fail_step(saga, record, error, blame=False)
+    return None
 
 
 def _fail_compensation(saga: SagaInstance, record: StepRecord, error: str) -> None:
@@ -584,8 +691,7 @@ def _record_compensated(claim: _Claim) -> Outcome:
         record.compensation_error = ""
         record.lease_expires_at = None
         _move_step(saga, record, StepStatus.COMPENSATED, EventKind.STEP_COMPENSATED, attempt=claim.attempt)
-        if not _compensable(saga):
-            _move_saga(saga, SagaStatus.COMPENSATED, EventKind.SAGA_COMPENSATED)
+        _finish_if_compensated(saga)
     return Outcome(Decision.CONTINUE)
 
 
@@ -662,7 +768,7 @@ def retry_compensation(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
             record.next_attempt_at = None
             _move_step(instance, record, StepStatus.COMPENSATING, EventKind.COMPENSATION_RETRY_REQUESTED)
         _move_saga(instance, SagaStatus.COMPENSATING, EventKind.SAGA_COMPENSATING, reason="compensation retried")
-        indices = [r.index for r in _compensable(instance)]
+        indices = _compensation_order(instance)
         saga_id = instance.id
         transaction.on_commit(lambda: canvas.dispatch_compensation(saga_id, indices))
     instance.refresh_from_db()
@@ -730,7 +836,10 @@ def resume(saga_id, *, stall_after: float = 0.0) -> str | None:
         if any(r.next_attempt_at and r.next_attempt_at > now for r in records):
             return None
         if saga.status == SagaStatus.COMPENSATING:
-            indices = [r.index for r in _compensable(saga)]
+            indices = _compensation_order(saga)
+            if not indices:
+                _finish_if_compensated(saga)
+                return "finished"
             _event(saga, EventKind.SAGA_RESUMED, phase="compensation", steps=indices)
             transaction.on_commit(lambda: canvas.dispatch_compensation(saga.id, indices))
             return "compensation"
@@ -742,6 +851,16 @@ def resume(saga_id, *, stall_after: float = 0.0) -> str | None:
         if first_open is None:
             _move_saga(saga, SagaStatus.SUCCEEDED, EventKind.SAGA_SUCCEEDED)
             return "finished"
+        definition = definition_of(saga)
+        stage = definition.stage_indices(first_open)
+        status = {r.index: r.status for r in records}
+        open_members = [i for i in stage if status[i] != StepStatus.SUCCEEDED]
+        if definition.is_parallel(first_open) and len(open_members) < len(stage):
+            # Part of a Parallel succeeded: send the rest on their own; the
+            # last of them to succeed sends the next stage.
+            _event(saga, EventKind.SAGA_RESUMED, phase="forward", from_step=first_open, steps=open_members)
+            transaction.on_commit(lambda: canvas.dispatch_steps(saga.id, open_members))
+            return "forward"
         _event(saga, EventKind.SAGA_RESUMED, phase="forward", from_step=first_open)
         transaction.on_commit(lambda: canvas.dispatch_forward(saga.id, first_open))
         return "forward"

@@ -39,12 +39,41 @@ def saga_problems(saga: SagaInstance) -> list[str]:
             problems.append(f"compensated but steps {left} are not undone")
     if saga.status == SagaStatus.FAILED and not any(s.status == StepStatus.COMPENSATION_FAILED for s in steps):
         problems.append("failed with no compensation_failed step")
-    kinds = list(saga.events.order_by("id").values_list("kind", flat=True))
+    trail = list(saga.events.order_by("id").values_list("id", "kind", "step_id"))
+    kinds = [kind for _, kind, _ in trail]
     if not kinds or kinds[0] != EventKind.SAGA_CREATED:
         problems.append("audit trail does not start with saga_created")
     final = FINAL_EVENT.get(saga.status)
     if final and final not in kinds:
         problems.append(f"audit trail has no {final} event")
+    problems.extend(_stage_order_problems(steps, trail))
+    return problems
+
+
+def _stage_order_problems(steps: list, trail: list[tuple]) -> list[str]:
+    """No step started before every step of the earlier stages had succeeded.
+
+    Read from the audit trail's order (event ids), not from clocks. Rows from
+    before stages existed have none: each step was then its own stage.
+    """
+    stage_of = {s.pk: s.index if s.stage is None else s.stage for s in steps}
+    name_of = {s.pk: s.name for s in steps}
+    first_start: dict[int, int] = {}
+    last_success: dict[int, int] = {}
+    for event_id, kind, step_id in trail:
+        if step_id not in stage_of:
+            continue
+        if kind == EventKind.STEP_STARTED:
+            first_start.setdefault(step_id, event_id)
+        elif kind == EventKind.STEP_SUCCEEDED:
+            stage = stage_of[step_id]
+            last_success[stage] = max(last_success.get(stage, 0), event_id)
+    problems = []
+    for step_id, started in first_start.items():
+        stage = stage_of[step_id]
+        early = [s for s, succeeded in last_success.items() if s < stage and succeeded > started]
+        if early:
+            problems.append(f"step {name_of[step_id]} started before stage {min(early)} had succeeded")
     return problems
 
 

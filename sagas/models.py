@@ -107,6 +107,12 @@ class StepRecord(models.Model):
     saga = models.ForeignKey(SagaInstance, on_delete=models.CASCADE, related_name="steps")
     index = models.PositiveIntegerField()
     name = models.CharField(max_length=200)
+    # What runs one after another: steps of one stage (the members of a
+    # Parallel) run at once. Null on rows written before stages existed,
+    # where every step was its own stage.
+    stage = models.PositiveIntegerField(null=True, blank=True)
+    # The Parallel this step is a member of; null for a plain step.
+    parallel_group = models.CharField(max_length=200, null=True, blank=True)
     status = models.CharField(max_length=20, choices=StepStatus.choices, default=StepStatus.PENDING)
     has_compensation = models.BooleanField(default=True)
     attempts = models.PositiveIntegerField(default=0)

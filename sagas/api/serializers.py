@@ -44,9 +44,13 @@ class StepRecordOutputSerializer(serializers.ModelSerializer):
         model = StepRecord
         fields = [
             "index", "name", "status", "has_compensation", "attempts", "result", "error", "started_at",
-            "finished_at", "compensation_attempts", "compensation_error", "compensated_at",
+            "finished_at", "compensation_attempts", "compensation_error", "compensated_at", "stage", "parallel_group",
         ]
         read_only_fields = fields
+        extra_kwargs = {
+            "stage": {"help_text": "Steps of one stage run at once; stages run one after another."},
+            "parallel_group": {"help_text": "Name of the Parallel this step is a member of; null for a plain step."},
+        }
 
 
 class SagaInstanceOutputSerializer(serializers.ModelSerializer):
@@ -91,6 +95,9 @@ class StepDefinitionOutputSerializer(serializers.Serializer):
     timeout = serializers.FloatField(allow_null=True)
     compensation_retry = RetryPolicyOutputSerializer()
     transactional = serializers.BooleanField()
+    stage = serializers.IntegerField(help_text="Steps of one stage run at once; stages run one after another.")
+    parallel_group = serializers.CharField(
+        allow_null=True, help_text="Name of the Parallel this step is a member of; null for a plain step.")
 
 
 class SagaTypeOutputSerializer(serializers.Serializer):

@@ -12,7 +12,7 @@ import time
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import transaction
 
-from sagas import PermanentError, Retry, Saga, Step, registry
+from sagas import Parallel, PermanentError, Retry, Saga, Step, registry
 
 from .models import Call, Ledger
 
@@ -68,6 +68,21 @@ registry.register(Saga(
         Step("b", action, compensation=compensation, retry=FAST, compensation_retry=COMP, timeout=4),
         Step("c", action, compensation=compensation, retry=Retry(max_attempts=1), compensation_retry=COMP,
              timeout=1),
+    ],
+))
+
+
+registry.register(Saga(
+    name="tests.parallel",
+    steps=[
+        Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+        Parallel(
+            "fanout",
+            Step("b1", action, compensation=compensation, retry=FAST, compensation_retry=COMP, timeout=4),
+            Step("b2", action, compensation=compensation, retry=FAST, compensation_retry=COMP, timeout=4),
+            Step("b3", action, compensation=compensation, retry=FAST, compensation_retry=COMP, timeout=4),
+        ),
+        Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
     ],
 ))
 

@@ -87,6 +87,16 @@ def test_step_without_compensation_is_marked_not_undoable(admin_client, sent):
     assert page.count("not undoable") == 1  # "notify" has no compensation, "credit" has one
 
 
+def test_members_of_a_parallel_show_their_group(admin_client, sent):
+    saga = start_saga("tests.parallel", input={})
+
+    page = admin_client.get(change_url(saga)).content.decode()
+
+    assert page.count("in parallel: fanout") == 3  # b1, b2, b3; a and c run alone
+    step = saga.steps.get(name="b2")
+    assert "fanout" in admin_client.get(reverse("admin:sagas_steprecord_change", args=[step.pk])).content.decode()
+
+
 def test_nobody_adds_a_saga_in_the_admin(admin_client, db):
     assert admin_client.get(reverse("admin:sagas_sagainstance_add")).status_code == 403
 

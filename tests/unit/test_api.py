@@ -115,7 +115,7 @@ def test_instance_answer_has_every_documented_field(api):
     }
     assert set(body["steps"][0]) == {
         "index", "name", "status", "has_compensation", "attempts", "result", "error", "started_at",
-        "finished_at", "compensation_attempts", "compensation_error", "compensated_at",
+        "finished_at", "compensation_attempts", "compensation_error", "compensated_at", "stage", "parallel_group",
     }
     assert body["input"] == {}
 
@@ -339,6 +339,24 @@ def test_saga_types_lists_the_registered_definitions_with_their_steps(api):
     assert three["steps"][1]["timeout"] == 4
     assert three["steps"][0]["retry"] == {"max_attempts": 3, "backoff": 0.05, "max_backoff": 0.2}
     assert [s["has_compensation"] for s in by_name["tests.ledger"]["steps"]] == [True, False]
+    assert {s["parallel_group"] for s in three["steps"]} == {None}
+
+
+def test_saga_types_show_the_members_of_a_parallel(api):
+    by_name = {t["name"]: t for t in api.get("/api/saga-types/").json()}
+
+    steps = by_name["tests.parallel"]["steps"]
+    assert [(s["index"], s["name"], s["stage"], s["parallel_group"]) for s in steps] == [
+        (0, "a", 0, None), (1, "b1", 1, "fanout"), (2, "b2", 1, "fanout"), (3, "b3", 1, "fanout"), (4, "c", 2, None),
+    ]
+
+
+def test_instance_answer_shows_each_steps_stage_and_group(api):
+    body = api.post(SAGAS_URL, {"saga_type": "tests.parallel"}, format="json").json()
+
+    assert [(s["name"], s["stage"], s["parallel_group"]) for s in body["steps"]] == [
+        ("a", 0, None), ("b1", 1, "fanout"), ("b2", 1, "fanout"), ("b3", 1, "fanout"), ("c", 2, None),
+    ]
 
 
 # --- intervening -------------------------------------------------------------------------

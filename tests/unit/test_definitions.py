@@ -49,7 +49,21 @@ def test_unknown_saga_type_names_it():
         (Saga(name="notastep", steps=[noop]), "'notastep': <function noop"),
         (Saga(name="badversion", version=0, steps=[Step("a", noop)]), "version must be an int >= 1"),
         (Saga(name="", steps=[Step("a", noop)]), "saga name '' is not a valid identifier"),
-        (Saga(name="par", steps=[Parallel("p", Step("a", noop))]), "Parallel\\('p'\\) is not supported"),
+        (Saga(name="par", steps=[Parallel("p")]), "'par', Parallel\\('p'\\): a Parallel needs at least one step"),
+        (Saga(name="nested", steps=[Parallel("p", Step("a", noop), Parallel("q", Step("b", noop)))]),
+         "'nested', Parallel\\('p'\\): Parallel\\('q'\\) is nested; Parallel members must be Steps"),
+        (Saga(name="member", steps=[Parallel("p", Step("a", noop), noop)]),
+         "'member', Parallel\\('p'\\): <function noop"),
+        (Saga(name="across", steps=[Step("a", noop), Parallel("p", Step("b", noop), Step("a", noop))]),
+         "'across': duplicate step name 'a'"),
+        (Saga(name="inside", steps=[Parallel("p", Step("b", noop), Step("b", noop))]),
+         "'inside': duplicate step name 'b'"),
+        (Saga(name="twogroups", steps=[Parallel("p", Step("a", noop)), Parallel("p", Step("b", noop))]),
+         "'twogroups': duplicate Parallel name 'p'"),
+        (Saga(name="clash", steps=[Step("p", noop), Parallel("p", Step("b", noop))]),
+         "'clash': 'p' names both a Parallel and a step"),
+        (Saga(name="badgroup", steps=[Parallel("has space", Step("b", noop))]),
+         "Parallel name 'has space' is not a valid identifier"),
     ],
 )
 def test_bad_definitions_fail_at_registration_naming_saga_and_problem(saga, message):
@@ -87,3 +101,52 @@ def test_describe_lists_steps_with_their_policies():
     assert [s["name"] for s in described["steps"]] == ["a", "b"]
     assert described["steps"][0]["timeout"] == 5
     assert described["steps"][1]["has_compensation"] is False
+
+
+# --- Parallel ---------------------------------------------------------------------------
+
+
+def fanout_saga() -> Saga:
+    return Saga(name="fan", steps=[
+        Step("a", noop),
+        Parallel("fanout", Step("b1", noop), Step("b2", noop, compensation=noop), Step("b3", noop)),
+        Step("c", noop),
+    ])
+
+
+def test_parallel_is_accepted_where_a_step_may_stand():
+    registry = Registry()
+
+    saga = registry.register(fanout_saga())
+
+    assert registry.get("fan") is saga
+
+
+def test_steps_are_flat_and_stages_group_their_indices():
+    saga = fanout_saga()
+
+    assert [s.name for s in saga.steps] == ["a", "b1", "b2", "b3", "c"]
+    assert saga.stages == [[0], [1, 2, 3], [4]]
+    assert saga.step_at(2).name == "b2"
+    assert [saga.stage_of(i) for i in range(5)] == [0, 1, 1, 1, 2]
+    assert saga.stage_indices(2) == [1, 2, 3]
+    assert [saga.group_of(i) for i in range(5)] == [None, "fanout", "fanout", "fanout", None]
+    assert [saga.next_stage_start(i) for i in range(5)] == [1, 4, 4, 4, None]
+
+
+def test_a_parallel_may_open_or_close_a_saga():
+    saga = Saga(name="edges", steps=[Parallel("first", Step("a", noop), Step("b", noop)),
+                                      Parallel("last", Step("c", noop))])
+    saga.validate()
+
+    assert saga.stages == [[0, 1], [2]]
+    assert saga.is_parallel(2) and saga.next_stage_start(2) is None
+
+
+def test_describe_shows_each_steps_stage_and_group():
+    described = fanout_saga().describe()
+
+    assert [(s["name"], s["stage"], s["parallel_group"]) for s in described["steps"]] == [
+        ("a", 0, None), ("b1", 1, "fanout"), ("b2", 1, "fanout"), ("b3", 1, "fanout"), ("c", 2, None),
+    ]
+    assert described["steps"][2]["has_compensation"] is True

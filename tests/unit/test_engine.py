@@ -217,3 +217,225 @@ def test_compensation_out_of_order_waits_for_later_steps(db, sent):
 
     assert execute_compensation(saga.id, 0).decision is Decision.STOP
     assert saga.steps.get(index=0).status == StepStatus.SUCCEEDED
+
+
+# --- Parallel: members run at once, the last to succeed sends the next stage -----------
+
+from sagas import engine  # noqa: E402
+from sagas.engine import begin_compensation  # noqa: E402
+
+PARALLEL = "tests.parallel"  # a -> Parallel("fanout", b1, b2, b3) -> c
+A, B1, B2, B3, C = range(5)
+
+
+def test_start_saga_records_each_steps_stage_and_group(db, sent):
+    saga = start_saga(PARALLEL, input={})
+
+    assert list(saga.steps.values_list("index", "name", "stage", "parallel_group")) == [
+        (A, "a", 0, None), (B1, "b1", 1, "fanout"), (B2, "b2", 1, "fanout"), (B3, "b3", 1, "fanout"), (C, "c", 2, None),
+    ]
+
+
+def test_members_of_a_stage_are_claimed_in_any_order(db, sent):
+    saga = start_saga(PARALLEL, input={})
+    execute_step(saga.id, A)
+
+    assert execute_step(saga.id, C).decision is Decision.STOP  # the stage before it is not done
+    for index in (B3, B1, B2):
+        assert execute_step(saga.id, index).decision is Decision.CONTINUE
+
+    assert list(saga.steps.filter(stage=1).values_list("status", flat=True)) == [StepStatus.SUCCEEDED] * 3
+    assert execute_step(saga.id, C).decision is Decision.CONTINUE
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.SUCCEEDED
+    # Each member saw the results of the earlier stages, never a sibling's; c saw them all.
+    assert saga.results["b2"] == {"value": 2, "attempt": 1}
+    assert saga.results["c"] == {"value": 8, "attempt": 1}
+
+
+def test_a_member_does_not_wait_for_its_siblings_to_start(db, sent):
+    saga = start_saga(PARALLEL, input={})
+    execute_step(saga.id, A)
+    claim = engine._claim_forward(saga.id, B1, None)  # b1 holds its step
+
+    assert execute_step(saga.id, B2).decision is Decision.CONTINUE
+    assert isinstance(claim, engine._Claim)
+
+
+def test_the_last_member_to_succeed_dispatches_the_next_stage_once(db, sent, django_capture_on_commit_callbacks):
+    saga = start_saga(PARALLEL, input={})
+    sent.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        execute_step(saga.id, A)  # a plain step: its chain goes on, the engine sends nothing
+        execute_step(saga.id, B2)
+        execute_step(saga.id, B3)
+    assert sent == []
+
+    with django_capture_on_commit_callbacks(execute=True):
+        execute_step(saga.id, B1)
+        execute_step(saga.id, B1)  # a redelivery of the last member sends nothing more
+    assert sent == [("forward", saga.id, C)]
+
+
+def test_a_failed_member_stops_a_sibling_waiting_for_its_retry(db, sent, django_capture_on_commit_callbacks):
+    saga = start_saga(PARALLEL, input={"flaky": {"b1": 1}, "fail": {"b2": "permanent"}})
+    execute_step(saga.id, A)
+    assert execute_step(saga.id, B1).decision is Decision.RETRY
+    assert execute_step(saga.id, B2).decision is Decision.FAILED
+    sent.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert begin_compensation(saga.id) == [A]
+
+    b1 = saga.steps.get(index=B1)
+    assert b1.status == StepStatus.FAILED and b1.error == "stopped: the saga is compensating"
+    assert list(saga.steps.values_list("name", "status")) == [
+        ("a", StepStatus.SUCCEEDED), ("b1", StepStatus.FAILED), ("b2", StepStatus.FAILED),
+        ("b3", StepStatus.SKIPPED), ("c", StepStatus.SKIPPED),
+    ]
+    saga.refresh_from_db()
+    assert saga.error.startswith("step b2 failed: PermanentError")  # the sibling stopped is not blamed
+    assert sent == [("compensate", saga.id, [A])]
+    assert execute_step(saga.id, B1).decision is Decision.STOP  # its retry message finds the saga compensating
+
+
+def test_compensation_includes_the_running_member_and_waits_for_it(db, sent, django_capture_on_commit_callbacks):
+    saga = start_saga(PARALLEL, input={"fail": {"b2": "permanent"}})
+    execute_step(saga.id, A)
+    execute_step(saga.id, B3)
+    running = engine._claim_forward(saga.id, B1, None)  # b1's action is under way
+    execute_step(saga.id, B2)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        indices = begin_compensation(saga.id)
+
+    assert indices == [B3, B1, A]  # every member left to undo or still running, then the earlier stage
+    assert saga.steps.get(index=B1).status == StepStatus.RUNNING  # left to finish
+    assert execute_compensation(saga.id, B3).decision is Decision.CONTINUE
+    waiting = execute_compensation(saga.id, B1)
+    assert waiting.decision is Decision.RETRY and waiting.reason == "a parallel step is still running"
+    assert execute_compensation(saga.id, A).decision is Decision.STOP  # b1 comes first
+
+    with django_capture_on_commit_callbacks(execute=True):
+        finished = engine._record_success(running, {"value": 2, "attempt": 1})  # b1 finishes after all
+    assert finished.decision is Decision.CONTINUE
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.COMPENSATING  # not succeeded, and nothing sent forward
+    assert saga.steps.get(index=B1).status == StepStatus.SUCCEEDED
+    assert not [m for m in sent if m[0] != "compensate"]
+
+    assert execute_compensation(saga.id, B1).decision is Decision.CONTINUE
+    assert execute_compensation(saga.id, A).decision is Decision.CONTINUE
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.COMPENSATED
+    assert list(saga.steps.values_list("status", flat=True)) == [
+        StepStatus.COMPENSATED, StepStatus.COMPENSATED, StepStatus.FAILED, StepStatus.COMPENSATED, StepStatus.SKIPPED,
+    ]
+
+
+def test_a_running_member_that_then_fails_is_not_retried(db, sent):
+    saga = start_saga(PARALLEL, input={"fail": {"b2": "permanent"}})
+    execute_step(saga.id, A)
+    running = engine._claim_forward(saga.id, B1, None)
+    execute_step(saga.id, B2)
+    begin_compensation(saga.id)
+
+    outcome = engine._record_failure(running, ConnectionError("flaked"), running.step.retry)
+
+    assert outcome.decision is Decision.STOP
+    b1 = saga.steps.get(index=B1)
+    assert b1.status == StepStatus.FAILED and b1.next_attempt_at is None
+    assert execute_compensation(saga.id, B1).decision is Decision.CONTINUE
+    assert execute_compensation(saga.id, A).decision is Decision.CONTINUE
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.COMPENSATED
+
+
+def test_a_running_member_whose_lease_expired_is_failed_and_passed_over(db, sent):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    saga = start_saga(PARALLEL, input={"fail": {"b2": "permanent"}})
+    execute_step(saga.id, A)
+    engine._claim_forward(saga.id, B1, None)
+    execute_step(saga.id, B2)
+    begin_compensation(saga.id)
+    StepRecord.objects.filter(saga=saga, index=B1).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    assert execute_compensation(saga.id, B1).decision is Decision.CONTINUE
+
+    b1 = saga.steps.get(index=B1)
+    assert b1.status == StepStatus.FAILED and "hard time limit" in b1.error
+    assert saga.events.filter(kind=EventKind.STEP_ATTEMPT_LOST, step=b1).count() == 1
+
+
+def test_members_are_compensated_in_any_order_but_before_earlier_stages(db, sent):
+    saga = start_saga(PARALLEL, input={"fail": {"c": "permanent"}})
+    for index in range(5):
+        execute_step(saga.id, index)
+    assert begin_compensation(saga.id) == [B3, B2, B1, A]
+
+    assert execute_compensation(saga.id, B1).decision is Decision.CONTINUE  # a sibling need not wait
+    assert execute_compensation(saga.id, A).decision is Decision.STOP  # b2 and b3 are not undone yet
+    assert execute_compensation(saga.id, B3).decision is Decision.CONTINUE
+    assert execute_compensation(saga.id, B2).decision is Decision.CONTINUE
+    assert execute_compensation(saga.id, A).decision is Decision.CONTINUE
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.COMPENSATED
+
+
+def test_sweeper_sends_the_members_of_a_stage_that_have_not_succeeded(db, sent, django_capture_on_commit_callbacks):
+    saga = start_saga(PARALLEL, input={})
+    execute_step(saga.id, A)
+    execute_step(saga.id, B2)
+    sent.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = sweep(stall_after=0)
+
+    assert report.resumed_forward == 1
+    assert sent == [("steps", saga.id, [B1, B3])]
+
+
+def test_sweeper_sends_the_next_stage_when_the_join_message_was_lost(db, sent, django_capture_on_commit_callbacks):
+    saga = start_saga(PARALLEL, input={})
+    for index in (A, B1, B2, B3):
+        execute_step(saga.id, index)  # on-commit callbacks never run here: the dispatch of c is lost
+    sent.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        sweep(stall_after=0)
+
+    assert sent == [("forward", saga.id, C)]
+
+
+def test_sweeper_sends_a_whole_stage_none_of_whose_members_ran(db, sent, django_capture_on_commit_callbacks):
+    saga = start_saga(PARALLEL, input={})
+    execute_step(saga.id, A)
+    sent.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        sweep(stall_after=0)
+
+    assert sent == [("forward", saga.id, B1)]
+
+
+def test_cancel_waits_for_a_running_member_then_compensates(db, sent, django_capture_on_commit_callbacks):
+    saga = start_saga(PARALLEL, input={})
+    execute_step(saga.id, A)
+    running = engine._claim_forward(saga.id, B1, None)
+
+    saga = cancel(saga)
+    assert saga.status == SagaStatus.RUNNING and saga.cancel_requested_at is not None
+
+    assert execute_step(saga.id, B2).decision is Decision.FAILED  # the next claim refuses
+    assert saga.steps.get(index=B2).status == StepStatus.SKIPPED
+    engine._record_success(running, {"value": 2, "attempt": 1})
+    with django_capture_on_commit_callbacks(execute=True):
+        assert begin_compensation(saga.id, reason="cancelled") == [B1, A]
+    for index in (B1, A):
+        execute_compensation(saga.id, index)
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.COMPENSATED
