@@ -10,7 +10,7 @@ import redis
 from celery import shared_task
 from django.conf import settings
 
-from .definitions import Retry, Saga, Step
+from .definitions import Parallel, Retry, Saga, Step
 from .errors import PermanentError
 
 BENCH_SAGA = "sagas.bench"
@@ -33,6 +33,20 @@ bench_saga = Saga(
     name=BENCH_SAGA,
     description="Benchmark saga used by `manage.py saga_bench` (no-op steps).",
     steps=[Step(f"s{i}", _work, compensation=_undo, retry=Retry(max_attempts=1)) for i in range(BENCH_STEPS)],
+)
+
+
+CHAOS_SAGA = "sagas.chaos"
+
+# The same work with a Parallel stage in the middle: chaos also hits joins.
+chaos_saga = Saga(
+    name=CHAOS_SAGA,
+    description="Chaos saga used by `manage.py saga_chaos` (no-op steps, a parallel stage).",
+    steps=[
+        Step("s0", _work, compensation=_undo, retry=Retry(max_attempts=1)),
+        Parallel("fan", *[Step(f"s1{m}", _work, compensation=_undo, retry=Retry(max_attempts=1)) for m in "ab"]),
+        Step(f"s{BENCH_STEPS - 1}", _work, compensation=_undo, retry=Retry(max_attempts=1)),
+    ],
 )
 
 

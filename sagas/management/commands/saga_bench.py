@@ -36,6 +36,7 @@ class Command(BaseCommand):
             raise CommandError("--sagas, --workers and --concurrency must be at least 1")
         self.created: list = []
         queue = f"bench-{uuid.uuid4().hex[:8]}"
+        saved_queue = app.conf.task_default_queue
         app.conf.task_default_queue = queue
         procs = self._start_workers(queue, workers, concurrency)
         try:
@@ -58,6 +59,7 @@ class Command(BaseCommand):
             ]
         finally:
             stop_workers(procs)
+            app.conf.task_default_queue = saved_queue
             if not keep:
                 SagaInstance.objects.filter(id__in=self.created).delete()
         self._report(burst, single)

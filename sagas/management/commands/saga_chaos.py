@@ -23,7 +23,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from config.celery import app
-from sagas.bench import BENCH_SAGA
+from sagas.bench import CHAOS_SAGA
 from sagas.engine import start_saga, sweep
 from sagas.invariants import check_sagas
 from sagas.models import FINAL_SAGA_STATUSES, EventKind, SagaEvent, SagaInstance
@@ -67,6 +67,8 @@ class Command(BaseCommand):
         self.port = free_port()
         self.broker_url = f"redis://127.0.0.1:{self.port}/0"
         self.queue = f"chaos-{uuid.uuid4().hex[:8]}"
+        # This process now publishes to the chaos Redis for good: run the command
+        # in a process of its own (the test does).
         app.conf.broker_url = self.broker_url
         app.conf.task_default_queue = self.queue
         self.redis = self._start_redis()
@@ -78,7 +80,7 @@ class Command(BaseCommand):
                 self._start_worker(n, o["concurrency"])
             self._wait_for_workers()
             ids = [
-                start_saga(BENCH_SAGA, input={"i": i, "sleep": o["step_seconds"],
+                start_saga(CHAOS_SAGA, input={"i": i, "sleep": o["step_seconds"],
                                               "fail": rng.random() < o["failure_share"]}).id
                 for i in range(o["sagas"])
             ]
