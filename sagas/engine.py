@@ -336,16 +336,26 @@ def _claim_forward(saga_id, index: int, policy: Retry | None) -> _Claim | Outcom
         record.lease_expires_at = _lease_until(step)
         record.next_attempt_at = None
         _move_step(saga, record, StepStatus.RUNNING, EventKind.STEP_STARTED, attempt=record.attempts)
-        context = StepContext(
-            saga_id=saga.id,
-            saga_type=saga.saga_type,
-            input=saga.input,
-            results={k: v for k, v in saga.results.items() if k in _names_before(definition, index)},
-            step=step.name,
-            attempt=record.attempts,
-            idempotency_key=f"{saga.id}:{step.name}",
-        )
-        return _Claim(saga.id, index, record.attempts, step, context)
+        return _claim(saga, definition, index, record.attempts)
+
+
+def _claim(saga: SagaInstance, definition: Saga, index: int, attempt: int, *,
+           compensated: StepRecord | None = None) -> _Claim:
+    """What the claimed attempt runs with: for a compensation, ``compensated`` is the step's record."""
+    step = definition.step_at(index)
+    key = f"{saga.id}:{step.name}" + (":compensation" if compensated is not None else "")
+    context = StepContext(
+        saga_id=saga.id,
+        saga_type=saga.saga_type,
+        input=saga.input,
+        results={k: v for k, v in saga.results.items() if k in _names_before(definition, index)},
+        step=step.name,
+        attempt=attempt,
+        idempotency_key=key,
+        result=compensated.result if compensated is not None else None,
+        is_compensation=compensated is not None,
+    )
+    return _Claim(saga.id, index, attempt, step, context)
 
 
 def _names_before(definition: Saga, index: int) -> set[str]:
@@ -371,6 +381,14 @@ def _invoke(fn: Callable, claim: _Claim, *, phase: str) -> Any:
     except (TypeError, ValueError):
         raise PermanentError(f"{phase} returned a value that is not JSON-serialisable: {result!r}") from None
     return result
+
+
+def _attempt_error(claim: _Claim, exc: Exception) -> tuple[str, bool]:
+    """The error an attempt is recorded with, and whether it was a timeout."""
+    if _is_timeout(exc):
+        limit = effective_timeout(claim.step, compensation=claim.context.is_compensation)
+        return f"StepTimeout: attempt {claim.attempt} exceeded {limit:g}s", True
+    return _describe_error(exc), False
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -469,11 +487,7 @@ def _dispatch_next_stage_if_joined(saga: SagaInstance, index: int) -> None:
 
 
 def _record_failure(claim: _Claim, exc: Exception, policy: Retry) -> Outcome:
-    timed_out = _is_timeout(exc)
-    if timed_out:
-        error = f"StepTimeout: attempt {claim.attempt} exceeded {effective_timeout(claim.step):g}s"
-    else:
-        error = _describe_error(exc)
+    error, timed_out = _attempt_error(claim, exc)
     permanent = isinstance(exc, PermanentError)
     with transaction.atomic():
         saga = _lock_saga(claim.saga_id)
@@ -621,18 +635,7 @@ def _claim_compensation(saga_id, index: int, policy: Retry | None) -> _Claim | O
         record.next_attempt_at = None
         _move_step(saga, record, StepStatus.COMPENSATING, EventKind.COMPENSATION_STARTED,
                    attempt=record.compensation_attempts)
-        context = StepContext(
-            saga_id=saga.id,
-            saga_type=saga.saga_type,
-            input=saga.input,
-            results={k: v for k, v in saga.results.items() if k in _names_before(definition, index)},
-            step=step.name,
-            attempt=record.compensation_attempts,
-            idempotency_key=f"{saga.id}:{step.name}:compensation",
-            result=record.result,
-            is_compensation=True,
-        )
-        return _Claim(saga.id, index, record.compensation_attempts, step, context)
+        return _claim(saga, definition, index, record.compensation_attempts, compensated=record)
 
 
 def _wait_for_running_member(saga: SagaInstance, record: StepRecord, now: datetime) -> Outcome | None:
@@ -696,11 +699,7 @@ def _record_compensated(claim: _Claim) -> Outcome:
 
 
 def _record_compensation_failure(claim: _Claim, exc: Exception, policy: Retry) -> Outcome:
-    timed_out = _is_timeout(exc)
-    if timed_out:
-        error = f"StepTimeout: attempt {claim.attempt} exceeded {effective_timeout(claim.step, compensation=True):g}s"
-    else:
-        error = _describe_error(exc)
+    error, timed_out = _attempt_error(claim, exc)
     with transaction.atomic():
         saga = _lock_saga(claim.saga_id)
         if saga is None:
@@ -728,6 +727,14 @@ def _as_id(saga: SagaInstance | uuid.UUID | str):
     return saga.pk if isinstance(saga, SagaInstance) else saga
 
 
+def _lock_existing(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
+    """The saga's row, locked; ``SagaInstance.DoesNotExist`` (a 404 in the API) when there is none."""
+    instance = _lock_saga(_as_id(saga))
+    if instance is None:
+        raise SagaInstance.DoesNotExist(f"no saga {saga}")
+    return instance
+
+
 def cancel(saga: SagaInstance | uuid.UUID | str, *, reason: str = "cancelled") -> SagaInstance:
     """Stop a pending or running saga and compensate what it did.
 
@@ -735,9 +742,7 @@ def cancel(saga: SagaInstance | uuid.UUID | str, *, reason: str = "cancelled") -
     compensated too); if none is in progress, compensation starts at once.
     """
     with transaction.atomic():
-        instance = _lock_saga(_as_id(saga))
-        if instance is None:
-            raise SagaInstance.DoesNotExist(f"no saga {saga}")
+        instance = _lock_existing(saga)
         if instance.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
             raise InvalidTransition(f"saga {instance.id} is {instance.status}; only a pending or running saga can be cancelled")
         if instance.cancel_requested_at is None:
@@ -756,9 +761,7 @@ def cancel(saga: SagaInstance | uuid.UUID | str, *, reason: str = "cancelled") -
 def retry_compensation(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
     """Re-run the compensations that failed, with a fresh retry budget."""
     with transaction.atomic():
-        instance = _lock_saga(_as_id(saga))
-        if instance is None:
-            raise SagaInstance.DoesNotExist(f"no saga {saga}")
+        instance = _lock_existing(saga)
         if instance.status != SagaStatus.FAILED:
             raise InvalidTransition(f"saga {instance.id} is {instance.status}; only a failed saga can retry compensation")
         _event(instance, EventKind.COMPENSATION_RETRY_REQUESTED)
@@ -778,9 +781,7 @@ def retry_compensation(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
 def resubmit(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
     """Start a new instance of the latest version with the same input, linked to this one."""
     with transaction.atomic():
-        original = _lock_saga(_as_id(saga))
-        if original is None:
-            raise SagaInstance.DoesNotExist(f"no saga {saga}")
+        original = _lock_existing(saga)
         if original.status in ACTIVE_SAGA_STATUSES:
             raise InvalidTransition(f"saga {original.id} is still {original.status}; resubmit it once it has finished")
         new = start_saga(original.saga_type, input=original.input, resubmitted_from=original)
