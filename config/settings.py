@@ -166,9 +166,15 @@ CELERY_TASK_SEND_SENT_EVENT = True
 SAGAS_DEFAULT_STEP_TIMEOUT = env_float("SAGAS_DEFAULT_STEP_TIMEOUT", 300.0)
 # The hard time limit is the soft limit (the step's timeout) plus this.
 SAGAS_HARD_TIMEOUT_GRACE = env_float("SAGAS_HARD_TIMEOUT_GRACE", 5.0)
-# The sweeper resumes sagas with no live step and no transition for this long.
-SAGAS_STALL_AFTER = env_float("SAGAS_STALL_AFTER", 120.0)
-SAGAS_SWEEP_INTERVAL = env_float("SAGAS_SWEEP_INTERVAL", 30.0)
+# The sweeper re-sends a saga's work when no attempt holds it and nothing has
+# moved it for this long (each further resend waits twice as long).
+SAGAS_STALL_AFTER = env_float("SAGAS_STALL_AFTER", 15.0)
+# Beat runs the sweeper this often (one indexed query when nothing is due).
+SAGAS_SWEEP_INTERVAL = env_float("SAGAS_SWEEP_INTERVAL", 5.0)
+# Every worker process that runs steps heartbeats this often (0: never); an
+# attempt whose worker has not for SAGAS_WORKER_DEAD_AFTER seconds is lost at once.
+SAGAS_HEARTBEAT_INTERVAL = env_float("SAGAS_HEARTBEAT_INTERVAL", 2.0)
+SAGAS_WORKER_DEAD_AFTER = env_float("SAGAS_WORKER_DEAD_AFTER", 10.0)
 # --- Failure injection (demos and staging) -----------------------------------------
 # Off unless DEBUG or switched on explicitly: production never injects by accident.
 SAGAS_FAILURE_INJECTION_ENABLED = env_bool("SAGAS_FAILURE_INJECTION_ENABLED", DEBUG)

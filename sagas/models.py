@@ -51,6 +51,9 @@ class EventKind(models.TextChoices):
     STEP_COMPENSATED = "step_compensated"
     COMPENSATION_FAILED = "compensation_failed"
     NOTHING_TO_COMPENSATE = "nothing_to_compensate"
+    SAGA_STUCK = "saga_stuck"
+    ERROR_CALLBACK_IGNORED = "error_callback_ignored"
+    REPORT_DROPPED = "report_dropped"
 
 
 ACTIVE_SAGA_STATUSES = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
@@ -74,6 +77,13 @@ class SagaInstance(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
+    # When the sweeper should look at this saga if nothing happens before
+    # (database clock). Null once it is finished, or held for a person
+    # because the sweeper could not move it.
+    due_at = models.DateTimeField(null=True, blank=True)
+    # Times the sweeper re-sent work without the saga moving since: each
+    # resend waits twice as long as the one before.
+    sweeps = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
@@ -87,7 +97,11 @@ class SagaInstance(models.Model):
                 condition=Q(status__in=SagaStatus.values), name="saga_status_valid"
             ),
         ]
-        indexes = [models.Index(fields=["status", "updated_at"], name="saga_status_updated_idx")]
+        indexes = [
+            models.Index(fields=["status", "updated_at"], name="saga_status_updated_idx"),
+            # The sweeper's query: only sagas that are due, however many are active.
+            models.Index(fields=["due_at"], condition=Q(due_at__isnull=False), name="saga_due_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.saga_type} {self.id} ({self.status})"
@@ -128,6 +142,13 @@ class StepRecord(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     # When a failed attempt's retry is due (the retry message waits until then).
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # The worker process running the current attempt (``sagas.liveness``):
+    # once it stops heartbeating the attempt is lost, lease or not.
+    held_by = models.CharField(max_length=200, null=True, blank=True)
+    # A failed step whose action may have applied effects (it returned but its
+    # outcome could not be stored, or its attempt was lost or killed): it is
+    # compensated with the others, its compensation seeing ``ctx.result = None``.
+    may_have_effects = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["index"]
@@ -135,6 +156,10 @@ class StepRecord(models.Model):
             models.UniqueConstraint(fields=["saga", "index"], name="step_unique_index_per_saga"),
             models.UniqueConstraint(fields=["saga", "name"], name="step_unique_name_per_saga"),
             models.CheckConstraint(condition=Q(status__in=StepStatus.values), name="step_status_valid"),
+        ]
+        indexes = [
+            # The sweeper's look-up of attempts held by workers that stopped heartbeating.
+            models.Index(fields=["held_by"], condition=Q(held_by__isnull=False), name="step_held_by_idx"),
         ]
 
     def __str__(self) -> str:
@@ -153,3 +178,16 @@ class SagaEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%H:%M:%S.%f} {self.kind}"
+
+
+class WorkerBeat(models.Model):
+    """The last sign of life of one worker process that runs steps (``sagas.liveness``)."""
+
+    id = models.CharField(primary_key=True, max_length=200)
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.id} (last beat {self.beat_at:%H:%M:%S})"

@@ -2,23 +2,23 @@
 from __future__ import annotations
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
+from celery.signals import worker_process_init, worker_ready
 
-from . import engine
+from . import engine, liveness
 from .definitions import Retry
-from .engine import Decision, Outcome
+from .engine import INFRASTRUCTURE_ERRORS, Decision, Outcome, ReportPending
 from .errors import CompensationFailed, StepFailed
 
-# A database hiccup (locked SQLite file, dropped connection) is not the step's
-# fault: the task is retried, and the claim logic keeps the action from
-# running twice at once.
-INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError)
+# Retries for a passing infrastructure problem (the database or the soft time
+# limit while the engine was at work), counted apart from the step's own
+# retries, with a backoff capped at half a minute: about eight minutes in all.
 INFRASTRUCTURE_RETRIES = 20
 
 
 def _follow(task, outcome: Outcome, failure: type[Exception]) -> str:
     if outcome.decision is Decision.RETRY:
-        raise task.retry(countdown=outcome.countdown, max_retries=None)
+        kwargs = {**task.request.kwargs, "infra": 0, "report": None}
+        raise task.retry(countdown=outcome.countdown, kwargs=kwargs, max_retries=None)
     if outcome.decision is Decision.FAILED:
         raise failure(outcome.reason)
     if outcome.decision is Decision.STOP:
@@ -27,22 +27,35 @@ def _follow(task, outcome: Outcome, failure: type[Exception]) -> str:
     return outcome.reason or "done"
 
 
-@shared_task(bind=True, name="sagas.run_step", acks_late=True, reject_on_worker_lost=True, max_retries=None)
-def run_step(self, saga_id: str, index: int, retry: dict | None = None) -> str:
+def _retry_infrastructure(task, exc: BaseException, count: int, **carry):
+    """Try again later; a step task carries its count and an attempt's unrecorded report (the action does not run again)."""
+    if count >= INFRASTRUCTURE_RETRIES:
+        raise exc  # the task fails; its saga is not compensated for it, the sweeper moves it on
+    kwargs = {**task.request.kwargs, **carry}
+    raise task.retry(exc=exc, countdown=min(2.0 ** count, 30.0), kwargs=kwargs, max_retries=None)
+
+
+def _run(task, execute, failure: type[Exception], saga_id: str, index: int, retry: dict | None, infra: int,
+         report: dict | None) -> str:
     try:
-        outcome = engine.execute_step(saga_id, index, Retry(**retry) if retry else None)
+        outcome = execute(saga_id, index, Retry(**retry) if retry else None, report=report)
+    except ReportPending as pending:
+        _retry_infrastructure(task, pending.cause, infra, infra=infra + 1, report=pending.report.as_dict())
     except INFRASTRUCTURE_ERRORS as exc:
-        raise self.retry(exc=exc, countdown=1.0, max_retries=INFRASTRUCTURE_RETRIES)
-    return _follow(self, outcome, StepFailed)
+        _retry_infrastructure(task, exc, infra, infra=infra + 1, report=report)
+    return _follow(task, outcome, failure)
+
+
+@shared_task(bind=True, name="sagas.run_step", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def run_step(self, saga_id: str, index: int, retry: dict | None = None, infra: int = 0,
+             report: dict | None = None) -> str:
+    return _run(self, engine.execute_step, StepFailed, saga_id, index, retry, infra, report)
 
 
 @shared_task(bind=True, name="sagas.compensate_step", acks_late=True, reject_on_worker_lost=True, max_retries=None)
-def compensate_step(self, saga_id: str, index: int, retry: dict | None = None) -> str:
-    try:
-        outcome = engine.execute_compensation(saga_id, index, Retry(**retry) if retry else None)
-    except INFRASTRUCTURE_ERRORS as exc:
-        raise self.retry(exc=exc, countdown=1.0, max_retries=INFRASTRUCTURE_RETRIES)
-    return _follow(self, outcome, CompensationFailed)
+def compensate_step(self, saga_id: str, index: int, retry: dict | None = None, infra: int = 0,
+                    report: dict | None = None) -> str:
+    return _run(self, engine.execute_compensation, CompensationFailed, saga_id, index, retry, infra, report)
 
 
 # One argument only (bind=True does not count): Celery then sends the error
@@ -54,7 +67,7 @@ def compensate_saga(self, saga_id: str) -> str:
         indices = engine.begin_compensation(
             saga_id, reason="step task ended without reporting (hard time limit or crash)")
     except INFRASTRUCTURE_ERRORS as exc:
-        raise self.retry(exc=exc, countdown=1.0, max_retries=INFRASTRUCTURE_RETRIES)
+        _retry_infrastructure(self, exc, self.request.retries)
     return "already handled" if indices is None else f"compensating steps {indices}"
 
 
@@ -62,3 +75,18 @@ def compensate_saga(self, saga_id: str) -> str:
 def sweep() -> dict:
     report = engine.sweep()
     return vars(report)
+
+
+# --- liveness: every process that runs steps heartbeats ------------------------------
+
+
+@worker_process_init.connect
+def _heartbeat_from_pool_child(**_) -> None:
+    liveness.start_heartbeat()
+
+
+@worker_ready.connect
+def _heartbeat_from_worker_running_tasks_itself(sender=None, **_) -> None:
+    pool = getattr(sender, "pool", None)
+    if pool is not None and not type(pool).__module__.endswith("prefork"):
+        liveness.start_heartbeat()  # solo, threads, gevent, eventlet: this process runs the steps

@@ -25,3 +25,10 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+def make_due(saga) -> None:
+    """As if the saga's due time had passed: what the sweeper looks for."""
+    from django.db.models.functions import Now
+
+    SagaInstance.objects.filter(pk=saga.pk).update(due_at=Now())

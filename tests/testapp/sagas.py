@@ -5,6 +5,8 @@
 - ``sleep``: step -> seconds every attempt sleeps; ``sleep_first``: only attempt 1
 - ``comp_fail``: step -> number of compensation calls that raise
 - ``stubborn``: step -> seconds to keep sleeping even after the soft time limit
+- ``bad_output``: step -> "nul" or "nan": the action returns a value no database stores as is
+- ``wait_for_file``: step -> a path the action waits for (at most 30 s) before it returns
 """
 import os
 import time
@@ -25,6 +27,15 @@ def _calls(ctx, kind):
     return Call.objects.filter(saga_id=ctx.saga_id, step=ctx.step, kind=kind).count()
 
 
+def _wait_for(path, seconds=30):
+    """Wait until ``path`` exists; ``path.started`` says the wait began (rows written in a transaction show later)."""
+    if path:
+        open(f"{path}.started", "w").close()
+    deadline = time.monotonic() + seconds
+    while path and not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def action(ctx):
     _record(ctx, "action")
     spec = ctx.input
@@ -41,6 +52,7 @@ def action(ctx):
                 time.sleep(0.05)
             except SoftTimeLimitExceeded:
                 pass  # ignores its soft limit: only the hard limit stops it
+    _wait_for(spec.get("wait_for_file", {}).get(ctx.step))
     mode = spec.get("fail", {}).get(ctx.step)
     if mode == "permanent":
         raise PermanentError(f"{ctx.step} refused")
@@ -49,11 +61,15 @@ def action(ctx):
     if ctx.attempt <= spec.get("flaky", {}).get(ctx.step, 0):
         raise ConnectionError(f"{ctx.step} flaked on attempt {ctx.attempt}")
     previous = sum(r["value"] for r in ctx.results.values())
+    bad = spec.get("bad_output", {}).get(ctx.step)
+    if bad:
+        return {"value": previous + 1, "note": "nul \x00 here" if bad == "nul" else float("nan")}
     return {"value": previous + 1, "attempt": ctx.attempt}
 
 
 def compensation(ctx):
     _record(ctx, "compensation")
+    _wait_for(ctx.input.get("wait_for_file", {}).get(f"undo-{ctx.step}"))
     if _calls(ctx, "compensation") <= ctx.input.get("comp_fail", {}).get(ctx.step, 0):
         raise RuntimeError(f"cannot undo {ctx.step}")
 
@@ -90,6 +106,7 @@ registry.register(Saga(
 def credit(ctx):
     _record(ctx, "action")
     Ledger.objects.create(saga_id=ctx.saga_id, amount=ctx.input.get("amount", 1))
+    _wait_for(ctx.input.get("wait_for_file", {}).get("credit"))
     if ctx.input.get("fail_after_write"):
         raise RuntimeError("failed after writing")
     return {"credited": ctx.input.get("amount", 1)}
@@ -105,5 +122,17 @@ registry.register(Saga(
     steps=[
         Step("credit", credit, compensation=debit, retry=Retry(max_attempts=2, backoff=0.05), transactional=True),
         Step("notify", action, retry=Retry(max_attempts=1)),
+    ],
+))
+
+
+# Steps with the default timeout (minutes): a worker that dies in them must be
+# noticed by its silence, not by their leases.
+registry.register(Saga(
+    name="tests.slow",
+    steps=[
+        Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+        Step("slow", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+        Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
     ],
 ))

@@ -128,7 +128,15 @@ def test_resubmit_refuses_an_active_saga_and_links_a_finished_one(db, sent):
 
 # --- running steps in this process (no worker): the engine's decisions -------------
 
-from sagas.engine import Decision, execute_compensation, execute_step, sweep  # noqa: E402
+from django.db.models.functions import Now  # noqa: E402
+
+from sagas import engine  # noqa: E402
+from sagas.engine import Decision, Report, execute_compensation, execute_step, sweep  # noqa: E402
+
+
+def make_due(saga):
+    """As if the saga's due time had passed: what the sweeper looks for."""
+    SagaInstance.objects.filter(pk=saga.pk).update(due_at=Now())
 
 
 def test_redelivered_step_that_already_succeeded_is_not_run_again(db, sent):
@@ -141,18 +149,13 @@ def test_redelivered_step_that_already_succeeded_is_not_run_again(db, sent):
     assert saga.steps.get(index=0).attempts == 1
 
 
-def test_step_held_by_a_live_attempt_makes_a_duplicate_wait(db, sent):
-    from django.utils import timezone
-    from datetime import timedelta
-
+def test_a_duplicate_of_a_step_held_by_a_live_attempt_is_dropped_without_polling(db, sent):
     saga = start_saga(SAGA, input={})
-    StepRecord.objects.filter(saga=saga, index=0).update(
-        status=StepStatus.RUNNING, attempts=1, lease_expires_at=timezone.now() + timedelta(seconds=30))
-    SagaInstance.objects.filter(pk=saga.pk).update(status=SagaStatus.RUNNING)
+    assert isinstance(engine.claim_step(saga.id, 0, None), engine.Claim)  # this process holds step a
 
     outcome = execute_step(saga.id, 0)
 
-    assert outcome.decision is Decision.RETRY and 0 < outcome.countdown <= 5
+    assert outcome.decision is Decision.STOP and outcome.reason == "another attempt holds the step"
     assert saga.steps.get(index=0).attempts == 1
 
 
@@ -176,9 +179,10 @@ def test_sweeper_starts_compensation_when_the_error_callback_was_lost(db, sent, 
     execute_step(saga.id, 0)
     execute_step(saga.id, 1)
     sent.clear()
+    make_due(saga)
 
     with django_capture_on_commit_callbacks(execute=True):
-        report = sweep(stall_after=0)
+        report = sweep()
 
     saga.refresh_from_db()
     assert report.compensation_started == 1
@@ -194,18 +198,21 @@ def test_sweeper_resumes_a_compensation_that_stalled(db, sent, django_capture_on
     assert begin_compensation(saga.id) == [1, 0]
     assert execute_compensation(saga.id, 1).decision is Decision.CONTINUE
     sent.clear()
+    make_due(saga)
 
     with django_capture_on_commit_callbacks(execute=True):
-        report = sweep(stall_after=0)
+        report = sweep()
 
     assert report.resumed_compensation == 1
     assert sent == [("compensate", saga.id, [0])]
 
 
-def test_sweeper_leaves_recent_sagas_alone(db, sent):
+def test_sweeper_leaves_sagas_that_are_not_due_alone(db, sent):
     start_saga(SAGA, input={})
 
-    assert sweep(stall_after=3600).total == 0
+    report = sweep()
+
+    assert report.examined == 0 and report.total == 0
 
 
 def test_compensation_out_of_order_waits_for_later_steps(db, sent):
@@ -221,7 +228,6 @@ def test_compensation_out_of_order_waits_for_later_steps(db, sent):
 
 # --- Parallel: members run at once, the last to succeed sends the next stage -----------
 
-from sagas import engine  # noqa: E402
 from sagas.engine import begin_compensation  # noqa: E402
 
 PARALLEL = "tests.parallel"  # a -> Parallel("fanout", b1, b2, b3) -> c
@@ -256,10 +262,10 @@ def test_members_of_a_stage_are_claimed_in_any_order(db, sent):
 def test_a_member_does_not_wait_for_its_siblings_to_start(db, sent):
     saga = start_saga(PARALLEL, input={})
     execute_step(saga.id, A)
-    claim = engine._claim_forward(saga.id, B1, None)  # b1 holds its step
+    claim = engine.claim_step(saga.id, B1, None)  # b1 holds its step
 
     assert execute_step(saga.id, B2).decision is Decision.CONTINUE
-    assert isinstance(claim, engine._Claim)
+    assert isinstance(claim, engine.Claim)
 
 
 def test_the_last_member_to_succeed_dispatches_the_next_stage_once(db, sent, django_capture_on_commit_callbacks):
@@ -300,33 +306,31 @@ def test_a_failed_member_stops_a_sibling_waiting_for_its_retry(db, sent, django_
     assert execute_step(saga.id, B1).decision is Decision.STOP  # its retry message finds the saga compensating
 
 
-def test_compensation_includes_the_running_member_and_waits_for_it(db, sent, django_capture_on_commit_callbacks):
+def test_compensation_waits_for_a_running_member_whose_report_then_sends_it(
+        db, sent, django_capture_on_commit_callbacks):
     saga = start_saga(PARALLEL, input={"fail": {"b2": "permanent"}})
     execute_step(saga.id, A)
     execute_step(saga.id, B3)
-    running = engine._claim_forward(saga.id, B1, None)  # b1's action is under way
+    running = engine.claim_step(saga.id, B1, None)  # b1's action is under way
     execute_step(saga.id, B2)
+    sent.clear()
 
     with django_capture_on_commit_callbacks(execute=True):
-        indices = begin_compensation(saga.id)
+        begin_compensation(saga.id)
 
-    assert indices == [B3, B1, A]  # every member left to undo or still running, then the earlier stage
     assert saga.steps.get(index=B1).status == StepStatus.RUNNING  # left to finish
-    assert execute_compensation(saga.id, B3).decision is Decision.CONTINUE
-    waiting = execute_compensation(saga.id, B1)
-    assert waiting.decision is Decision.RETRY and waiting.reason == "a parallel step is still running"
-    assert execute_compensation(saga.id, A).decision is Decision.STOP  # b1 comes first
+    assert sent == []  # nothing is undone (and nothing polls) while b1 is at work
 
     with django_capture_on_commit_callbacks(execute=True):
-        finished = engine._record_success(running, {"value": 2, "attempt": 1})  # b1 finishes after all
-    assert finished.decision is Decision.CONTINUE
+        finished = engine.record_step(saga.id, B1, Report(running.attempt, ok=True, result={"value": 2}), None)
+    assert finished.decision is Decision.STOP
     saga.refresh_from_db()
     assert saga.status == SagaStatus.COMPENSATING  # not succeeded, and nothing sent forward
     assert saga.steps.get(index=B1).status == StepStatus.SUCCEEDED
-    assert not [m for m in sent if m[0] != "compensate"]
+    assert sent == [("compensate", saga.id, [B3, B1, A])]  # b1's report sent the chain
 
-    assert execute_compensation(saga.id, B1).decision is Decision.CONTINUE
-    assert execute_compensation(saga.id, A).decision is Decision.CONTINUE
+    for index in (B3, B1, A):
+        assert execute_compensation(saga.id, index).decision is Decision.CONTINUE
     saga.refresh_from_db()
     assert saga.status == SagaStatus.COMPENSATED
     assert list(saga.steps.values_list("status", flat=True)) == [
@@ -337,11 +341,12 @@ def test_compensation_includes_the_running_member_and_waits_for_it(db, sent, dja
 def test_a_running_member_that_then_fails_is_not_retried(db, sent):
     saga = start_saga(PARALLEL, input={"fail": {"b2": "permanent"}})
     execute_step(saga.id, A)
-    running = engine._claim_forward(saga.id, B1, None)
+    running = engine.claim_step(saga.id, B1, None)
     execute_step(saga.id, B2)
     begin_compensation(saga.id)
 
-    outcome = engine._record_failure(running, ConnectionError("flaked"), running.step.retry)
+    outcome = engine.record_step(saga.id, B1, Report(running.attempt, ok=False, error="ConnectionError: flaked"),
+                                 None)
 
     assert outcome.decision is Decision.STOP
     b1 = saga.steps.get(index=B1)
@@ -352,23 +357,30 @@ def test_a_running_member_that_then_fails_is_not_retried(db, sent):
     assert saga.status == SagaStatus.COMPENSATED
 
 
-def test_a_running_member_whose_lease_expired_is_failed_and_passed_over(db, sent):
+def test_a_running_member_whose_lease_expired_is_failed_and_compensated_by_the_sweeper(
+        db, sent, django_capture_on_commit_callbacks):
     from datetime import timedelta
 
     from django.utils import timezone
 
     saga = start_saga(PARALLEL, input={"fail": {"b2": "permanent"}})
     execute_step(saga.id, A)
-    engine._claim_forward(saga.id, B1, None)
+    engine.claim_step(saga.id, B1, None)
     execute_step(saga.id, B2)
     begin_compensation(saga.id)
     StepRecord.objects.filter(saga=saga, index=B1).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    make_due(saga)  # its due time was that lease
+    sent.clear()
 
-    assert execute_compensation(saga.id, B1).decision is Decision.CONTINUE
+    with django_capture_on_commit_callbacks(execute=True):
+        report = sweep()
 
+    assert report.resumed_compensation == 1
     b1 = saga.steps.get(index=B1)
-    assert b1.status == StepStatus.FAILED and "hard time limit" in b1.error
+    assert b1.status == StepStatus.FAILED and "did not finish" in b1.error
+    assert b1.may_have_effects  # its action may have done its work before it was lost: undo it too
     assert saga.events.filter(kind=EventKind.STEP_ATTEMPT_LOST, step=b1).count() == 1
+    assert sent == [("compensate", saga.id, [B1, A])]
 
 
 def test_members_are_compensated_in_any_order_but_before_earlier_stages(db, sent):
@@ -391,9 +403,10 @@ def test_sweeper_sends_the_members_of_a_stage_that_have_not_succeeded(db, sent, 
     execute_step(saga.id, A)
     execute_step(saga.id, B2)
     sent.clear()
+    make_due(saga)
 
     with django_capture_on_commit_callbacks(execute=True):
-        report = sweep(stall_after=0)
+        report = sweep()
 
     assert report.resumed_forward == 1
     assert sent == [("steps", saga.id, [B1, B3])]
@@ -404,9 +417,10 @@ def test_sweeper_sends_the_next_stage_when_the_join_message_was_lost(db, sent, d
     for index in (A, B1, B2, B3):
         execute_step(saga.id, index)  # on-commit callbacks never run here: the dispatch of c is lost
     sent.clear()
+    make_due(saga)
 
     with django_capture_on_commit_callbacks(execute=True):
-        sweep(stall_after=0)
+        sweep()
 
     assert sent == [("forward", saga.id, C)]
 
@@ -415,27 +429,33 @@ def test_sweeper_sends_a_whole_stage_none_of_whose_members_ran(db, sent, django_
     saga = start_saga(PARALLEL, input={})
     execute_step(saga.id, A)
     sent.clear()
+    make_due(saga)
 
     with django_capture_on_commit_callbacks(execute=True):
-        sweep(stall_after=0)
+        sweep()
 
     assert sent == [("forward", saga.id, B1)]
 
 
-def test_cancel_waits_for_a_running_member_then_compensates(db, sent, django_capture_on_commit_callbacks):
+def test_cancel_compensates_at_once_and_undoes_the_running_member_when_it_reports(
+        db, sent, django_capture_on_commit_callbacks):
     saga = start_saga(PARALLEL, input={})
     execute_step(saga.id, A)
-    running = engine._claim_forward(saga.id, B1, None)
+    running = engine.claim_step(saga.id, B1, None)
+    sent.clear()
 
-    saga = cancel(saga)
-    assert saga.status == SagaStatus.RUNNING and saga.cancel_requested_at is not None
-
-    assert execute_step(saga.id, B2).decision is Decision.FAILED  # the next claim refuses
-    assert saga.steps.get(index=B2).status == StepStatus.SKIPPED
-    engine._record_success(running, {"value": 2, "attempt": 1})
     with django_capture_on_commit_callbacks(execute=True):
-        assert begin_compensation(saga.id, reason="cancelled") == [B1, A]
+        saga = cancel(saga, reason="customer withdrew")
+    assert saga.status == SagaStatus.COMPENSATING and saga.cancel_requested_at is not None
+    assert sent == []  # b1 is at work: the chain waits for its report
+
+    assert execute_step(saga.id, B2).decision is Decision.STOP  # nothing new starts
+    assert saga.steps.get(index=B2).status == StepStatus.SKIPPED
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.record_step(saga.id, B1, Report(running.attempt, ok=True, result={"value": 2}), None)
+    assert sent == [("compensate", saga.id, [B1, A])]
     for index in (B1, A):
         execute_compensation(saga.id, index)
     saga.refresh_from_db()
     assert saga.status == SagaStatus.COMPENSATED
+    assert saga.error == "customer withdrew"

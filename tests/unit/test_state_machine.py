@@ -54,7 +54,9 @@ def test_finished_sagas_are_final_except_failed():
         (StepStatus.RUNNING, StepStatus.COMPENSATING, False),
         (StepStatus.SUCCEEDED, StepStatus.COMPENSATING, True),
         (StepStatus.SUCCEEDED, StepStatus.FAILED, False),
-        (StepStatus.FAILED, StepStatus.COMPENSATING, False),
+        # Only a failed step whose action may have applied effects is compensated.
+        (StepStatus.FAILED, StepStatus.COMPENSATING, True),
+        (StepStatus.FAILED, StepStatus.SUCCEEDED, False),
         (StepStatus.COMPENSATING, StepStatus.COMPENSATED, True),
         (StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED, True),
         (StepStatus.COMPENSATION_FAILED, StepStatus.COMPENSATING, True),

@@ -113,7 +113,7 @@ class Command(BaseCommand):
                 elif not chaos_over and time.monotonic() >= next_kill:
                     kills[self._kill_something(rng, o["concurrency"])] += 1
                     next_kill = time.monotonic() + o["kill_every"]
-                sweep(stall_after=o["stall_after"])
+                sweep()
                 time.sleep(0.5)
         finally:
             stop_workers(list(self.workers.values()), timeout=20)

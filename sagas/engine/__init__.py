@@ -1,0 +1,40 @@
+"""The state machine: every transition of a saga and of its steps happens here.
+
+Split by phase, behind these names:
+
+- ``core``: the allowed moves, the saga's lock and the database's clock, events, sending after commit;
+- ``start``: validating input and starting a saga;
+- ``forward``: claiming, running and recording one attempt of one step, and the join of a ``Parallel``;
+- ``compensation``: moving to ``compensating`` and undoing one step;
+- ``intervention``: cancel, retry compensation, resubmit, release a held saga;
+- ``recovery``: the sweeper.
+
+Tasks, views, admin actions and the sweeper call these functions and never
+set a status themselves. Messages are sent only after the transaction that
+decided them commits, and a send that fails then is left to the sweeper.
+"""
+from .compensation import begin_compensation, execute_compensation, record_compensation
+from .core import (
+    SAGA_MOVES,
+    STEP_MOVES,
+    Claim,
+    Decision,
+    Outcome,
+    Report,
+    ReportPending,
+    can_move_saga,
+    can_move_step,
+    definition_of,
+)
+from .forward import claim_step, execute_step, record_step
+from .intervention import cancel, release_held, resubmit, retry_compensation
+from .recovery import SweepReport, resume, sweep
+from .running import INFRASTRUCTURE_ERRORS
+from .start import start_saga, validate_input
+
+__all__ = [
+    "SAGA_MOVES", "STEP_MOVES", "Claim", "Decision", "INFRASTRUCTURE_ERRORS", "Outcome", "Report", "ReportPending",
+    "SweepReport", "begin_compensation", "can_move_saga", "can_move_step", "cancel", "claim_step",
+    "definition_of", "execute_compensation", "execute_step", "record_compensation", "record_step",
+    "release_held", "resubmit", "resume", "retry_compensation", "start_saga", "sweep", "validate_input",
+]

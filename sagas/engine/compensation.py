@@ -1,0 +1,260 @@
+"""Undoing a saga: the move to ``compensating`` and one attempt of one compensation.
+
+The compensation chain is sent only once no forward attempt is still at work:
+an attempt in flight when the saga starts compensating (a cancel, a failed
+``Parallel`` sibling) finishes, and the report of the last one to finish
+sends the chain. Nothing polls while it runs.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+
+from ..definitions import Retry
+from ..models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
+from .core import (
+    Claim,
+    Decision,
+    Outcome,
+    Report,
+    dead_holders,
+    definition_of,
+    describe_error,
+    dispatch_compensation,
+    event,
+    fail_step,
+    hold,
+    in_flight,
+    lease_until,
+    locked_saga,
+    make_claim,
+    move_saga,
+    move_step,
+    release,
+    retry_is_due,
+    stall_deadline,
+    steps_of,
+)
+from .running import attempt_error, invoke, record_or_pending
+
+logger = logging.getLogger("sagas.engine")
+
+UNDO_PENDING = (StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED)
+
+
+def to_undo(record: StepRecord) -> bool:
+    """The step's effects are (or may be) in place and it has a compensation to remove them."""
+    if not record.has_compensation:
+        return False
+    return record.status in UNDO_PENDING or (record.status == StepStatus.FAILED and record.may_have_effects)
+
+
+def compensation_order(records: list[StepRecord]) -> list[int]:
+    """Indices the compensation chain visits, latest first."""
+    return [r.index for r in reversed(records) if to_undo(r)]
+
+
+def finish_if_compensated(saga: SagaInstance, records: list[StepRecord]) -> bool:
+    """A compensating saga with nothing left to undo and nothing still running is compensated."""
+    if saga.status != SagaStatus.COMPENSATING:
+        return False
+    if any(r.status == StepStatus.RUNNING or to_undo(r) for r in records):
+        return False
+    move_saga(saga, SagaStatus.COMPENSATED, EventKind.SAGA_COMPENSATED)
+    return True
+
+
+def continue_compensation(saga: SagaInstance, records: list[StepRecord]) -> None:
+    """Send the compensation chain once no forward attempt is at work; finish when nothing is left."""
+    running = [r.lease_expires_at for r in records if r.status == StepStatus.RUNNING]
+    if running:
+        # Their reports come back here; if their workers die the sweeper does.
+        saga.due_at = min((lease for lease in running if lease), default=stall_deadline(saga))
+        return
+    indices = compensation_order(records)
+    if not indices:
+        if saga.status == SagaStatus.COMPENSATING:
+            move_saga(saga, SagaStatus.COMPENSATED, EventKind.SAGA_COMPENSATED, note="nothing to undo")
+        return
+    saga.due_at = stall_deadline(saga)
+    dispatch_compensation(saga, indices)
+
+
+def fail_lost_attempt(saga: SagaInstance, record: StepRecord, *, blame: bool) -> None:
+    """An attempt that never reported (killed at its hard time limit, or its worker died): it may have done its work."""
+    event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts)
+    fail_step(saga, record, f"attempt {record.attempts} did not finish (hard time limit, or its worker died)",
+              blame=blame, effects=True)
+
+
+def start_compensating(saga: SagaInstance, records: list[StepRecord], reason: str) -> list[int]:
+    """Stop what has not started, move the saga to ``compensating`` and send (or await) the chain."""
+    now = saga.db_now
+    dead = dead_holders(records, now)
+    for record in records:
+        if record.status == StepStatus.RUNNING:
+            if in_flight(record, now, dead):
+                continue  # at work: it finishes and reports, and is undone like the rest
+            if record.lease_expires_at is not None:
+                fail_lost_attempt(saga, record, blame=not saga.error)
+            else:  # waiting for a retry: no attempt is made any more
+                fail_step(saga, record, "stopped: the saga is compensating", blame=False)
+        elif record.status == StepStatus.PENDING:
+            move_step(saga, record, StepStatus.SKIPPED, EventKind.STEP_SKIPPED)
+        elif record.status == StepStatus.SUCCEEDED and not record.has_compensation:
+            event(saga, EventKind.NOTHING_TO_COMPENSATE, step=record, note="no compensation defined; left as is")
+    if not saga.error:
+        saga.error = reason or "failed"
+    move_saga(saga, SagaStatus.COMPENSATING, EventKind.SAGA_COMPENSATING, reason=saga.error)
+    continue_compensation(saga, records)
+    return compensation_order(records)
+
+
+def begin_compensation(saga_id, reason: str = "") -> list[int] | None:
+    """The chain's error callback: compensate a saga whose forward run really ended in failure.
+
+    Judged from the stored state, not from the callback having run: a chain
+    also breaks when a task's infrastructure retries run out or the broker
+    refuses the next message, and that is no reason to undo a healthy saga
+    (the sweeper moves it on). Returns the indices to compensate, or ``None``
+    when nothing is to be done.
+    """
+    with locked_saga(saga_id) as saga:
+        if saga is None or saga.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
+            return None
+        records = steps_of(saga)
+        now = saga.db_now
+        dead = dead_holders(records, now)
+        grace = timedelta(seconds=settings.SAGAS_HARD_TIMEOUT_GRACE)
+        over = [r for r in records if r.status == StepStatus.RUNNING and r.lease_expires_at is not None
+                and (not in_flight(r, now, dead) or r.lease_expires_at - grace <= now)]
+        failed = any(r.status in (StepStatus.FAILED, StepStatus.SKIPPED) for r in records)
+        if not (failed or over or saga.cancel_requested_at):
+            event(saga, EventKind.ERROR_CALLBACK_IGNORED, reason=reason,
+                  note="no step failed: the chain broke for another reason; the sweeper moves the saga on")
+            return None
+        for record in over:
+            fail_lost_attempt(saga, record, blame=not saga.error)
+        return start_compensating(saga, records, reason)
+
+
+# --- one attempt of one compensation ------------------------------------------------------
+
+
+def execute_compensation(saga_id, index: int, policy: Retry | None = None, report: dict | None = None) -> Outcome:
+    """Run one attempt of the compensation of step ``index`` and record it (or record a carried report)."""
+    if report is not None:
+        return record_compensation(saga_id, index, Report(**report), policy)
+    claim = _claim_compensation(saga_id, index, policy)
+    if isinstance(claim, Outcome):
+        return claim
+    try:
+        invoke(claim.step.compensation, claim, phase="compensation")
+    except Exception as exc:  # recorded and retried, or the saga is left to a person
+        logger.warning("saga %s compensation of %s attempt %s failed: %s",
+                       saga_id, claim.step.name, claim.attempt, exc)
+        error, timed_out = attempt_error(claim, exc)
+        outcome = Report(claim.attempt, ok=False, error=error, timeout=timed_out)
+    else:
+        outcome = Report(claim.attempt, ok=True)
+    return record_or_pending(record_compensation, claim, outcome, policy)
+
+
+def _claim_compensation(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
+    with locked_saga(saga_id) as saga:
+        if saga is None:
+            return Outcome(Decision.STOP, reason="saga does not exist")
+        if saga.status != SagaStatus.COMPENSATING:
+            return Outcome(Decision.STOP, reason=f"saga is {saga.status}")
+        records = steps_of(saga)
+        record = records[index]
+        definition = definition_of(saga, records)
+        now = saga.db_now
+        dead = dead_holders([record], now)
+        if record.status == StepStatus.RUNNING:
+            if in_flight(record, now, dead):
+                return Outcome(Decision.STOP, reason=f"step {record.name} is still running: its report goes on")
+            if record.lease_expires_at is not None:
+                fail_lost_attempt(saga, record, blame=False)
+            else:
+                fail_step(saga, record, "stopped: the saga is compensating", blame=False)
+        if not to_undo(record):
+            finish_if_compensated(saga, records)
+            return Outcome(Decision.CONTINUE, reason=f"nothing to compensate (step {record.status})")
+        # Everything in later stages is undone first; members of one Parallel
+        # are independent of each other.
+        last_of_stage = definition.stage_indices(index)[-1]
+        if any(to_undo(r) or r.status == StepStatus.RUNNING for r in records[last_of_stage + 1:]):
+            return Outcome(Decision.STOP, reason="a later step is not compensated yet")
+        step = definition.step_at(index)
+        policy = policy or step.compensation_retry
+        if record.status == StepStatus.COMPENSATING:
+            if in_flight(record, now, dead):
+                return Outcome(Decision.STOP, reason="another attempt holds the compensation")
+            if record.lease_expires_at is None and not retry_is_due(record, now):
+                return Outcome(Decision.STOP, reason="retry not due yet")
+            if record.lease_expires_at is not None:
+                event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.compensation_attempts,
+                      compensation=True)
+                if not policy.allows_another(record.compensation_attempts):
+                    fail_compensation(saga, record, "compensation attempt was lost (worker died or was killed)")
+                    return Outcome(Decision.FAILED, reason="compensation attempts exhausted")
+        if record.status == StepStatus.COMPENSATION_FAILED:
+            return Outcome(Decision.FAILED, reason="compensation already failed")
+        record.compensation_attempts += 1
+        hold(record, saga, lease_until(saga, step, compensation=True))
+        move_step(saga, record, StepStatus.COMPENSATING, EventKind.COMPENSATION_STARTED,
+                  attempt=record.compensation_attempts)
+        return make_claim(saga, definition, index, record.compensation_attempts, compensated=record)
+
+
+def fail_compensation(saga: SagaInstance, record: StepRecord, error: str) -> None:
+    record.compensation_error = error
+    release(record)
+    move_step(saga, record, StepStatus.COMPENSATION_FAILED, EventKind.COMPENSATION_FAILED,
+              error=error, attempts=record.compensation_attempts)
+    saga.error = f"compensation of step {record.name} failed: {error}"
+    move_saga(saga, SagaStatus.FAILED, EventKind.SAGA_FAILED, reason=saga.error)
+
+
+def record_compensation(saga_id, index: int, report: Report, policy: Retry | None) -> Outcome:
+    """Record how one compensation attempt ended."""
+    with locked_saga(saga_id) as saga:
+        if saga is None:
+            return Outcome(Decision.STOP, reason="saga does not exist")
+        records = steps_of(saga)
+        record = records[index]
+        if record.status != StepStatus.COMPENSATING or record.compensation_attempts != report.attempt:
+            event(saga, EventKind.REPORT_DROPPED, step=record, attempt=report.attempt, compensation=True,
+                  ok=report.ok, error=report.error,
+                  note=f"the compensation had moved on to {record.status} (attempt {record.compensation_attempts})")
+            return Outcome(Decision.STOP, reason="a later attempt owns the compensation")
+        if report.ok:
+            record.compensated_at = saga.db_now
+            record.compensation_error = ""
+            release(record)
+            move_step(saga, record, StepStatus.COMPENSATED, EventKind.STEP_COMPENSATED, attempt=report.attempt)
+            if not finish_if_compensated(saga, records):
+                saga.due_at = stall_deadline(saga)
+            return Outcome(Decision.CONTINUE)
+        policy = policy or definition_of(saga).step_at(index).compensation_retry
+        if not policy.allows_another(report.attempt):
+            fail_compensation(saga, record, report.error)
+            return Outcome(Decision.FAILED, reason=report.error)
+        delay = policy.delay_after(report.attempt)
+        record.compensation_error = report.error
+        release(record)
+        record.next_attempt_at = saga.db_now + timedelta(seconds=delay)
+        record.save()
+        saga.due_at = record.next_attempt_at + timedelta(seconds=settings.SAGAS_STALL_AFTER)
+        event(saga, EventKind.COMPENSATION_ATTEMPT_FAILED, step=record, attempt=report.attempt, error=report.error,
+              timeout=report.timeout, retry_in=delay)
+    return Outcome(Decision.RETRY, countdown=delay, reason=report.error)
+
+
+__all__ = [
+    "begin_compensation", "compensation_order", "continue_compensation", "describe_error", "execute_compensation",
+    "fail_compensation", "finish_if_compensated", "start_compensating", "to_undo",
+]

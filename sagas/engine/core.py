@@ -1,0 +1,359 @@
+"""What every phase of the engine shares: the state machine, the saga's lock, events and clocks.
+
+A transition happens inside ``locked_saga``: it locks the saga row (on
+SQLite the IMMEDIATE transaction takes the database's write lock), reads the
+database's clock in the same statement (``saga.db_now``: leases, retry times
+and deadlines never come from a process's own clock), lets the caller move
+the saga and its steps, and writes the saga's changed fields in one UPDATE
+at the end. Every writer takes the saga's lock first, so step rows need no
+lock of their own and are read in one query.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterator
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models.functions import Now
+
+from .. import canvas, liveness
+from ..canvas import hard_time_limit
+from ..definitions import Saga, Step, StepContext, registry
+from ..errors import InvalidTransition, PermanentError, SagaDefinitionError
+from ..models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
+
+logger = logging.getLogger("sagas.engine")
+
+# --- the state machine ------------------------------------------------------------
+
+SAGA_MOVES: dict[str, set[str]] = {
+    SagaStatus.PENDING: {SagaStatus.RUNNING, SagaStatus.COMPENSATING},
+    SagaStatus.RUNNING: {SagaStatus.SUCCEEDED, SagaStatus.COMPENSATING},
+    SagaStatus.COMPENSATING: {SagaStatus.COMPENSATED, SagaStatus.FAILED},
+    SagaStatus.FAILED: {SagaStatus.COMPENSATING},
+    SagaStatus.SUCCEEDED: set(),
+    SagaStatus.COMPENSATED: set(),
+}
+
+STEP_MOVES: dict[str, set[str]] = {
+    StepStatus.PENDING: {StepStatus.RUNNING, StepStatus.SKIPPED},
+    # running -> running: a new attempt after a failed or lost one.
+    StepStatus.RUNNING: {StepStatus.RUNNING, StepStatus.SUCCEEDED, StepStatus.FAILED},
+    StepStatus.SUCCEEDED: {StepStatus.COMPENSATING},
+    StepStatus.COMPENSATING: {StepStatus.COMPENSATING, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED},
+    StepStatus.COMPENSATION_FAILED: {StepStatus.COMPENSATING},
+    # Only a failed step that may have applied effects (``may_have_effects``) is compensated.
+    StepStatus.FAILED: {StepStatus.COMPENSATING},
+    StepStatus.COMPENSATED: set(),
+    StepStatus.SKIPPED: set(),
+}
+
+
+def can_move_saga(current: str, target: str) -> bool:
+    return target in SAGA_MOVES.get(current, set())
+
+
+def can_move_step(current: str, target: str) -> bool:
+    return target in STEP_MOVES.get(current, set())
+
+
+# --- decisions handed back to the tasks ----------------------------------------------
+
+
+class Decision(enum.Enum):
+    CONTINUE = "continue"  # the step is done: let the chain go on
+    RETRY = "retry"  # run again after ``countdown`` seconds
+    FAILED = "failed"  # failed for good: the error callback must run
+    STOP = "stop"  # nothing for this message to do (saga finished, duplicate, out of order)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    decision: Decision
+    countdown: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An attempt this process holds: what its action or compensation runs with."""
+
+    saga_id: uuid.UUID
+    index: int
+    attempt: int
+    step: Step
+    context: StepContext
+
+
+@dataclass(frozen=True)
+class Report:
+    """How an attempt ended, as carried to the transaction that records it.
+
+    A report that could not be recorded (the database went away, the soft time
+    limit fired while waiting for the saga's lock) travels in the task's retry
+    message, so the record is retried without running the action again.
+    """
+
+    attempt: int
+    ok: bool
+    result: Any = None
+    error: str = ""
+    timeout: bool = False
+    permanent: bool = False
+    # Failed, but the action may have applied effects: compensate it when the saga is undone.
+    effects: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class ReportPending(Exception):
+    """An attempt's report could not be recorded for a reason that passes (the task retries the record)."""
+
+    def __init__(self, report: Report, cause: BaseException):
+        self.report = report
+        self.cause = cause
+        super().__init__(f"attempt {report.attempt} not recorded yet: {cause}")
+
+
+class UnstorableResult(PermanentError):
+    """An action returned a value the database cannot store faithfully."""
+
+
+# --- the saga's lock ------------------------------------------------------------------
+
+_SAVED = ("status", "error", "results", "started_at", "finished_at", "cancel_requested_at", "due_at", "sweeps")
+
+
+@contextmanager
+def locked_saga(saga_id) -> Iterator[SagaInstance | None]:
+    """The saga's row, locked, with ``db_now``; its changed fields are written in one UPDATE on exit."""
+    with transaction.atomic():
+        saga = SagaInstance.objects.select_for_update().annotate(db_now=Now()).filter(pk=saga_id).first()
+        if saga is None:
+            yield None
+            return
+        before = [getattr(saga, name) for name in _SAVED]
+        saga.touched = False
+        yield saga
+        changed = {name: getattr(saga, name) for name, old in zip(_SAVED, before) if getattr(saga, name) != old}
+        if changed or saga.touched:
+            SagaInstance.objects.filter(pk=saga.pk).update(updated_at=saga.db_now, **changed)
+
+
+def steps_of(saga: SagaInstance) -> list[StepRecord]:
+    """The saga's step records, by index (the saga's lock covers them)."""
+    return list(StepRecord.objects.filter(saga=saga).order_by("index"))
+
+
+def event(saga: SagaInstance, kind: str, step: StepRecord | None = None, **detail: Any) -> SagaEvent:
+    saga.touched = True
+    saga.sweeps = 0  # something happened: the sweeper's backoff starts again
+    return SagaEvent.objects.create(saga=saga, step=step, kind=kind, detail=detail)
+
+
+def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None:
+    if not can_move_saga(saga.status, target):
+        raise InvalidTransition(f"saga {saga.id} cannot move from {saga.status} to {target}")
+    previous = saga.status
+    saga.status = target
+    if target == SagaStatus.RUNNING and saga.started_at is None:
+        saga.started_at = saga.db_now
+    if target in (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED):
+        saga.finished_at = saga.db_now
+        saga.due_at = None
+    elif target == SagaStatus.COMPENSATING:
+        saga.finished_at = None
+    event(saga, kind, **{"from": previous, "to": target, **detail})
+
+
+def move_step(saga: SagaInstance, step: StepRecord, target: str, kind: str, **detail: Any) -> None:
+    if not can_move_step(step.status, target):
+        raise InvalidTransition(f"step {step.name} of saga {saga.id} cannot move from {step.status} to {target}")
+    previous = step.status
+    step.status = target
+    step.save()
+    event(saga, kind, step=step, **{"from": previous, "to": target, **detail})
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --- definitions ----------------------------------------------------------------------
+
+
+def definition_of(saga: SagaInstance, records: list[StepRecord] | None = None) -> Saga:
+    """The saga's definition; with its records, also checked to be the one it was started with."""
+    definition = registry.get(saga.saga_type, saga.version)
+    if records is not None and [r.name for r in records] != [s.name for s in definition.steps]:
+        raise SagaDefinitionError(
+            f"saga {saga.saga_type} v{saga.version} now has steps {[s.name for s in definition.steps]}, "
+            f"but this instance was started with {[r.name for r in records]}: register the changed "
+            f"definition under a new version"
+        )
+    return definition
+
+
+# --- clocks: leases, liveness, deadlines ---------------------------------------------------
+
+
+def lease_until(saga: SagaInstance, step: Step, *, compensation: bool = False) -> datetime:
+    # Past the hard limit the pool has killed the attempt; one more grace for
+    # the worker to report it.
+    seconds = hard_time_limit(step, compensation=compensation) + settings.SAGAS_HARD_TIMEOUT_GRACE
+    return saga.db_now + timedelta(seconds=seconds)
+
+
+def stall_deadline(saga: SagaInstance) -> datetime:
+    """When the sweeper should look, if no message moves the saga before."""
+    return saga.db_now + timedelta(seconds=settings.SAGAS_STALL_AFTER)
+
+
+def dead_holders(records: list[StepRecord], now: datetime) -> set[str]:
+    """Holders of live leases among ``records`` known to be dead (a query only when there are any)."""
+    holders = {r.held_by for r in records if r.held_by and r.lease_expires_at and r.lease_expires_at > now}
+    return liveness.dead_holders(holders, now) if holders else set()
+
+
+def in_flight(record: StepRecord, now: datetime, dead: set[str]) -> bool:
+    """An attempt holds the step: its lease is live and its worker is not known dead."""
+    return bool(record.lease_expires_at and record.lease_expires_at > now and record.held_by not in dead)
+
+
+def hold(record: StepRecord, saga: SagaInstance, lease: datetime) -> None:
+    """Give the step's new attempt to this process until ``lease``."""
+    record.lease_expires_at = lease
+    record.next_attempt_at = None
+    record.held_by = liveness.identity()
+    saga.due_at = lease if saga.due_at is None or saga.due_at <= saga.db_now else min(saga.due_at, lease)
+
+
+def release(record: StepRecord) -> None:
+    record.lease_expires_at = None
+    record.next_attempt_at = None
+    record.held_by = None
+
+
+# --- values that go into the database ------------------------------------------------------
+
+
+def json_problem(value: Any, where: str = "input") -> str | None:
+    """Why ``value`` cannot be stored as the same JSON on SQLite and PostgreSQL, or None.
+
+    Keys must be strings, numbers finite, and text free of NUL characters
+    (PostgreSQL refuses them; SQLite would keep them).
+    """
+    if value is None or isinstance(value, bool) or isinstance(value, int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where}: {value!r} is not a finite number"
+    if isinstance(value, str):
+        return f"{where}: text must not contain NUL characters" if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where}: keys must be strings, got {key!r}"
+            problem = json_problem(key, f"{where} key") or json_problem(item, f"{where}.{key}")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = json_problem(item, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    return f"{where}: a {type(value).__name__} is not JSON-serialisable"
+
+
+def as_stored(value: Any) -> Any:
+    """``value`` as the database gives it back (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+# --- sending ----------------------------------------------------------------------------------
+
+
+def send_after_commit(send: Callable[..., None], saga_id, *args: Any) -> None:
+    """Send once the transaction commits; a broker that fails then leaves the saga to the sweeper.
+
+    The transition is committed and the saga's ``due_at`` is set: a send that
+    fails after commit is never a reason to fail a task (its error callback
+    would compensate a healthy saga) or a request.
+    """
+    def run() -> None:
+        try:
+            send(saga_id, *args)
+        except Exception as exc:  # the sweeper re-sends from the stored state
+            logger.warning("saga %s: could not send %s (%s); the sweeper will send it again",
+                           saga_id, getattr(send, "__name__", send), describe_error(exc))
+
+    transaction.on_commit(run)
+
+
+def dispatch_forward(saga: SagaInstance, from_index: int) -> None:
+    send_after_commit(canvas.dispatch_forward, saga.id, from_index)
+
+
+def dispatch_steps(saga: SagaInstance, indices: list[int]) -> None:
+    send_after_commit(canvas.dispatch_steps, saga.id, indices)
+
+
+def dispatch_compensation(saga: SagaInstance, indices: list[int]) -> None:
+    send_after_commit(canvas.dispatch_compensation, saga.id, indices)
+
+
+# --- moves shared by the phases -----------------------------------------------------------
+
+
+def fail_step(saga: SagaInstance, record: StepRecord, error: str, *, blame: bool = True, effects: bool = False,
+              **detail: Any) -> None:
+    """Mark the step failed; with ``blame`` its error also becomes the saga's (not for a sibling stopped later).
+
+    ``effects``: its action may have applied effects, so it is compensated
+    when the saga is undone.
+    """
+    record.error = error
+    record.finished_at = saga.db_now
+    record.may_have_effects = record.may_have_effects or effects
+    release(record)
+    if effects:
+        detail["may_have_effects"] = True
+    move_step(saga, record, StepStatus.FAILED, EventKind.STEP_FAILED, error=error, attempts=record.attempts, **detail)
+    if blame:
+        saga.error = f"step {record.name} failed: {error}"
+
+
+def make_claim(saga: SagaInstance, definition: Saga, index: int, attempt: int, *,
+               compensated: StepRecord | None = None) -> Claim:
+    """What the claimed attempt runs with: for a compensation, ``compensated`` is the step's record."""
+    step = definition.step_at(index)
+    key = f"{saga.id}:{step.name}" + (":compensation" if compensated is not None else "")
+    earlier = {s.name for s in definition.steps[:definition.stage_indices(index)[0]]}
+    context = StepContext(
+        saga_id=saga.id,
+        saga_type=saga.saga_type,
+        input=saga.input,
+        results={k: v for k, v in saga.results.items() if k in earlier},
+        step=step.name,
+        attempt=attempt,
+        idempotency_key=key,
+        result=compensated.result if compensated is not None else None,
+        is_compensation=compensated is not None,
+    )
+    return Claim(saga.id, index, attempt, step, context)
+
+
+def retry_is_due(record: StepRecord, now: datetime) -> bool:
+    # A retry message may fire a moment before the database's clock says: allow for it.
+    return record.next_attempt_at is None or record.next_attempt_at <= now + timedelta(seconds=1)

@@ -1,0 +1,261 @@
+"""Running the saga forward: claim one attempt of one step, run its action, record its report.
+
+Three short transactions around the action: claim (the step is held by this
+process, for a lease), run the action (outside any transaction unless the
+step is ``transactional``), record the report. Another delivery of a step
+held by a live attempt does nothing: it is a duplicate, and the holder's
+message carries the chain on. An attempt whose lease expired, or whose
+worker stopped heartbeating, is lost and taken over by the next delivery,
+or by the sweeper.
+
+A ``Parallel`` makes one stage of several steps: its members are claimed
+independently (each waits only for the earlier stages), and the join needs no
+result backend: the member whose recorded success completes the stage, under
+the saga's row lock, sends the next stage after commit.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from ..definitions import Retry, Saga
+from ..errors import PermanentError
+from ..models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
+from .compensation import continue_compensation, fail_lost_attempt
+from .core import (
+    Claim,
+    Decision,
+    Outcome,
+    Report,
+    UnstorableResult,
+    dead_holders,
+    definition_of,
+    dispatch_forward,
+    event,
+    fail_step,
+    hold,
+    in_flight,
+    lease_until,
+    locked_saga,
+    make_claim,
+    move_saga,
+    move_step,
+    release,
+    retry_is_due,
+    stall_deadline,
+    steps_of,
+)
+from .running import INFRASTRUCTURE_ERRORS, attempt_error, invoke, record_or_pending
+
+logger = logging.getLogger("sagas.engine")
+
+
+def execute_step(saga_id, index: int, policy: Retry | None = None, report: dict | None = None) -> Outcome:
+    """Run one attempt of forward step ``index`` and record it (or only record a carried ``report``)."""
+    if report is not None:
+        return record_step(saga_id, index, Report(**report), policy)
+    claim = claim_step(saga_id, index, policy)
+    if isinstance(claim, Outcome):
+        return claim
+    if claim.step.transactional:
+        return _run_transactional(claim, policy)
+    try:
+        result = invoke(claim.step.action, claim, phase="action")
+    except Exception as exc:  # the action's failure is data: record it and decide
+        logger.info("saga %s step %s attempt %s failed: %s", saga_id, claim.step.name, claim.attempt, exc)
+        outcome = failure_report(claim, exc)
+    else:
+        outcome = Report(claim.attempt, ok=True, result=result)
+    return record_or_pending(record_step, claim, outcome, policy)
+
+
+def failure_report(claim: Claim, exc: Exception, *, rolled_back: bool = False) -> Report:
+    error, timed_out = attempt_error(claim, exc)
+    # An action that returned a value we cannot store did its work: undo it with the rest.
+    effects = isinstance(exc, UnstorableResult) and not rolled_back
+    return Report(claim.attempt, ok=False, error=error, timeout=timed_out,
+                  permanent=isinstance(exc, PermanentError), effects=effects)
+
+
+class _NotOwner(Exception):
+    def __init__(self, outcome: Outcome):
+        self.outcome = outcome
+
+
+def _run_transactional(claim: Claim, policy: Retry | None) -> Outcome:
+    """The action's writes and the step's success commit together or not at all.
+
+    No lock is held while the action runs: the saga's row is locked only to
+    record the success at the end, and if another attempt owns the step by
+    then the action's writes roll back. Two deliveries can never both apply
+    them. (On SQLite any write transaction holds the database's write lock:
+    keep transactional actions short there.)
+    """
+    try:
+        with transaction.atomic():
+            result = invoke(claim.step.action, claim, phase="action")
+            outcome = record_step(claim.saga_id, claim.index, Report(claim.attempt, ok=True, result=result),
+                                  policy, must_own=True)
+            return outcome
+    except _NotOwner as refused:
+        return refused.outcome
+    except Exception as exc:  # rolled back: nothing of the action stays
+        if isinstance(exc, INFRASTRUCTURE_ERRORS):
+            logger.warning("saga %s step %s attempt %s rolled back: %s", claim.saga_id, claim.step.name,
+                           claim.attempt, exc)
+        report = failure_report(claim, exc, rolled_back=True)
+    return record_or_pending(record_step, claim, report, policy)
+
+
+def _previous_steps_done(records: list[StepRecord], definition: Saga, index: int) -> bool:
+    """Every step of the earlier stages succeeded (members of one Parallel do not wait for each other)."""
+    first_of_stage = definition.stage_indices(index)[0]
+    return all(r.status == StepStatus.SUCCEEDED for r in records[:first_of_stage])
+
+
+def claim_step(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
+    with locked_saga(saga_id) as saga:
+        if saga is None:
+            return Outcome(Decision.STOP, reason="saga does not exist")
+        if saga.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
+            return Outcome(Decision.STOP, reason=f"saga is {saga.status}")
+        records = steps_of(saga)
+        definition = definition_of(saga, records)
+        record = records[index]
+        if record.status == StepStatus.SUCCEEDED:
+            return _already_succeeded(records, definition, index)
+        if record.status in (StepStatus.FAILED, StepStatus.SKIPPED):
+            return Outcome(Decision.FAILED, reason=f"step already {record.status}")
+        if not _previous_steps_done(records, definition, index):
+            return Outcome(Decision.STOP, reason="an earlier step has not succeeded")
+        step = definition.step_at(index)
+        policy = policy or step.retry
+        now = saga.db_now
+        if record.status == StepStatus.RUNNING:
+            if in_flight(record, now, dead_holders([record], now)):
+                return Outcome(Decision.STOP, reason="another attempt holds the step")
+            if record.lease_expires_at is None and not retry_is_due(record, now):
+                return Outcome(Decision.STOP, reason="retry not due yet")
+            if record.lease_expires_at is not None:
+                # The attempt that held the step never reported: its worker died or it was killed.
+                if not policy.allows_another(record.attempts):
+                    fail_lost_attempt(saga, record, blame=True)
+                    return Outcome(Decision.FAILED, reason="attempts exhausted")
+                event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts)
+        if saga.status == SagaStatus.PENDING:
+            move_saga(saga, SagaStatus.RUNNING, EventKind.SAGA_STARTED)
+        record.attempts += 1
+        record.started_at = record.started_at or now
+        hold(record, saga, lease_until(saga, step))
+        move_step(saga, record, StepStatus.RUNNING, EventKind.STEP_STARTED, attempt=record.attempts)
+        return make_claim(saga, definition, index, record.attempts)
+
+
+def _already_succeeded(records: list[StepRecord], definition: Saga, index: int) -> Outcome:
+    """A redelivery of a step that succeeded: let the chain go on only if nothing after it started.
+
+    (Its worker may have died between recording the success and sending the
+    next step.) Otherwise the message is a duplicate and goes no further.
+    """
+    following = definition.next_stage_start(index)
+    if (following is not None and not definition.is_parallel(index)
+            and records[following].status == StepStatus.PENDING):
+        return Outcome(Decision.CONTINUE, reason="step already succeeded")
+    return Outcome(Decision.STOP, reason="step already succeeded")
+
+
+def record_step(saga_id, index: int, report: Report, policy: Retry | None, *, must_own: bool = False) -> Outcome:
+    """Record how one attempt of forward step ``index`` ended, and decide what follows.
+
+    ``must_own``: a report that no longer owns the step raises (a
+    transactional action's writes then roll back with it).
+    """
+    with locked_saga(saga_id) as saga:
+        if saga is None:
+            return _refuse(must_own, Outcome(Decision.STOP, reason="saga does not exist"))
+        records = steps_of(saga)
+        record = records[index]
+        if record.status != StepStatus.RUNNING or record.attempts != report.attempt:
+            if must_own:
+                raise _NotOwner(Outcome(Decision.STOP, reason="another attempt owns the step"))
+            event(saga, EventKind.REPORT_DROPPED, step=record, attempt=report.attempt, ok=report.ok,
+                  error=report.error,
+                  note=f"the step had moved on to {record.status} (attempt {record.attempts}); not recorded")
+            return Outcome(Decision.STOP, reason="another attempt owns the step")
+        definition = definition_of(saga)
+        if report.ok:
+            return _succeed(saga, records, record, definition, report.result)
+        return _fail_attempt(saga, records, record, definition, report, policy or definition.step_at(index).retry)
+
+
+def _refuse(must_own: bool, outcome: Outcome) -> Outcome:
+    if must_own:
+        raise _NotOwner(outcome)
+    return outcome
+
+
+def _succeed(saga: SagaInstance, records: list[StepRecord], record: StepRecord, definition: Saga,
+             result: Any) -> Outcome:
+    record.result = result
+    record.error = ""
+    record.finished_at = saga.db_now
+    release(record)
+    move_step(saga, record, StepStatus.SUCCEEDED, EventKind.STEP_SUCCEEDED, attempt=record.attempts)
+    saga.results = {**saga.results, record.name: result}
+    if saga.status != SagaStatus.RUNNING:
+        # Cancelled, or a Parallel sibling failed, while this attempt ran: its
+        # effects are recorded here and undone with the rest.
+        if not record.has_compensation:
+            event(saga, EventKind.NOTHING_TO_COMPENSATE, step=record, note="no compensation defined; left as is")
+        continue_compensation(saga, records)
+        return Outcome(Decision.STOP, reason=f"succeeded while the saga is {saga.status}")
+    if all(r.status == StepStatus.SUCCEEDED for r in records):
+        move_saga(saga, SagaStatus.SUCCEEDED, EventKind.SAGA_SUCCEEDED)
+        return Outcome(Decision.CONTINUE)
+    saga.due_at = stall_deadline(saga)
+    _dispatch_next_stage_if_joined(saga, records, definition, record.index)
+    return Outcome(Decision.CONTINUE)
+
+
+def _dispatch_next_stage_if_joined(saga: SagaInstance, records: list[StepRecord], definition: Saga,
+                                   index: int) -> None:
+    """The join of a Parallel: the member whose success completes the stage sends the next one.
+
+    Called under the saga's row lock, so of members finishing together exactly
+    one sees them all succeeded. A plain step sends nothing: its chain goes on.
+    """
+    if not definition.is_parallel(index):
+        return
+    if any(records[i].status != StepStatus.SUCCEEDED for i in definition.stage_indices(index)):
+        return
+    following = definition.next_stage_start(index)
+    if following is not None:
+        dispatch_forward(saga, following)
+
+
+def _fail_attempt(saga: SagaInstance, records: list[StepRecord], record: StepRecord, definition: Saga,
+                  report: Report, policy: Retry) -> Outcome:
+    if saga.status != SagaStatus.RUNNING:
+        # Cancelled, or a Parallel sibling failed: no retry, the saga is being undone.
+        fail_step(saga, record, report.error, blame=False, effects=report.effects, permanent=report.permanent,
+                  timeout=report.timeout, note=f"not retried: the saga is {saga.status}")
+        continue_compensation(saga, records)
+        return Outcome(Decision.STOP, reason=f"saga is {saga.status}")
+    if report.permanent or not policy.allows_another(report.attempt):
+        fail_step(saga, record, report.error, effects=report.effects, permanent=report.permanent,
+                  timeout=report.timeout)
+        saga.due_at = stall_deadline(saga)  # the error callback compensates; if it is lost, the sweeper does
+        return Outcome(Decision.FAILED, reason=report.error)
+    delay = policy.delay_after(report.attempt)
+    record.error = report.error
+    release(record)
+    record.next_attempt_at = saga.db_now + timedelta(seconds=delay)
+    record.save()
+    saga.due_at = record.next_attempt_at + timedelta(seconds=settings.SAGAS_STALL_AFTER)
+    event(saga, EventKind.STEP_ATTEMPT_FAILED, step=record, attempt=report.attempt, error=report.error,
+          timeout=report.timeout, retry_in=delay)
+    return Outcome(Decision.RETRY, countdown=delay, reason=report.error)

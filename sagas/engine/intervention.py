@@ -1,0 +1,95 @@
+"""People intervening: cancel, retry a failed compensation, resubmit, release a held saga."""
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from ..errors import InvalidTransition
+from ..models import ACTIVE_SAGA_STATUSES, EventKind, SagaInstance, SagaStatus, StepStatus
+from .compensation import compensation_order, start_compensating
+from .core import dispatch_compensation, event, locked_saga, move_saga, move_step, release, stall_deadline, steps_of
+from .start import start_saga
+
+
+def _as_id(saga: SagaInstance | uuid.UUID | str):
+    return saga.pk if isinstance(saga, SagaInstance) else saga
+
+
+def _missing(saga) -> SagaInstance.DoesNotExist:
+    return SagaInstance.DoesNotExist(f"no saga {saga}")
+
+
+def cancel(saga: SagaInstance | uuid.UUID | str, *, reason: str = "cancelled") -> SagaInstance:
+    """Stop a pending or running saga and compensate what it did.
+
+    The saga moves to ``compensating`` at once. A step attempt in progress
+    finishes; its effects are then compensated too, before the earlier steps'.
+    The saga's error keeps ``reason``.
+    """
+    reason = (reason or "").strip() or "cancelled"
+    with locked_saga(_as_id(saga)) as instance:
+        if instance is None:
+            raise _missing(saga)
+        if instance.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
+            raise InvalidTransition(
+                f"saga {instance.id} is {instance.status}; only a pending or running saga can be cancelled")
+        instance.cancel_requested_at = instance.db_now
+        event(instance, EventKind.CANCEL_REQUESTED, reason=reason)
+        instance.error = reason
+        start_compensating(instance, steps_of(instance), reason)
+    return SagaInstance.objects.get(pk=instance.pk)
+
+
+def retry_compensation(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
+    """Re-run the compensations that failed, with a fresh retry budget."""
+    with locked_saga(_as_id(saga)) as instance:
+        if instance is None:
+            raise _missing(saga)
+        if instance.status != SagaStatus.FAILED:
+            raise InvalidTransition(
+                f"saga {instance.id} is {instance.status}; only a failed saga can retry compensation")
+        event(instance, EventKind.COMPENSATION_RETRY_REQUESTED)
+        records = steps_of(instance)
+        for record in records:
+            if record.status == StepStatus.COMPENSATION_FAILED:
+                record.compensation_attempts = 0
+                release(record)
+                move_step(instance, record, StepStatus.COMPENSATING, EventKind.COMPENSATION_RETRY_REQUESTED)
+        move_saga(instance, SagaStatus.COMPENSATING, EventKind.SAGA_COMPENSATING, reason="compensation retried")
+        instance.due_at = stall_deadline(instance)
+        dispatch_compensation(instance, compensation_order(records))
+    return SagaInstance.objects.get(pk=instance.pk)
+
+
+def resubmit(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
+    """Start a new instance of the latest version with the same input, linked to this one.
+
+    Idempotent: a saga already resubmitted answers the instance it started
+    (``created_now`` False), so a double click starts one saga, not two.
+    """
+    with locked_saga(_as_id(saga)) as original:
+        if original is None:
+            raise _missing(saga)
+        if original.status in ACTIVE_SAGA_STATUSES:
+            raise InvalidTransition(
+                f"saga {original.id} is still {original.status}; resubmit it once it has finished")
+        earlier = SagaInstance.objects.filter(resubmitted_from=original).order_by("created_at").first()
+        if earlier is not None:
+            earlier.created_now = False
+            return earlier
+        new = start_saga(original.saga_type, input=original.input, resubmitted_from=original)
+        event(original, EventKind.RESUBMITTED, new_saga=str(new.id))
+    return new
+
+
+def release_held(saga: SagaInstance | uuid.UUID | str, *, note: str = "") -> SagaInstance:
+    """Give a saga the sweeper held for a person back to the sweeper, once its cause is fixed."""
+    with locked_saga(_as_id(saga)) as instance:
+        if instance is None:
+            raise _missing(saga)
+        if instance.status not in ACTIVE_SAGA_STATUSES or instance.due_at is not None:
+            raise InvalidTransition(f"saga {instance.id} is not held by the sweeper")
+        # Due now (a millisecond back: SQLite's clock reads to the millisecond only).
+        instance.due_at = instance.db_now - timedelta(milliseconds=1)
+        event(instance, EventKind.SAGA_RESUMED, phase="released", note=note or "released for the sweeper")
+    return SagaInstance.objects.get(pk=instance.pk)

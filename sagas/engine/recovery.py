@@ -1,0 +1,220 @@
+"""Recovery: the sweeper moves on sagas that no message will move.
+
+Every active saga carries ``due_at``, the moment it should have shown a sign
+of life by (the database's clock): its attempt's lease, its retry time, or a
+stall time after its last transition. Every attempt records which worker
+process holds it. A sweep reads only the sagas that are due, and those
+whose attempts are held by workers that stopped heartbeating, both through
+an index, so its cost does not grow with the number of sagas in flight.
+
+One saga the sweeper cannot move never stops it: a passing database error
+postpones that saga; anything else (an unregistered version, a definition
+whose steps changed under the same version) is recorded on it, as a
+``saga_stuck`` event and its error, and it is held for a person
+(``due_at`` empty) until ``release_held``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models.functions import Now
+
+from .. import liveness
+from ..models import ACTIVE_SAGA_STATUSES, EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus, WorkerBeat
+from .compensation import (
+    compensation_order,
+    fail_compensation,
+    fail_lost_attempt,
+    finish_if_compensated,
+    start_compensating,
+)
+from .core import (
+    dead_holders,
+    definition_of,
+    describe_error,
+    dispatch_compensation,
+    dispatch_forward,
+    dispatch_steps,
+    event,
+    in_flight,
+    locked_saga,
+    move_saga,
+    release,
+    stall_deadline,
+    steps_of,
+)
+from .running import INFRASTRUCTURE_ERRORS
+
+logger = logging.getLogger("sagas.engine")
+
+
+@dataclass
+class SweepReport:
+    examined: int = 0
+    resumed_forward: int = 0
+    resumed_compensation: int = 0
+    compensation_started: int = 0
+    postponed: int = 0
+    held: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.resumed_forward + self.resumed_compensation + self.compensation_started
+
+
+def due_saga_ids(limit: int) -> list:
+    """Sagas due now, and sagas with an attempt held by a worker that stopped heartbeating."""
+    due = list(SagaInstance.objects.filter(due_at__lte=Now()).order_by("due_at").values_list("id", flat=True)[:limit])
+    silent = WorkerBeat.objects.filter(
+        beat_at__lt=Now() - timedelta(seconds=settings.SAGAS_WORKER_DEAD_AFTER)).values("id")
+    orphaned = StepRecord.objects.filter(held_by__in=silent).values_list("saga_id", flat=True).distinct()[:limit]
+    return list(dict.fromkeys([*due, *orphaned]))
+
+
+def sweep(*, limit: int = 500) -> SweepReport:
+    """Move on every saga that is due: lost messages, dead workers, lost error callbacks."""
+    report = SweepReport()
+    for saga_id in due_saga_ids(limit):
+        report.examined += 1
+        try:
+            action = resume(saga_id)
+        except INFRASTRUCTURE_ERRORS as exc:  # passing: try this one again later, move the others now
+            logger.warning("sweeper: saga %s postponed: %s", saga_id, exc)
+            report.postponed += 1
+            _postpone(saga_id)
+            continue
+        except Exception as exc:  # this saga cannot be moved by the sweeper: a person must look
+            logger.exception("sweeper: saga %s held for a person", saga_id)
+            report.held.append(str(saga_id))
+            _hold_for_person(saga_id, exc)
+            continue
+        if action == "forward":
+            report.resumed_forward += 1
+        elif action == "compensation":
+            report.resumed_compensation += 1
+        elif action == "compensation_started":
+            report.compensation_started += 1
+    try:
+        liveness.forget_silent_workers()
+    except INFRASTRUCTURE_ERRORS as exc:
+        logger.warning("sweeper: could not prune heartbeats: %s", exc)
+    return report
+
+
+def _postpone(saga_id) -> None:
+    try:
+        SagaInstance.objects.filter(pk=saga_id, due_at__isnull=False).update(
+            due_at=Now() + timedelta(seconds=settings.SAGAS_STALL_AFTER))
+    except INFRASTRUCTURE_ERRORS:
+        pass  # still due: the next sweep tries again
+
+
+def _hold_for_person(saga_id, exc: Exception) -> None:
+    error = f"the sweeper could not move this saga: {describe_error(exc)}"
+    try:
+        with locked_saga(saga_id) as saga:
+            if saga is None or saga.status not in ACTIVE_SAGA_STATUSES:
+                return
+            saga.error = error
+            saga.due_at = None
+            event(saga, EventKind.SAGA_STUCK, error=error,
+                  note="held for a person: fix the cause, then release it to the sweeper")
+    except INFRASTRUCTURE_ERRORS as again:
+        logger.warning("sweeper: could not hold saga %s: %s", saga_id, again)
+
+
+def resume(saga_id) -> str | None:
+    """Send again whatever a stalled saga waits for, judged from its stored state.
+
+    Returns what it did (``forward``, ``compensation``, ``compensation_started``,
+    ``finished``) or None when the saga is not stalled (it then becomes due at
+    the next moment that matters).
+    """
+    with locked_saga(saga_id) as saga:
+        if saga is None or saga.status not in ACTIVE_SAGA_STATUSES:
+            return None
+        records = steps_of(saga)
+        definition = definition_of(saga, records)
+        now = saga.db_now
+        dead = dead_holders(records, now)
+        live = [r.lease_expires_at for r in records if in_flight(r, now, dead)]
+        if live:
+            saga.due_at = min(live)
+            return None
+        retries = [r.next_attempt_at for r in records
+                   if r.lease_expires_at is None and r.next_attempt_at and r.next_attempt_at > now]
+        if retries:
+            saga.due_at = min(retries) + timedelta(seconds=settings.SAGAS_STALL_AFTER)
+            return None
+        sweeps = saga.sweeps
+        _free_lost_attempts(saga, records, definition)
+        action = _resume(saga, records, definition)
+        if saga.status in ACTIVE_SAGA_STATUSES and action in ("forward", "compensation"):
+            # Sent again: if that too goes unanswered, wait twice as long before the next try.
+            saga.sweeps = min(sweeps + 1, 6)
+            saga.due_at = now + timedelta(seconds=settings.SAGAS_STALL_AFTER * 2 ** saga.sweeps)
+        return action
+
+
+def _free_lost_attempts(saga: SagaInstance, records: list[StepRecord], definition) -> None:
+    """Attempts that hold a step but are not in flight were lost: record it and free the step.
+
+    Done here, not left to the next delivery, so a saga found through a
+    silent worker is not found again and again while that delivery is on its way.
+    """
+    for record in records:
+        if record.lease_expires_at is None or record.status not in (StepStatus.RUNNING, StepStatus.COMPENSATING):
+            continue
+        step = definition.step_at(record.index)
+        if record.status == StepStatus.COMPENSATING:
+            event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.compensation_attempts,
+                  compensation=True)
+            if not step.compensation_retry.allows_another(record.compensation_attempts):
+                fail_compensation(saga, record, "compensation attempt was lost (worker died or was killed)")
+                continue
+        elif saga.status == SagaStatus.COMPENSATING or not step.retry.allows_another(record.attempts):
+            fail_lost_attempt(saga, record, blame=not saga.error)
+            continue
+        else:
+            event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts)
+        release(record)
+        record.next_attempt_at = saga.db_now  # the next delivery makes a new attempt at once
+        record.save()
+
+
+def _resume(saga: SagaInstance, records: list[StepRecord], definition) -> str:
+    if saga.status == SagaStatus.FAILED:
+        return "finished"  # a compensation was lost for good: a person decides
+    if saga.status == SagaStatus.COMPENSATING:
+        indices = compensation_order(records)
+        if not indices:
+            finish_if_compensated(saga, records)
+            return "finished"
+        event(saga, EventKind.SAGA_RESUMED, phase="compensation", steps=indices)
+        dispatch_compensation(saga, indices)
+        return "compensation"
+    failed = any(r.status in (StepStatus.FAILED, StepStatus.SKIPPED) for r in records)
+    if failed or saga.cancel_requested_at is not None:
+        start_compensating(saga, records, saga.error or "error callback lost")
+        return "compensation_started"
+    first_open = next((r.index for r in records if r.status != StepStatus.SUCCEEDED), None)
+    if first_open is None:
+        move_saga(saga, SagaStatus.SUCCEEDED, EventKind.SAGA_SUCCEEDED)
+        return "finished"
+    stage = definition.stage_indices(first_open)
+    open_members = [i for i in stage if records[i].status != StepStatus.SUCCEEDED]
+    if definition.is_parallel(first_open) and len(open_members) < len(stage):
+        # Part of a Parallel succeeded: send the rest on their own; the
+        # last of them to succeed sends the next stage.
+        event(saga, EventKind.SAGA_RESUMED, phase="forward", from_step=first_open, steps=open_members)
+        dispatch_steps(saga, open_members)
+        return "forward"
+    event(saga, EventKind.SAGA_RESUMED, phase="forward", from_step=first_open)
+    dispatch_forward(saga, first_open)
+    return "forward"
+
+
+__all__ = ["SweepReport", "due_saga_ids", "resume", "stall_deadline", "sweep"]

@@ -1,0 +1,197 @@
+"""Fault paths that need a real worker, a kill or a broker: each reproduces one of the engine's promises breaking."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection, connections, transaction
+from rest_framework.authtoken.models import Token
+
+from sagas import cancel, start_saga
+from sagas.engine import sweep
+from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepStatus
+from sagas.tasks import compensate_saga
+from sagas.workers import database_url
+from tests.helpers import make_due, wait_for_saga, wait_until
+from tests.integration.conftest import start_worker
+from tests.testapp.models import Call, Ledger
+
+pytestmark = pytest.mark.integration
+
+SAGA = "tests.three_steps"
+postgres_only = pytest.mark.skipif(
+    "sqlite" in settings.DATABASES["default"]["ENGINE"],
+    reason="on SQLite every write transaction holds the database's one write lock",
+)
+
+
+def calls(saga, kind="action"):
+    return list(Call.objects.filter(saga_id=saga.id, kind=kind).values_list("step", flat=True))
+
+
+def gate(tmp_path: Path) -> Path:
+    return tmp_path / f"gate-{uuid.uuid4().hex[:6]}"
+
+
+def test_cancel_while_the_last_step_runs_ends_compensated_with_its_reason(worker, tmp_path):
+    opened = gate(tmp_path)
+    saga = start_saga(SAGA, input={"wait_for_file": {"c": str(opened)}})
+    wait_until(lambda: "c" in calls(saga))
+
+    cancel(saga, reason="customer withdrew the order")
+    opened.touch()  # the attempt in flight finishes after the cancel was accepted
+    saga = wait_for_saga(saga)
+
+    assert saga.status == SagaStatus.COMPENSATED
+    assert saga.error == "customer withdrew the order"
+    assert calls(saga, "compensation") == ["c", "b", "a"]  # c finished, then was undone first
+    assert not saga.events.filter(kind=EventKind.SAGA_SUCCEEDED).exists()
+
+
+@pytest.mark.parametrize("bad", ["nul", "nan"])
+def test_an_output_the_database_refuses_is_compensated_not_left_in_place(worker, bad):
+    saga = wait_for_saga(start_saga(SAGA, input={"bad_output": {"b": bad}}))
+
+    assert saga.status == SagaStatus.COMPENSATED
+    b = saga.steps.get(name="b")
+    assert b.may_have_effects and "cannot be stored" in b.error
+    assert calls(saga) == ["a", "b"]  # not run again
+    assert calls(saga, "compensation") == ["b", "a"]
+
+
+def test_an_error_callback_for_a_healthy_saga_does_not_compensate_it(worker, tmp_path):
+    opened = gate(tmp_path)
+    saga = start_saga(SAGA, input={"wait_for_file": {"b": str(opened)}})
+    wait_until(lambda: "b" in calls(saga))
+
+    # What a chain whose next message the broker refused would deliver.
+    assert compensate_saga.apply_async((str(saga.id),)).get(timeout=30) == "already handled"
+    opened.touch()
+    saga = wait_for_saga(saga)
+
+    assert saga.status == SagaStatus.SUCCEEDED
+    assert saga.events.filter(kind=EventKind.ERROR_CALLBACK_IGNORED).count() == 1
+    assert calls(saga, "compensation") == []
+
+
+API_CLIENT_SCRIPT = """
+import json, sys, django
+django.setup()
+from rest_framework.test import APIClient
+client = APIClient()
+client.credentials(HTTP_AUTHORIZATION="Token " + sys.argv[1])
+response = client.post("/api/sagas/", {"saga_type": sys.argv[2], "input": {}}, format="json")
+print(json.dumps({"status": response.status_code, "body": response.json()}))
+"""
+
+
+def test_a_saga_accepted_while_the_broker_is_down_answers_202_and_the_sweeper_sends_it(worker):
+    user = get_user_model().objects.create_user("operator", password="secret-pass")
+    token = Token.objects.create(user=user).key
+    # The API in a process of its own whose broker does not answer (nothing listens on port 1).
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings_test", "DATABASE_URL": database_url(),
+           "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
+    run = subprocess.run([sys.executable, "-c", API_CLIENT_SCRIPT, token, SAGA], cwd=settings.BASE_DIR, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    answer = json.loads(run.stdout.strip().splitlines()[-1])
+
+    assert answer["status"] == 202
+    saga = SagaInstance.objects.get(pk=answer["body"]["id"])
+    assert saga.status == SagaStatus.PENDING  # accepted; nothing could be sent
+    assert "could not send" in run.stderr
+
+    make_due(saga)
+    assert sweep().resumed_forward == 1  # this process's broker answers
+    assert wait_for_saga(saga).status == SagaStatus.SUCCEEDED
+
+
+@postgres_only
+def test_a_transactional_step_at_work_holds_no_lock_that_cancel_or_a_new_saga_waits_for(worker, tmp_path):
+    opened = gate(tmp_path)
+    saga = start_saga("tests.ledger", input={"amount": 7, "wait_for_file": {"credit": str(opened)}})
+    wait_until(lambda: Path(f"{opened}.started").exists())  # the action is at work, its transaction open
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = '3s'")  # a lock held by the action would fail these, not hang them
+    try:
+        cancelled = cancel(saga, reason="stop")
+        other = start_saga(SAGA, input={})
+    finally:
+        opened.touch()
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = 0")
+
+    assert cancelled.status == SagaStatus.COMPENSATING
+    saga = wait_for_saga(saga)
+    assert saga.status == SagaStatus.COMPENSATED
+    assert sorted(Ledger.objects.filter(saga_id=saga.id).values_list("amount", flat=True)) == [-7, 7]
+    assert wait_for_saga(other).status == SagaStatus.SUCCEEDED
+
+
+@postgres_only
+def test_a_success_reported_while_the_soft_time_limit_fires_on_the_saga_lock_is_recorded(worker, tmp_path):
+    opened = gate(tmp_path)
+    saga = start_saga(SAGA, input={"wait_for_file": {"c": str(opened)}})
+    wait_until(lambda: "c" in calls(saga))
+    locked = threading.Event()
+
+    def hold_the_saga_lock():
+        try:
+            with transaction.atomic():
+                SagaInstance.objects.select_for_update().get(pk=saga.pk)
+                locked.set()
+                opened.touch()  # c returns now and waits for this lock past its 1 s limit
+                threading.Event().wait(2.5)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_the_saga_lock)
+    holder.start()
+    holder.join()
+    assert locked.is_set()
+    saga = wait_for_saga(saga)
+
+    assert saga.status == SagaStatus.SUCCEEDED
+    c = saga.steps.get(name="c")
+    assert c.attempts == 1 and calls(saga) == ["a", "b", "c"]  # recorded, not run again
+
+
+def _kill_whole_worker(process: subprocess.Popen) -> None:
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    for pid in [process.pid, *map(int, children)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def test_a_step_held_by_a_killed_worker_moves_again_long_before_its_lease_ends(worker):
+    # The session's worker stays out of it: this saga goes to a queue of its own.
+    queue = f"kill-{uuid.uuid4().hex[:6]}"
+    with start_worker(queue=queue, concurrency=1) as doomed:
+        saga = start_saga("tests.slow", input={"sleep_first": {"slow": 600}})
+        wait_until(lambda: "slow" in calls(saga), timeout=60)
+        lease = saga.steps.get(name="slow").lease_expires_at  # minutes away: the default step timeout
+        _kill_whole_worker(doomed["process"])
+    with start_worker(queue=queue, concurrency=1):
+        def finished():
+            sweep()  # what beat runs every few seconds
+            return SagaInstance.objects.get(pk=saga.pk).status in (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED)
+
+        wait_until(finished, timeout=90, interval=1.0)
+
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.SUCCEEDED
+    slow = saga.steps.get(name="slow")
+    assert slow.attempts == 2 and calls(saga) == ["a", "slow", "slow", "c"]
+    lost = SagaEvent.objects.get(saga=saga, step=slow, kind=EventKind.STEP_ATTEMPT_LOST)
+    assert lost.created_at < lease  # noticed by the worker's silence, not by the lease running out
+    assert slow.status == StepStatus.SUCCEEDED

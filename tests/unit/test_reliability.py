@@ -1,0 +1,420 @@
+"""Fault paths of the engine, without a worker: what it decides when things go wrong.
+
+Each test names the fault it reproduces; the ones that need a real worker,
+a kill or a broker are in tests/integration/test_reliability.py.
+"""
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+from django.db import OperationalError, connection
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from sagas import InvalidSagaInput, Retry, Saga, Step, cancel, registry, resubmit, start_saga
+from sagas import engine
+from sagas.engine import Decision, Report, execute_compensation, execute_step, sweep
+from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus, WorkerBeat
+from tests.helpers import make_due
+
+SAGA = "tests.three_steps"
+PARALLEL = "tests.parallel"  # a -> Parallel("fanout", b1, b2, b3) -> c
+A, B1, B2, B3, C = range(5)
+
+
+def kinds(saga, step=None):
+    events = saga.events.order_by("id")
+    if step is not None:
+        events = events.filter(step__name=step)
+    return list(events.values_list("kind", flat=True))
+
+
+# --- 1. an accepted cancel ends compensated, with its reason ------------------------------
+
+
+def test_cancel_while_the_last_step_runs_ends_compensated_not_succeeded(db, sent, django_capture_on_commit_callbacks):
+    saga = start_saga(SAGA, input={})
+    execute_step(saga.id, 0)
+    execute_step(saga.id, 1)
+    running = engine.claim_step(saga.id, 2, None)  # the last step is at work
+
+    with django_capture_on_commit_callbacks(execute=True):
+        cancel(saga, reason="order withdrawn by the customer")
+    with django_capture_on_commit_callbacks(execute=True):
+        outcome = engine.record_step(saga.id, 2, Report(running.attempt, ok=True, result={"value": 4}), None)
+
+    assert outcome.decision is Decision.STOP
+    assert sent[-1] == ("compensate", saga.id, [2, 1, 0])  # the attempt in flight is undone first
+    for index in (2, 1, 0):
+        execute_compensation(saga.id, index)
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.COMPENSATED
+    assert saga.error == "order withdrawn by the customer"
+    assert EventKind.SAGA_SUCCEEDED not in kinds(saga)
+
+
+def test_cancel_while_every_member_of_a_final_parallel_runs_ends_compensated(db, sent,
+                                                                            django_capture_on_commit_callbacks):
+    registry.register(Saga("tests.final_parallel", steps=[
+        Step("a", _ok, compensation=_ok),
+        engine_parallel("fan", Step("m1", _ok, compensation=_ok), Step("m2", _ok, compensation=_ok)),
+    ]))
+    try:
+        saga = start_saga("tests.final_parallel", input={})
+        execute_step(saga.id, 0)
+        m1 = engine.claim_step(saga.id, 1, None)
+        m2 = engine.claim_step(saga.id, 2, None)
+        cancel(saga, reason="stop")
+        with django_capture_on_commit_callbacks(execute=True):
+            engine.record_step(saga.id, 1, Report(m1.attempt, ok=True, result={}), None)
+            engine.record_step(saga.id, 2, Report(m2.attempt, ok=True, result={}), None)
+
+        assert sent[-1] == ("compensate", saga.id, [2, 1, 0])  # sent once, by the last report
+        for index in (2, 1, 0):
+            execute_compensation(saga.id, index)
+        saga.refresh_from_db()
+        assert saga.status == SagaStatus.COMPENSATED and saga.error == "stop"
+    finally:
+        registry.unregister("tests.final_parallel")
+
+
+def _ok(ctx):
+    return {}
+
+
+def engine_parallel(name, *steps):
+    from sagas import Parallel
+
+    return Parallel(name, *steps)
+
+
+def test_a_blank_cancel_reason_is_recorded_as_cancelled(db, sent):
+    saga = cancel(start_saga(SAGA, input={}), reason="  ")
+
+    assert saga.error == "cancelled"
+    assert saga.events.get(kind=EventKind.CANCEL_REQUESTED).detail["reason"] == "cancelled"
+
+
+# --- 2. one saga the sweeper cannot move never stops it ---------------------------------------
+
+
+def test_sweeper_holds_a_saga_of_an_unregistered_version_and_moves_the_others(db, sent,
+                                                                              django_capture_on_commit_callbacks):
+    broken = start_saga(SAGA, input={})
+    SagaInstance.objects.filter(pk=broken.pk).update(version=99, due_at=Now() - timedelta(seconds=60))
+    healthy = start_saga(SAGA, input={})
+    make_due(healthy)
+    sent.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = sweep()
+
+    assert report.resumed_forward == 1 and report.held == [str(broken.id)]
+    assert sent == [("forward", healthy.id, 0)]
+    broken.refresh_from_db()
+    assert broken.due_at is None and "could not move this saga" in broken.error and "v99" in broken.error
+    assert broken.events.filter(kind=EventKind.SAGA_STUCK).count() == 1
+    assert sweep().examined == 0  # held for a person: not tried again and again
+
+
+def test_sweeper_holds_a_saga_whose_definition_changed_under_the_same_version(db, sent):
+    saga = start_saga(SAGA, input={})
+    StepRecord.objects.filter(saga=saga, index=1).update(name="renamed")
+    make_due(saga)
+
+    report = sweep()
+
+    saga.refresh_from_db()
+    assert report.held == [str(saga.id)]
+    assert "new version" in saga.error
+    assert saga.status == SagaStatus.PENDING  # nothing else changed
+
+
+def test_a_held_saga_released_by_a_person_is_swept_again(db, sent):
+    saga = start_saga(SAGA, input={})
+    SagaInstance.objects.filter(pk=saga.pk).update(version=99)
+    make_due(saga)
+    sweep()
+    SagaInstance.objects.filter(pk=saga.pk).update(version=1)  # the person fixed the cause
+
+    engine.release_held(saga)
+
+    assert sweep().resumed_forward == 1
+
+
+def test_a_passing_database_error_postpones_one_saga_and_the_others_move(db, sent):
+    first, second = start_saga(SAGA, input={}), start_saga(SAGA, input={})
+    make_due(first)
+    make_due(second)
+    real_resume = engine.recovery.resume
+
+    def flaky(saga_id):
+        if saga_id == first.id:
+            raise OperationalError("database is locked")
+        return real_resume(saga_id)
+
+    with mock.patch.object(engine.recovery, "resume", flaky):
+        report = sweep()
+
+    assert report.postponed == 1 and report.resumed_forward == 1
+    first.refresh_from_db()
+    assert first.due_at is not None and first.error == ""  # postponed, not held
+
+
+# --- 3. the sweeper reads only what is due, through an index -----------------------------------
+
+
+def test_sweeper_finds_the_due_saga_among_many_that_wait_legitimately(db, sent):
+    waiting = [start_saga(SAGA, input={"i": i}) for i in range(30)]
+    for saga in waiting:  # live attempts: nothing to do for the sweeper
+        engine.claim_step(saga.id, 0, None)
+    SagaInstance.objects.filter(pk__in=[s.pk for s in waiting]).update(updated_at=timezone.now() - timedelta(days=1))
+    due = start_saga(SAGA, input={"due": True})
+    make_due(due)
+
+    report = sweep(limit=5)  # fewer than the waiting ones: they must not crowd the due one out
+
+    assert report.examined == 1 and report.resumed_forward == 1
+
+
+def test_sweeping_costs_the_same_few_queries_however_many_sagas_wait(db, sent, django_assert_max_num_queries):
+    for i in range(40):
+        engine.claim_step(start_saga(SAGA, input={"i": i}).id, 0, None)
+
+    with django_assert_max_num_queries(3):
+        assert sweep().examined == 0
+
+
+def test_the_sweeper_query_can_use_the_due_index(db):
+    sql = str(SagaInstance.objects.filter(due_at__lte=Now()).order_by("due_at").values("id")[:500].query)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute(f"EXPLAIN {sql}")
+        else:
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+        plan = " ".join(str(row) for row in cursor.fetchall())
+    assert "saga_due_idx" in plan
+
+
+# --- 4. an action that ran is never left failed with its effects ----------------------------------
+
+
+@pytest.mark.parametrize("bad", ["nul", "nan"])
+def test_an_output_no_database_stores_fails_the_step_and_it_is_compensated(db, sent, bad):
+    saga = start_saga(SAGA, input={"bad_output": {"b": bad}})
+    execute_step(saga.id, 0)
+
+    assert execute_step(saga.id, 1).decision is Decision.FAILED
+    assert engine.begin_compensation(saga.id) == [1, 0]  # b ran: it is undone too
+
+    b = saga.steps.get(name="b")
+    assert b.status == StepStatus.FAILED and b.may_have_effects and "cannot be stored" in b.error
+    assert execute_compensation(saga.id, 1).decision is Decision.CONTINUE
+    assert execute_compensation(saga.id, 0).decision is Decision.CONTINUE
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.COMPENSATED
+    assert saga.steps.get(name="b").status == StepStatus.COMPENSATED
+
+
+def test_a_success_whose_record_fails_for_a_passing_reason_is_recorded_later_without_running_again(db, sent):
+    saga = start_saga(SAGA, input={})
+    real = engine.forward.record_step
+    calls = {"n": 0}
+
+    def failing_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(*args, **kwargs)
+
+    with mock.patch.object(engine.forward, "record_step", failing_once):
+        with pytest.raises(engine.ReportPending) as pending:
+            execute_step(saga.id, 0)
+    carried = pending.value.report.as_dict()  # what the task's retry message carries
+
+    outcome = execute_step(saga.id, 0, report=carried)
+
+    assert outcome.decision is Decision.CONTINUE
+    a = saga.steps.get(name="a")
+    assert a.status == StepStatus.SUCCEEDED and a.attempts == 1 and a.result == {"value": 1, "attempt": 1}
+    from tests.testapp.models import Call
+    assert Call.objects.filter(saga_id=saga.id, step="a").count() == 1  # the action ran once
+
+
+def test_a_report_for_an_attempt_that_lost_the_step_is_dropped_with_an_event(db, sent):
+    saga = start_saga(SAGA, input={})
+    engine.claim_step(saga.id, 0, None)
+    StepRecord.objects.filter(saga=saga, index=0).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert isinstance(engine.claim_step(saga.id, 0, None), engine.Claim)  # attempt 2 took over
+
+    outcome = engine.record_step(saga.id, 0, Report(1, ok=False, error="RuntimeError: late"), None)
+
+    assert outcome.decision is Decision.STOP
+    dropped = saga.events.get(kind=EventKind.REPORT_DROPPED)
+    assert dropped.detail["attempt"] == 1 and dropped.detail["error"] == "RuntimeError: late"
+    assert saga.steps.get(index=0).status == StepStatus.RUNNING
+
+
+# --- 5. infrastructure retries are counted apart ---------------------------------------------
+
+
+def test_a_database_error_after_many_step_retries_is_retried_not_fatal(db, sent):
+    from sagas import tasks
+
+    saga = start_saga(SAGA, input={})
+    outcomes = iter([OperationalError("database is locked"), engine.Outcome(Decision.CONTINUE, reason="done")])
+
+    def execute(*args, **kwargs):
+        item = next(outcomes)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    with mock.patch.object(engine, "execute_step", execute):
+        # This delivery is the 25th retry of the step (backoff waits): that says nothing of the database.
+        result = tasks.run_step.apply(args=(str(saga.id), 0), retries=25)
+
+    assert result.successful(), result.traceback
+    assert result.get() == "done"
+
+
+# --- 7. input judged the same on every database -------------------------------------------------
+
+
+@pytest.mark.parametrize("value,field,message", [
+    ({"name": "nul \x00 byte"}, "name", "NUL"),
+    ({"amount": float("nan")}, "amount", "finite"),
+    ({"amount": float("inf")}, "amount", "finite"),
+    ({"nested": {"deep": ["x", "\x00"]}}, "nested", "NUL"),
+    ({1: "one"}, "input", "keys must be strings"),
+    ({"nested": {2: "two"}}, "nested", "keys must be strings"),
+])
+def test_input_no_database_stores_as_given_is_refused_and_writes_nothing(db, sent, value, field, message):
+    with pytest.raises(InvalidSagaInput) as caught:
+        start_saga(SAGA, input=value)
+
+    assert list(caught.value.errors) == [field]
+    assert message in caught.value.errors[field][0]
+    assert SagaInstance.objects.count() == 0 and SagaEvent.objects.count() == 0
+
+
+def test_the_schemas_validated_data_is_what_is_stored_and_replays_match(db, sent):
+    from rest_framework import serializers
+
+    class Order(serializers.Serializer):
+        quantity = serializers.IntegerField()
+        note = serializers.CharField(required=False, default="none")
+
+    registry.register(Saga("tests.typed", steps=[Step("a", _ok)], input_schema=Order))
+    try:
+        saga = start_saga("tests.typed", input={"quantity": "5"}, idempotency_key="typed-1")
+        again = start_saga("tests.typed", input={"quantity": "5"}, idempotency_key="typed-1")
+    finally:
+        registry.unregister("tests.typed")
+
+    assert saga.input == {"quantity": 5, "note": "none"}
+    assert again.id == saga.id and again.created_now is False
+
+
+# --- 9. clocks: the database's, not each process's ------------------------------------------------
+
+
+def test_a_process_whose_clock_runs_ahead_does_not_take_over_a_live_attempt(db, sent):
+    saga = start_saga(SAGA, input={})
+    engine.claim_step(saga.id, 0, None)
+    ahead = timezone.now() + timedelta(hours=1)
+
+    with mock.patch("django.utils.timezone.now", return_value=ahead):
+        outcome = execute_step(saga.id, 0)
+
+    assert outcome.decision is Decision.STOP and outcome.reason == "another attempt holds the step"
+    assert saga.steps.get(index=0).attempts == 1
+
+
+# --- 10. resubmit once, and an audit trail that says what happened ----------------------------------
+
+
+def test_resubmitting_twice_starts_one_saga(db, sent):
+    saga = cancel(start_saga(SAGA, input={"x": 1}))
+
+    first = resubmit(saga)
+    second = resubmit(saga)
+
+    assert second.id == first.id and second.created_now is False
+    assert SagaInstance.objects.filter(resubmitted_from=saga).count() == 1
+    assert saga.events.filter(kind=EventKind.RESUBMITTED).count() == 1
+
+
+def test_an_attempt_lost_before_a_cancel_gets_its_lost_event(db, sent):
+    saga = start_saga(SAGA, input={})
+    engine.claim_step(saga.id, 0, None)
+    StepRecord.objects.filter(saga=saga, index=0).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    cancel(saga, reason="stop")
+
+    a = saga.steps.get(name="a")
+    assert kinds(saga, "a") == [EventKind.STEP_STARTED, EventKind.STEP_ATTEMPT_LOST, EventKind.STEP_FAILED]
+    assert a.may_have_effects
+    saga.refresh_from_db()
+    assert saga.error == "stop"
+
+
+def test_an_error_callback_for_a_healthy_saga_is_ignored_with_an_event(db, sent):
+    saga = start_saga(SAGA, input={})
+    execute_step(saga.id, 0)
+
+    assert engine.begin_compensation(saga.id, reason="chain broke") is None
+
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.RUNNING
+    assert saga.events.filter(kind=EventKind.ERROR_CALLBACK_IGNORED).count() == 1
+
+
+# --- liveness: an attempt held by a worker that stopped heartbeating is lost at once ---------------
+
+
+def test_an_attempt_held_by_a_silent_worker_is_taken_over_before_its_lease_ends(db, sent, settings):
+    saga = start_saga(SAGA, input={})
+    engine.claim_step(saga.id, 0, None)
+    holder = "elsewhere|machine-b|4242|abcd1234"
+    StepRecord.objects.filter(saga=saga, index=0).update(held_by=holder)
+    WorkerBeat.objects.create(id=holder, hostname="elsewhere", pid=4242, started_at=Now(),
+                              beat_at=Now() - timedelta(seconds=settings.SAGAS_WORKER_DEAD_AFTER + 1))
+
+    report = sweep()  # found through the silent holder, although the saga is not due yet
+
+    assert report.examined == 1 and report.resumed_forward == 1
+    assert execute_step(saga.id, 0).decision is Decision.CONTINUE
+    a = saga.steps.get(name="a")
+    assert a.attempts == 2 and a.status == StepStatus.SUCCEEDED
+    assert saga.events.filter(kind=EventKind.STEP_ATTEMPT_LOST, step=a).count() == 1
+
+
+def test_an_attempt_held_by_a_worker_that_still_beats_is_left_alone(db, sent):
+    saga = start_saga(SAGA, input={})
+    engine.claim_step(saga.id, 0, None)
+    holder = "elsewhere|machine-b|4242|abcd1234"
+    StepRecord.objects.filter(saga=saga, index=0).update(held_by=holder)
+    WorkerBeat.objects.create(id=holder, hostname="elsewhere", pid=4242, started_at=Now(), beat_at=Now())
+    make_due(saga)
+
+    assert sweep().total == 0
+    assert execute_step(saga.id, 0).decision is Decision.STOP
+
+
+def test_an_attempt_held_by_a_dead_process_on_this_machine_is_lost_at_once(db, sent):
+    import subprocess
+    import sys
+
+    from sagas import liveness
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no longer runs
+    machine = liveness.identity().split("|")[1]
+    saga = start_saga(SAGA, input={})
+    engine.claim_step(saga.id, 0, None)
+    StepRecord.objects.filter(saga=saga, index=0).update(held_by=f"here|{machine}|{child.pid}|deadbeef")
+
+    assert execute_step(saga.id, 0).decision is Decision.CONTINUE  # taken over by the next delivery
+    assert saga.steps.get(name="a").attempts == 2
