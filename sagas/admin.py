@@ -21,7 +21,7 @@ from django.utils.safestring import SafeString
 
 from . import engine
 from .errors import SagaError
-from .models import SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
+from .models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 
 TIMELINE_LIMIT = 1000
 
@@ -103,12 +103,18 @@ def _retry_compensation(saga: SagaInstance, request: HttpRequest) -> str:
     return f"compensation retried; it is now {saga.status}"
 
 
+def _release(saga: SagaInstance, request: HttpRequest) -> str:
+    engine.release_held(saga, note=f"released in the admin by {request.user.get_username()}")
+    return "released to the sweeper"
+
+
 Intervention = Callable[[SagaInstance, HttpRequest], str]
 
 INTERVENTIONS: dict[str, tuple[str, Intervention]] = {
     "resubmit": ("Resubmit", _resubmit),
     "cancel": ("Cancel", _cancel),
     "retry-compensation": ("Retry compensation", _retry_compensation),
+    "release": ("Release to the sweeper", _release),
 }
 
 
@@ -174,29 +180,44 @@ def compensation_summary(record: StepRecord) -> str:
     return "undoable"
 
 
+class HeldBySweeperFilter(admin.SimpleListFilter):
+    """Sagas the sweeper could not move and left for a person (their error says why)."""
+
+    title = "held by the sweeper"
+    parameter_name = "held"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "held for a person")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> QuerySet[SagaInstance]:
+        if self.value() == "yes":
+            return queryset.filter(status__in=ACTIVE_SAGA_STATUSES, due_at__isnull=True)
+        return queryset
+
+
 @admin.register(SagaInstance)
 class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     """Sagas start through the API or Python and move only through the engine, which the actions call."""
 
     saga_id_lookup = "pk"
     list_display = ("id", "saga_type", "version", "status_badge", "created_at", "duration_display", "error_excerpt")
-    list_filter = ("status", "saga_type", "created_at")
+    list_filter = ("status", HeldBySweeperFilter, "saga_type", "created_at")
     search_fields = ("saga_type", "idempotency_key")
     show_full_result_count = False
     inlines = [StepRecordInline]
-    actions = ["resubmit_sagas", "cancel_sagas", "retry_compensation_sagas"]
+    actions = ["resubmit_sagas", "cancel_sagas", "retry_compensation_sagas", "release_sagas"]
     fieldsets = (
         (None, {"fields": ("id", "saga_type", "version", "status_badge", "error", "idempotency_key",
                            "resubmitted_from_link", "resubmissions_links")}),
         ("Timing", {"fields": ("created_at", "started_at", "finished_at", "duration_display",
-                               "cancel_requested_at", "updated_at")}),
+                               "cancel_requested_at", "updated_at", "due_at")}),
         ("Data", {"fields": ("input_pretty", "results_pretty")}),
         ("Timeline", {"fields": ("timeline",)}),
     )
     readonly_fields = (
         "id", "saga_type", "version", "status_badge", "error", "idempotency_key", "resubmitted_from_link",
         "resubmissions_links", "created_at", "started_at", "finished_at", "duration_display",
-        "cancel_requested_at", "updated_at", "input_pretty", "results_pretty", "timeline",
+        "cancel_requested_at", "updated_at", "due_at", "input_pretty", "results_pretty", "timeline",
     )
 
     def has_intervene_permission(self, request: HttpRequest) -> bool:
@@ -273,6 +294,11 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     @admin.action(description="Retry compensation of selected failed sagas", permissions=["intervene"])
     def retry_compensation_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
         intervene(self, request, queryset.order_by("created_at"), _retry_compensation)
+
+    @admin.action(description="Release selected sagas the sweeper held back to it (once their cause is fixed)",
+                  permissions=["intervene"])
+    def release_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
+        intervene(self, request, queryset.order_by("created_at"), _release)
 
     # --- the same actions as buttons on one saga's page ---
 

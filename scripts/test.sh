@@ -20,7 +20,7 @@ if [ $# = 0 ]; then
     if python3 -c 'import socket; socket.create_connection(("127.0.0.1", 5672), timeout=1).close()' 2>/dev/null; then
         echo "=== engine integration tests with RabbitMQ as broker (PostgreSQL) ==="
         CELERY_BROKER_URL="$AMQP_URL" DATABASE_URL="$PG_URL" .venv/bin/pytest tests/integration/test_execution.py \
-            || status=$?
+            tests/integration/test_reliability.py || status=$?
     else
         echo "=== RabbitMQ does not answer on 127.0.0.1:5672: broker tests with RabbitMQ not run ==="
     fi

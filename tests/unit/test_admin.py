@@ -192,3 +192,23 @@ def test_nobody_deletes_a_saga_in_the_admin(admin_client, finished):
 
     assert response.status_code == 403
     assert SagaInstance.objects.filter(pk=finished.pk).exists()
+
+
+def test_a_saga_the_sweeper_held_is_listed_and_released_by_the_admin_action(admin_client, sent):
+    from sagas.engine import sweep
+    from tests.helpers import make_due
+
+    saga = start_saga(SAGA, input={})
+    SagaInstance.objects.filter(pk=saga.pk).update(version=99)
+    make_due(saga)
+    sweep()  # cannot find version 99: held for a person
+    held = admin_client.get("/admin/sagas/sagainstance/?held=yes")
+    assert str(saga.pk) in held.content.decode()
+    SagaInstance.objects.filter(pk=saga.pk).update(version=1)  # the cause is fixed
+
+    response = run_action(admin_client, "release_sagas", saga)
+
+    assert any("released to the sweeper" in m for m in texts(response))
+    saga.refresh_from_db()
+    assert saga.due_at is not None
+    assert sweep().resumed_forward == 1
