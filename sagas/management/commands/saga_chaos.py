@@ -351,6 +351,9 @@ class Command(BaseCommand):
                 if self._inject(cluster, plan[0], t0, late=now - faults_due[0] > interval / 2):
                     plan.pop(0)
                     faults_due.pop(0)
+                    # A fault that waited for a busy process keeps the next ones an interval away.
+                    done_at = time.monotonic()
+                    faults_due = [max(due, done_at + interval * (k + 1)) for k, due in enumerate(faults_due)]
             if now - last_check >= 1.0:
                 last_check = now
                 done = SagaInstance.objects.filter(id__in=ids, status__in=FINAL_SAGA_STATUSES).count()
@@ -392,11 +395,13 @@ class Command(BaseCommand):
             else:
                 at, what = cluster.kill_whole_worker(self.rng, busy)
         self.faults.append(Fault(kind, at, what))
-        self._say(t0, f"FAULT {kind}: {what}")
+        self._say(t0, f"FAULT {kind}: {what}", at=at)
         return True
 
-    def _say(self, t0: float, text: str) -> None:
-        self.stdout.write(f"  +{time.monotonic() - t0:6.1f}s  {text}")
+    def _say(self, t0: float, text: str, at: datetime | None = None) -> None:
+        """One line of the run, stamped with seconds since the first saga started (a fault: its own time)."""
+        offset = (at - self.started_at).total_seconds() if at else time.monotonic() - t0
+        self.stdout.write(f"  +{offset:6.1f}s  {text}")
 
     # --- the verdict ---------------------------------------------------------------------
 
