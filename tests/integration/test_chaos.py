@@ -24,6 +24,7 @@ from sagas.workers import database_url
 pytestmark = pytest.mark.integration
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+AMQP_AT = f"{urlsplit(AMQP_URL).hostname}:{urlsplit(AMQP_URL).port or 5672}"
 SAGAS = 16
 # Two faults of each kill kind (and a broker restart with its own Redis), one every
 # 6 s, sagas started over that window: about a minute when every saga a fault
@@ -74,7 +75,7 @@ def test_chaos_run_with_its_own_redis_loses_no_saga_and_recovers_in_time(transac
 
 
 @pytest.mark.timeout(360)
-@pytest.mark.skipif(not answers(AMQP_URL), reason=f"no RabbitMQ answers at {urlsplit(AMQP_URL).hostname}:{urlsplit(AMQP_URL).port or 5672}")
+@pytest.mark.skipif(not answers(AMQP_URL), reason=f"no RabbitMQ answers at {AMQP_AT}")
 def test_chaos_run_through_rabbitmq_loses_no_saga_and_recovers_in_time(transactional_db):
     run, figures = run_chaos("--broker-url", AMQP_URL)
 

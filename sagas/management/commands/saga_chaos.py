@@ -267,7 +267,8 @@ class Command(BaseCommand):
         if o["step_seconds"] < 0 or o["fault_interval"] <= 0 or not 0 <= o["failure_share"] <= 1:
             raise CommandError("--step-seconds >= 0, --fault-interval > 0 and 0 <= --failure-share <= 1, please")
         if o["broker_url"] is None and not shutil.which("redis-server"):
-            raise CommandError("saga_chaos runs a Redis of its own: redis-server must be on PATH (or give --broker-url)")
+            raise CommandError("saga_chaos runs a Redis of its own: redis-server must be on PATH "
+                               "(or give --broker-url)")
         if o["stall_after"] is not None:
             self.stdout.write("--stall-after is deprecated and ignored: beat's sweeper runs at the settings in force")
         if o["kill_every"] is not None:
