@@ -1,4 +1,4 @@
-"""What ``saga_bench`` and ``saga_chaos`` run: a three-step saga and the same three steps as a bare Celery chain.
+"""What ``saga_bench`` runs: a three-step saga and the same three steps as a bare Celery chain.
 
 Both do the same (no) work per step, so the difference is what the
 orchestrator adds: claiming, recording and auditing each step, and the saga's
@@ -10,7 +10,8 @@ import redis
 from celery import shared_task
 from django.conf import settings
 
-from .definitions import Parallel, Retry, Saga, Step
+from .chaos import CHAOS_SAGA, chaos_saga  # noqa: F401  (saga_chaos's saga lived here; still importable)
+from .definitions import Retry, Saga, Step
 from .errors import PermanentError
 
 BENCH_SAGA = "sagas.bench"
@@ -18,8 +19,6 @@ BENCH_STEPS = 3
 
 
 def _work(ctx):
-    if ctx.input.get("sleep"):
-        time.sleep(ctx.input["sleep"])  # saga_chaos: time for workers to die mid-step
     if ctx.input.get("fail") and ctx.step == f"s{BENCH_STEPS - 1}":
         raise PermanentError("benchmark failure")
     return {"i": ctx.input.get("i")}
@@ -33,20 +32,6 @@ bench_saga = Saga(
     name=BENCH_SAGA,
     description="Benchmark saga used by `manage.py saga_bench` (no-op steps).",
     steps=[Step(f"s{i}", _work, compensation=_undo, retry=Retry(max_attempts=1)) for i in range(BENCH_STEPS)],
-)
-
-
-CHAOS_SAGA = "sagas.chaos"
-
-# The same work with a Parallel stage in the middle: chaos also hits joins.
-chaos_saga = Saga(
-    name=CHAOS_SAGA,
-    description="Chaos saga used by `manage.py saga_chaos` (no-op steps, a parallel stage).",
-    steps=[
-        Step("s0", _work, compensation=_undo, retry=Retry(max_attempts=1)),
-        Parallel("fan", *[Step(f"s1{m}", _work, compensation=_undo, retry=Retry(max_attempts=1)) for m in "ab"]),
-        Step(f"s{BENCH_STEPS - 1}", _work, compensation=_undo, retry=Retry(max_attempts=1)),
-    ],
 )
 
 

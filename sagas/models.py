@@ -191,3 +191,31 @@ class WorkerBeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} (last beat {self.beat_at:%H:%M:%S})"
+
+
+class ChaosEffect(models.Model):
+    """The effect one step of a ``saga_chaos`` saga applied, keyed by the step's idempotency key.
+
+    A chaos run reads these rows, not the engine's, to judge its sagas: an
+    effect applied twice, missing after success, or left in place after
+    compensation is visible here whatever the step records say.
+    """
+
+    key = models.CharField(max_length=255, unique=True)
+    saga_id = models.UUIDField(db_index=True)
+    step = models.CharField(max_length=200)
+    transactional = models.BooleanField(default=False)
+    # Times the effect was applied: an idempotent action applies it only when
+    # it is absent; a transactional action adds one each time it commits.
+    applied = models.PositiveIntegerField(default=0)
+    # Times an action reached the effect (more than one: a redelivered attempt).
+    runs = models.PositiveIntegerField(default=0)
+    undone_at = models.DateTimeField(null=True, blank=True)
+    undo_runs = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.key} applied {self.applied}x{' (undone)' if self.undone_at else ''}"

@@ -1,5 +1,6 @@
 """Sagas that ship with the orchestrator itself: the benchmark and chaos sagas."""
-from .bench import bench_saga, chaos_saga
+from .bench import bench_saga
+from .chaos import chaos_saga
 from .definitions import registry
 
 registry.register(bench_saga)

@@ -1,4 +1,4 @@
-"""Starting and stopping ``celery worker`` processes: for saga_bench, saga_chaos and the tests.
+"""Starting and stopping ``celery worker`` (and ``celery beat``) processes: for saga_bench, saga_chaos and the tests.
 
 A worker started here uses the database this process uses (its URL is
 passed on, so a test database is shared too) and the queue it is given.
@@ -89,3 +89,30 @@ def stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def spawn_beat(
+    *,
+    queue: str,
+    schedule: Path,
+    env: dict | None = None,
+    log: Path | None = None,
+    loglevel: str = "info",
+) -> subprocess.Popen:
+    """Start ``celery beat`` (the sweeper's clock) sending to ``queue``, its schedule file at ``schedule``."""
+    full_env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings"),
+        "DATABASE_URL": database_url(),
+        "CELERY_TASK_DEFAULT_QUEUE": queue,
+        **(env or {}),
+    }
+    out = open(log, "a") if log else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "beat", "-s", str(schedule), "-l", loglevel],
+            cwd=settings.BASE_DIR, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    finally:
+        if log:
+            out.close()
