@@ -70,7 +70,8 @@ def apply_effect_once(ctx) -> dict:
 def undo_effect(ctx) -> None:
     """The compensation of either kind: marks the effect undone once, however often it runs."""
     _work(ctx, share=0.5)
-    key = (ctx.result or {}).get("effect")
+    # The action's output, or its key when the output is unknown (an attempt lost mid-action).
+    key = (ctx.result or {}).get("effect") or ctx.action_key
     ChaosEffect.objects.filter(key=key).update(undo_runs=F("undo_runs") + 1)
     ChaosEffect.objects.filter(key=key, undone_at__isnull=True).update(undone_at=timezone.now())
 
@@ -121,6 +122,8 @@ def effect_problems(saga: SagaInstance, effects: dict[str, ChaosEffect]) -> list
             elif effect.undone_at is not None and saga.status == SagaStatus.SUCCEEDED:
                 problems.append(EffectProblem(MISSING, f"{record.name} succeeded but its effect was undone"))
         elif record.status == StepStatus.COMPENSATED:
+            if effect is None and record.may_have_effects:
+                continue  # its attempt was lost before it applied anything: undone all the same
             if effect is None:
                 problems.append(EffectProblem(MISSING, f"{record.name} was compensated but its effect never existed"))
             elif effect.undone_at is None:

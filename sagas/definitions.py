@@ -62,6 +62,16 @@ class StepContext:
     result: Any = None
     is_compensation: bool = False
 
+    @property
+    def action_key(self) -> str:
+        """The idempotency key the step's action was given.
+
+        A compensation whose ``result`` is None (the action may have run but its
+        output is unknown: its attempt was lost or killed, or its output could not
+        be stored) finds what the action did through this key.
+        """
+        return f"{self.saga_id}:{self.step}"
+
 
 @dataclass(frozen=True)
 class Step:

@@ -338,7 +338,7 @@ def make_claim(saga: SagaInstance, definition: Saga, index: int, attempt: int, *
                compensated: StepRecord | None = None) -> Claim:
     """What the claimed attempt runs with: for a compensation, ``compensated`` is the step's record."""
     step = definition.step_at(index)
-    key = f"{saga.id}:{step.name}" + (":compensation" if compensated is not None else "")
+    key = f"{saga.id}:{step.name}" + (":compensation" if compensated is not None else "")  # see StepContext.action_key
     earlier = {s.name for s in definition.steps[:definition.stage_indices(index)[0]]}
     context = StepContext(
         saga_id=saga.id,

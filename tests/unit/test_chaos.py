@@ -169,3 +169,16 @@ def test_figures_by_kind_count_faults_affected_sagas_and_the_slowest():
     assert (figures["whole worker"].affected, figures["whole worker"].unrecovered) == (2, 1)
     assert figures["whole worker"].max_seconds == 5.0
     assert figures["broker restart"].faults == 0 and figures["broker restart"].max_seconds is None
+
+
+def test_a_step_lost_before_it_applied_anything_may_be_compensated_without_an_effect(db):
+    from sagas.chaos import effect_problems
+    from sagas.models import SagaInstance, SagaStatus, StepRecord, StepStatus
+
+    saga = SagaInstance.objects.create(saga_type="sagas.chaos", status=SagaStatus.COMPENSATED)
+    StepRecord.objects.create(saga=saga, index=0, name="s0", status=StepStatus.COMPENSATED, may_have_effects=True)
+    StepRecord.objects.create(saga=saga, index=1, name="s1a", status=StepStatus.COMPENSATED)
+
+    problems = effect_problems(saga, {})
+
+    assert [p.text for p in problems] == ["s1a was compensated but its effect never existed"]
