@@ -36,6 +36,24 @@ def worker_name(queue: str) -> str:
     return f"{queue}-{uuid.uuid4().hex[:6]}@localhost"
 
 
+def _spawn_celery(args: list[str], *, queue: str, env: dict | None, log: Path | None) -> subprocess.Popen:
+    """``celery -A config <args>`` in a process of its own, on this process's database, sending to ``queue``."""
+    full_env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings"),
+        "DATABASE_URL": database_url(),
+        "CELERY_TASK_DEFAULT_QUEUE": queue,
+        **(env or {}),
+    }
+    out = open(log, "a") if log else subprocess.DEVNULL
+    try:
+        return subprocess.Popen([sys.executable, "-m", "celery", "-A", "config", *args],
+                                cwd=settings.BASE_DIR, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if log:
+            out.close()
+
+
 def spawn_worker(
     *,
     queue: str,
@@ -46,23 +64,11 @@ def spawn_worker(
     loglevel: str = "warning",
 ) -> subprocess.Popen:
     """Start a prefork worker (so time limits are enforced) consuming ``queue``."""
-    full_env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings"),
-        "DATABASE_URL": database_url(),
-        "CELERY_TASK_DEFAULT_QUEUE": queue,
-        **(env or {}),
-    }
-    out = open(log, "a") if log else subprocess.DEVNULL
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "prefork", "-c", str(concurrency),
-             "-Q", queue, "-n", name, "-E", "--without-gossip", "--without-mingle", "-l", loglevel],
-            cwd=settings.BASE_DIR, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    finally:
-        if log:
-            out.close()
+    return _spawn_celery(
+        ["worker", "-P", "prefork", "-c", str(concurrency), "-Q", queue, "-n", name, "-E", "--without-gossip",
+         "--without-mingle", "-l", loglevel],
+        queue=queue, env=env, log=log,
+    )
 
 
 def wait_for_workers(names: set[str], procs: list[subprocess.Popen], timeout: float = 60.0) -> None:
@@ -100,19 +106,4 @@ def spawn_beat(
     loglevel: str = "info",
 ) -> subprocess.Popen:
     """Start ``celery beat`` (the sweeper's clock) sending to ``queue``, its schedule file at ``schedule``."""
-    full_env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings"),
-        "DATABASE_URL": database_url(),
-        "CELERY_TASK_DEFAULT_QUEUE": queue,
-        **(env or {}),
-    }
-    out = open(log, "a") if log else subprocess.DEVNULL
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "beat", "-s", str(schedule), "-l", loglevel],
-            cwd=settings.BASE_DIR, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    finally:
-        if log:
-            out.close()
+    return _spawn_celery(["beat", "-s", str(schedule), "-l", loglevel], queue=queue, env=env, log=log)
