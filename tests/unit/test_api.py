@@ -461,6 +461,94 @@ def test_docs_page_answers(api):
     assert b"swagger" in response.content.lower()
 
 
+def schema(api) -> dict:
+    return api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+
+# --- schema and behaviour agree (what the schema fuzz test found) -------------------------
+
+
+@pytest.mark.parametrize("body", [{"reason": ""}, {"reason": "   "}, {}])
+def test_cancel_with_a_blank_or_no_reason_records_the_default_reason(api, body):
+    saga = start_saga(SAGA, input={})
+
+    response = api.post(f"{SAGAS_URL}{saga.pk}/cancel/", body, format="json")
+
+    assert response.status_code == 202
+    assert response.json()["error"] == "cancelled"
+    assert SagaEvent.objects.get(saga=saga, kind=EventKind.CANCEL_REQUESTED).detail["reason"] == "cancelled"
+
+
+def test_cancel_reason_with_a_nul_character_is_a_field_error(api):
+    saga = start_saga(SAGA, input={})
+
+    response = api.post(f"{SAGAS_URL}{saga.pk}/cancel/", {"reason": "a\x00b"}, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["reason"]
+    assert SagaInstance.objects.get(pk=saga.pk).cancel_requested_at is None
+
+
+def test_schema_lists_registered_saga_types_and_refuses_an_empty_one(api):
+    doc = schema(api)
+    saga_type = doc["components"]["schemas"]["SagaStartInput"]["properties"]["saga_type"]
+    names = doc["components"]["schemas"][saga_type["allOf"][0]["$ref"].split("/")[-1]]["enum"]
+
+    assert saga_type["minLength"] == 1
+    assert SAGA in names and names == sorted({saga.name for saga in registry})
+    response = api.post(SAGAS_URL, {"saga_type": "", "input": {}}, format="json")
+    assert response.status_code == 400 and list(response.json()) == ["saga_type"]
+    assert_nothing_created()
+
+
+@pytest.mark.parametrize("key", ["a\x00b", "k" * 256])
+def test_idempotency_key_with_nul_or_too_long_is_an_error_on_the_header(api, key):
+    response = api.post(SAGAS_URL, {"saga_type": SAGA}, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["Idempotency-Key"]
+    assert_nothing_created()
+
+
+@pytest.mark.parametrize("url", [SAGAS_URL, "/api/sagas/{saga}/events/"])
+@pytest.mark.parametrize("page", ["99", "0", "", "x"])
+def test_a_page_that_is_not_there_answers_404_as_documented(api, url, page):
+    saga = make_saga()
+    path = url.format(saga=saga.pk)
+
+    response = api.get(path, {"page": page})
+
+    assert response.status_code == 404
+    operation = schema(api)["paths"][url.replace("{saga}", "{saga_id}")]["get"]
+    assert "404" in operation["responses"]
+    page_parameter = next(p for p in operation["parameters"] if p["name"] == "page")
+    assert page_parameter["schema"]["minimum"] == 1
+
+
+@pytest.mark.parametrize("parameter", ["created_after", "created_before", "saga_type", "status"])
+def test_list_filter_sent_empty_is_a_field_error(api, parameter):
+    response = api.get(SAGAS_URL, {parameter: ""})
+
+    assert response.status_code == 400
+    assert list(response.json()) == [parameter]
+
+
+def test_list_filter_accepts_any_offset_iso_allows(api):
+    old = make_saga(created_at=timezone.now() - timedelta(days=1))
+
+    response = api.get(SAGAS_URL, {"created_after": "2000-01-01T00:00:00+16:43"})  # beyond PostgreSQL's 15:59
+
+    assert response.status_code == 200
+    assert ids(response) == {str(old.pk)}
+
+
+def test_list_filter_moment_outside_the_calendar_in_utc_is_a_field_error(api):
+    response = api.get(SAGAS_URL, {"created_before": "0001-01-01T00:00:00+01:00"})
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["created_before"]
+
+
 # --- analytics -------------------------------------------------------------------------
 
 
@@ -492,6 +580,14 @@ def test_analytics_refuses_a_bad_date_with_a_field_error(api):
 
     assert response.status_code == 400
     assert "since" in response.json()
+
+
+@pytest.mark.parametrize("parameter", ["since", "until", "saga_type"])
+def test_analytics_parameter_sent_empty_is_a_field_error(api, parameter):
+    response = api.get("/api/analytics/", {parameter: ""})
+
+    assert response.status_code == 400
+    assert list(response.json()) == [parameter]
 
 
 def test_analytics_requires_authentication(db):
