@@ -177,7 +177,9 @@ class ErrorOutputSerializer(serializers.Serializer):
 
 
 class AnalyticsQuerySerializer(serializers.Serializer):
-    since = serializers.DateTimeField(required=False, help_text="sagas created at or after this moment")
+    since = serializers.DateTimeField(
+        required=False,
+        help_text="sagas created at or after this moment; left out: 24 hours before `until` (or now)")
     until = serializers.DateTimeField(required=False, help_text="sagas created before this moment")
     saga_type = TextField(required=False, max_length=200, trim_whitespace=False, help_text="only this saga type")
 
@@ -187,3 +189,57 @@ class AnalyticsQuerySerializer(serializers.Serializer):
         if blank:
             raise serializers.ValidationError({name: [BLANK_PARAMETER_ERROR] for name in blank})
         return attrs
+
+
+class ErrorCountOutputSerializer(serializers.Serializer):
+    error = serializers.CharField()
+    count = serializers.IntegerField()
+
+
+class SagaStatsOutputSerializer(serializers.Serializer):
+    """``analytics.SagaTypeStats.as_dict()``; ``saga_type`` is ``*`` for all types together."""
+
+    saga_type = serializers.CharField()
+    total = serializers.IntegerField()
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Every saga status -> sagas in it.")
+    finished = serializers.IntegerField()
+    active = serializers.IntegerField()
+    success_rate = serializers.FloatField(allow_null=True, help_text="succeeded / finished")
+    compensation_rate = serializers.FloatField(allow_null=True, help_text="(compensated + failed) / finished")
+    p50_seconds = serializers.FloatField(allow_null=True)
+    p95_seconds = serializers.FloatField(allow_null=True)
+    top_errors = ErrorCountOutputSerializer(many=True)
+
+
+class StepStatsOutputSerializer(serializers.Serializer):
+    """``analytics.StepStats.as_dict()``."""
+
+    saga_type = serializers.CharField()
+    index = serializers.IntegerField()
+    step = serializers.CharField()
+    total = serializers.IntegerField()
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Every step status -> records in it.")
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    compensated = serializers.IntegerField()
+    compensation_failed = serializers.IntegerField()
+    retried_attempts = serializers.IntegerField()
+    success_rate = serializers.FloatField(allow_null=True, help_text="succeeded / (succeeded + failed)")
+    compensation_rate = serializers.FloatField(allow_null=True,
+                                               help_text="(compensated + compensation_failed) / succeeded")
+    p50_seconds = serializers.FloatField(allow_null=True)
+    p95_seconds = serializers.FloatField(allow_null=True)
+    top_errors = ErrorCountOutputSerializer(many=True)
+
+
+class AnalyticsWindowOutputSerializer(serializers.Serializer):
+    since = serializers.DateTimeField(help_text="The window used: given, or the default.")
+    until = serializers.DateTimeField(allow_null=True)
+    saga_type = serializers.CharField(allow_null=True)
+
+
+class AnalyticsOutputSerializer(serializers.Serializer):
+    window = AnalyticsWindowOutputSerializer()
+    overall = SagaStatsOutputSerializer()
+    saga_types = SagaStatsOutputSerializer(many=True)
+    steps = StepStatsOutputSerializer(many=True)

@@ -10,6 +10,7 @@ import uuid
 
 from django.db.models import QuerySet
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -26,6 +27,7 @@ from .filters import SagaInstanceFilter
 from .serializers import (
     IDEMPOTENCY_KEY_SCHEMA,
     NO_NUL_PATTERN,
+    AnalyticsOutputSerializer,
     AnalyticsQuerySerializer,
     ErrorOutputSerializer,
     SagaCancelInputSerializer,
@@ -222,18 +224,25 @@ class AnalyticsApi(APIView):
         description=(
             "Per saga type, over all types and per step: counts by status, success and compensation "
             "rates, p50/p95 duration (seconds) and the most frequent errors, for sagas created in "
-            "[`since`, `until`) (ISO 8601; both optional), optionally for one `saga_type`."
+            "[`since`, `until`) (ISO 8601), optionally for one `saga_type`. Without `since` the window "
+            "is the 24 hours before `until` (or before now); `window` in the answer says which one was used. "
+            "Computed in the database: the cost does not grow with what it returns."
         ),
         parameters=[AnalyticsQuerySerializer],
-        responses={200: OpenApiTypes.OBJECT, 400: BAD_REQUEST},
+        responses={200: AnalyticsOutputSerializer, 400: BAD_REQUEST},
     )
     def get(self, request: Request) -> Response:
         query = AnalyticsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        window = {k: query.validated_data.get(k) for k in ("since", "until", "saga_type")}
-        return Response({
+        until = query.validated_data.get("until")
+        window = {
+            "since": query.validated_data.get("since") or analytics.default_since(until, timezone.now()),
+            "until": until,
+            "saga_type": query.validated_data.get("saga_type"),
+        }
+        return Response(AnalyticsOutputSerializer({
             "window": window,
             "overall": analytics.overall_stats(**window).as_dict(),
             "saga_types": [s.as_dict() for s in analytics.saga_type_stats(**window)],
             "steps": [s.as_dict() for s in analytics.step_stats(**window)],
-        })
+        }).data)

@@ -1,6 +1,6 @@
 """The REST API without a worker: messages the engine would send are recorded, not sent."""
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -16,6 +16,9 @@ from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRec
 
 SAGA = "tests.three_steps"
 SAGAS_URL = "/api/sagas/"
+# The token's user (1), then counts, top errors and two percentiles over sagas per
+# type (4) and over all types (4), counts, top errors twice and two percentiles per step (5).
+ANALYTICS_QUERIES = 14
 
 
 @pytest.fixture
@@ -564,6 +567,43 @@ def test_analytics_reports_per_type_overall_and_per_step(api, sent):
     assert [t["saga_type"] for t in body["saga_types"]] == [SAGA]
     assert body["saga_types"][0]["counts"][SagaStatus.COMPENSATED] == 1
     assert [s["step"] for s in body["steps"]] == ["a", "b", "c"]
+
+
+def test_analytics_without_since_covers_the_last_day_and_says_so(api, sent):
+    make_saga(created_at=timezone.now() - timedelta(days=2))
+    recent = make_saga(created_at=timezone.now() - timedelta(hours=23))
+
+    body = api.get("/api/analytics/").json()
+
+    assert body["overall"]["total"] == 1 and body["saga_types"][0]["saga_type"] == recent.saga_type
+    since = datetime.fromisoformat(body["window"]["since"])
+    assert abs(since - (timezone.now() - timedelta(hours=24))) < timedelta(minutes=1)
+    assert body["window"]["until"] is None and body["window"]["saga_type"] is None
+
+
+def test_analytics_without_since_takes_the_day_before_until(api, sent):
+    response = api.get("/api/analytics/", {"until": "2026-01-10T12:00:00Z"})
+
+    assert response.json()["window"]["since"] == "2026-01-09T12:00:00Z"
+
+
+@pytest.mark.parametrize("sagas", [10, 200])
+def test_analytics_queries_do_not_grow_with_the_number_of_sagas(api, sagas, django_assert_max_num_queries):
+    now = timezone.now()
+    statuses = [SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED, SagaStatus.RUNNING]
+    rows = SagaInstance.objects.bulk_create(
+        SagaInstance(saga_type=f"tests.kind{i % 3}", status=statuses[i % 4], error=f"error {i % 7}",
+                     started_at=now, finished_at=now + timedelta(seconds=i) if i % 4 != 3 else None)
+        for i in range(sagas))
+    StepRecord.objects.bulk_create(
+        StepRecord(saga=row, index=index, name=name, status=StepStatus.FAILED, attempts=2, error=f"step {i % 5}",
+                   started_at=now, finished_at=now + timedelta(seconds=index + 1))
+        for i, row in enumerate(rows) for index, name in enumerate("abc"))
+
+    with django_assert_max_num_queries(ANALYTICS_QUERIES):
+        response = api.get("/api/analytics/")
+
+    assert response.status_code == 200 and response.json()["overall"]["total"] == sagas
 
 
 def test_analytics_window_excludes_older_sagas(api, sent):
