@@ -3,13 +3,15 @@
 Every environment variable the project reads is read here, once, with an
 embedded default that works on a laptop: SQLite in ``var/`` and Redis on
 localhost. Production sets ``DATABASE_URL``, ``CELERY_BROKER_URL``,
-``SECRET_KEY`` and ``DEBUG=0``.
+``SECRET_KEY``, ``ALLOWED_HOSTS`` and ``DEBUG=0`` (which turns on HTTPS-only
+defaults, see "HTTPS" below).
 """
 import json
 import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("SAGAS_VAR_DIR", BASE_DIR / "var"))
@@ -28,14 +30,62 @@ def env_float(name: str, default: float) -> float:
     return float(value) if value not in (None, "") else default
 
 
+DEV_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
+SECRET_KEY_MIN_LENGTH = 50
+
+
+def secret_key_problem(key: str) -> str | None:
+    """Why ``key`` must not sign production sessions and tokens, or None."""
+    if not key:
+        return "is not set"
+    if key == DEV_SECRET_KEY or key.startswith("django-insecure"):
+        return "is the development key"
+    if len(key) < SECRET_KEY_MIN_LENGTH or len(set(key)) < 5:
+        return f"is too weak ({len(key)} characters, {len(set(key))} different)"
+    return None
+
+
+def proxy_ssl_header(value: str) -> tuple[str, str] | None:
+    """``X-Forwarded-Proto=https`` -> ``("HTTP_X_FORWARDED_PROTO", "https")``; blank -> None."""
+    if not value.strip():
+        return None
+    name, sep, expected = value.partition("=")
+    name, expected = name.strip(), expected.strip()
+    if not sep or not name or not expected:
+        raise ImproperlyConfigured(
+            f"SECURE_PROXY_SSL_HEADER must look like X-Forwarded-Proto=https, not {value!r}")
+    meta = name.upper().replace("-", "_")
+    return (meta if meta.startswith("HTTP_") else f"HTTP_{meta}", expected)
+
+
 DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
-    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
+
+# --- Secret key ---------------------------------------------------------------
+# Production (DEBUG off) refuses to start with the development key or a weak
+# one (Django's own bar: 50 characters, 5 different ones), rather than warn.
+SECRET_KEY = os.environ.get("SECRET_KEY", "") or (DEV_SECRET_KEY if DEBUG else "")
+if not DEBUG and (problem := secret_key_problem(SECRET_KEY)):
+    raise ImproperlyConfigured(
+        f"SECRET_KEY {problem}: with DEBUG off it must be at least {SECRET_KEY_MIN_LENGTH} random "
+        "characters, e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))'")
 ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "*" if DEBUG else "").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+# --- HTTPS ----------------------------------------------------------------------
+# With DEBUG off, HTTPS only: plain HTTP is redirected, cookies are marked
+# Secure, and browsers are told (HSTS) to use HTTPS for a year, subdomains
+# included, preload allowed. With DEBUG on (a laptop), none of it. Each can be
+# overridden.
+# Behind a proxy that terminates TLS, SECURE_PROXY_SSL_HEADER names the header
+# the proxy sets on HTTPS requests (only set it if the proxy always sets or
+# strips that header, or clients could claim HTTPS themselves).
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = int(env_float("SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header(os.environ.get("SECURE_PROXY_SSL_HEADER", ""))
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -123,7 +173,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "sagas.api.pagination.SagaPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -2,10 +2,14 @@
 
 There is no separate store: every figure is a query over ``SagaInstance`` and
 ``StepRecord`` in a time window (on ``SagaInstance.created_at``; ``since``
-inclusive, ``until`` exclusive). Counts are aggregated in the database;
-percentiles are computed in Python from the durations of finished rows, so
-the same code runs on SQLite and PostgreSQL. Results are plain dataclasses
-with ``as_dict()`` for the admin, the API or a report.
+inclusive, ``until`` exclusive). Everything is computed in the database, so
+memory and the number of queries do not grow with the number of sagas:
+counts are grouped aggregates, the most frequent errors are ranked with a
+window function, and each percentile comes back as the two or three rows
+around it per group (a window function numbers the sorted durations), then
+interpolated here exactly as ``percentile`` does. The same code runs on
+SQLite and PostgreSQL. Results are plain dataclasses with ``as_dict()`` for
+the admin, the API or a report.
 
 - ``saga_type_stats(...)``: one ``SagaTypeStats`` per saga type.
 - ``overall_stats(...)``: the same figures over every type together.
@@ -15,15 +19,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Iterable
 
-from django.db.models import Count, QuerySet, Sum
+from django.db import connections
+from django.db.models import Count, DurationField, Expression, ExpressionWrapper, F, OrderBy, QuerySet, Sum, Window
+from django.db.models.functions import Coalesce, Collate, RowNumber
 
 from .models import SagaInstance, SagaStatus, StepRecord, StepStatus
 
 ALL_TYPES = "*"
 TOP_ERRORS = 3
+# What the API reports when it is given no ``since``: the last day.
+DEFAULT_WINDOW = timedelta(hours=24)
+_QUANTILE_SCALE = 1_000_000  # a quantile as an integer fraction, for integer arithmetic in SQL
+# Collations that order text by code point, as Python's sorted() does.
+_CODE_POINT_COLLATION = {"postgresql": "C", "sqlite": "BINARY"}
 
 # A step whose action succeeded, whatever happened to it afterwards.
 _STEP_FORWARD_OK = (StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATED,
@@ -94,6 +105,11 @@ def _ratio(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
+def default_since(until: datetime | None, now: datetime) -> datetime:
+    """The start of the default window: ``DEFAULT_WINDOW`` before ``until`` (or now)."""
+    return (until or now) - DEFAULT_WINDOW
+
+
 def _sagas(since: datetime | None, until: datetime | None, saga_type: str | Iterable[str] | None) -> QuerySet:
     rows = SagaInstance.objects.all()
     if since is not None:
@@ -112,7 +128,66 @@ def _top(pairs: Iterable[tuple[str, int]], limit: int) -> list[ErrorCount]:
     return [ErrorCount(text, n) for text, n in ranked[:limit]]
 
 
-def _saga_figures(saga_type: str, counts: dict[str, int], durations: list[float],
+def _in_code_point_order(rows: QuerySet, column: str) -> OrderBy:
+    """``column`` ascending as Python sorts text, whatever collation the database defaults to."""
+    collation = _CODE_POINT_COLLATION.get(connections[rows.db].vendor)
+    return (Collate(column, collation) if collation else F(column)).asc()
+
+
+def _top_errors(rows: QuerySet, keys: tuple[str, ...], column: str, limit: int,
+                prefix: str = "") -> dict[tuple, list[tuple[str, int]]]:
+    """Per group of ``keys``: the ``limit`` most frequent non-empty values of ``column`` with their counts.
+
+    Ranked in the database (ties by text, as ``_top`` breaks them), so only
+    ``limit`` rows per group come back.
+    """
+    if limit <= 0:
+        return {}
+    ranked = rows.exclude(**{column: ""}).values(*keys, column).annotate(n=Count("pk")).annotate(
+        rank=Window(RowNumber(), partition_by=[F(k) for k in keys] or None,
+                    order_by=[F("n").desc(), _in_code_point_order(rows, column)]),
+    ).filter(rank__lte=limit)
+    found: dict[tuple, list[tuple[str, int]]] = defaultdict(list)
+    for row in ranked.values_list(*keys, column, "n"):
+        found[tuple(row[:-2])].append((prefix + row[-2], row[-1]))
+    return found
+
+
+def _quantiles(rows: QuerySet, keys: tuple[str, ...], duration: Expression,
+               qs: tuple[float, ...] = (0.50, 0.95)) -> dict[tuple, dict[float, float]]:
+    """Per group of ``keys``: each ``q`` quantile of ``duration`` in seconds, as ``percentile`` gives it.
+
+    The database sorts and numbers each group's durations and sends back
+    only the rows around each quantile's position (one query per quantile),
+    whatever the number of rows.
+    """
+    numbered = rows.annotate(
+        seconds=ExpressionWrapper(duration, output_field=DurationField()),
+        position=Window(RowNumber(), partition_by=[F(k) for k in keys] or None, order_by=F("seconds").asc()),
+        size=Window(Count("pk"), partition_by=[F(k) for k in keys] or None),
+    )
+    found: dict[tuple, dict[float, float]] = defaultdict(dict)
+    for q in qs:
+        # 1-based positions floor((size - 1) * q) .. + 2: the two rows percentile()
+        # interpolates between are among them, whatever float rounding does there.
+        floor = (F("size") - 1) * round(q * _QUANTILE_SCALE) / _QUANTILE_SCALE
+        around: dict[tuple, tuple[int, dict[int, float]]] = {}
+        for *group, position, size, seconds in numbered.filter(
+                position__gte=floor, position__lte=floor + 2).values_list(*keys, "position", "size", "seconds"):
+            around.setdefault(tuple(group), (size, {}))[1][position - 1] = seconds.total_seconds()
+        for group, (size, values) in around.items():
+            k = (size - 1) * q
+            low = int(k)
+            high = min(low + 1, size - 1)
+            found[group][q] = values[low] + (values[high] - values[low]) * (k - low)
+    return found
+
+
+def _saga_duration() -> Expression:
+    return F("finished_at") - Coalesce("started_at", "created_at")
+
+
+def _saga_figures(saga_type: str, counts: dict[str, int], quantiles: dict[float, float],
                   errors: list[ErrorCount]) -> SagaTypeStats:
     full = {status: counts.get(status, 0) for status in SagaStatus.values}
     finished = full[SagaStatus.SUCCEEDED] + full[SagaStatus.COMPENSATED] + full[SagaStatus.FAILED]
@@ -123,47 +198,36 @@ def _saga_figures(saga_type: str, counts: dict[str, int], durations: list[float]
         finished=finished,
         success_rate=_ratio(full[SagaStatus.SUCCEEDED], finished),
         compensation_rate=_ratio(full[SagaStatus.COMPENSATED] + full[SagaStatus.FAILED], finished),
-        p50_seconds=percentile(durations, 0.50),
-        p95_seconds=percentile(durations, 0.95),
+        p50_seconds=quantiles.get(0.50),
+        p95_seconds=quantiles.get(0.95),
         top_errors=errors,
     )
 
 
-def _saga_durations(rows: QuerySet) -> dict[str, list[float]]:
-    durations: dict[str, list[float]] = defaultdict(list)
-    finished = rows.filter(finished_at__isnull=False)
-    for saga_type, created, started, finished_at in finished.values_list(
-            "saga_type", "created_at", "started_at", "finished_at").iterator():
-        durations[saga_type].append((finished_at - (started or created)).total_seconds())
-    return durations
+def _saga_stats(rows: QuerySet, keys: tuple[str, ...], top_errors: int) -> dict[tuple, SagaTypeStats]:
+    """Per group of ``keys`` (none: all rows together) the saga figures, in four queries."""
+    counts: dict[tuple, dict[str, int]] = defaultdict(dict)
+    for *group, status, n in rows.values_list(*keys, "status").annotate(n=Count("pk")):
+        counts[tuple(group)][status] = n
+    gave_up = rows.filter(status__in=(SagaStatus.COMPENSATED, SagaStatus.FAILED))
+    errors = _top_errors(gave_up, keys, "error", top_errors)
+    quantiles = _quantiles(rows.filter(finished_at__isnull=False), keys, _saga_duration())
+    return {group: _saga_figures(group[0] if group else ALL_TYPES, counts[group], quantiles.get(group, {}),
+                                 _top(errors.get(group, []), top_errors))
+            for group in sorted(counts)}
 
 
 def saga_type_stats(*, since: datetime | None = None, until: datetime | None = None,
                     saga_type: str | Iterable[str] | None = None, top_errors: int = TOP_ERRORS) -> list[SagaTypeStats]:
     """Per saga type: counts by status, success and compensation rates, p50/p95 duration, top errors."""
-    rows = _sagas(since, until, saga_type)
-    counts: dict[str, dict[str, int]] = defaultdict(dict)
-    for name, status, n in rows.values_list("saga_type", "status").annotate(n=Count("id")):
-        counts[name][status] = n
-    errors: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for name, text, n in rows.exclude(error="").filter(
-            status__in=(SagaStatus.COMPENSATED, SagaStatus.FAILED)).values_list("saga_type", "error").annotate(
-            n=Count("id")):
-        errors[name].append((text, n))
-    durations = _saga_durations(rows)
-    return [_saga_figures(name, counts[name], durations.get(name, []), _top(errors.get(name, []), top_errors))
-            for name in sorted(counts)]
+    return list(_saga_stats(_sagas(since, until, saga_type), ("saga_type",), top_errors).values())
 
 
 def overall_stats(*, since: datetime | None = None, until: datetime | None = None,
                   saga_type: str | Iterable[str] | None = None, top_errors: int = TOP_ERRORS) -> SagaTypeStats:
     """The same figures as ``saga_type_stats`` over every selected type together (``saga_type`` is ``*``)."""
-    rows = _sagas(since, until, saga_type)
-    counts = dict(rows.values_list("status").annotate(n=Count("id")))
-    errors = rows.exclude(error="").filter(status__in=(SagaStatus.COMPENSATED, SagaStatus.FAILED)).values_list(
-        "error").annotate(n=Count("id"))
-    durations = [d for per_type in _saga_durations(rows).values() for d in per_type]
-    return _saga_figures(ALL_TYPES, counts, durations, _top(errors, top_errors))
+    stats = _saga_stats(_sagas(since, until, saga_type), (), top_errors)
+    return stats.get((), _saga_figures(ALL_TYPES, {}, {}, []))
 
 
 def step_stats(*, since: datetime | None = None, until: datetime | None = None,
@@ -180,17 +244,13 @@ def step_stats(*, since: datetime | None = None, until: datetime | None = None,
         if status not in (StepStatus.PENDING, StepStatus.SKIPPED):
             attempts[(saga_name, index, name)] += (tries or 0) - n
     errors: dict[tuple, list[tuple[str, int]]] = defaultdict(list)
-    for saga_name, index, name, text, n in records.filter(status=StepStatus.FAILED).exclude(error="").values_list(
-            *keyed, "error").annotate(n=Count("id")):
-        errors[(saga_name, index, name)].append((text, n))
-    for saga_name, index, name, text, n in records.filter(status=StepStatus.COMPENSATION_FAILED).exclude(
-            compensation_error="").values_list(*keyed, "compensation_error").annotate(n=Count("id")):
-        errors[(saga_name, index, name)].append((f"compensation: {text}", n))
-    durations: dict[tuple, list[float]] = defaultdict(list)
-    for saga_name, index, name, started, finished in records.filter(
-            started_at__isnull=False, finished_at__isnull=False).values_list(
-            *keyed, "started_at", "finished_at").iterator():
-        durations[(saga_name, index, name)].append((finished - started).total_seconds())
+    for key, pairs in _top_errors(records.filter(status=StepStatus.FAILED), keyed, "error", top_errors).items():
+        errors[key].extend(pairs)
+    for key, pairs in _top_errors(records.filter(status=StepStatus.COMPENSATION_FAILED), keyed,
+                                  "compensation_error", top_errors, prefix="compensation: ").items():
+        errors[key].extend(pairs)
+    quantiles = _quantiles(records.filter(started_at__isnull=False, finished_at__isnull=False), keyed,
+                           F("finished_at") - F("started_at"))
 
     result = []
     for key in sorted(counts):
@@ -209,8 +269,8 @@ def step_stats(*, since: datetime | None = None, until: datetime | None = None,
             retried_attempts=attempts[key],
             success_rate=_ratio(succeeded, succeeded + failed),
             compensation_rate=_ratio(undone, succeeded),
-            p50_seconds=percentile(durations[key], 0.50),
-            p95_seconds=percentile(durations[key], 0.95),
+            p50_seconds=quantiles.get(key, {}).get(0.50),
+            p95_seconds=quantiles.get(key, {}).get(0.95),
             top_errors=_top(errors[key], top_errors),
         ))
     return result

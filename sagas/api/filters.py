@@ -1,7 +1,46 @@
 """Query parameters of ``GET /api/sagas/``."""
+from datetime import datetime, timezone
+
 import django_filters
+from django import forms
+from django_filters.fields import IsoDateTimeField
 
 from ..models import SagaInstance, SagaStatus
+from .serializers import BLANK_PARAMETER_ERROR
+
+
+class NoBlankParametersForm(forms.Form):
+    """Refuses a parameter sent empty (``?created_before=``) instead of ignoring it, as the schema says."""
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        for name in self.fields:
+            values = self.data.getlist(name) if hasattr(self.data, "getlist") else [self.data.get(name)]
+            if name in self.data and "" in values:
+                self.add_error(name, BLANK_PARAMETER_ERROR)
+        return cleaned
+
+
+class UtcIsoDateTimeField(IsoDateTimeField):
+    """An ISO 8601 date-time, turned into UTC before it reaches a query.
+
+    PostgreSQL refuses offsets beyond 15:59 that ISO 8601 allows, and a
+    moment near year 1 or 9999 may leave the calendar in UTC: the first is
+    converted, the second is a field error, neither a server error.
+    """
+
+    def to_python(self, value) -> datetime | None:
+        value = super().to_python(value)
+        if value is None:
+            return None
+        try:
+            return value.astimezone(timezone.utc)
+        except OverflowError:
+            raise forms.ValidationError("out of range once converted to UTC", code="overflow") from None
+
+
+class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UtcIsoDateTimeField
 
 
 class SagaInstanceFilter(django_filters.FilterSet):
@@ -12,10 +51,11 @@ class SagaInstanceFilter(django_filters.FilterSet):
     """
 
     status = django_filters.MultipleChoiceFilter(choices=SagaStatus.choices)
-    saga_type = django_filters.CharFilter()
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    saga_type = django_filters.CharFilter(strip=False)
+    created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = SagaInstance
         fields = ["status", "saga_type", "created_after", "created_before"]
+        form = NoBlankParametersForm

@@ -4,11 +4,23 @@ Input serializers check the shape of a request; the saga's own rules (is the
 type registered, does the input match its schema, is the move allowed) are
 the engine's, and its typed errors become responses in ``exceptions``.
 """
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from ..definitions import registry
 from ..models import SagaEvent, SagaInstance, StepRecord
+from .exceptions import IDEMPOTENCY_HEADER
+
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+IDEMPOTENCY_KEY_LENGTH_ERROR = "must be 1 to 255 characters"
+# DRF and Django refuse NUL in every text field (no database column stores
+# it); the schema says so with this pattern.
+NO_NUL_PATTERN = r"^[^\x00]*$"
+# A query parameter sent with nothing in it (``?until=``) is refused, not read
+# as left out: the schema calls an empty value invalid.
+BLANK_PARAMETER_ERROR = "may not be blank; leave it out instead"
 
 
 @extend_schema_field(OpenApiTypes.OBJECT)
@@ -16,11 +28,38 @@ class JSONObjectField(serializers.JSONField):
     """Any JSON value on the wire, documented as an object: the engine rejects the rest with a field error."""
 
 
+class TextField(serializers.CharField):
+    """A ``CharField`` whose schema says what it refuses: NUL characters."""
+
+
+class TextFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = TextField
+
+    def map_serializer_field(self, auto_schema, direction) -> dict:
+        schema = auto_schema._map_serializer_field(self.target, direction, bypass_extensions=True)
+        return {**schema, "pattern": NO_NUL_PATTERN}
+
+
+class SagaTypeField(serializers.CharField):
+    """A saga name. Any string passes here: the engine refuses unregistered ones (``UnknownSagaType``)."""
+
+
+class SagaTypeFieldSchema(OpenApiSerializerFieldExtension):
+    """Documents ``SagaTypeField`` as the names registered when the schema is generated."""
+
+    target_class = SagaTypeField
+
+    def map_serializer_field(self, auto_schema, direction) -> dict:
+        schema = auto_schema._map_serializer_field(self.target, direction, bypass_extensions=True)
+        return {**schema, "enum": sorted({saga.name for saga in registry})}
+
+
 # --- input ------------------------------------------------------------------------
 
 
 class SagaStartInputSerializer(serializers.Serializer):
-    saga_type = serializers.CharField(max_length=200, help_text="A registered saga name (see /api/saga-types/).")
+    saga_type = SagaTypeField(min_length=1, max_length=200,
+                              help_text="A registered saga name (see /api/saga-types/).")
     version = serializers.IntegerField(
         min_value=1, required=False, help_text="A registered version; the latest one when left out."
     )
@@ -28,10 +67,33 @@ class SagaStartInputSerializer(serializers.Serializer):
 
 
 class SagaCancelInputSerializer(serializers.Serializer):
-    reason = serializers.CharField(
-        max_length=1000, required=False, default="cancelled",
-        help_text="Why; recorded as the saga's error and in its cancel event.",
+    reason = TextField(
+        max_length=1000, required=False, allow_blank=True,
+        help_text="Why; recorded as the saga's error and in its cancel event. "
+                  "Left out or blank: `cancelled`.",
     )
+
+
+IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
+                          "pattern": NO_NUL_PATTERN}
+
+
+def idempotency_key_from(headers) -> str | None:
+    """The request's ``Idempotency-Key`` (surrounding spaces removed), or None when it has none.
+
+    Checked like a body field, so a bad key is a 400 on the header: blank,
+    longer than 255 characters, or holding NUL or lone surrogate characters
+    (which no database column can store).
+    """
+    raw = headers.get(IDEMPOTENCY_HEADER)
+    if raw is None:
+        return None
+    field = serializers.CharField(max_length=IDEMPOTENCY_KEY_MAX_LENGTH, error_messages={
+        "blank": IDEMPOTENCY_KEY_LENGTH_ERROR, "max_length": IDEMPOTENCY_KEY_LENGTH_ERROR})
+    try:
+        return field.run_validation(raw)
+    except serializers.ValidationError as exc:
+        raise serializers.ValidationError({IDEMPOTENCY_HEADER: exc.detail}) from None
 
 
 # --- output -----------------------------------------------------------------------
@@ -115,6 +177,69 @@ class ErrorOutputSerializer(serializers.Serializer):
 
 
 class AnalyticsQuerySerializer(serializers.Serializer):
-    since = serializers.DateTimeField(required=False, help_text="sagas created at or after this moment")
+    since = serializers.DateTimeField(
+        required=False,
+        help_text="sagas created at or after this moment; left out: 24 hours before `until` (or now)")
     until = serializers.DateTimeField(required=False, help_text="sagas created before this moment")
-    saga_type = serializers.CharField(required=False, help_text="only this saga type")
+    saga_type = TextField(required=False, max_length=200, trim_whitespace=False, help_text="only this saga type")
+
+    def validate(self, attrs: dict) -> dict:
+        """A parameter sent empty (``?until=``) is an error, as the schema says, not a silent "left out"."""
+        blank = [name for name in self.fields if self.initial_data.get(name, None) == ""]
+        if blank:
+            raise serializers.ValidationError({name: [BLANK_PARAMETER_ERROR] for name in blank})
+        return attrs
+
+
+class ErrorCountOutputSerializer(serializers.Serializer):
+    error = serializers.CharField()
+    count = serializers.IntegerField()
+
+
+class SagaStatsOutputSerializer(serializers.Serializer):
+    """``analytics.SagaTypeStats.as_dict()``; ``saga_type`` is ``*`` for all types together."""
+
+    saga_type = serializers.CharField()
+    total = serializers.IntegerField()
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Every saga status -> sagas in it.")
+    finished = serializers.IntegerField()
+    active = serializers.IntegerField()
+    success_rate = serializers.FloatField(allow_null=True, help_text="succeeded / finished")
+    compensation_rate = serializers.FloatField(allow_null=True, help_text="(compensated + failed) / finished")
+    p50_seconds = serializers.FloatField(allow_null=True)
+    p95_seconds = serializers.FloatField(allow_null=True)
+    top_errors = ErrorCountOutputSerializer(many=True)
+
+
+class StepStatsOutputSerializer(serializers.Serializer):
+    """``analytics.StepStats.as_dict()``."""
+
+    saga_type = serializers.CharField()
+    index = serializers.IntegerField()
+    step = serializers.CharField()
+    total = serializers.IntegerField()
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Every step status -> records in it.")
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    compensated = serializers.IntegerField()
+    compensation_failed = serializers.IntegerField()
+    retried_attempts = serializers.IntegerField()
+    success_rate = serializers.FloatField(allow_null=True, help_text="succeeded / (succeeded + failed)")
+    compensation_rate = serializers.FloatField(allow_null=True,
+                                               help_text="(compensated + compensation_failed) / succeeded")
+    p50_seconds = serializers.FloatField(allow_null=True)
+    p95_seconds = serializers.FloatField(allow_null=True)
+    top_errors = ErrorCountOutputSerializer(many=True)
+
+
+class AnalyticsWindowOutputSerializer(serializers.Serializer):
+    since = serializers.DateTimeField(help_text="The window used: given, or the default.")
+    until = serializers.DateTimeField(allow_null=True)
+    saga_type = serializers.CharField(allow_null=True)
+
+
+class AnalyticsOutputSerializer(serializers.Serializer):
+    window = AnalyticsWindowOutputSerializer()
+    overall = SagaStatsOutputSerializer()
+    saga_types = SagaStatsOutputSerializer(many=True)
+    steps = StepStatsOutputSerializer(many=True)

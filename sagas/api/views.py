@@ -10,6 +10,7 @@ import uuid
 
 from django.db.models import QuerySet
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -24,6 +25,9 @@ from ..models import SagaEvent, SagaInstance
 from .exceptions import IDEMPOTENCY_HEADER
 from .filters import SagaInstanceFilter
 from .serializers import (
+    IDEMPOTENCY_KEY_SCHEMA,
+    NO_NUL_PATTERN,
+    AnalyticsOutputSerializer,
     AnalyticsQuerySerializer,
     ErrorOutputSerializer,
     SagaCancelInputSerializer,
@@ -31,12 +35,17 @@ from .serializers import (
     SagaInstanceOutputSerializer,
     SagaStartInputSerializer,
     SagaTypeOutputSerializer,
+    idempotency_key_from,
 )
 
 TAG = "sagas"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 NOT_FOUND = OpenApiResponse(ErrorOutputSerializer, description="No saga with this id.")
+NO_SUCH_PAGE = OpenApiResponse(ErrorOutputSerializer,
+                              description="No such page: `page` past the last one, empty or not a number from 1.")
+NOT_FOUND_OR_NO_SUCH_PAGE = OpenApiResponse(
+    ErrorOutputSerializer, description="No saga with this id, or no such page (see the saga list).")
 CONFLICT = OpenApiResponse(ErrorOutputSerializer,
                            description="The saga's state does not allow this (code `invalid_transition`).")
 BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Field errors: field name -> list of messages.")
@@ -95,7 +104,9 @@ class SagaListCreateApi(GenericAPIView):
             "Newest first. `status` may be repeated (`?status=failed&status=compensating`); "
             "`created_after` is inclusive, `created_before` exclusive (ISO 8601 date-times)."
         ),
-        responses={200: SagaInstanceOutputSerializer(many=True)},
+        parameters=[OpenApiParameter("saga_type", {"type": "string", "minLength": 1, "pattern": NO_NUL_PATTERN},
+                                     OpenApiParameter.QUERY, description="Only this saga type.")],
+        responses={200: SagaInstanceOutputSerializer(many=True), 400: BAD_REQUEST, 404: NO_SUCH_PAGE},
     )
     def get(self, request: Request) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
@@ -111,7 +122,7 @@ class SagaListCreateApi(GenericAPIView):
         ),
         request=SagaStartInputSerializer,
         parameters=[
-            OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER, required=False,
+            OpenApiParameter(IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_SCHEMA, OpenApiParameter.HEADER, required=False,
                              description="1 to 255 characters; the same key never starts a second saga of this type."),
             LOCATION,
             OpenApiParameter(REPLAYED_HEADER, str, OpenApiParameter.HEADER, response=[202],
@@ -119,7 +130,10 @@ class SagaListCreateApi(GenericAPIView):
         ],
         responses={
             202: OpenApiResponse(SagaInstanceOutputSerializer, description="Started (or replayed)."),
-            400: BAD_REQUEST,
+            400: OpenApiResponse(OpenApiTypes.OBJECT, description=(
+                "Field errors: field name -> list of messages. Besides the body's shape, a version this saga "
+                "type does not have, an input the saga's own rules refuse (they may look rows up) and a bad "
+                f"`{IDEMPOTENCY_HEADER}` answer 400, so a body the schema accepts may still be refused.")),
             409: OpenApiResponse(ErrorOutputSerializer,
                                  description="The key was used with another input (code `idempotency_conflict`)."),
         },
@@ -130,7 +144,7 @@ class SagaListCreateApi(GenericAPIView):
         saga = engine.start_saga(
             params.validated_data["saga_type"],
             input=params.validated_data["input"],
-            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+            idempotency_key=idempotency_key_from(request.headers),
             version=params.validated_data.get("version"),
         )
         response = accepted(request, saga_get(saga.pk), location=True)
@@ -157,7 +171,7 @@ class SagaEventListApi(GenericAPIView):
         return SagaEvent.objects.filter(saga=saga).select_related("step").order_by("id")
 
     @extend_schema(tags=[TAG], summary="The audit trail of a saga", parameters=[SAGA_ID],
-                   responses={200: SagaEventOutputSerializer(many=True), 404: NOT_FOUND})
+                   responses={200: SagaEventOutputSerializer(many=True), 404: NOT_FOUND_OR_NO_SUCH_PAGE})
     def get(self, request: Request, saga_id: str) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(SagaEventOutputSerializer(page, many=True).data)
@@ -185,7 +199,9 @@ class SagaCancelApi(APIView):
     def post(self, request: Request, saga_id: str) -> Response:
         params = SagaCancelInputSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        saga = engine.cancel(saga_get(saga_id), reason=params.validated_data["reason"])
+        reason = params.validated_data.get("reason")
+        # Blank is "no reason": the engine's default one is recorded.
+        saga = engine.cancel(saga_get(saga_id), **({"reason": reason} if reason else {}))
         return accepted(request, saga_get(saga.pk))
 
 
@@ -208,18 +224,25 @@ class AnalyticsApi(APIView):
         description=(
             "Per saga type, over all types and per step: counts by status, success and compensation "
             "rates, p50/p95 duration (seconds) and the most frequent errors, for sagas created in "
-            "[`since`, `until`) (ISO 8601; both optional), optionally for one `saga_type`."
+            "[`since`, `until`) (ISO 8601), optionally for one `saga_type`. Without `since` the window "
+            "is the 24 hours before `until` (or before now); `window` in the answer says which one was used. "
+            "Computed in the database: the cost does not grow with what it returns."
         ),
         parameters=[AnalyticsQuerySerializer],
-        responses={200: OpenApiTypes.OBJECT, 400: BAD_REQUEST},
+        responses={200: AnalyticsOutputSerializer, 400: BAD_REQUEST},
     )
     def get(self, request: Request) -> Response:
         query = AnalyticsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        window = {k: query.validated_data.get(k) for k in ("since", "until", "saga_type")}
-        return Response({
+        until = query.validated_data.get("until")
+        window = {
+            "since": query.validated_data.get("since") or analytics.default_since(until, timezone.now()),
+            "until": until,
+            "saga_type": query.validated_data.get("saga_type"),
+        }
+        return Response(AnalyticsOutputSerializer({
             "window": window,
             "overall": analytics.overall_stats(**window).as_dict(),
             "saga_types": [s.as_dict() for s in analytics.saga_type_stats(**window)],
             "steps": [s.as_dict() for s in analytics.step_stats(**window)],
-        })
+        }).data)

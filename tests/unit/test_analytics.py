@@ -1,4 +1,5 @@
 """Saga analytics over rows written directly: counts, rates, percentiles, errors, windows."""
+import random
 from datetime import timedelta
 
 import pytest
@@ -121,3 +122,37 @@ def test_percentile_interpolates_and_handles_nothing():
     assert analytics.percentile([], 0.5) is None
     assert analytics.percentile([3.0], 0.95) == 3.0
     assert analytics.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+
+
+def test_percentiles_computed_in_the_database_match_percentile_of_every_duration(db):
+    rnd = random.Random(5)
+    micros = {"shop.order": [rnd.randint(1_000, 90_000_000) for _ in range(37)],
+              "hr.hire": [rnd.randint(1_000, 9_000_000) for _ in range(101)]}
+    for saga_type, values in micros.items():
+        for us in values:
+            saga(saga_type, seconds=us / 1e6, steps=[(StepStatus.SUCCEEDED, 1, us // 2 / 1e6, "")])
+
+    stats, steps = by_type(), {s.saga_type: s for s in analytics.step_stats()}
+
+    for saga_type, values in micros.items():
+        seconds, halves = [us / 1e6 for us in values], [us // 2 / 1e6 for us in values]
+        assert stats[saga_type].p50_seconds == pytest.approx(analytics.percentile(seconds, 0.50), abs=1e-9)
+        assert stats[saga_type].p95_seconds == pytest.approx(analytics.percentile(seconds, 0.95), abs=1e-9)
+        assert steps[saga_type].p95_seconds == pytest.approx(analytics.percentile(halves, 0.95), abs=1e-9)
+    everything = [us / 1e6 for values in micros.values() for us in values]
+    assert analytics.overall_stats().p95_seconds == pytest.approx(analytics.percentile(everything, 0.95), abs=1e-9)
+
+
+def test_errors_tied_in_count_are_ranked_by_code_point_whatever_the_collation(db):
+    for text in ("b declined", "B declined", "a declined"):
+        saga(status=SagaStatus.COMPENSATED, error=text)
+
+    errors = by_type(top_errors=2)["shop.order"].top_errors
+
+    assert [e.error for e in errors] == ["B declined", "a declined"]
+
+
+def test_default_window_is_the_day_before_until_or_now():
+    now = timezone.now()
+    assert analytics.default_since(None, now) == now - timedelta(hours=24)
+    assert analytics.default_since(now - timedelta(days=3), now) == now - timedelta(days=4)

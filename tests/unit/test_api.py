@@ -1,6 +1,6 @@
 """The REST API without a worker: messages the engine would send are recorded, not sent."""
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -16,6 +16,9 @@ from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRec
 
 SAGA = "tests.three_steps"
 SAGAS_URL = "/api/sagas/"
+# The token's user (1), then counts, top errors and two percentiles over sagas per
+# type (4) and over all types (4), counts, top errors twice and two percentiles per step (5).
+ANALYTICS_QUERIES = 14
 
 
 @pytest.fixture
@@ -461,6 +464,94 @@ def test_docs_page_answers(api):
     assert b"swagger" in response.content.lower()
 
 
+def schema(api) -> dict:
+    return api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+
+# --- schema and behaviour agree (what the schema fuzz test found) -------------------------
+
+
+@pytest.mark.parametrize("body", [{"reason": ""}, {"reason": "   "}, {}])
+def test_cancel_with_a_blank_or_no_reason_records_the_default_reason(api, body):
+    saga = start_saga(SAGA, input={})
+
+    response = api.post(f"{SAGAS_URL}{saga.pk}/cancel/", body, format="json")
+
+    assert response.status_code == 202
+    assert response.json()["error"] == "cancelled"
+    assert SagaEvent.objects.get(saga=saga, kind=EventKind.CANCEL_REQUESTED).detail["reason"] == "cancelled"
+
+
+def test_cancel_reason_with_a_nul_character_is_a_field_error(api):
+    saga = start_saga(SAGA, input={})
+
+    response = api.post(f"{SAGAS_URL}{saga.pk}/cancel/", {"reason": "a\x00b"}, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["reason"]
+    assert SagaInstance.objects.get(pk=saga.pk).cancel_requested_at is None
+
+
+def test_schema_lists_registered_saga_types_and_refuses_an_empty_one(api):
+    doc = schema(api)
+    saga_type = doc["components"]["schemas"]["SagaStartInput"]["properties"]["saga_type"]
+    names = doc["components"]["schemas"][saga_type["allOf"][0]["$ref"].split("/")[-1]]["enum"]
+
+    assert saga_type["minLength"] == 1
+    assert SAGA in names and names == sorted({saga.name for saga in registry})
+    response = api.post(SAGAS_URL, {"saga_type": "", "input": {}}, format="json")
+    assert response.status_code == 400 and list(response.json()) == ["saga_type"]
+    assert_nothing_created()
+
+
+@pytest.mark.parametrize("key", ["a\x00b", "k" * 256])
+def test_idempotency_key_with_nul_or_too_long_is_an_error_on_the_header(api, key):
+    response = api.post(SAGAS_URL, {"saga_type": SAGA}, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["Idempotency-Key"]
+    assert_nothing_created()
+
+
+@pytest.mark.parametrize("url", [SAGAS_URL, "/api/sagas/{saga}/events/"])
+@pytest.mark.parametrize("page", ["99", "0", "", "x"])
+def test_a_page_that_is_not_there_answers_404_as_documented(api, url, page):
+    saga = make_saga()
+    path = url.format(saga=saga.pk)
+
+    response = api.get(path, {"page": page})
+
+    assert response.status_code == 404
+    operation = schema(api)["paths"][url.replace("{saga}", "{saga_id}")]["get"]
+    assert "404" in operation["responses"]
+    page_parameter = next(p for p in operation["parameters"] if p["name"] == "page")
+    assert page_parameter["schema"]["minimum"] == 1
+
+
+@pytest.mark.parametrize("parameter", ["created_after", "created_before", "saga_type", "status"])
+def test_list_filter_sent_empty_is_a_field_error(api, parameter):
+    response = api.get(SAGAS_URL, {parameter: ""})
+
+    assert response.status_code == 400
+    assert list(response.json()) == [parameter]
+
+
+def test_list_filter_accepts_any_offset_iso_allows(api):
+    old = make_saga(created_at=timezone.now() - timedelta(days=1))
+
+    response = api.get(SAGAS_URL, {"created_after": "2000-01-01T00:00:00+16:43"})  # beyond PostgreSQL's 15:59
+
+    assert response.status_code == 200
+    assert ids(response) == {str(old.pk)}
+
+
+def test_list_filter_moment_outside_the_calendar_in_utc_is_a_field_error(api):
+    response = api.get(SAGAS_URL, {"created_before": "0001-01-01T00:00:00+01:00"})
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["created_before"]
+
+
 # --- analytics -------------------------------------------------------------------------
 
 
@@ -478,6 +569,43 @@ def test_analytics_reports_per_type_overall_and_per_step(api, sent):
     assert [s["step"] for s in body["steps"]] == ["a", "b", "c"]
 
 
+def test_analytics_without_since_covers_the_last_day_and_says_so(api, sent):
+    make_saga(created_at=timezone.now() - timedelta(days=2))
+    recent = make_saga(created_at=timezone.now() - timedelta(hours=23))
+
+    body = api.get("/api/analytics/").json()
+
+    assert body["overall"]["total"] == 1 and body["saga_types"][0]["saga_type"] == recent.saga_type
+    since = datetime.fromisoformat(body["window"]["since"])
+    assert abs(since - (timezone.now() - timedelta(hours=24))) < timedelta(minutes=1)
+    assert body["window"]["until"] is None and body["window"]["saga_type"] is None
+
+
+def test_analytics_without_since_takes_the_day_before_until(api, sent):
+    response = api.get("/api/analytics/", {"until": "2026-01-10T12:00:00Z"})
+
+    assert response.json()["window"]["since"] == "2026-01-09T12:00:00Z"
+
+
+@pytest.mark.parametrize("sagas", [10, 200])
+def test_analytics_queries_do_not_grow_with_the_number_of_sagas(api, sagas, django_assert_max_num_queries):
+    now = timezone.now()
+    statuses = [SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED, SagaStatus.RUNNING]
+    rows = SagaInstance.objects.bulk_create(
+        SagaInstance(saga_type=f"tests.kind{i % 3}", status=statuses[i % 4], error=f"error {i % 7}",
+                     started_at=now, finished_at=now + timedelta(seconds=i) if i % 4 != 3 else None)
+        for i in range(sagas))
+    StepRecord.objects.bulk_create(
+        StepRecord(saga=row, index=index, name=name, status=StepStatus.FAILED, attempts=2, error=f"step {i % 5}",
+                   started_at=now, finished_at=now + timedelta(seconds=index + 1))
+        for i, row in enumerate(rows) for index, name in enumerate("abc"))
+
+    with django_assert_max_num_queries(ANALYTICS_QUERIES):
+        response = api.get("/api/analytics/")
+
+    assert response.status_code == 200 and response.json()["overall"]["total"] == sagas
+
+
 def test_analytics_window_excludes_older_sagas(api, sent):
     start_saga(SAGA, input={})
 
@@ -492,6 +620,14 @@ def test_analytics_refuses_a_bad_date_with_a_field_error(api):
 
     assert response.status_code == 400
     assert "since" in response.json()
+
+
+@pytest.mark.parametrize("parameter", ["since", "until", "saga_type"])
+def test_analytics_parameter_sent_empty_is_a_field_error(api, parameter):
+    response = api.get("/api/analytics/", {parameter: ""})
+
+    assert response.status_code == 400
+    assert list(response.json()) == [parameter]
 
 
 def test_analytics_requires_authentication(db):

@@ -1,0 +1,90 @@
+"""Settings read from the environment: production refuses weak secrets and passes Django's deploy checks.
+
+Settings are read once, at import, so each case runs ``manage.py`` (or
+imports ``config.settings``) in a fresh process with its own environment.
+"""
+import json
+import os
+import secrets
+import subprocess
+import sys
+
+from django.conf import settings
+
+# Variables these tests set themselves: anything the calling shell exported is dropped.
+OURS = ("DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD",
+        "SECURE_PROXY_SSL_HEADER", "DJANGO_SETTINGS_MODULE")
+PRODUCTION = {"DEBUG": "0", "ALLOWED_HOSTS": "sagas.example.com"}
+
+
+def run(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in OURS}
+    return subprocess.run([sys.executable, *args], cwd=settings.BASE_DIR, capture_output=True, text=True,
+                          env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings", **env}, timeout=60)
+
+
+def settings_of(names: list[str], **env: str) -> dict:
+    """The named settings as ``config.settings`` computes them under ``env``."""
+    code = ("import json, config.settings as s; "
+            f"print(json.dumps({{n: getattr(s, n) for n in {names!r}}}))")
+    done = run(["-c", code], **env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_deploy_check_is_clean_with_debug_off_and_a_strong_key():
+    done = run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+               SECRET_KEY=secrets.token_urlsafe(50), **PRODUCTION)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no issues" in done.stdout
+
+
+def test_debug_off_refuses_the_development_key():
+    done = run(["manage.py", "check"], SECRET_KEY=settings.DEV_SECRET_KEY, **PRODUCTION)
+
+    assert done.returncode != 0
+    assert "SECRET_KEY is the development key" in done.stderr
+
+
+def test_debug_off_refuses_a_missing_or_short_key():
+    missing = run(["manage.py", "check"], **PRODUCTION)
+    short = run(["manage.py", "check"], SECRET_KEY="x" * 10 + "abcdefghij", **PRODUCTION)
+
+    assert missing.returncode != 0 and "SECRET_KEY is not set" in missing.stderr
+    assert short.returncode != 0 and "SECRET_KEY is too weak (20 characters" in short.stderr
+
+
+def test_debug_off_defaults_to_https_only():
+    values = settings_of(["SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE",
+                          "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD",
+                          "SECURE_PROXY_SSL_HEADER"],
+                         SECRET_KEY=secrets.token_urlsafe(50), **PRODUCTION)
+
+    assert values == {"SECURE_SSL_REDIRECT": True, "SESSION_COOKIE_SECURE": True, "CSRF_COOKIE_SECURE": True,
+                      "SECURE_HSTS_SECONDS": 31536000, "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+                      "SECURE_HSTS_PRELOAD": True, "SECURE_PROXY_SSL_HEADER": None}
+
+
+def test_debug_on_keeps_plain_http_and_the_development_key():
+    values = settings_of(["SECRET_KEY", "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "SECURE_HSTS_SECONDS"])
+
+    assert values == {"SECRET_KEY": settings.DEV_SECRET_KEY, "SECURE_SSL_REDIRECT": False,
+                      "SESSION_COOKIE_SECURE": False, "SECURE_HSTS_SECONDS": 0}
+
+
+def test_each_https_setting_can_be_overridden_and_a_proxy_header_named():
+    values = settings_of(["SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_PROXY_SSL_HEADER"],
+                         SECRET_KEY=secrets.token_urlsafe(50), SECURE_SSL_REDIRECT="0", SECURE_HSTS_SECONDS="300",
+                         SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto=https", **PRODUCTION)
+
+    assert values == {"SECURE_SSL_REDIRECT": False, "SECURE_HSTS_SECONDS": 300,
+                      "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"]}
+
+
+def test_a_malformed_proxy_header_is_refused_with_the_expected_form():
+    done = run(["manage.py", "check"], SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto")
+
+    assert done.returncode != 0
+    assert "X-Forwarded-Proto=https" in done.stderr
