@@ -250,15 +250,21 @@ def release(record: StepRecord) -> None:
 def json_problem(value: Any, where: str = "input") -> str | None:
     """Why ``value`` cannot be stored as the same JSON on SQLite and PostgreSQL, or None.
 
-    Keys must be strings, numbers finite, and text free of NUL characters
-    (PostgreSQL refuses them; SQLite would keep them).
+    Keys must be strings, numbers finite, and text valid Unicode free of NUL
+    characters (PostgreSQL refuses them; SQLite would keep them).
     """
     if value is None or isinstance(value, bool) or isinstance(value, int):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{where}: {value!r} is not a finite number"
     if isinstance(value, str):
-        return f"{where}: text must not contain NUL characters" if "\x00" in value else None
+        if "\x00" in value:
+            return f"{where}: text must not contain NUL characters"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{where}: text must be valid Unicode (a lone surrogate was found)"
+        return None
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):

@@ -287,6 +287,7 @@ def test_a_database_error_after_many_step_retries_is_retried_not_fatal(db, sent)
     ({"amount": float("nan")}, "amount", "finite"),
     ({"amount": float("inf")}, "amount", "finite"),
     ({"nested": {"deep": ["x", "\x00"]}}, "nested", "NUL"),
+    ({"name": "lone \ud800 surrogate"}, "name", "Unicode"),
     ({1: "one"}, "input", "keys must be strings"),
     ({"nested": {2: "two"}}, "nested", "keys must be strings"),
 ])
@@ -418,3 +419,23 @@ def test_an_attempt_held_by_a_dead_process_on_this_machine_is_lost_at_once(db, s
 
     assert execute_step(saga.id, 0).decision is Decision.CONTINUE  # taken over by the next delivery
     assert saga.steps.get(name="a").attempts == 2
+
+
+@pytest.mark.parametrize("body", [
+    '{"saga_type": "tests.three_steps", "input": {"name": "a\\u0000b"}}',
+    '{"saga_type": "tests.three_steps", "input": {"name": "\\ud800"}}',
+])
+def test_the_api_answers_the_same_400_on_every_database_for_input_none_stores(db, sent, body):
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    user = get_user_model().objects.create_user("operator", password="secret-pass")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+
+    response = client.post("/api/sagas/", body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["input"] and list(response.json()["input"]) == ["name"]
+    assert SagaInstance.objects.count() == 0
