@@ -28,7 +28,7 @@ def _follow(task, outcome: Outcome, failure: type[Exception]) -> str:
 
 
 def _retry_infrastructure(task, exc: BaseException, count: int, **carry):
-    """Try again later; a step task carries its count and an attempt's unrecorded report (the action does not run again)."""
+    """Try again later. A step task carries its count and an attempt's unrecorded report (not run again)."""
     if count >= INFRASTRUCTURE_RETRIES:
         raise exc  # the task fails; its saga is not compensated for it, the sweeper moves it on
     kwargs = {**task.request.kwargs, **carry}

@@ -21,7 +21,6 @@ from .core import (
     Report,
     dead_holders,
     definition_of,
-    describe_error,
     dispatch_compensation,
     event,
     fail_step,
@@ -255,6 +254,6 @@ def record_compensation(saga_id, index: int, report: Report, policy: Retry | Non
 
 
 __all__ = [
-    "begin_compensation", "compensation_order", "continue_compensation", "describe_error", "execute_compensation",
+    "begin_compensation", "compensation_order", "continue_compensation", "execute_compensation",
     "fail_compensation", "finish_if_compensated", "start_compensating", "to_undo",
 ]

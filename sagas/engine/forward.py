@@ -98,9 +98,8 @@ def _run_transactional(claim: Claim, policy: Retry | None) -> Outcome:
     try:
         with transaction.atomic():
             result = invoke(claim.step.action, claim, phase="action")
-            outcome = record_step(claim.saga_id, claim.index, Report(claim.attempt, ok=True, result=result),
-                                  policy, must_own=True)
-            return outcome
+            return record_step(claim.saga_id, claim.index, Report(claim.attempt, ok=True, result=result),
+                               policy, must_own=True)
     except _NotOwner as refused:
         return refused.outcome
     except Exception as exc:  # rolled back: nothing of the action stays

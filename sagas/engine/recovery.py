@@ -70,7 +70,9 @@ def due_saga_ids(limit: int) -> list:
     due = list(SagaInstance.objects.filter(due_at__lte=Now()).order_by("due_at").values_list("id", flat=True)[:limit])
     silent = WorkerBeat.objects.filter(
         beat_at__lt=Now() - timedelta(seconds=settings.SAGAS_WORKER_DEAD_AFTER)).values("id")
-    orphaned = StepRecord.objects.filter(held_by__in=silent).values_list("saga_id", flat=True).distinct()[:limit]
+    # A saga held for a person (due_at empty) stays held, whoever held its steps.
+    orphaned = StepRecord.objects.filter(held_by__in=silent, saga__due_at__isnull=False).values_list(
+        "saga_id", flat=True).distinct()[:limit]
     return list(dict.fromkeys([*due, *orphaned]))
 
 

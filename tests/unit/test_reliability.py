@@ -11,7 +11,7 @@ from django.db import OperationalError, connection
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from sagas import InvalidSagaInput, Retry, Saga, Step, cancel, registry, resubmit, start_saga
+from sagas import InvalidSagaInput, Saga, Step, cancel, registry, resubmit, start_saga
 from sagas import engine
 from sagas.engine import Decision, Report, execute_compensation, execute_step, sweep
 from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus, WorkerBeat
@@ -128,6 +128,20 @@ def test_sweeper_holds_a_saga_whose_definition_changed_under_the_same_version(db
     assert report.held == [str(saga.id)]
     assert "new version" in saga.error
     assert saga.status == SagaStatus.PENDING  # nothing else changed
+
+
+def test_a_held_saga_whose_step_a_silent_worker_held_stays_held(db, sent, settings):
+    saga = start_saga(SAGA, input={})
+    engine.claim_step(saga.id, 0, None)
+    holder = "elsewhere|machine-b|4242|abcd1234"
+    StepRecord.objects.filter(saga=saga, index=0).update(held_by=holder)
+    WorkerBeat.objects.create(id=holder, hostname="elsewhere", pid=4242, started_at=Now(),
+                              beat_at=Now() - timedelta(seconds=settings.SAGAS_WORKER_DEAD_AFTER + 1))
+    SagaInstance.objects.filter(pk=saga.pk).update(version=99)
+    assert sweep().held == [str(saga.id)]
+
+    assert sweep().examined == 0  # not found again through its silent worker
+    assert saga.events.filter(kind=EventKind.SAGA_STUCK).count() == 1
 
 
 def test_a_held_saga_released_by_a_person_is_swept_again(db, sent):
