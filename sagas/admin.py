@@ -255,7 +255,7 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
 
     @admin.display(description="results")
     def results_pretty(self, saga: SagaInstance) -> SafeString:
-        return _pretty_json(saga.results)
+        return _pretty_json(saga.current_results)
 
     @admin.display(description="events, oldest first")
     def timeline(self, saga: SagaInstance) -> SafeString:

@@ -26,7 +26,7 @@ from django.db import connections
 from django.db.models import Count, DurationField, Expression, ExpressionWrapper, F, OrderBy, QuerySet, Sum, Window
 from django.db.models.functions import Coalesce, Collate, RowNumber
 
-from .models import SagaInstance, SagaStatus, StepRecord, StepStatus
+from .models import FORWARD_DONE_STATUSES, SagaInstance, SagaStatus, StepRecord, StepStatus
 
 ALL_TYPES = "*"
 TOP_ERRORS = 3
@@ -37,8 +37,7 @@ _QUANTILE_SCALE = 1_000_000  # a quantile as an integer fraction, for integer ar
 _CODE_POINT_COLLATION = {"postgresql": "C", "sqlite": "BINARY"}
 
 # A step whose action succeeded, whatever happened to it afterwards.
-_STEP_FORWARD_OK = (StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATED,
-                    StepStatus.COMPENSATION_FAILED)
+_STEP_FORWARD_OK = FORWARD_DONE_STATUSES
 _STEP_UNDONE = (StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED)
 
 

@@ -57,6 +57,14 @@ class EventKind(models.TextChoices):
 
 
 ACTIVE_SAGA_STATUSES = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+# A step whose action succeeded, whatever happened to it afterwards.
+FORWARD_DONE_STATUSES = (StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATED,
+                         StepStatus.COMPENSATION_FAILED)
+
+
+def results_of(records) -> dict:
+    """Step name -> output of every step whose action succeeded, from its records."""
+    return {r.name: r.result for r in records if r.status in FORWARD_DONE_STATUSES and not r.may_have_effects}
 FINAL_SAGA_STATUSES = (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
 
 
@@ -109,6 +117,11 @@ class SagaInstance(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in FINAL_SAGA_STATUSES
+
+    @property
+    def current_results(self) -> dict:
+        """``results`` as of now: written when the saga finishes, read from its step records before."""
+        return self.results if self.is_finished else results_of(self.steps.all())
 
     @property
     def duration(self):

@@ -117,7 +117,8 @@ class StepRecordOutputSerializer(serializers.ModelSerializer):
 
 class SagaInstanceOutputSerializer(serializers.ModelSerializer):
     input = JSONObjectField(read_only=True)
-    results = JSONObjectField(read_only=True, help_text="Step name -> output of each step that succeeded.")
+    results = JSONObjectField(source="current_results", read_only=True,
+                              help_text="Step name -> output of each step that succeeded.")
     steps = StepRecordOutputSerializer(many=True, read_only=True)
 
     class Meta:

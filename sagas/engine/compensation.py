@@ -26,12 +26,14 @@ from .core import (
     fail_step,
     hold,
     in_flight,
+    keep_due,
     lease_until,
     locked_saga,
     make_claim,
     move_saga,
     move_step,
     release,
+    save_step,
     retry_is_due,
     stall_deadline,
     steps_of,
@@ -236,7 +238,7 @@ def record_compensation(saga_id, index: int, report: Report, policy: Retry | Non
             release(record)
             move_step(saga, record, StepStatus.COMPENSATED, EventKind.STEP_COMPENSATED, attempt=report.attempt)
             if not finish_if_compensated(saga, records):
-                saga.due_at = stall_deadline(saga)
+                keep_due(saga)
             return Outcome(Decision.CONTINUE)
         policy = policy or definition_of(saga).step_at(index).compensation_retry
         if not policy.allows_another(report.attempt):
@@ -246,7 +248,7 @@ def record_compensation(saga_id, index: int, report: Report, policy: Retry | Non
         record.compensation_error = report.error
         release(record)
         record.next_attempt_at = saga.db_now + timedelta(seconds=delay)
-        record.save()
+        save_step(record)
         saga.due_at = record.next_attempt_at + timedelta(seconds=settings.SAGAS_STALL_AFTER)
         event(saga, EventKind.COMPENSATION_ATTEMPT_FAILED, step=record, attempt=report.attempt, error=report.error,
               timeout=report.timeout, retry_in=delay)

@@ -1,12 +1,15 @@
 """What every phase of the engine shares: the state machine, the saga's lock, events and clocks.
 
-A transition happens inside ``locked_saga``: it locks the saga row (on
-SQLite the IMMEDIATE transaction takes the database's write lock), reads the
-database's clock in the same statement (``saga.db_now``: leases, retry times
-and deadlines never come from a process's own clock), lets the caller move
-the saga and its steps, and writes the saga's changed fields in one UPDATE
-at the end. Every writer takes the saga's lock first, so step rows need no
-lock of their own and are read in one query.
+A transition happens inside ``locked_saga``: one statement reads the saga's
+step records with the saga's row, locks that row (on SQLite the IMMEDIATE
+transaction takes the database's write lock) and reads the database's clock
+(``saga.db_now``: leases, retry times and deadlines never come from a
+process's own clock). The caller moves the saga and its steps; at the end the
+transition's events go in one INSERT and the saga's changed fields, if any,
+in one UPDATE. Every writer takes the saga's lock first, so step rows need no
+lock of their own.
+
+What each transition costs is what ``tests/unit/test_engine_cost.py`` pins.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from .. import canvas, liveness
 from ..canvas import hard_time_limit
 from ..definitions import Saga, Step, StepContext, registry
 from ..errors import InvalidTransition, PermanentError, SagaDefinitionError
-from ..models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
+from ..models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus, results_of
 
 logger = logging.getLogger("sagas.engine")
 
@@ -135,29 +138,58 @@ _SAVED = ("status", "error", "results", "started_at", "finished_at", "cancel_req
 
 @contextmanager
 def locked_saga(saga_id) -> Iterator[SagaInstance | None]:
-    """The saga's row, locked, with ``db_now``; its changed fields are written in one UPDATE on exit."""
+    """The saga's row, locked, with ``db_now`` and its step records; written back in two statements at most."""
     with transaction.atomic():
-        saga = SagaInstance.objects.select_for_update().annotate(db_now=Now()).filter(pk=saga_id).first()
-        if saga is None:
+        records = list(
+            StepRecord.objects.select_related("saga").select_for_update(of=("saga",))
+            .annotate(db_now=Now()).filter(saga_id=saga_id).order_by("index")
+        )
+        if not records:  # every saga has steps: no rows, no saga
             yield None
             return
+        saga = records[0].saga
+        saga.db_now = records[0].db_now
+        for record in records:
+            record.saga = saga
+            record.loaded = _values(record)
+        saga.records = records
+        saga.pending_events = []
         before = [getattr(saga, name) for name in _SAVED]
-        saga.touched = False
         yield saga
+        if saga.pending_events:
+            SagaEvent.objects.bulk_create(saga.pending_events)
         changed = {name: getattr(saga, name) for name, old in zip(_SAVED, before) if getattr(saga, name) != old}
-        if changed or saga.touched:
+        if changed:
             SagaInstance.objects.filter(pk=saga.pk).update(updated_at=saga.db_now, **changed)
 
 
+_STEP_FIELDS = [f.attname for f in StepRecord._meta.concrete_fields if not f.primary_key]
+
+
+def _values(record: StepRecord) -> dict:
+    return {name: getattr(record, name) for name in _STEP_FIELDS}
+
+
+def save_step(record: StepRecord) -> None:
+    """Write the fields of ``record`` this transition changed (one UPDATE, none if nothing changed)."""
+    now = _values(record)
+    changed = [name for name, value in now.items() if value != record.loaded[name]]
+    if changed:
+        record.save(update_fields=changed)
+        record.loaded = now
+
+
 def steps_of(saga: SagaInstance) -> list[StepRecord]:
-    """The saga's step records, by index (the saga's lock covers them)."""
-    return list(StepRecord.objects.filter(saga=saga).order_by("index"))
+    """The saga's step records, by index, as ``locked_saga`` read them."""
+    return saga.records
 
 
 def event(saga: SagaInstance, kind: str, step: StepRecord | None = None, **detail: Any) -> SagaEvent:
-    saga.touched = True
+    """Record a transition; written with the transition's other events when it commits."""
     saga.sweeps = 0  # something happened: the sweeper's backoff starts again
-    return SagaEvent.objects.create(saga=saga, step=step, kind=kind, detail=detail)
+    recorded = SagaEvent(saga=saga, step=step, kind=kind, detail=detail)
+    saga.pending_events.append(recorded)
+    return recorded
 
 
 def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None:
@@ -170,6 +202,7 @@ def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None
     if target in (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED):
         saga.finished_at = saga.db_now
         saga.due_at = None
+        saga.results = results_of(saga.records)  # the steps hold them while the saga runs
     elif target == SagaStatus.COMPENSATING:
         saga.finished_at = None
     event(saga, kind, **{"from": previous, "to": target, **detail})
@@ -180,7 +213,7 @@ def move_step(saga: SagaInstance, step: StepRecord, target: str, kind: str, **de
         raise InvalidTransition(f"step {step.name} of saga {saga.id} cannot move from {step.status} to {target}")
     previous = step.status
     step.status = target
-    step.save()
+    save_step(step)
     event(saga, kind, step=step, **{"from": previous, "to": target, **detail})
 
 
@@ -230,12 +263,24 @@ def in_flight(record: StepRecord, now: datetime, dead: set[str]) -> bool:
     return bool(record.lease_expires_at and record.lease_expires_at > now and record.held_by not in dead)
 
 
+def keep_due(saga: SagaInstance) -> None:
+    """Keep the saga at least half a stall time from due, moving ``due_at`` only when it came closer.
+
+    So most transitions of a saga that moves along write nothing to its row;
+    one that stops moving is due ``SAGAS_STALL_AFTER`` seconds at most after
+    its last transition. (A step running longer makes the sweeper look once,
+    find its attempt live, and set the saga due at the attempt's lease.)
+    """
+    if saga.due_at is None or saga.due_at < saga.db_now + timedelta(seconds=settings.SAGAS_STALL_AFTER / 2):
+        saga.due_at = stall_deadline(saga)
+
+
 def hold(record: StepRecord, saga: SagaInstance, lease: datetime) -> None:
     """Give the step's new attempt to this process until ``lease``."""
     record.lease_expires_at = lease
     record.next_attempt_at = None
     record.held_by = liveness.identity()
-    saga.due_at = lease if saga.due_at is None or saga.due_at <= saga.db_now else min(saga.due_at, lease)
+    keep_due(saga)
 
 
 def release(record: StepRecord) -> None:
@@ -350,7 +395,7 @@ def make_claim(saga: SagaInstance, definition: Saga, index: int, attempt: int, *
         saga_id=saga.id,
         saga_type=saga.saga_type,
         input=saga.input,
-        results={k: v for k, v in saga.results.items() if k in earlier},
+        results={k: v for k, v in results_of(saga.records).items() if k in earlier},
         step=step.name,
         attempt=attempt,
         idempotency_key=key,

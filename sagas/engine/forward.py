@@ -39,12 +39,14 @@ from .core import (
     fail_step,
     hold,
     in_flight,
+    keep_due,
     lease_until,
     locked_saga,
     make_claim,
     move_saga,
     move_step,
     release,
+    save_step,
     retry_is_due,
     stall_deadline,
     steps_of,
@@ -204,7 +206,6 @@ def _succeed(saga: SagaInstance, records: list[StepRecord], record: StepRecord, 
     record.finished_at = saga.db_now
     release(record)
     move_step(saga, record, StepStatus.SUCCEEDED, EventKind.STEP_SUCCEEDED, attempt=record.attempts)
-    saga.results = {**saga.results, record.name: result}
     if saga.status != SagaStatus.RUNNING:
         # Cancelled, or a Parallel sibling failed, while this attempt ran: its
         # effects are recorded here and undone with the rest.
@@ -215,7 +216,7 @@ def _succeed(saga: SagaInstance, records: list[StepRecord], record: StepRecord, 
     if all(r.status == StepStatus.SUCCEEDED for r in records):
         move_saga(saga, SagaStatus.SUCCEEDED, EventKind.SAGA_SUCCEEDED)
         return Outcome(Decision.CONTINUE)
-    saga.due_at = stall_deadline(saga)
+    keep_due(saga)
     _dispatch_next_stage_if_joined(saga, records, definition, record.index)
     return Outcome(Decision.CONTINUE)
 
@@ -253,7 +254,7 @@ def _fail_attempt(saga: SagaInstance, records: list[StepRecord], record: StepRec
     record.error = report.error
     release(record)
     record.next_attempt_at = saga.db_now + timedelta(seconds=delay)
-    record.save()
+    save_step(record)
     saga.due_at = record.next_attempt_at + timedelta(seconds=settings.SAGAS_STALL_AFTER)
     event(saga, EventKind.STEP_ATTEMPT_FAILED, step=record, attempt=report.attempt, error=report.error,
           timeout=report.timeout, retry_in=delay)

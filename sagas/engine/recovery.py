@@ -43,6 +43,7 @@ from .core import (
     locked_saga,
     move_saga,
     release,
+    save_step,
     stall_deadline,
     steps_of,
 )
@@ -184,7 +185,7 @@ def _free_lost_attempts(saga: SagaInstance, records: list[StepRecord], definitio
             event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts)
         release(record)
         record.next_attempt_at = saga.db_now  # the next delivery makes a new attempt at once
-        record.save()
+        save_step(record)
 
 
 def _resume(saga: SagaInstance, records: list[StepRecord], definition) -> str:

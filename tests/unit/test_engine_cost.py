@@ -1,0 +1,76 @@
+"""What a transition costs in SQL: pinned, so a later change cannot quietly add a statement.
+
+Statements are counted as Django runs them, transaction control apart
+(SQLite shows its BEGIN and COMMIT, PostgreSQL's driver sends them unseen),
+and transactions are counted by their commits.
+"""
+from contextlib import contextmanager
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from sagas.engine import begin_compensation, execute_compensation, execute_step, start_saga
+
+SAGA = "sagas.bench"
+CONTROL = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK")
+
+
+@contextmanager
+def cost():
+    """Yields a dict filled on exit: ``statements`` (data statements) and ``transactions``."""
+    figures = {}
+    commits = []
+    real_commit = connection.commit
+
+    def counting_commit():
+        commits.append(1)
+        return real_commit()
+
+    connection.commit = counting_commit
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            yield figures
+    finally:
+        del connection.commit
+    figures["statements"] = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(CONTROL)]
+    figures["transactions"] = len(commits)
+
+
+@pytest.fixture
+def running_saga(transactional_db, sent):
+    saga = start_saga(SAGA, input={"i": 1})
+    execute_step(saga.id, 0)
+    return saga
+
+
+def test_a_step_in_the_middle_costs_six_statements_in_two_transactions(running_saga):
+    with cost() as spent:
+        execute_step(running_saga.id, 1)
+
+    # claim: read the saga and its steps (locked), update the step, insert its event;
+    # record: the same three. The saga's row is not written while it moves along.
+    assert len(spent["statements"]) <= 6, "\n".join(spent["statements"])
+    assert spent["transactions"] == 2
+
+
+def test_a_compensation_costs_six_statements_in_two_transactions(transactional_db, sent):
+    saga = start_saga(SAGA, input={"i": 1, "fail": True})
+    for index in range(3):
+        execute_step(saga.id, index)
+    begin_compensation(saga.id)
+
+    with cost() as spent:
+        execute_compensation(saga.id, 1)
+
+    assert len(spent["statements"]) <= 6, "\n".join(spent["statements"])
+    assert spent["transactions"] == 2
+
+
+def test_starting_a_saga_costs_three_statements_in_one_transaction(transactional_db, sent):
+    with cost() as spent:
+        start_saga(SAGA, input={"i": 1})
+
+    # the instance, its step records (one INSERT), its first event
+    assert len(spent["statements"]) <= 3, "\n".join(spent["statements"])
+    assert spent["transactions"] == 1
