@@ -140,8 +140,11 @@ _SAVED = ("status", "error", "results", "started_at", "finished_at", "cancel_req
 def locked_saga(saga_id) -> Iterator[SagaInstance | None]:
     """The saga's row, locked, with ``db_now`` and its step records; written back in two statements at most."""
     with transaction.atomic():
+        # Every row read is locked (on PostgreSQL FOR UPDATE of both tables): a
+        # transaction that waited for the lock then reads each row as the one
+        # before it left it, not as it was when this statement began.
         records = list(
-            StepRecord.objects.select_related("saga").select_for_update(of=("saga",))
+            StepRecord.objects.select_related("saga").select_for_update()
             .annotate(db_now=Now()).filter(saga_id=saga_id).order_by("index")
         )
         if not records:  # every saga has steps: no rows, no saga

@@ -453,3 +453,38 @@ def test_the_api_answers_the_same_400_on_every_database_for_input_none_stores(db
     assert response.status_code == 400
     assert list(response.json()) == ["input"] and list(response.json()["input"]) == ["name"]
     assert SagaInstance.objects.count() == 0
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite has one writer at a time and no row locks")
+def test_a_transition_that_waited_for_the_saga_lock_sees_what_the_one_before_it_wrote(transactional_db, sent):
+    import threading
+
+    from django.db import connections, transaction
+
+    saga = start_saga(PARALLEL, input={})
+    execute_step(saga.id, A)
+    b1 = engine.claim_step(saga.id, B1, None)
+    b2 = engine.claim_step(saga.id, B2, None)
+    cancel(saga, reason="stop")  # b3 skipped; b1 and b2 at work
+    sent.clear()
+    outcome = {}
+
+    def b2_reports():
+        try:
+            outcome["b2"] = engine.record_step(saga.id, B2, Report(b2.attempt, ok=True, result={}), None)
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():  # b1's report, holding the saga's lock while b2's report arrives
+        SagaInstance.objects.select_for_update().get(pk=saga.pk)
+        StepRecord.objects.filter(saga=saga, index=B1).update(status=StepStatus.SUCCEEDED, lease_expires_at=None,
+                                                              held_by=None, result={})
+        waiting = threading.Thread(target=b2_reports)
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive()  # b2's report waits for the lock
+    waiting.join(timeout=30)
+
+    assert outcome["b2"].decision is Decision.STOP
+    # b2's report saw b1 finished, so it was the last one at work: it sent the compensation.
+    assert sent == [("compensate", saga.id, [B2, B1, A])]
