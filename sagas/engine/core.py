@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q, Subquery
 from django.db.models.functions import Now
 
 from .. import canvas, liveness
@@ -137,16 +138,23 @@ _SAVED = ("status", "error", "results", "started_at", "finished_at", "cancel_req
 
 
 @contextmanager
-def locked_saga(saga_id) -> Iterator[SagaInstance | None]:
-    """The saga's row, locked, with ``db_now`` and its step records; written back in two statements at most."""
+def locked_saga(saga_id, *, step: int | None = None) -> Iterator[SagaInstance | None]:
+    """The saga's row, locked, with ``db_now`` and its step records; written back in two statements at most.
+
+    With ``step``, only that step's record and those of the earlier stages
+    are read (what a forward step needs, whatever the size of a Parallel it
+    belongs to); ``steps_of`` reads the rest if a transition needs them.
+    """
     with transaction.atomic():
         # Every row read is locked (on PostgreSQL FOR UPDATE of both tables): a
         # transaction that waited for the lock then reads each row as the one
         # before it left it, not as it was when this statement began.
-        records = list(
-            StepRecord.objects.select_related("saga").select_for_update()
-            .annotate(db_now=Now()).filter(saga_id=saga_id).order_by("index")
-        )
+        rows = StepRecord.objects.select_related("saga").select_for_update().annotate(db_now=Now())
+        rows = rows.filter(saga_id=saga_id)
+        if step is not None:
+            own_stage = StepRecord.objects.filter(saga_id=saga_id, index=step).values("stage")[:1]
+            rows = rows.filter(Q(index=step) | Q(stage__lt=Subquery(own_stage)))
+        records = list(rows.order_by("index"))
         if not records:  # every saga has steps: no rows, no saga
             yield None
             return
@@ -156,6 +164,7 @@ def locked_saga(saga_id) -> Iterator[SagaInstance | None]:
             record.saga = saga
             record.loaded = _values(record)
         saga.records = records
+        saga.complete = step is None
         saga.pending_events = []
         before = [getattr(saga, name) for name in _SAVED]
         yield saga
@@ -183,8 +192,20 @@ def save_step(record: StepRecord) -> None:
 
 
 def steps_of(saga: SagaInstance) -> list[StepRecord]:
-    """The saga's step records, by index, as ``locked_saga`` read them."""
+    """Every step record of the saga, by index (those ``locked_saga`` read, as this transition left them)."""
+    if not saga.complete:
+        have = {r.index for r in saga.records}
+        rest = list(StepRecord.objects.filter(saga_id=saga.pk).exclude(index__in=have))
+        for record in rest:
+            record.saga = saga
+            record.loaded = _values(record)
+        saga.records = sorted([*saga.records, *rest], key=lambda r: r.index)
+        saga.complete = True
     return saga.records
+
+
+def record_at(saga: SagaInstance, index: int) -> StepRecord:
+    return next(r for r in saga.records if r.index == index)
 
 
 def event(saga: SagaInstance, kind: str, step: StepRecord | None = None, **detail: Any) -> SagaEvent:
@@ -205,7 +226,7 @@ def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None
     if target in (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED):
         saga.finished_at = saga.db_now
         saga.due_at = None
-        saga.results = results_of(saga.records)  # the steps hold them while the saga runs
+        saga.results = results_of(steps_of(saga))  # the steps hold them while the saga runs
     elif target == SagaStatus.COMPENSATING:
         saga.finished_at = None
     event(saga, kind, **{"from": previous, "to": target, **detail})
@@ -229,15 +250,21 @@ def describe_error(exc: BaseException) -> str:
 
 
 def definition_of(saga: SagaInstance, records: list[StepRecord] | None = None) -> Saga:
-    """The saga's definition; with its records, also checked to be the one it was started with."""
+    """The saga's definition; with records, also checked to be the one it was started with."""
     definition = registry.get(saga.saga_type, saga.version)
-    if records is not None and [r.name for r in records] != [s.name for s in definition.steps]:
+    if records is not None and not _same_steps(definition, records, complete=saga.complete):
         raise SagaDefinitionError(
             f"saga {saga.saga_type} v{saga.version} now has steps {[s.name for s in definition.steps]}, "
             f"but this instance was started with {[r.name for r in records]}: register the changed "
             f"definition under a new version"
         )
     return definition
+
+
+def _same_steps(definition: Saga, records: list[StepRecord], *, complete: bool) -> bool:
+    if complete and len(records) != len(definition.steps):
+        return False
+    return all(r.index < len(definition.steps) and definition.steps[r.index].name == r.name for r in records)
 
 
 # --- clocks: leases, liveness, deadlines ---------------------------------------------------

@@ -43,6 +43,7 @@ from .core import (
     lease_until,
     locked_saga,
     make_claim,
+    record_at,
     move_saga,
     move_step,
     release,
@@ -115,20 +116,21 @@ def _run_transactional(claim: Claim, policy: Retry | None) -> Outcome:
 def _previous_steps_done(records: list[StepRecord], definition: Saga, index: int) -> bool:
     """Every step of the earlier stages succeeded (members of one Parallel do not wait for each other)."""
     first_of_stage = definition.stage_indices(index)[0]
-    return all(r.status == StepStatus.SUCCEEDED for r in records[:first_of_stage])
+    earlier = [r for r in records if r.index < first_of_stage]
+    return len(earlier) == first_of_stage and all(r.status == StepStatus.SUCCEEDED for r in earlier)
 
 
 def claim_step(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
-    with locked_saga(saga_id) as saga:
+    with locked_saga(saga_id, step=index) as saga:
         if saga is None:
             return Outcome(Decision.STOP, reason="saga does not exist")
         if saga.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
             return Outcome(Decision.STOP, reason=f"saga is {saga.status}")
-        records = steps_of(saga)
+        records = saga.records  # this step's and the earlier stages'
         definition = definition_of(saga, records)
-        record = records[index]
+        record = record_at(saga, index)
         if record.status == StepStatus.SUCCEEDED:
-            return _already_succeeded(records, definition, index)
+            return _already_succeeded(steps_of(saga), definition, index)
         if record.status in (StepStatus.FAILED, StepStatus.SKIPPED):
             return Outcome(Decision.FAILED, reason=f"step already {record.status}")
         if not _previous_steps_done(records, definition, index):
@@ -175,11 +177,11 @@ def record_step(saga_id, index: int, report: Report, policy: Retry | None, *, mu
     ``must_own``: a report that no longer owns the step raises (a
     transactional action's writes then roll back with it).
     """
-    with locked_saga(saga_id) as saga:
+    with locked_saga(saga_id, step=index) as saga:
         if saga is None:
             return _refuse(must_own, Outcome(Decision.STOP, reason="saga does not exist"))
-        records = steps_of(saga)
-        record = records[index]
+        records = saga.records  # this step's and the earlier stages'; steps_of reads the rest when needed
+        record = record_at(saga, index)
         if record.status != StepStatus.RUNNING or record.attempts != report.attempt:
             if must_own:
                 raise _NotOwner(Outcome(Decision.STOP, reason="another attempt owns the step"))
@@ -211,30 +213,31 @@ def _succeed(saga: SagaInstance, records: list[StepRecord], record: StepRecord, 
         # effects are recorded here and undone with the rest.
         if not record.has_compensation:
             event(saga, EventKind.NOTHING_TO_COMPENSATE, step=record, note="no compensation defined; left as is")
-        continue_compensation(saga, records)
+        continue_compensation(saga, steps_of(saga))
         return Outcome(Decision.STOP, reason=f"succeeded while the saga is {saga.status}")
-    if all(r.status == StepStatus.SUCCEEDED for r in records):
+    if not _stage_done(saga, definition, record):
+        keep_due(saga)
+        return Outcome(Decision.CONTINUE)  # a Parallel member with siblings still at work
+    following = definition.next_stage_start(record.index)
+    if following is None:
         move_saga(saga, SagaStatus.SUCCEEDED, EventKind.SAGA_SUCCEEDED)
         return Outcome(Decision.CONTINUE)
     keep_due(saga)
-    _dispatch_next_stage_if_joined(saga, records, definition, record.index)
+    if definition.is_parallel(record.index):
+        # The join of a Parallel: the member whose success completes the stage
+        # sends the next one. Under the saga's lock, of members finishing
+        # together exactly one sees them all succeeded. A plain step sends
+        # nothing: its chain goes on.
+        dispatch_forward(saga, following)
     return Outcome(Decision.CONTINUE)
 
 
-def _dispatch_next_stage_if_joined(saga: SagaInstance, records: list[StepRecord], definition: Saga,
-                                   index: int) -> None:
-    """The join of a Parallel: the member whose success completes the stage sends the next one.
-
-    Called under the saga's row lock, so of members finishing together exactly
-    one sees them all succeeded. A plain step sends nothing: its chain goes on.
-    """
-    if not definition.is_parallel(index):
-        return
-    if any(records[i].status != StepStatus.SUCCEEDED for i in definition.stage_indices(index)):
-        return
-    following = definition.next_stage_start(index)
-    if following is not None:
-        dispatch_forward(saga, following)
+def _stage_done(saga: SagaInstance, definition: Saga, record: StepRecord) -> bool:
+    """Every step of this step's stage has succeeded (counted in the database: a Parallel's members are not read)."""
+    if not definition.is_parallel(record.index):
+        return True
+    return not StepRecord.objects.filter(saga_id=saga.pk, stage=record.stage).exclude(
+        status=StepStatus.SUCCEEDED).exists()
 
 
 def _fail_attempt(saga: SagaInstance, records: list[StepRecord], record: StepRecord, definition: Saga,
@@ -243,7 +246,7 @@ def _fail_attempt(saga: SagaInstance, records: list[StepRecord], record: StepRec
         # Cancelled, or a Parallel sibling failed: no retry, the saga is being undone.
         fail_step(saga, record, report.error, blame=False, effects=report.effects, permanent=report.permanent,
                   timeout=report.timeout, note=f"not retried: the saga is {saga.status}")
-        continue_compensation(saga, records)
+        continue_compensation(saga, steps_of(saga))
         return Outcome(Decision.STOP, reason=f"saga is {saga.status}")
     if report.permanent or not policy.allows_another(report.attempt):
         fail_step(saga, record, report.error, effects=report.effects, permanent=report.permanent,

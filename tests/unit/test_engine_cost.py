@@ -74,3 +74,44 @@ def test_starting_a_saga_costs_three_statements_in_one_transaction(transactional
     # the instance, its step records (one INSERT), its first event
     assert len(spent["statements"]) <= 3, "\n".join(spent["statements"])
     assert spent["transactions"] == 1
+
+
+def _parallel_saga(members: int) -> str:
+    from sagas import Parallel, Saga, Step, registry
+
+    name = f"tests.cost_fan{members}"
+    if name not in registry:
+        registry.register(Saga(name, steps=[
+            Step("a", _noop), Parallel("fan", *[Step(f"m{i}", _noop) for i in range(members)]), Step("z", _noop),
+        ]))
+    return name
+
+
+def _noop(ctx):
+    return {}
+
+
+@pytest.mark.parametrize("members", [3, 60])
+def test_a_parallel_member_costs_the_same_statements_whatever_the_size_of_its_stage(transactional_db, sent, members):
+    saga = start_saga(_parallel_saga(members), input={})
+    execute_step(saga.id, 0)
+    execute_step(saga.id, 1)
+
+    with cost() as spent:
+        execute_step(saga.id, 2)
+
+    # As a plain step, plus one count of the members still open (the join).
+    assert len(spent["statements"]) <= 7, "\n".join(spent["statements"])
+
+
+@pytest.mark.parametrize("members", [3, 60])
+def test_a_parallel_member_reads_only_its_own_record_and_the_earlier_stages(transactional_db, sent, members):
+    from sagas import engine
+
+    saga = start_saga(_parallel_saga(members), input={})
+    execute_step(saga.id, 0)
+
+    with engine.core.locked_saga(saga.id, step=2) as locked:
+        read = sorted(r.index for r in locked.records)
+
+    assert read == [0, 2]
