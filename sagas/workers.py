@@ -1,4 +1,4 @@
-"""Starting and stopping ``celery worker``, ``celery beat`` and gunicorn processes: for saga_bench, saga_chaos and the tests.
+"""Starting and stopping ``celery worker``, ``celery beat`` and gunicorn: for saga_bench, saga_chaos and the tests.
 
 A process started here uses the database this process uses (its URL is
 passed on, so a test database is shared too) and the queue it is given.
@@ -6,6 +6,7 @@ passed on, so a test database is shared too) and the queue it is given.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -34,6 +35,17 @@ def database_url() -> str:
     host = db["HOST"] or "127.0.0.1"
     port = db["PORT"] or 5432
     return f"postgres://{auth}@{host}:{port}/{db['NAME']}"
+
+
+def production_env() -> dict:
+    """Environment for a process at production settings (``DEBUG=0``, a throwaway secret key), on loopback HTTP.
+
+    For benchmarks: with DEBUG on, Django keeps every process's recent
+    statements and failure injection reads its rules, which no deployment does.
+    """
+    return {"DEBUG": "0", "SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": "127.0.0.1",
+            "SECURE_SSL_REDIRECT": "0", "SECURE_HSTS_SECONDS": "0", "SESSION_COOKIE_SECURE": "0",
+            "CSRF_COOKIE_SECURE": "0"}
 
 
 def worker_name(queue: str) -> str:

@@ -10,7 +10,6 @@ user and its token are removed.
 from __future__ import annotations
 
 import csv
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
 from ..models import SagaInstance
-from ..workers import delete_queue, free_port, spawn_web, stop_workers, wait_for_http
+from ..workers import delete_queue, free_port, production_env, spawn_web, stop_workers, wait_for_http
 from .runs import delete_sagas
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -49,13 +48,6 @@ class ApiFigures:
         return asdict(self)
 
 
-def production_env(host: str) -> dict:
-    """What gunicorn runs with: DEBUG off, as deployed, but plain HTTP on loopback."""
-    return {"DEBUG": "0", "SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": host,
-            "SECURE_SSL_REDIRECT": "0", "SECURE_HSTS_SECONDS": "0", "SESSION_COOKIE_SECURE": "0",
-            "CSRF_COOKIE_SECURE": "0", "LOG_LEVEL": "WARNING"}
-
-
 def run_api_load(*, saga_type: str, users: int, spawn_rate: float, seconds: float, web_workers: int,
                  log_dir: Path | None = None) -> ApiFigures:
     run_id = uuid.uuid4().hex[:12]
@@ -65,8 +57,8 @@ def run_api_load(*, saga_type: str, users: int, spawn_rate: float, seconds: floa
     tmp = Path(log_dir or tempfile.mkdtemp(prefix="saga-bench-api-"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = spawn_web(port=port, queue=queue, workers=web_workers, env=production_env("127.0.0.1"),
-                       log=tmp / "gunicorn.log")
+    server = spawn_web(port=port, queue=queue, workers=web_workers, log=tmp / "gunicorn.log",
+                       env={**production_env(), "LOG_LEVEL": "WARNING"})
     dropped = 0
     try:
         wait_for_http(f"{base}/api/saga-types/", server, tmp / "gunicorn.log")

@@ -181,7 +181,8 @@ def _memory_json(memory: Memory | None) -> dict | None:
     def mib(sample: dict) -> dict:
         return {str(pid): {"role": p["role"], "rss_mib": round(p["rss"] / MIB, 1)} for pid, p in sample.items()}
 
-    return {"start_mib": round(memory.total(memory.start) / MIB, 1), "end_mib": round(memory.total(memory.end) / MIB, 1),
+    return {"start_mib": round(memory.total(memory.start) / MIB, 1),
+            "end_mib": round(memory.total(memory.end) / MIB, 1),
             "peak_mib": round(memory.peak_total / MIB, 1), "start": mib(memory.start), "end": mib(memory.end)}
 
 

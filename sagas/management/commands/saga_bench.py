@@ -13,15 +13,18 @@ import uuid
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
+from django.test.utils import override_settings
 
 from config.celery import app
 from sagas.bench import inprocess, report, runs
 from sagas.bench.api_load import run_api_load
 from sagas.bench.report import BARE, COMPENSATED, SAGA, Results
 from sagas.bench.workload import BENCH_STEPS, MAX_SIZE, saga_name
-from sagas.workers import delete_queue, spawn_worker, stop_workers, wait_for_workers, worker_name
+from sagas.workers import delete_queue, production_env, spawn_worker, stop_workers, wait_for_workers, worker_name
 
 WARM_UP = 5
+# This process as its workers run (production_env): no statement log, no failure injection.
+PRODUCTION = {"DEBUG": False, "SAGAS_FAILURE_INJECTION_ENABLED": False}
 MIN_TIMEOUT = 600.0
 TIMEOUT_PER_STEP = 0.05
 
@@ -49,7 +52,8 @@ class Command(BaseCommand):
         parser.add_argument("--api", action="store_true",
                             help="instead: start sagas through POST /api/sagas/ under load (gunicorn, locust)")
         parser.add_argument("--api-users", type=int, default=16, help="locust users, each posting back to back")
-        parser.add_argument("--api-spawn-rate", type=float, help="users started per second (default: as many as --api-users, so all within a second)")
+        parser.add_argument("--api-spawn-rate", type=float,
+                            help="users started per second (default: as many as --api-users: all within a second)")
         parser.add_argument("--api-seconds", type=float, default=20.0, help="how long the load runs")
         parser.add_argument("--api-web-workers", type=int, default=3, help="gunicorn worker processes")
 
@@ -73,8 +77,9 @@ class Command(BaseCommand):
         else:
             created: list = []
             try:
-                self._in_process(results, o, created)
-                self._through_workers(results, o, name, created)
+                with override_settings(**PRODUCTION):
+                    self._in_process(results, o, created)
+                    self._through_workers(results, o, name, created)
             finally:
                 if not o["keep"]:
                     runs.delete_sagas(created)
@@ -102,7 +107,7 @@ class Command(BaseCommand):
             return (f"saga_bench --api: POST /api/sagas/ ({name}) for {o['api_seconds']:g} s, {o['api_users']} users, "
                     f"{o['api_web_workers']} gunicorn workers, {where}")
         return (f"saga_bench: {o['sagas']} per mode, {shape} ({name}), {o['workers']} worker(s) x "
-                f"{o['concurrency']} children, {where}")
+                f"{o['concurrency']} children (DEBUG off), {where}")
 
     # --- phases ------------------------------------------------------------------------------
 
@@ -159,7 +164,8 @@ class Command(BaseCommand):
 
     def _start_workers(self, queue: str, count: int, concurrency: int) -> list[subprocess.Popen]:
         names = [worker_name(queue) for _ in range(count)]
-        procs = [spawn_worker(queue=queue, name=name, concurrency=concurrency) for name in names]
+        procs = [spawn_worker(queue=queue, name=name, concurrency=concurrency, env=production_env())
+                 for name in names]
         try:
             wait_for_workers(set(names), procs)
         except RuntimeError as exc:
