@@ -7,8 +7,8 @@
 - ``api_load``: starting sagas through the REST API under load (gunicorn, locust);
 - ``report``: the printed tables and the JSON line.
 """
-from ..chaos import CHAOS_SAGA, chaos_saga  # noqa: F401  (saga_chaos's saga lived here; still importable)
-from .workload import (  # noqa: F401
+from ..chaos import CHAOS_SAGA, chaos_saga  # saga_chaos's saga lived here; still importable
+from .workload import (
     BENCH_SAGA,
     BENCH_STEPS,
     bench_done,
@@ -20,3 +20,8 @@ from .workload import (  # noqa: F401
     redis_client,
     saga_name,
 )
+
+__all__ = [
+    "BENCH_SAGA", "BENCH_STEPS", "CHAOS_SAGA", "bench_done", "bench_member", "bench_saga", "bench_saga_v1", "bench_step",
+    "build_variant", "chaos_saga", "redis_client", "saga_name",
+]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-import uuid
 from collections import Counter, deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -140,7 +139,7 @@ def _run_one(name: str, fail: bool, created: list) -> tuple[list[str], list[str]
 
 
 def start_saga_for_bench(name: str, fail: bool, i: int = 0) -> SagaInstance:
-    return engine.start_saga(name, input={"i": i, "fail": fail, "run": uuid.uuid4().hex[:8]})
+    return engine.start_saga(name, input={"i": i, "fail": fail})
 
 
 def count_statements(*, steps: int, parallel: int | None, fail: bool, sagas: int, created: list) -> StatementCounts:

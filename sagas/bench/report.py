@@ -142,6 +142,8 @@ def _memory_lines(memory: Memory) -> list[str]:
     start_total, end_total = memory.total(memory.start) / MIB, memory.total(memory.end) / MIB
     out.append(f"  {'':>8} {'all':<24} {start_total:>8.1f} {end_total:>8.1f} {end_total - start_total:>+8.1f}"
                f"  (highest seen {memory.peak_total / MIB:.1f})")
+    out.append("  all, by phase: " + ", ".join(f"{name} {memory.total(sample) / MIB:.1f}"
+                                               for name, sample in memory.marks.items()))
     return out
 
 
@@ -183,7 +185,9 @@ def _memory_json(memory: Memory | None) -> dict | None:
 
     return {"start_mib": round(memory.total(memory.start) / MIB, 1),
             "end_mib": round(memory.total(memory.end) / MIB, 1),
-            "peak_mib": round(memory.peak_total / MIB, 1), "start": mib(memory.start), "end": mib(memory.end)}
+            "peak_mib": round(memory.peak_total / MIB, 1),
+            "by_phase_mib": {name: round(memory.total(sample) / MIB, 1) for name, sample in memory.marks.items()},
+            "start": mib(memory.start), "end": mib(memory.end)}
 
 
 def figures(results: Results) -> dict:

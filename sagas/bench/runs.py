@@ -130,12 +130,15 @@ def delete_sagas(ids: list) -> None:
 
 
 class Memory:
-    """RSS of every worker process (main and pool children): at start, at end, and the highest seen between."""
+    """RSS of every worker process (main and pool children) at named moments, and the highest total seen between.
+
+    ``start`` (after the warm-up) and ``end`` (after the last run) frame the
+    run; marks between them tell which phase the memory came with.
+    """
 
     def __init__(self, pids: list[int], every: float = 1.0):
         self.pids, self.every = pids, every
-        self.start: dict[int, dict] = {}
-        self.end: dict[int, dict] = {}
+        self.marks: dict[str, dict[int, dict]] = {}
         self.peak_total = 0
         self._last = 0.0
 
@@ -149,19 +152,25 @@ class Memory:
                     found[child.pid] = {"role": f"pool child of {pid}", "rss": child.memory_info().rss}
             except psutil.NoSuchProcess:
                 continue
-        self.peak_total = max(self.peak_total, sum(p["rss"] for p in found.values()))
+        self.peak_total = max(self.peak_total, self.total(found))
         return found
 
     def tick(self) -> None:
+        """Sample now and then while a phase runs (for the highest total)."""
         if time.monotonic() - self._last >= self.every:
             self._last = time.monotonic()
             self.sample()
 
-    def mark_start(self) -> None:
-        self.start = self.sample()
+    def mark(self, name: str) -> None:
+        self.marks[name] = self.sample()
 
-    def mark_end(self) -> None:
-        self.end = self.sample()
+    @property
+    def start(self) -> dict[int, dict]:
+        return self.marks.get("start", {})
+
+    @property
+    def end(self) -> dict[int, dict]:
+        return self.marks.get("end", {})
 
     @staticmethod
     def total(sample: dict[int, dict]) -> int:

@@ -141,16 +141,19 @@ class Command(BaseCommand):
             bare(WARM_UP)  # imports, connections, the variant built in the workers
             sagas(WARM_UP, False)
             sagas(WARM_UP, True)
-            memory.mark_start()
+            memory.mark("start")
             self._note(f"throughput: {n} of each mode at once")
             results.bursts[BARE] = bare(n, tick=memory.tick)
+            memory.mark(f"after {BARE}")
             results.bursts[SAGA] = sagas(n, False, tick=memory.tick)
+            memory.mark(f"after {SAGA}")
             results.bursts[COMPENSATED] = sagas(n, True, tick=memory.tick)
+            memory.mark(f"after {COMPENSATED}")
             self._note(f"latency: {one} of each mode one at a time")
             results.latency[BARE] = bare(one, one_at_a_time=True)
             results.latency[SAGA] = sagas(one, False, one_at_a_time=True)
             results.latency[COMPENSATED] = sagas(one, True, one_at_a_time=True)
-            memory.mark_end()
+            memory.mark("end")
         except (runs.BenchTimeout, RuntimeError) as exc:
             raise CommandError(str(exc)) from None
         finally:
