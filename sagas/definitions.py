@@ -6,6 +6,7 @@ start-up with a message naming the saga and the problem.
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -257,6 +258,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._sagas: dict[tuple[str, int], Saga] = {}
+        self._families: dict[str, Callable[[str], Saga | None]] = {}
+        self._building = threading.Lock()
 
     def register(self, saga: Saga) -> Saga:
         if not isinstance(saga, Saga):
@@ -267,6 +270,29 @@ class Registry:
         self._sagas[saga.key] = saga
         return saga
 
+    def register_family(self, prefix: str, build: Callable[[str], Saga | None]) -> None:
+        """Sagas named ``prefix...`` are built by ``build(name)`` on first use (None: no such saga).
+
+        For definitions that follow from their name alone (the benchmark's
+        sized variants): every process builds the same one when it first needs
+        it, so workers run them too, and none is listed until it is used.
+        """
+        if prefix in self._families and self._families[prefix] is not build:
+            raise SagaDefinitionError(f"a saga family {prefix!r} is already registered")
+        self._families[prefix] = build
+
+    def _build(self, name: str) -> bool:
+        """Build ``name`` from its family if it is not built yet; whether it is registered now."""
+        with self._building:
+            if name in self:
+                return True
+            for prefix, build in self._families.items():
+                saga = build(name) if name.startswith(prefix) else None
+                if saga is not None:
+                    self.register(saga)
+                    return True
+        return False
+
     def unregister(self, name: str, version: int | None = None) -> None:
         for key in [k for k in self._sagas if k[0] == name and (version is None or k[1] == version)]:
             del self._sagas[key]
@@ -274,11 +300,15 @@ class Registry:
     def get(self, name: str, version: int | None = None) -> Saga:
         """The definition of ``name``: the given version, or the latest one."""
         if version is not None:
-            try:
-                return self._sagas[(name, version)]
-            except KeyError:
-                raise UnknownSagaType(name, version) from None
+            saga = self._sagas.get((name, version))
+            if saga is None and self._build(name):
+                saga = self._sagas.get((name, version))
+            if saga is None:
+                raise UnknownSagaType(name, version)
+            return saga
         versions = [v for (n, v) in self._sagas if n == name]
+        if not versions and self._build(name):
+            versions = [v for (n, v) in self._sagas if n == name]
         if not versions:
             raise UnknownSagaType(name)
         return self._sagas[(name, max(versions))]

@@ -6,25 +6,16 @@ sagas the fuzzer starts stay pending, and the queue is deleted afterwards.
 Every check runs, in the coverage and fuzzing phases, with a fixed seed so a
 failure reproduces; the report names each failing request.
 """
-import contextlib
-import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
-from kombu import Exchange, Queue
 from rest_framework.authtoken.models import Token
 
-from config.celery import app
 from sagas.models import SagaInstance, SagaStatus, StepRecord, StepStatus
-from sagas.workers import database_url
+from sagas.workers import delete_queue, free_port, spawn_web, stop_workers, wait_for_http
 
 pytestmark = pytest.mark.integration
 
@@ -57,69 +48,18 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 """
 
 
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode}\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout:g}s\n{log.read_text()[-4000:]}")
-
-
-def delete_queue(name: str) -> int:
-    """Drop the queue Celery made for ``name`` (messages and bindings); how many messages it held.
-
-    Declared here first: the broker client deletes only the bindings this process knows.
-    """
-    with app.connection_for_write() as conn:
-        queue = Queue(name, Exchange(name), routing_key=name)(conn.default_channel)
-        queue.declare()
-        dropped = queue.purge()
-        queue.delete()
-    return dropped
-
-
 @pytest.fixture
 def api_server(transactional_db, tmp_path):
     """gunicorn on a free port, on the test database and a queue nobody consumes; its base URL."""
     port, queue = free_port(), f"fuzz-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "server.log"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": database_url(),
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "CELERY_TASK_DEFAULT_QUEUE": queue,
-        "SAGAS_VAR_DIR": str(settings.VAR_DIR),
-    }
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--workers", "2", "--timeout", "30"],
-            cwd=settings.BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
+    proc = spawn_web(port=port, queue=queue, log=log, env={"DJANGO_SETTINGS_MODULE": "config.settings_test"})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/api/schema/", proc, log)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_workers([proc], timeout=20)
         delete_queue(queue)
 
 

@@ -27,6 +27,33 @@ def test_registering_the_same_name_and_version_twice_is_an_error():
         registry.register(Saga(name="dup", steps=[Step("a", noop)]))
 
 
+def _sized(name: str) -> Saga | None:
+    size = name.rsplit(".s", 1)[-1]
+    return Saga(name=name, steps=[Step(f"s{i}", noop) for i in range(int(size))]) if size.isdigit() else None
+
+
+def test_a_family_builds_its_sagas_on_first_use_and_lists_only_those_used():
+    registry = Registry()
+    registry.register_family("sized.", _sized)
+
+    assert len(registry) == 0
+    three = registry.get("sized.s3")
+    assert [s.name for s in three.steps] == ["s0", "s1", "s2"]
+    assert registry.get("sized.s3", 1) is three  # built once
+    assert [s.name for s in registry] == ["sized.s3"]
+
+
+def test_a_name_its_family_does_not_build_is_unknown():
+    registry = Registry()
+    registry.register_family("sized.", _sized)
+
+    with pytest.raises(UnknownSagaType):
+        registry.get("sized.sx")
+    with pytest.raises(UnknownSagaType):
+        registry.get("sized.s3", 2)
+    assert len(registry) == 1  # sized.s3 version 1 was built by the second look-up
+
+
 def test_unknown_saga_type_names_it():
     with pytest.raises(UnknownSagaType, match="nope"):
         Registry().get("nope")

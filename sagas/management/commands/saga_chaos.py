@@ -53,18 +53,12 @@ from sagas.chaos import (
 from sagas.engine import start_saga
 from sagas.invariants import check_sagas
 from sagas.models import FINAL_SAGA_STATUSES, EventKind, SagaEvent, SagaInstance
-from sagas.workers import spawn_beat, spawn_worker, stop_workers, wait_for_workers, worker_name
+from sagas.workers import free_port, spawn_beat, spawn_worker, stop_workers, wait_for_workers, worker_name
 
 POOL_CHILD = "pool child"
 WHOLE_WORKER = "whole worker"
 BROKER_RESTART = "broker restart"
 KINDS = [POOL_CHILD, WHOLE_WORKER, BROKER_RESTART]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children_of(pid: int) -> list[int]:
