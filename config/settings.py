@@ -137,7 +137,10 @@ TEMPLATES = [
 # transactions take the write lock up front so two workers never deadlock
 # upgrading a read lock.
 DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+# Connections are kept for CONN_MAX_AGE seconds (between requests, and between
+# tasks in a worker: see CELERY_DB_REUSE_MAX) and checked before reuse.
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=int(env_float("CONN_MAX_AGE", 60)),
+                                              conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
@@ -146,9 +149,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not :memory:, so that worker processes share the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_db.sqlite3")}
-else:
-    DATABASES["default"]["CONN_MAX_AGE"] = int(env_float("CONN_MAX_AGE", 60))
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -201,6 +201,12 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fix-up closes every database connection before and after
+# every task unless this is set: each step would open a connection (a new
+# PostgreSQL backend, or a SQLite file with its pragmas) of its own. Workers
+# keep them instead and, as Django does between requests, close one that
+# broke or grew older than CONN_MAX_AGE before each task (sagas.tasks).
+CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Redis re-delivers a message a dead worker had reserved only after this many
 # seconds; keep it above the longest step timeout (the sweeper covers the gap).

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import task_prerun, worker_process_init, worker_ready
+from django.db import close_old_connections
 
 from . import engine, liveness
 from .definitions import Retry
@@ -90,3 +91,11 @@ def _heartbeat_from_worker_running_tasks_itself(sender=None, **_) -> None:
     pool = getattr(sender, "pool", None)
     if pool is not None and not type(pool).__module__.endswith("prefork"):
         liveness.start_heartbeat()  # solo, threads, gevent, eventlet: this process runs the steps
+
+
+# --- database connections: kept between tasks, as between requests ---------------------
+
+
+@task_prerun.connect
+def _drop_broken_or_old_connections(**_) -> None:
+    close_old_connections()

@@ -195,3 +195,22 @@ def test_a_step_held_by_a_killed_worker_moves_again_long_before_its_lease_ends(w
     lost = SagaEvent.objects.get(saga=saga, step=slow, kind=EventKind.STEP_ATTEMPT_LOST)
     assert lost.created_at < lease  # noticed by the worker's silence, not by the lease running out
     assert slow.status == StepStatus.SUCCEEDED
+
+
+@postgres_only
+def test_a_worker_keeps_its_database_connections_from_one_step_to_the_next(worker):
+    import time
+
+    def sessions() -> int:
+        time.sleep(1.5)  # backends report their statistics within a second
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            return cursor.fetchone()[0]
+
+    wait_for_saga(start_saga(SAGA, input={}))  # the pool children are connected
+    before = sessions()
+    for _ in range(5):
+        wait_for_saga(start_saga(SAGA, input={}))  # 15 step tasks
+    opened = sessions() - before
+
+    assert opened <= 3, f"{opened} connections opened for 15 steps"
