@@ -10,9 +10,10 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from sagas import PermanentError, Saga, Step, registry
 from sagas.engine import begin_compensation, execute_compensation, execute_step, start_saga
 
-SAGA = "sagas.bench"
+SAGA = "tests.cost_plain"
 CONTROL = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK")
 
 
@@ -37,6 +38,16 @@ def cost():
     figures["transactions"] = len(commits)
 
 
+def _step(ctx):
+    if ctx.input.get("fail") == ctx.step:
+        raise PermanentError("refused")
+    return {"i": ctx.input.get("i")}
+
+
+if SAGA not in registry:
+    registry.register(Saga(SAGA, steps=[Step(name, _step, compensation=_step) for name in ("s0", "s1", "s2")]))
+
+
 @pytest.fixture
 def running_saga(transactional_db, sent):
     saga = start_saga(SAGA, input={"i": 1})
@@ -55,7 +66,7 @@ def test_a_step_in_the_middle_costs_six_statements_in_two_transactions(running_s
 
 
 def test_a_compensation_costs_six_statements_in_two_transactions(transactional_db, sent):
-    saga = start_saga(SAGA, input={"i": 1, "fail": True})
+    saga = start_saga(SAGA, input={"i": 1, "fail": "s2"})
     for index in range(3):
         execute_step(saga.id, index)
     begin_compensation(saga.id)
