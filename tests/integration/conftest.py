@@ -27,6 +27,7 @@ def start_worker(*, queue: str = QUEUE, concurrency: int = 2, extra_env: dict | 
     workers on separate machines would.
     """
     name = worker_name(queue)
+    previous_queue = app.conf.task_default_queue
     app.conf.task_default_queue = queue
     log = Path(settings.VAR_DIR) / f"worker-{name.split('@')[0]}.log"
     proc = spawn_worker(queue=queue, name=name, concurrency=concurrency, log=log, loglevel="info",
@@ -38,6 +39,7 @@ def start_worker(*, queue: str = QUEUE, concurrency: int = 2, extra_env: dict | 
             raise RuntimeError(f"{exc}\n{log.read_text()[-4000:]}") from None
         yield {"process": proc, "queue": queue, "name": name, "log": log}
     finally:
+        app.conf.task_default_queue = previous_queue  # later tests send to the session's worker again
         stop_workers([proc], timeout=20)
         if not os.environ.get("KEEP_WORKER_LOGS"):
             log.unlink(missing_ok=True)
