@@ -22,6 +22,14 @@ PARALLEL = "tests.parallel"  # a -> Parallel("fanout", b1, b2, b3) -> c
 A, B1, B2, B3, C = range(5)
 
 
+def held_by_worker_on_another_machine(saga, *, silent_for: float) -> None:
+    """Step a's attempt, as if held by a worker process elsewhere whose last heartbeat is ``silent_for`` seconds old."""
+    holder = "elsewhere|machine-b|4242|abcd1234"
+    StepRecord.objects.filter(saga=saga, index=0).update(held_by=holder)
+    WorkerBeat.objects.create(id=holder, hostname="elsewhere", pid=4242, started_at=Now(),
+                              beat_at=Now() - timedelta(seconds=silent_for))
+
+
 def kinds(saga, step=None):
     events = saga.events.order_by("id")
     if step is not None:
@@ -133,10 +141,7 @@ def test_sweeper_holds_a_saga_whose_definition_changed_under_the_same_version(db
 def test_a_held_saga_whose_step_a_silent_worker_held_stays_held(db, sent, settings):
     saga = start_saga(SAGA, input={})
     engine.claim_step(saga.id, 0, None)
-    holder = "elsewhere|machine-b|4242|abcd1234"
-    StepRecord.objects.filter(saga=saga, index=0).update(held_by=holder)
-    WorkerBeat.objects.create(id=holder, hostname="elsewhere", pid=4242, started_at=Now(),
-                              beat_at=Now() - timedelta(seconds=settings.SAGAS_WORKER_DEAD_AFTER + 1))
+    held_by_worker_on_another_machine(saga, silent_for=settings.SAGAS_WORKER_DEAD_AFTER + 1)
     SagaInstance.objects.filter(pk=saga.pk).update(version=99)
     assert sweep().held == [str(saga.id)]
 
@@ -392,10 +397,7 @@ def test_an_error_callback_for_a_healthy_saga_is_ignored_with_an_event(db, sent)
 def test_an_attempt_held_by_a_silent_worker_is_taken_over_before_its_lease_ends(db, sent, settings):
     saga = start_saga(SAGA, input={})
     engine.claim_step(saga.id, 0, None)
-    holder = "elsewhere|machine-b|4242|abcd1234"
-    StepRecord.objects.filter(saga=saga, index=0).update(held_by=holder)
-    WorkerBeat.objects.create(id=holder, hostname="elsewhere", pid=4242, started_at=Now(),
-                              beat_at=Now() - timedelta(seconds=settings.SAGAS_WORKER_DEAD_AFTER + 1))
+    held_by_worker_on_another_machine(saga, silent_for=settings.SAGAS_WORKER_DEAD_AFTER + 1)
 
     report = sweep()  # found through the silent holder, although the saga is not due yet
 
@@ -409,9 +411,7 @@ def test_an_attempt_held_by_a_silent_worker_is_taken_over_before_its_lease_ends(
 def test_an_attempt_held_by_a_worker_that_still_beats_is_left_alone(db, sent):
     saga = start_saga(SAGA, input={})
     engine.claim_step(saga.id, 0, None)
-    holder = "elsewhere|machine-b|4242|abcd1234"
-    StepRecord.objects.filter(saga=saga, index=0).update(held_by=holder)
-    WorkerBeat.objects.create(id=holder, hostname="elsewhere", pid=4242, started_at=Now(), beat_at=Now())
+    held_by_worker_on_another_machine(saga, silent_for=0)
     make_due(saga)
 
     assert sweep().total == 0
