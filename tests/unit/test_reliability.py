@@ -463,7 +463,7 @@ def test_a_transition_that_waited_for_the_saga_lock_sees_what_the_one_before_it_
 
     saga = start_saga(PARALLEL, input={})
     execute_step(saga.id, A)
-    b1 = engine.claim_step(saga.id, B1, None)
+    engine.claim_step(saga.id, B1, None)  # b1 at work too
     b2 = engine.claim_step(saga.id, B2, None)
     cancel(saga, reason="stop")  # b3 skipped; b1 and b2 at work
     sent.clear()
