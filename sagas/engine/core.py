@@ -14,7 +14,6 @@ What each transition costs is what ``tests/unit/test_engine_cost.py`` pins.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import math
 import uuid
@@ -355,11 +354,6 @@ def json_problem(value: Any, where: str = "input") -> str | None:
                 return problem
         return None
     return f"{where}: a {type(value).__name__} is not JSON-serialisable"
-
-
-def as_stored(value: Any) -> Any:
-    """``value`` as the database gives it back (tuples become lists)."""
-    return json.loads(json.dumps(value))
 
 
 # --- sending ----------------------------------------------------------------------------------
