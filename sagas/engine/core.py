@@ -28,6 +28,7 @@ from django.db.models import Q, Subquery
 from django.db.models.functions import Now
 
 from .. import canvas, liveness
+from . import sql
 from ..canvas import hard_time_limit
 from ..definitions import Saga, Step, StepContext, registry
 from ..errors import InvalidTransition, PermanentError, SagaDefinitionError
@@ -148,12 +149,7 @@ def locked_saga(saga_id, *, step: int | None = None) -> Iterator[SagaInstance | 
         # Every row read is locked (on PostgreSQL FOR UPDATE of both tables): a
         # transaction that waited for the lock then reads each row as the one
         # before it left it, not as it was when this statement began.
-        rows = StepRecord.objects.select_related("saga").select_for_update().annotate(db_now=Now())
-        rows = rows.filter(saga_id=saga_id)
-        if step is not None:
-            own_stage = StepRecord.objects.filter(saga_id=saga_id, index=step).values("stage")[:1]
-            rows = rows.filter(Q(index=step) | Q(stage__lt=Subquery(own_stage)))
-        records = list(rows.order_by("index"))
+        records = _LOCKED_ALL(saga_id=saga_id) if step is None else _LOCKED_UP_TO(saga_id=saga_id, step=step)
         if not records:  # every saga has steps: no rows, no saga
             yield None
             return
@@ -167,11 +163,25 @@ def locked_saga(saga_id, *, step: int | None = None) -> Iterator[SagaInstance | 
         saga.pending_events = []
         before = [getattr(saga, name) for name in _SAVED]
         yield saga
-        if saga.pending_events:
-            SagaEvent.objects.bulk_create(saga.pending_events)
-        changed = {name: getattr(saga, name) for name, old in zip(_SAVED, before) if getattr(saga, name) != old}
+        sql.insert_rows(saga.pending_events)
+        changed = [name for name, old in zip(_SAVED, before) if getattr(saga, name) != old]
         if changed:
-            SagaInstance.objects.filter(pk=saga.pk).update(updated_at=saga.db_now, **changed)
+            sql.update_fields(saga, changed, updated_at=saga.db_now)
+
+
+def _steps_with_saga(saga_id):
+    return StepRecord.objects.select_related("saga").select_for_update().annotate(db_now=Now()).filter(
+        saga_id=saga_id).order_by("index")
+
+
+def _steps_up_to(saga_id, step):
+    own_stage = StepRecord.objects.filter(saga_id=saga_id, index=step).order_by().values("stage")[:1]
+    return _steps_with_saga(saga_id).filter(Q(index=step) | Q(stage__lt=Subquery(own_stage)))
+
+
+# The locked read of a transition: all the saga's steps, or one step's and its earlier stages'.
+_LOCKED_ALL = sql.PreparedRead(_steps_with_saga, saga_id=uuid.UUID)
+_LOCKED_UP_TO = sql.PreparedRead(_steps_up_to, saga_id=uuid.UUID, step=int)
 
 
 _STEP_FIELDS = [f.attname for f in StepRecord._meta.concrete_fields if not f.primary_key]
@@ -186,7 +196,7 @@ def save_step(record: StepRecord) -> None:
     now = _values(record)
     changed = [name for name, value in now.items() if value != record.loaded[name]]
     if changed:
-        record.save(update_fields=changed)
+        sql.update_fields(record, changed)
         record.loaded = now
 
 

@@ -1,0 +1,153 @@
+"""The engine's hot statements, compiled once and run many times.
+
+Profiling a worker (py-spy, no-op steps on SQLite) showed the ORM building
+and compiling statements took three times as long as the database took to
+run them: the saga's locked read compiles in 0.8 ms and runs in 0.13 ms.
+The statements of a transition have a handful of shapes, so each shape is
+compiled once per process and database and then run with new values:
+
+- ``PreparedRead``: a queryset built once from placeholder values; each run
+  puts the real values where the placeholders were and turns the rows into
+  model instances exactly as the queryset would (the same converters, the
+  same ``select_related`` objects, the same annotations).
+- ``update_fields``: one ``UPDATE ... WHERE pk`` of the fields a transition
+  changed, values prepared by the fields themselves.
+- ``insert_rows``: one multi-row ``INSERT`` (events), with no ``RETURNING``.
+
+Statements still go through Django's cursor, so they are logged and counted
+like any other (``CaptureQueriesContext``, ``django_assert_num_queries``).
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any, Callable, Iterable
+
+from django.db import connections, models
+from django.db.models.query import get_related_populators
+from django.utils import timezone
+
+DB = "default"
+
+
+class PreparedRead:
+    """A queryset of a fixed shape, compiled once per database and run with other values.
+
+    ``build`` returns the queryset for keyword values; it is called once,
+    with placeholders (a UUID, an int) that are recognised among the compiled
+    parameters and replaced on each run. Every parameter must be one of
+    ``build``'s keywords: a constant in the shape would be frozen too.
+    """
+
+    def __init__(self, build: Callable[..., models.QuerySet], **kinds: type):
+        self.build = build
+        self.kinds = kinds  # keyword -> uuid.UUID or int
+        self.compiled: dict[str, tuple] = {}
+
+    def _placeholders(self) -> dict[str, Any]:
+        values = {}
+        for n, (name, kind) in enumerate(sorted(self.kinds.items())):
+            values[name] = uuid.UUID(int=0xC0FFEE00 + n) if kind is uuid.UUID else 1_999_999_000 + n
+        return values
+
+    def _compile(self):
+        connection = connections[DB]  # one per thread: so is each compiled statement
+        key = (connection.vendor, threading.get_ident())
+        if key not in self.compiled:
+            placeholders = self._placeholders()
+            queryset = self.build(**placeholders)
+            compiler = queryset.query.get_compiler(using=DB)
+            sql, params = compiler.as_sql()
+            slots = []
+            for param in params:
+                slot = next((name for name, value in placeholders.items()
+                             if param == value or (isinstance(value, uuid.UUID) and param == value.hex)), None)
+                if slot is None:
+                    raise ValueError(f"a constant ({param!r}) in a prepared read: make it a keyword")
+                slots.append((slot, isinstance(param, str)))
+            self.compiled[key] = (compiler, sql, slots)
+        return self.compiled[key]
+
+    def __call__(self, **values: Any) -> list[models.Model]:
+        compiler, sql, slots = self._compile()
+        params = [_as_param(values[name], as_text) for name, as_text in slots]
+        with connections[DB].cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        return _instances(compiler, rows)
+
+
+def _as_param(value: Any, as_text: bool) -> Any:
+    if isinstance(value, (uuid.UUID, str)) and not isinstance(value, bool):
+        value = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+        return value.hex if as_text else value
+    return value
+
+
+def _instances(compiler, rows: list) -> list[models.Model]:
+    """Model instances from rows, as ``ModelIterable`` makes them."""
+    select, klass_info, annotations = compiler.select, compiler.klass_info, compiler.annotation_col_map
+    model = klass_info["model"]
+    start, end = klass_info["select_fields"][0], klass_info["select_fields"][-1] + 1
+    init_list = [column[0].target.attname for column in select[start:end]]
+    populators = get_related_populators(klass_info, select, DB)
+    made = []
+    for row in compiler.results_iter(results=[rows]):
+        instance = model.from_db(DB, init_list, row[start:end])
+        for populator in populators:
+            populator.populate(row, instance)
+        for name, position in (annotations or {}).items():
+            setattr(instance, name, row[position])
+        made.append(instance)
+    return made
+
+
+_UPDATES: dict[tuple, str] = {}
+
+
+def update_fields(instance: models.Model, names: Iterable[str], **values: Any) -> None:
+    """``UPDATE`` the named fields of ``instance`` (and ``values``, set on it first) in one statement."""
+    for name, value in values.items():
+        setattr(instance, name, value)
+    meta = instance._meta
+    fields = [meta.get_field(name) for name in (*names, *values)]
+    connection = connections[DB]
+    key = (meta.db_table, connection.vendor, *(f.attname for f in fields))
+    if key not in _UPDATES:
+        quote = connection.ops.quote_name
+        assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+        _UPDATES[key] = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
+    params = [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
+    params.append(meta.pk.get_db_prep_value(instance.pk, connection))
+    with connection.cursor() as cursor:
+        cursor.execute(_UPDATES[key], params)
+
+
+_INSERTS: dict[tuple, str] = {}
+
+
+def insert_rows(rows: list[models.Model]) -> None:
+    """``INSERT`` new rows of one model in one statement (their ids are not read back).
+
+    ``auto_now_add`` fields are set here, as ``save`` would.
+    """
+    if not rows:
+        return
+    meta = rows[0]._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    connection = connections[DB]
+    key = (meta.db_table, connection.vendor, len(rows))
+    if key not in _INSERTS:
+        quote = connection.ops.quote_name
+        columns = ", ".join(quote(f.column) for f in fields)
+        one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        _INSERTS[key] = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES " + ", ".join([one] * len(rows))
+    now = timezone.now()
+    params = []
+    for row in rows:
+        for f in fields:
+            if getattr(f, "auto_now_add", False) and getattr(row, f.attname) is None:
+                setattr(row, f.attname, now)
+            params.append(f.get_db_prep_save(getattr(row, f.attname), connection))
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERTS[key], params)
