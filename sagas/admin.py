@@ -260,7 +260,7 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     @admin.display(description="events, oldest first")
     def timeline(self, saga: SagaInstance) -> SafeString:
         """The audit trail as a table: every transition, in the order it happened."""
-        events = list(saga.events.select_related("step").order_by("id")[: TIMELINE_LIMIT + 1])
+        events = list(saga.events.select_related("step").order_by("created_at", "id")[: TIMELINE_LIMIT + 1])
         rows = format_html_join(
             "\n", "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
             (

@@ -39,7 +39,7 @@ def saga_problems(saga: SagaInstance) -> list[str]:
             problems.append(f"compensated but steps {left} are not undone")
     if saga.status == SagaStatus.FAILED and not any(s.status == StepStatus.COMPENSATION_FAILED for s in steps):
         problems.append("failed with no compensation_failed step")
-    trail = list(saga.events.order_by("id").values_list("id", "kind", "step_id"))
+    trail = list(saga.events.order_by("created_at", "id").values_list("id", "kind", "step_id"))
     kinds = [kind for _, kind, _ in trail]
     if not kinds or kinds[0] != EventKind.SAGA_CREATED:
         problems.append("audit trail does not start with saga_created")
@@ -53,14 +53,16 @@ def saga_problems(saga: SagaInstance) -> list[str]:
 def _stage_order_problems(steps: list, trail: list[tuple]) -> list[str]:
     """No step started before every step of the earlier stages had succeeded.
 
-    Read from the audit trail's order (event ids), not from clocks. Rows from
-    before stages existed have none: each step was then its own stage.
+    Read from the audit trail's order: the database's clock, which dates a
+    ``step_started`` event when its attempt began, though it is written when
+    the attempt ends. Rows from before stages existed have none: each step
+    was then its own stage.
     """
     stage_of = {s.pk: s.index if s.stage is None else s.stage for s in steps}
     name_of = {s.pk: s.name for s in steps}
     first_start: dict[int, int] = {}
     last_success: dict[int, int] = {}
-    for event_id, kind, step_id in trail:
+    for event_id, (_, kind, step_id) in enumerate(trail, start=1):  # positions in the trail
         if step_id not in stage_of:
             continue
         if kind == EventKind.STEP_STARTED:

@@ -7,6 +7,7 @@ import uuid
 
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class SagaStatus(models.TextChoices):
@@ -158,6 +159,11 @@ class StepRecord(models.Model):
     # The worker process running the current attempt (``sagas.liveness``):
     # once it stops heartbeating the attempt is lost, lease or not.
     held_by = models.CharField(max_length=200, null=True, blank=True)
+    # When the attempt now holding the step began (the database's clock). Its
+    # ``step_started`` event is written, with this time, by the transition
+    # that ends the attempt (its report, or its loss), which clears it: so a
+    # claim is one UPDATE, with no event to insert.
+    attempt_started_at = models.DateTimeField(null=True, blank=True)
     # A failed step whose action may have applied effects (it returned but its
     # outcome could not be stored, or its attempt was lost or killed): it is
     # compensated with the others, its compensation seeing ``ctx.result = None``.
@@ -184,10 +190,12 @@ class SagaEvent(models.Model):
     step = models.ForeignKey(StepRecord, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=40, choices=EventKind.choices)
     detail = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The database's clock when the transition happened (a step_started event
+    # is written later than its time: see StepRecord.attempt_started_at).
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
-        ordering = ["id"]
+        ordering = ["created_at", "id"]  # the trail in the order things happened
 
     def __str__(self) -> str:
         return f"{self.created_at:%H:%M:%S.%f} {self.kind}"

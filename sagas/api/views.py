@@ -168,7 +168,7 @@ class SagaEventListApi(GenericAPIView):
 
     def get_queryset(self) -> QuerySet[SagaEvent]:
         saga = saga_get(self.kwargs["saga_id"])
-        return SagaEvent.objects.filter(saga=saga).select_related("step").order_by("id")
+        return SagaEvent.objects.filter(saga=saga).select_related("step").order_by("created_at", "id")
 
     @extend_schema(tags=[TAG], summary="The audit trail of a saga", parameters=[SAGA_ID],
                    responses={200: SagaEventOutputSerializer(many=True), 404: NOT_FOUND_OR_NO_SUCH_PAGE})

@@ -29,6 +29,7 @@ from .core import (
     keep_due,
     lease_until,
     locked_saga,
+    log_attempt_start,
     make_claim,
     move_saga,
     move_step,
@@ -85,6 +86,7 @@ def continue_compensation(saga: SagaInstance, records: list[StepRecord]) -> None
 
 def fail_lost_attempt(saga: SagaInstance, record: StepRecord, *, blame: bool) -> None:
     """An attempt that never reported (killed at its hard time limit, or its worker died): it may have done its work."""
+    log_attempt_start(saga, record)
     event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts)
     fail_step(saga, record, f"attempt {record.attempts} did not finish (hard time limit, or its worker died)",
               blame=blame, effects=True)

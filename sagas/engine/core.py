@@ -149,18 +149,11 @@ def locked_saga(saga_id, *, step: int | None = None) -> Iterator[SagaInstance | 
         # Every row read is locked (on PostgreSQL FOR UPDATE of both tables): a
         # transaction that waited for the lock then reads each row as the one
         # before it left it, not as it was when this statement began.
-        records = _LOCKED_ALL(saga_id=saga_id) if step is None else _LOCKED_UP_TO(saga_id=saga_id, step=step)
-        if not records:  # every saga has steps: no rows, no saga
+        saga = _as_saga(_LOCKED_ALL(saga_id=saga_id) if step is None else _LOCKED_UP_TO(saga_id=saga_id, step=step),
+                        complete=step is None)
+        if saga is None:
             yield None
             return
-        saga = records[0].saga
-        saga.db_now = records[0].db_now
-        for record in records:
-            record.saga = saga
-            record.loaded = _values(record)
-        saga.records = records
-        saga.complete = step is None
-        saga.pending_events = []
         before = [getattr(saga, name) for name in _SAVED]
         yield saga
         sql.insert_rows(saga.pending_events)
@@ -169,19 +162,47 @@ def locked_saga(saga_id, *, step: int | None = None) -> Iterator[SagaInstance | 
             sql.update_fields(saga, changed, updated_at=saga.db_now)
 
 
-def _steps_with_saga(saga_id):
-    return StepRecord.objects.select_related("saga").select_for_update().annotate(db_now=Now()).filter(
-        saga_id=saga_id).order_by("index")
+def read_saga(saga_id, *, step: int) -> SagaInstance | None:
+    """As ``locked_saga(saga_id, step=step)`` reads it, but unlocked and outside any transaction.
+
+    For a claim made by one conditional UPDATE (``save_step_if_unchanged``):
+    nothing read here may be written back without that condition.
+    """
+    saga = _as_saga(_READ_UP_TO(saga_id=saga_id, step=step), complete=False)
+    if saga is not None:
+        del saga.pending_events  # no events from an unlocked read
+    return saga
 
 
-def _steps_up_to(saga_id, step):
+def _as_saga(records: list[StepRecord], *, complete: bool) -> SagaInstance | None:
+    if not records:  # every saga has steps: no rows, no saga
+        return None
+    saga = records[0].saga
+    saga.db_now = records[0].db_now
+    for record in records:
+        record.saga = saga
+        record.loaded = _values(record)
+    saga.records = records
+    saga.complete = complete
+    saga.pending_events = []
+    return saga
+
+
+def _steps_with_saga(saga_id, *, lock: bool = True):
+    rows = StepRecord.objects.select_related("saga").annotate(db_now=Now()).filter(saga_id=saga_id).order_by("index")
+    return rows.select_for_update() if lock else rows
+
+
+def _steps_up_to(saga_id, step, *, lock: bool = True):
     own_stage = StepRecord.objects.filter(saga_id=saga_id, index=step).order_by().values("stage")[:1]
-    return _steps_with_saga(saga_id).filter(Q(index=step) | Q(stage__lt=Subquery(own_stage)))
+    return _steps_with_saga(saga_id, lock=lock).filter(Q(index=step) | Q(stage__lt=Subquery(own_stage)))
 
 
-# The locked read of a transition: all the saga's steps, or one step's and its earlier stages'.
+# The read of a transition: all the saga's steps, or one step's and its earlier stages'.
 _LOCKED_ALL = sql.PreparedRead(_steps_with_saga, saga_id=uuid.UUID)
 _LOCKED_UP_TO = sql.PreparedRead(_steps_up_to, saga_id=uuid.UUID, step=int)
+_READ_UP_TO = sql.PreparedRead(lambda saga_id, step: _steps_up_to(saga_id, step, lock=False),
+                               saga_id=uuid.UUID, step=int)
 
 
 _STEP_FIELDS = [f.attname for f in StepRecord._meta.concrete_fields if not f.primary_key]
@@ -198,6 +219,20 @@ def save_step(record: StepRecord) -> None:
     if changed:
         sql.update_fields(record, changed)
         record.loaded = now
+
+
+def save_step_if_unchanged(record: StepRecord, *, expect: tuple[str, ...], saga_status: str) -> bool:
+    """Write the fields of ``record`` changed since it was read, only if the ``expect`` fields still hold
+    the values read and its saga's status is ``saga_status``: one conditional UPDATE, with no lock taken
+    before. True if it was written.
+    """
+    now = _values(record)
+    changed = [name for name, value in now.items() if value != record.loaded[name]]
+    written = sql.update_fields(record, changed, expect={name: record.loaded[name] for name in expect},
+                                parent_has=("saga", "status", saga_status))
+    if written:
+        record.loaded = now
+    return bool(written)
 
 
 def steps_of(saga: SagaInstance) -> list[StepRecord]:
@@ -217,12 +252,29 @@ def record_at(saga: SagaInstance, index: int) -> StepRecord:
     return next(r for r in saga.records if r.index == index)
 
 
-def event(saga: SagaInstance, kind: str, step: StepRecord | None = None, **detail: Any) -> SagaEvent:
-    """Record a transition; written with the transition's other events when it commits."""
+def event(saga: SagaInstance, kind: str, step: StepRecord | None = None, *, at: datetime | None = None,
+          **detail: Any) -> SagaEvent:
+    """Record a transition (at ``saga.db_now``, or ``at``); written with the transition's other events."""
     saga.sweeps = 0  # something happened: the sweeper's backoff starts again
-    recorded = SagaEvent(saga=saga, step=step, kind=kind, detail=detail)
+    recorded = SagaEvent(saga=saga, step=step, kind=kind, detail=detail, created_at=at or saga.db_now)
     saga.pending_events.append(recorded)
     return recorded
+
+
+def log_attempt_start(saga: SagaInstance, record: StepRecord) -> None:
+    """The ``step_started`` event of the attempt now ending, dated when it began.
+
+    A claim writes only the step's row (``attempt_started_at``); the
+    transition that ends the attempt, its report or its loss, writes the
+    event and clears the time, so it is written once. (Attempts claimed
+    before this field existed wrote their event when claimed.)
+    """
+    if record.attempt_started_at is None:
+        return
+    previous = StepStatus.PENDING if record.attempts == 1 else StepStatus.RUNNING
+    event(saga, EventKind.STEP_STARTED, step=record, at=record.attempt_started_at,
+          attempt=record.attempts, **{"from": previous, "to": StepStatus.RUNNING})
+    record.attempt_started_at = None
 
 
 def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None:
@@ -312,6 +364,17 @@ def keep_due(saga: SagaInstance) -> None:
     """
     if saga.due_at is None or saga.due_at < saga.db_now + timedelta(seconds=settings.SAGAS_STALL_AFTER / 2):
         saga.due_at = stall_deadline(saga)
+
+
+def begin_attempt(saga: SagaInstance, record: StepRecord, lease: datetime) -> None:
+    """A new attempt of forward step ``record`` holds it until ``lease`` (its event waits: ``log_attempt_start``)."""
+    if not can_move_step(record.status, StepStatus.RUNNING):
+        raise InvalidTransition(f"step {record.name} of saga {saga.id} cannot move from {record.status} to running")
+    record.status = StepStatus.RUNNING
+    record.attempts += 1
+    record.started_at = record.started_at or saga.db_now
+    record.attempt_started_at = saga.db_now
+    hold(record, saga, lease)
 
 
 def hold(record: StepRecord, saga: SagaInstance, lease: datetime) -> None:

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import transaction
 
 from ..definitions import Retry, Saga
-from ..errors import PermanentError
+from ..errors import PermanentError, SagaDefinitionError
 from ..models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
 from .compensation import continue_compensation, fail_lost_attempt
 from .core import (
@@ -32,23 +32,26 @@ from .core import (
     Outcome,
     Report,
     UnstorableResult,
+    begin_attempt,
     dead_holders,
     definition_of,
     dispatch_forward,
     event,
     fail_step,
-    hold,
     in_flight,
     keep_due,
     lease_until,
     locked_saga,
+    log_attempt_start,
     make_claim,
     record_at,
     move_saga,
     move_step,
+    read_saga,
     release,
-    save_step,
     retry_is_due,
+    save_step,
+    save_step_if_unchanged,
     stall_deadline,
     steps_of,
 )
@@ -121,6 +124,51 @@ def _previous_steps_done(records: list[StepRecord], definition: Saga, index: int
 
 
 def claim_step(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
+    """Hold forward step ``index`` for a new attempt by this process, or say why not.
+
+    Most claims take a step that is free to start in a running saga, and
+    change nothing but the step's row: they are made by one conditional
+    UPDATE after an unlocked read (``_claim_free_step``). Anything else (the
+    saga's first step, a lost attempt, a duplicate, a saga being undone)
+    is decided under the saga's lock.
+    """
+    return _claim_free_step(saga_id, index) or _claim_locked(saga_id, index, policy)
+
+
+def _claim_free_step(saga_id, index: int) -> Claim | None:
+    """The claim as one UPDATE of the step's row, if the row and the saga are still as read.
+
+    The UPDATE checks the step's status and attempt count are unchanged and
+    its saga still runs. Every transition that makes a free step unfit to
+    start writes that step's row under the saga's lock (a compensating saga
+    skips its pending steps and fails those awaiting a retry), so on
+    PostgreSQL an UPDATE that waited for such a transition's row lock
+    re-checks the row it left and changes nothing. None: decide under the lock.
+    """
+    saga = read_saga(saga_id, step=index)
+    if saga is None or saga.status != SagaStatus.RUNNING:
+        return None
+    record = record_at(saga, index)
+    now = saga.db_now
+    free = record.status == StepStatus.PENDING or (
+        record.status == StepStatus.RUNNING and record.lease_expires_at is None and retry_is_due(record, now))
+    # A saga that came close to due gets its due_at moved by a locked claim.
+    near_due = saga.due_at is None or saga.due_at < now + timedelta(seconds=settings.SAGAS_STALL_AFTER / 2)
+    if not free or near_due:
+        return None
+    try:
+        definition = definition_of(saga, saga.records)
+    except SagaDefinitionError:
+        return None  # the locked claim says so
+    if not _previous_steps_done(saga.records, definition, index):
+        return None
+    begin_attempt(saga, record, lease_until(saga, definition.step_at(index)))
+    if not save_step_if_unchanged(record, expect=("status", "attempts"), saga_status=SagaStatus.RUNNING):
+        return None
+    return make_claim(saga, definition, index, record.attempts)
+
+
+def _claim_locked(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
     with locked_saga(saga_id, step=index) as saga:
         if saga is None:
             return Outcome(Decision.STOP, reason="saga does not exist")
@@ -148,13 +196,12 @@ def claim_step(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
                 if not policy.allows_another(record.attempts):
                     fail_lost_attempt(saga, record, blame=True)
                     return Outcome(Decision.FAILED, reason="attempts exhausted")
+                log_attempt_start(saga, record)
                 event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts)
         if saga.status == SagaStatus.PENDING:
             move_saga(saga, SagaStatus.RUNNING, EventKind.SAGA_STARTED)
-        record.attempts += 1
-        record.started_at = record.started_at or now
-        hold(record, saga, lease_until(saga, step))
-        move_step(saga, record, StepStatus.RUNNING, EventKind.STEP_STARTED, attempt=record.attempts)
+        begin_attempt(saga, record, lease_until(saga, step))
+        save_step(record)
         return make_claim(saga, definition, index, record.attempts)
 
 
@@ -189,6 +236,7 @@ def record_step(saga_id, index: int, report: Report, policy: Retry | None, *, mu
                   error=report.error,
                   note=f"the step had moved on to {record.status} (attempt {record.attempts}); not recorded")
             return Outcome(Decision.STOP, reason="another attempt owns the step")
+        log_attempt_start(saga, record)
         definition = definition_of(saga)
         if report.ok:
             return _succeed(saga, records, record, definition, report.result)

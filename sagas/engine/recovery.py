@@ -41,6 +41,7 @@ from .core import (
     event,
     in_flight,
     locked_saga,
+    log_attempt_start,
     move_saga,
     release,
     save_step,
@@ -182,6 +183,7 @@ def _free_lost_attempts(saga: SagaInstance, records: list[StepRecord], definitio
             fail_lost_attempt(saga, record, blame=not saga.error)
             continue
         else:
+            log_attempt_start(saga, record)
             event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts)
         release(record)
         record.next_attempt_at = saga.db_now  # the next delivery makes a new attempt at once

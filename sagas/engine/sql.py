@@ -105,22 +105,47 @@ def _instances(compiler, rows: list) -> list[models.Model]:
 _UPDATES: dict[tuple, str] = {}
 
 
-def update_fields(instance: models.Model, names: Iterable[str], **values: Any) -> None:
-    """``UPDATE`` the named fields of ``instance`` (and ``values``, set on it first) in one statement."""
+def update_fields(instance: models.Model, names: Iterable[str], *, expect: dict[str, Any] | None = None,
+                  parent_has: tuple[str, str, Any] | None = None, **values: Any) -> int:
+    """``UPDATE`` the named fields of ``instance`` (and ``values``, set on it first) in one statement.
+
+    ``expect``: only if these fields still hold these values (``None``: is
+    null). ``parent_has``: ``(foreign key, field, value)``, only if the row
+    it points to has that value. Returns the number of rows changed (0 or 1).
+    """
     for name, value in values.items():
         setattr(instance, name, value)
     meta = instance._meta
     fields = [meta.get_field(name) for name in (*names, *values)]
+    expected = [(meta.get_field(name), value) for name, value in (expect or {}).items()]
     connection = connections[DB]
-    key = (meta.db_table, connection.vendor, *(f.attname for f in fields))
+    key = (meta.db_table, connection.vendor, tuple(f.attname for f in fields),
+           tuple((f.attname, value is None) for f, value in expected), parent_has and parent_has[:2])
     if key not in _UPDATES:
-        quote = connection.ops.quote_name
-        assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
-        _UPDATES[key] = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
+        _UPDATES[key] = _update_sql(connection, meta, fields, expected, parent_has)
     params = [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
     params.append(meta.pk.get_db_prep_value(instance.pk, connection))
+    params += [f.get_db_prep_save(value, connection) for f, value in expected if value is not None]
+    if parent_has:
+        link = meta.get_field(parent_has[0])
+        params.append(link.related_model._meta.get_field(parent_has[1]).get_db_prep_save(parent_has[2], connection))
     with connection.cursor() as cursor:
         cursor.execute(_UPDATES[key], params)
+        return cursor.rowcount
+
+
+def _update_sql(connection, meta, fields, expected, parent_has) -> str:
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+    where = [f"{quote(meta.pk.column)} = %s"]
+    where += [f"{quote(f.column)} IS NULL" if value is None else f"{quote(f.column)} = %s" for f, value in expected]
+    if parent_has:
+        link = meta.get_field(parent_has[0])
+        parent = link.related_model._meta
+        where.append(f"EXISTS (SELECT 1 FROM {quote(parent.db_table)} WHERE {quote(parent.pk.column)} = "
+                     f"{quote(meta.db_table)}.{quote(link.column)} AND "
+                     f"{quote(parent.get_field(parent_has[1]).column)} = %s)")
+    return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {' AND '.join(where)}"
 
 
 _INSERTS: dict[tuple, str] = {}

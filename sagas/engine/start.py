@@ -108,7 +108,7 @@ def start_saga(
                            stage=definition.stage_of(i), parallel_group=definition.group_of(i))
                 for i, s in enumerate(definition.steps)
             )
-            SagaEvent.objects.create(saga=saga, kind=EventKind.SAGA_CREATED, detail={
+            SagaEvent.objects.create(saga=saga, kind=EventKind.SAGA_CREATED, created_at=Now(), detail={
                 "version": definition.version, "idempotency_key": idempotency_key,
                 "resubmitted_from": str(resubmitted_from.pk) if resubmitted_from else None,
             })

@@ -31,7 +31,7 @@ def held_by_worker_on_another_machine(saga, *, silent_for: float) -> None:
 
 
 def kinds(saga, step=None):
-    events = saga.events.order_by("id")
+    events = saga.events.order_by("created_at", "id")
     if step is not None:
         events = events.filter(step__name=step)
     return list(events.values_list("kind", flat=True))
@@ -488,3 +488,86 @@ def test_a_transition_that_waited_for_the_saga_lock_sees_what_the_one_before_it_
     assert outcome["b2"].decision is Decision.STOP
     # b2's report saw b1 finished, so it was the last one at work: it sent the compensation.
     assert sent == [("compensate", saga.id, [B2, B1, A])]
+
+
+# --- a claim made by one conditional UPDATE, after an unlocked read ------------------------
+
+
+def _read_then(action):
+    """``read_saga`` as the claim calls it, with ``action`` run (once) between the read and the claim's UPDATE."""
+    real = engine.forward.read_saga
+    pending = [action]
+
+    def read_then_act(saga_id, *, step):
+        saga = real(saga_id, step=step)
+        while pending:
+            pending.pop()()
+        return saga
+
+    return mock.patch.object(engine.forward, "read_saga", read_then_act)
+
+
+def test_a_cancel_between_the_claims_read_and_its_update_keeps_the_step_from_starting(db, sent):
+    saga = start_saga(SAGA, input={})
+    execute_step(saga.id, 0)
+
+    with _read_then(lambda: cancel(saga, reason="stop")):
+        outcome = execute_step(saga.id, 1)
+
+    b = StepRecord.objects.get(saga=saga, index=1)
+    assert outcome.decision is not Decision.CONTINUE
+    assert (b.status, b.attempts, b.attempt_started_at) == (StepStatus.SKIPPED, 0, None)
+    assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.COMPENSATING
+
+
+def test_of_two_claims_of_one_free_step_read_at_once_exactly_one_holds_it(db, sent):
+    saga = start_saga(SAGA, input={})
+    execute_step(saga.id, 0)
+
+    with _read_then(lambda: engine.claim_step(saga.id, 1, None)):  # another delivery claims meanwhile
+        late = engine.claim_step(saga.id, 1, None)
+
+    b = StepRecord.objects.get(saga=saga, index=1)
+    assert late.decision is Decision.STOP and late.reason == "another attempt holds the step"
+    assert (b.status, b.attempts) == (StepStatus.RUNNING, 1)
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite has one writer at a time and no row locks")
+def test_a_claim_waiting_on_the_row_lock_of_a_cancel_refuses_once_it_commits(transactional_db, sent):
+    import threading
+
+    from django.db import connections
+
+    saga = start_saga(SAGA, input={})
+    execute_step(saga.id, 0)
+    outcome = {}
+    read = threading.Event()
+    go = threading.Event()
+
+    def read_then_wait():
+        real = engine.forward.read_saga
+
+        def slow_read(saga_id, *, step):
+            found = real(saga_id, step=step)
+            read.set()
+            go.wait(10)
+            return found
+
+        try:
+            with mock.patch.object(engine.forward, "read_saga", slow_read):
+                outcome["claim"] = engine.claim_step(saga.id, 1, None)
+        finally:
+            connections.close_all()
+
+    claiming = threading.Thread(target=read_then_wait)
+    claiming.start()
+    assert read.wait(10)
+    with engine.core.locked_saga(saga.id) as locked:  # cancel's transaction, holding every step row
+        go.set()
+        claiming.join(timeout=1.0)
+        assert claiming.is_alive()  # the claim's UPDATE waits for the row lock
+        engine.compensation.start_compensating(locked, engine.core.steps_of(locked), "stop")
+    claiming.join(timeout=30)
+
+    assert isinstance(outcome["claim"], engine.Outcome) and outcome["claim"].decision is not Decision.CONTINUE
+    assert StepRecord.objects.get(saga=saga, index=1).status == StepStatus.SKIPPED
