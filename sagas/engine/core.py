@@ -293,6 +293,22 @@ def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None
     event(saga, kind, **{"from": previous, "to": target, **detail})
 
 
+def move_saga_if_unchanged(saga: SagaInstance, target: str, kind: str) -> bool:
+    """``move_saga`` for a saga read without its lock: one UPDATE, only if its status is still as read.
+
+    Its event is inserted after, outside any transaction. True if it moved.
+    """
+    read_as = saga.status
+    before = [getattr(saga, name) for name in _SAVED]
+    saga.pending_events = []
+    move_saga(saga, target, kind)
+    changed = [name for name, old in zip(_SAVED, before) if getattr(saga, name) != old]
+    if not sql.update_fields(saga, changed, expect={"status": read_as}, updated_at=saga.db_now):
+        return False
+    sql.insert_rows(saga.pending_events)
+    return True
+
+
 def move_step(saga: SagaInstance, step: StepRecord, target: str, kind: str, **detail: Any) -> None:
     if not can_move_step(step.status, target):
         raise InvalidTransition(f"step {step.name} of saga {saga.id} cannot move from {step.status} to {target}")

@@ -46,6 +46,7 @@ from .core import (
     make_claim,
     record_at,
     move_saga,
+    move_saga_if_unchanged,
     move_step,
     read_saga,
     release,
@@ -128,9 +129,9 @@ def claim_step(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
 
     Most claims take a step that is free to start in a running saga, and
     change nothing but the step's row: they are made by one conditional
-    UPDATE after an unlocked read (``_claim_free_step``). Anything else (the
-    saga's first step, a lost attempt, a duplicate, a saga being undone)
-    is decided under the saga's lock.
+    UPDATE after an unlocked read (``_claim_free_step``); the saga's first
+    claim also moves it to ``running`` by another. Anything else (a lost
+    attempt, a duplicate, a saga being undone) is decided under the saga's lock.
     """
     return _claim_free_step(saga_id, index) or _claim_locked(saga_id, index, policy)
 
@@ -146,7 +147,7 @@ def _claim_free_step(saga_id, index: int) -> Claim | None:
     re-checks the row it left and changes nothing. None: decide under the lock.
     """
     saga = read_saga(saga_id, step=index)
-    if saga is None or saga.status != SagaStatus.RUNNING:
+    if saga is None or saga.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
         return None
     record = record_at(saga, index)
     now = saga.db_now
@@ -162,6 +163,9 @@ def _claim_free_step(saga_id, index: int) -> Claim | None:
         return None  # the locked claim says so
     if not _previous_steps_done(saga.records, definition, index):
         return None
+    if saga.status == SagaStatus.PENDING and not move_saga_if_unchanged(saga, SagaStatus.RUNNING,
+                                                                        EventKind.SAGA_STARTED):
+        return None  # cancelled, or started by another delivery: decided under the lock
     begin_attempt(saga, record, lease_until(saga, definition.step_at(index)))
     if not save_step_if_unchanged(record, expect=("status", "attempts"), saga_status=SagaStatus.RUNNING):
         return None

@@ -69,6 +69,19 @@ def test_a_step_in_the_middle_costs_five_statements_and_one_transaction(running_
     assert [s.split()[0] for s in spent["statements"]] == ["SELECT", "UPDATE", "SELECT", "UPDATE", "INSERT"]
 
 
+def test_the_first_step_also_starts_the_saga_in_one_more_update_and_insert(transactional_db, sent):
+    saga = start_saga(SAGA, input={"i": 1})
+
+    with cost() as spent:
+        execute_step(saga.id, 0)
+
+    # As a step in the middle, plus the saga's move to running and its event.
+    assert len(spent["statements"]) <= 7, "\n".join(spent["statements"])
+    assert spent["transactions"] == 1
+    assert list(saga.events.values_list("kind", flat=True)) == [
+        "saga_created", "saga_started", "step_started", "step_succeeded"]
+
+
 def test_the_claim_writes_no_event_and_the_report_writes_it_dated_when_the_attempt_began(running_saga):
     from sagas.engine import claim_step, record_step
     from sagas.engine.core import Report

@@ -571,3 +571,16 @@ def test_a_claim_waiting_on_the_row_lock_of_a_cancel_refuses_once_it_commits(tra
 
     assert isinstance(outcome["claim"], engine.Outcome) and outcome["claim"].decision is not Decision.CONTINUE
     assert StepRecord.objects.get(saga=saga, index=1).status == StepStatus.SKIPPED
+
+
+def test_a_cancel_between_the_first_claims_read_and_its_updates_keeps_the_saga_from_starting(db, sent):
+    saga = start_saga(SAGA, input={})
+
+    with _read_then(lambda: cancel(saga, reason="stop")):
+        outcome = execute_step(saga.id, 0)
+
+    saga.refresh_from_db()
+    assert outcome.decision is not Decision.CONTINUE
+    assert (saga.status, saga.started_at) == (SagaStatus.COMPENSATED, None)
+    assert not saga.events.filter(kind=EventKind.SAGA_STARTED).exists()
+    assert set(saga.steps.values_list("status", flat=True)) == {StepStatus.SKIPPED}
