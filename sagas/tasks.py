@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from celery import shared_task
 from celery.signals import task_prerun, worker_process_init, worker_ready
-from django.db import close_old_connections
+from django.db import connections
 
 from . import engine, liveness
 from .definitions import Retry
@@ -98,4 +98,13 @@ def _heartbeat_from_worker_running_tasks_itself(sender=None, **_) -> None:
 
 @task_prerun.connect
 def _drop_broken_or_old_connections(**_) -> None:
-    close_old_connections()
+    """Close a connection that broke or outlived CONN_MAX_AGE, as Django does between requests.
+
+    Without the health check Django would then make on the connection's first
+    use: one more round trip per step (6% of a step's time on PostgreSQL). A
+    connection that died since raises an infrastructure error on its first
+    query, and the task retries, on a new connection.
+    """
+    for connection in connections.all(initialized_only=True):
+        connection.close_if_unusable_or_obsolete()
+        connection.health_check_done = True

@@ -165,12 +165,12 @@ def locked_saga(saga_id, *, step: int | None = None) -> Iterator[SagaInstance | 
 def read_saga(saga_id, *, step: int) -> SagaInstance | None:
     """As ``locked_saga(saga_id, step=step)`` reads it, but unlocked and outside any transaction.
 
-    For a claim made by one conditional UPDATE (``save_step_if_unchanged``):
-    nothing read here may be written back without that condition.
+    For a claim made by conditional UPDATEs (``save_step_if_unchanged``,
+    ``save_saga_if_unchanged``): nothing read here is written back otherwise.
     """
     saga = _as_saga(_READ_UP_TO(saga_id=saga_id, step=step), complete=False)
     if saga is not None:
-        del saga.pending_events  # no events from an unlocked read
+        saga.read_as = [getattr(saga, name) for name in _SAVED]  # see save_saga_if_unchanged
     return saga
 
 
@@ -237,6 +237,8 @@ def save_step_if_unchanged(record: StepRecord, *, expect: tuple[str, ...], saga_
 
 def steps_of(saga: SagaInstance) -> list[StepRecord]:
     """Every step record of the saga, by index (those ``locked_saga`` read, as this transition left them)."""
+    if not saga.complete and len(saga.records) == len(definition_of(saga).steps):
+        saga.complete = True  # the last stage's step read them all
     if not saga.complete:
         have = {r.index for r in saga.records}
         rest = list(StepRecord.objects.filter(saga_id=saga.pk).exclude(index__in=have))
@@ -293,19 +295,17 @@ def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None
     event(saga, kind, **{"from": previous, "to": target, **detail})
 
 
-def move_saga_if_unchanged(saga: SagaInstance, target: str, kind: str) -> bool:
-    """``move_saga`` for a saga read without its lock: one UPDATE, only if its status is still as read.
+def save_saga_if_unchanged(saga: SagaInstance, *, status: str) -> bool:
+    """Write what changed on a saga read without its lock (``read_saga``), only if its status is still ``status``.
 
-    Its event is inserted after, outside any transaction. True if it moved.
+    One conditional UPDATE of the saga's row (none if nothing changed), then
+    its events, outside any transaction. True if written.
     """
-    read_as = saga.status
-    before = [getattr(saga, name) for name in _SAVED]
-    saga.pending_events = []
-    move_saga(saga, target, kind)
-    changed = [name for name, old in zip(_SAVED, before) if getattr(saga, name) != old]
-    if not sql.update_fields(saga, changed, expect={"status": read_as}, updated_at=saga.db_now):
+    changed = [name for name, old in zip(_SAVED, saga.read_as) if getattr(saga, name) != old]
+    if changed and not sql.update_fields(saga, changed, expect={"status": status}, updated_at=saga.db_now):
         return False
     sql.insert_rows(saga.pending_events)
+    saga.pending_events = []
     return True
 
 

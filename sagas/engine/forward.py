@@ -46,11 +46,11 @@ from .core import (
     make_claim,
     record_at,
     move_saga,
-    move_saga_if_unchanged,
     move_step,
     read_saga,
     release,
     retry_is_due,
+    save_saga_if_unchanged,
     save_step,
     save_step_if_unchanged,
     stall_deadline,
@@ -137,7 +137,7 @@ def claim_step(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
 
 
 def _claim_free_step(saga_id, index: int) -> Claim | None:
-    """The claim as one UPDATE of the step's row, if the row and the saga are still as read.
+    """The claim as one UPDATE of the step's row (and of the saga's, now and then), if both are still as read.
 
     The UPDATE checks the step's status and attempt count are unchanged and
     its saga still runs. Every transition that makes a free step unfit to
@@ -150,12 +150,9 @@ def _claim_free_step(saga_id, index: int) -> Claim | None:
     if saga is None or saga.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
         return None
     record = record_at(saga, index)
-    now = saga.db_now
     free = record.status == StepStatus.PENDING or (
-        record.status == StepStatus.RUNNING and record.lease_expires_at is None and retry_is_due(record, now))
-    # A saga that came close to due gets its due_at moved by a locked claim.
-    near_due = saga.due_at is None or saga.due_at < now + timedelta(seconds=settings.SAGAS_STALL_AFTER / 2)
-    if not free or near_due:
+        record.status == StepStatus.RUNNING and record.lease_expires_at is None and retry_is_due(record, saga.db_now))
+    if not free:
         return None
     try:
         definition = definition_of(saga, saga.records)
@@ -163,8 +160,13 @@ def _claim_free_step(saga_id, index: int) -> Claim | None:
         return None  # the locked claim says so
     if not _previous_steps_done(saga.records, definition, index):
         return None
-    if saga.status == SagaStatus.PENDING and not move_saga_if_unchanged(saga, SagaStatus.RUNNING,
-                                                                        EventKind.SAGA_STARTED):
+    # The saga's row is written only for its first claim (pending -> running),
+    # or when it came close to due (waiting in a long queue, say).
+    read_as = saga.status
+    if saga.status == SagaStatus.PENDING:
+        move_saga(saga, SagaStatus.RUNNING, EventKind.SAGA_STARTED)
+    keep_due(saga)
+    if not save_saga_if_unchanged(saga, status=read_as):
         return None  # cancelled, or started by another delivery: decided under the lock
     begin_attempt(saga, record, lease_until(saga, definition.step_at(index)))
     if not save_step_if_unchanged(record, expect=("status", "attempts"), saga_status=SagaStatus.RUNNING):

@@ -214,3 +214,19 @@ def test_a_worker_keeps_its_database_connections_from_one_step_to_the_next(worke
     opened = sessions() - before
 
     assert opened <= 3, f"{opened} connections opened for 15 steps"
+
+
+@postgres_only
+def test_a_worker_whose_database_connections_were_cut_moves_the_next_saga_on(worker):
+    # Workers skip Django's health check before each task: a connection cut
+    # since the last task fails its first query, and the task retries.
+    wait_for_saga(start_saga(SAGA, input={}))  # the pool children hold connections
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        assert cursor.fetchone()[0] >= 2
+
+    saga = wait_for_saga(start_saga(SAGA, input={}))
+
+    assert saga.status == SagaStatus.SUCCEEDED
+    assert calls(saga) == ["a", "b", "c"]

@@ -82,6 +82,26 @@ def test_the_first_step_also_starts_the_saga_in_one_more_update_and_insert(trans
         "saga_created", "saga_started", "step_started", "step_succeeded"]
 
 
+def test_a_claim_in_a_saga_come_close_to_due_moves_it_away_in_one_more_update(running_saga):
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from sagas.engine import claim_step
+    from sagas.models import SagaInstance
+
+    SagaInstance.objects.filter(pk=running_saga.pk).update(due_at=timezone.now() + timedelta(seconds=1))
+
+    with cost() as spent:
+        claim_step(running_saga.id, 1, None)
+
+    assert [s.split()[0] for s in spent["statements"]] == ["SELECT", "UPDATE", "UPDATE"]
+    assert spent["transactions"] == 0
+    due_in = SagaInstance.objects.get(pk=running_saga.pk).due_at - timezone.now()
+    assert due_in > timedelta(seconds=settings.SAGAS_STALL_AFTER - 5)
+
+
 def test_the_claim_writes_no_event_and_the_report_writes_it_dated_when_the_attempt_began(running_saga):
     from sagas.engine import claim_step, record_step
     from sagas.engine.core import Report
