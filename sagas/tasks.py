@@ -47,13 +47,19 @@ def _run(task, execute, failure: type[Exception], saga_id: str, index: int, retr
     return _follow(task, outcome, failure)
 
 
-@shared_task(bind=True, name="sagas.run_step", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+# A step or compensation that failed for good is an outcome the engine has
+# recorded, not a crash: ``throws`` has Celery log it in one line at INFO,
+# with no traceback (formatting one for every refused order cost time and
+# filled each worker's source-line cache).
+@shared_task(bind=True, name="sagas.run_step", acks_late=True, reject_on_worker_lost=True, max_retries=None,
+             throws=(StepFailed,))
 def run_step(self, saga_id: str, index: int, retry: dict | None = None, infra: int = 0,
              report: dict | None = None) -> str:
     return _run(self, engine.execute_step, StepFailed, saga_id, index, retry, infra, report)
 
 
-@shared_task(bind=True, name="sagas.compensate_step", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@shared_task(bind=True, name="sagas.compensate_step", acks_late=True, reject_on_worker_lost=True, max_retries=None,
+             throws=(CompensationFailed,))
 def compensate_step(self, saga_id: str, index: int, retry: dict | None = None, infra: int = 0,
                     report: dict | None = None) -> str:
     return _run(self, engine.execute_compensation, CompensationFailed, saga_id, index, retry, infra, report)
