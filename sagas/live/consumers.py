@@ -11,10 +11,11 @@ FORBIDDEN = 4403  # a close code in the range applications may use: "not staff"
 class LivePageConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
+        await self.accept()
         if not (user is not None and user.is_active and user.is_staff):
+            # Accepted then closed with a code of our own, so the page can say why (a refused handshake can't).
             await self.close(code=FORBIDDEN)
             return
-        await self.accept()
         await watcher.join(self)
 
     async def disconnect(self, code: int) -> None:

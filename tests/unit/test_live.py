@@ -74,12 +74,13 @@ def _connect(user):
         scope = {"type": "websocket", "path": "/ws/sagas/live/", "headers": [], "subprotocols": [], "user": user}
         app = ApplicationCommunicator(LivePageConsumer.as_asgi(), scope)
         await app.send_input({"type": "websocket.connect"})
+        assert (await app.receive_output(timeout=5))["type"] == "websocket.accept"
         answer = await app.receive_output(timeout=5)
-        connected = answer["type"] == "websocket.accept"
-        message = (await app.receive_output(timeout=5))["text"] if connected else None
         await app.send_input({"type": "websocket.disconnect", "code": 1000})
         await app.wait(timeout=5)
-        return connected, answer.get("code"), message
+        if answer["type"] == "websocket.close":
+            return False, answer.get("code"), None
+        return True, None, answer["text"]
     return asyncio.run(run())
 
 
