@@ -16,6 +16,15 @@ from sagas.models import SagaStatus
 SAGA = "tests.three_steps"
 
 
+@pytest.fixture(autouse=True)
+def connections_closed_after_each_use(monkeypatch):
+    """The watcher reads from a worker thread: its connection must not outlive the test (PostgreSQL then
+    refuses to drop the test database)."""
+    from django.db import connections
+
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
+
+
 class FakePage:
     def __init__(self):
         self.received = []
