@@ -147,7 +147,9 @@ def test_live_page_shows_a_saga_appear_and_finish_without_a_reload(server, brows
     succeeded = '#counts tr[data-saga-type="tests.three_steps"] td[data-status="succeeded"]'
     assert browser.find_element(By.CSS_SELECTOR, succeeded).text == "1"
 
-    assert seen_after < 5 and gone_after < 2.5, (seen_after, gone_after)  # pushed within a second or two
+    print(f"a new saga showed after {seen_after:.2f} s; a finished one left after {gone_after:.2f} s")
+    # A change shows within 2 s (seen_after also counts the API call that started the saga).
+    assert seen_after < 3 and gone_after < 2.0, (seen_after, gone_after)
     assert browser.execute_script("return window.loadedOnce") == "yes"
     assert browser.execute_script("return window.sagasLive.loads") == 1
     assert browser.execute_script("return performance.getEntriesByType('navigation').length") == 1
