@@ -116,6 +116,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -238,6 +239,41 @@ SAGAS_FAILURE_INJECTION_ENABLED = env_bool("SAGAS_FAILURE_INJECTION_ENABLED", DE
 SAGAS_FAILURE_INJECTION = json.loads(os.environ.get("SAGAS_FAILURE_INJECTION") or "{}")
 # How long a process keeps the stored (run-time) rules before reading them again.
 SAGAS_FAILURE_INJECTION_CACHE_SECONDS = env_float("SAGAS_FAILURE_INJECTION_CACHE_SECONDS", 1.0)
+
+# --- Oversight: the live page, /metrics, alerts ----------------------------------------
+# The live page's watcher looks for changes this often (seconds), once per server process.
+SAGAS_LIVE_INTERVAL = env_float("SAGAS_LIVE_INTERVAL", 1.0)
+# Its counts cover the sagas created in this many seconds before now; its lists hold this many rows.
+SAGAS_LIVE_WINDOW = int(env_float("SAGAS_LIVE_WINDOW", 24 * 3600))
+SAGAS_LIVE_ROWS = int(env_float("SAGAS_LIVE_ROWS", 50))
+# /metrics: a scraper sends "Authorization: Bearer <token>". Without a token
+# only loopback clients are answered, and only with DEBUG on.
+SAGAS_METRICS_TOKEN = os.environ.get("SAGAS_METRICS_TOKEN", "")
+# A saga that becomes failed is logged at ERROR and mailed to ADMINS, at most
+# one mail per saga type per this many seconds (the others are counted in the next).
+SAGAS_ALERT_MAIL_INTERVAL = env_float("SAGAS_ALERT_MAIL_INTERVAL", 15 * 60)
+# ADMINS="Ops <ops@example.com>,dev@example.com"
+ADMINS = [(a.partition("<")[0].strip() or a.strip(), a.partition("<")[2].rstrip(">").strip() or a.strip())
+          for a in os.environ.get("ADMINS", "").split(",") if a.strip()]
+SERVER_EMAIL = os.environ.get("SERVER_EMAIL", "sagas@localhost")
+DEFAULT_FROM_EMAIL = SERVER_EMAIL
+EMAIL_SUBJECT_PREFIX = os.environ.get("EMAIL_SUBJECT_PREFIX", "[sagas] ")
+# On a laptop mails go to the worker's log; production sets an SMTP server.
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND") or (
+    "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(env_float("EMAIL_PORT", 25))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = 10
+# The alert's rate limit must hold across worker processes and machines: a
+# shared cache (Redis by default; "locmem://" keeps it per process).
+CACHE_URL = os.environ.get("CACHE_URL", "redis://127.0.0.1:6379/1")
+CACHES = {"default": (
+    {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"} if CACHE_URL.startswith("locmem")
+    else {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL,
+          "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "sagas")})}
 
 CELERY_BEAT_SCHEDULE = {
     "sagas-sweep": {"task": "sagas.sweep", "schedule": SAGAS_SWEEP_INTERVAL},

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
+from django.utils import timezone
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import truncatechars
 from django.urls import path, reverse
@@ -22,8 +23,14 @@ from django.utils.safestring import SafeString
 from . import engine
 from .errors import SagaError
 from .models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
+from .selectors import with_current_step
+from .sentences import describe_event
+from .timeline import timeline_svg
 
 TIMELINE_LIMIT = 1000
+
+# The admin index leads to the live page (/admin/sagas/live/) first.
+admin.site.index_template = "admin/sagas/index.html"
 
 STATUS_COLOURS = {
     SagaStatus.PENDING: "#777",
@@ -49,6 +56,11 @@ def _pretty_json(value: Any) -> SafeString:
 def _saga_link(saga: SagaInstance) -> SafeString:
     url = reverse("admin:sagas_sagainstance_change", args=[saga.pk])
     return format_html('<a href="{}">{}</a>', url, saga.pk)
+
+
+def short_id(saga_id: uuid.UUID | str) -> str:
+    """The first 8 hex characters of a saga's id: enough to tell sagas apart on one screen."""
+    return uuid.UUID(str(saga_id)).hex[:8]
 
 
 class ReadOnlyMixin:
@@ -116,6 +128,25 @@ INTERVENTIONS: dict[str, tuple[str, Intervention]] = {
     "retry-compensation": ("Retry compensation", _retry_compensation),
     "release": ("Release to the sweeper", _release),
 }
+
+
+def applicable_interventions(saga: SagaInstance) -> list[str]:
+    """The interventions that can apply to the saga as it stands, read from the engine's state machine.
+
+    Cancel and retry compensation both move a saga to ``compensating``: cancel
+    from an active saga, retry from a finished (failed) one. Resubmit is for a
+    finished saga; release for an active one the sweeper holds (no ``due_at``).
+    The engine still has the last word when the button is pressed.
+    """
+    active = saga.status in ACTIVE_SAGA_STATUSES
+    to_compensating = engine.can_move_saga(saga.status, SagaStatus.COMPENSATING)
+    applies = {
+        "resubmit": not active,
+        "cancel": active and to_compensating,
+        "retry-compensation": not active and to_compensating,
+        "release": active and saga.due_at is None,
+    }
+    return [name for name in INTERVENTIONS if applies[name]]
 
 
 def intervene(
@@ -200,7 +231,9 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     """Sagas start through the API or Python and move only through the engine, which the actions call."""
 
     saga_id_lookup = "pk"
-    list_display = ("id", "saga_type", "version", "status_badge", "created_at", "duration_display", "error_excerpt")
+    list_display = ("short_id", "saga_type", "status_badge", "current_step_display", "created_at",
+                    "duration_display", "error_excerpt")
+    list_display_links = ("short_id",)
     list_filter = ("status", HeldBySweeperFilter, "saga_type", "created_at")
     search_fields = ("saga_type", "idempotency_key")
     show_full_result_count = False
@@ -212,13 +245,18 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
         ("Timing", {"fields": ("created_at", "started_at", "finished_at", "duration_display",
                                "cancel_requested_at", "updated_at", "due_at")}),
         ("Data", {"fields": ("input_pretty", "results_pretty")}),
-        ("Timeline", {"fields": ("timeline",)}),
+        ("Timeline", {"fields": ("timeline_chart", "timeline")}),
     )
     readonly_fields = (
         "id", "saga_type", "version", "status_badge", "error", "idempotency_key", "resubmitted_from_link",
         "resubmissions_links", "created_at", "started_at", "finished_at", "duration_display",
-        "cancel_requested_at", "updated_at", "due_at", "input_pretty", "results_pretty", "timeline",
+        "cancel_requested_at", "updated_at", "due_at", "input_pretty", "results_pretty", "timeline_chart",
+        "timeline",
     )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SagaInstance]:
+        """The current step comes in the list's own query (a subquery), not one query per row."""
+        return with_current_step(super().get_queryset(request))
 
     def has_intervene_permission(self, request: HttpRequest) -> bool:
         """Who may use the actions: whoever holds the model's change permission."""
@@ -231,14 +269,30 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
         colour = STATUS_COLOURS.get(saga.status, "#777")
         return format_html('<strong style="color:{}">{}</strong>', colour, saga.get_status_display())
 
+    @admin.display(description="id", ordering="created_at")
+    def short_id(self, saga: SagaInstance) -> SafeString:
+        return format_html('<code title="{}">{}</code>', saga.pk, short_id(saga.pk))
+
+    @admin.display(description="current step")
+    def current_step_display(self, saga: SagaInstance) -> str:
+        name = getattr(saga, "current_step", None)
+        if not name:
+            return "-"
+        status = getattr(saga, "current_step_status", "")
+        return name if status == StepStatus.PENDING and saga.status in ACTIVE_SAGA_STATUSES else f"{name} ({status})"
+
     @admin.display(description="duration")
     def duration_display(self, saga: SagaInstance) -> str:
         duration = saga.duration
+        if duration is None and saga.started_at and saga.status in ACTIVE_SAGA_STATUSES:
+            return f"{(timezone.now() - saga.started_at).total_seconds():.1f} s so far"
         return "-" if duration is None else f"{duration.total_seconds():.2f} s"
 
     @admin.display(description="error")
-    def error_excerpt(self, saga: SagaInstance) -> str:
-        return truncatechars(saga.error, 80)
+    def error_excerpt(self, saga: SagaInstance) -> SafeString | str:
+        if not saga.error:
+            return ""
+        return format_html('<span title="{}">{}</span>', saga.error, truncatechars(saga.error, 70))
 
     @admin.display(description="resubmitted from")
     def resubmitted_from_link(self, saga: SagaInstance) -> SafeString | str:
@@ -257,27 +311,29 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     def results_pretty(self, saga: SagaInstance) -> SafeString:
         return _pretty_json(saga.current_results)
 
+    @admin.display(description="picture")
+    def timeline_chart(self, saga: SagaInstance) -> SafeString:
+        """Bars per attempt, wait and compensation on a time axis (``sagas.timeline``)."""
+        events = list(saga.events.order_by("created_at", "id")[:TIMELINE_LIMIT])
+        return timeline_svg(events, saga.steps.all(), start=saga.created_at, end=saga.finished_at,
+                            now=timezone.now())
+
     @admin.display(description="events, oldest first")
     def timeline(self, saga: SagaInstance) -> SafeString:
-        """The audit trail as a table: every transition, in the order it happened."""
+        """The audit trail as sentences: every transition, in the order it happened."""
         events = list(saga.events.select_related("step").order_by("created_at", "id")[: TIMELINE_LIMIT + 1])
         rows = format_html_join(
-            "\n", "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            "\n", '<tr><td style="white-space:nowrap">{}</td><td>{}</td><td><small><code>{}</code></small></td></tr>',
             (
-                (
-                    f"{event.created_at:%Y-%m-%d %H:%M:%S.%f}"[:-3],
-                    event.kind,
-                    f"#{event.step.index} {event.step.name}" if event.step else "",
-                    json.dumps(event.detail, sort_keys=True, default=str),
-                )
+                (f"{event.created_at:%Y-%m-%d %H:%M:%S.%f}"[:-3], describe_event(event), event.kind)
                 for event in events[:TIMELINE_LIMIT]
             ),
         )
         more = format_html("<p>Only the first {} events are shown.</p>", TIMELINE_LIMIT) \
             if len(events) > TIMELINE_LIMIT else ""
         return format_html(
-            '<table class="saga-timeline"><thead><tr><th>time (UTC)</th><th>kind</th><th>step</th>'
-            "<th>detail</th></tr></thead><tbody>{}</tbody></table>{}",
+            '<table class="saga-timeline"><thead><tr><th>time (UTC)</th><th>what happened</th>'
+            "<th>kind</th></tr></thead><tbody>{}</tbody></table>{}",
             rows, more,
         )
 
@@ -325,14 +381,22 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
         return HttpResponseRedirect(reverse("admin:sagas_sagainstance_change", args=[saga.pk]))
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        """The saga's page shows only the buttons whose intervention applies to it now."""
+        saga_id = _as_uuid(object_id)
+        saga = SagaInstance.objects.filter(pk=saga_id).first() if saga_id else None
+        names = applicable_interventions(saga) if saga and self.has_intervene_permission(request) else []
         extra_context = {
             **(extra_context or {}),
             "saga_interventions": [
-                (label, reverse("admin:sagas_sagainstance_intervene", args=[object_id, name]))
-                for name, (label, _) in INTERVENTIONS.items()
-            ] if self.has_intervene_permission(request) else [],
+                (INTERVENTIONS[name][0], reverse("admin:sagas_sagainstance_intervene", args=[object_id, name]))
+                for name in names
+            ],
         }
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        return super().changelist_view(request, {**(extra_context or {}),
+                                                 "live_url": reverse("sagas-live")})
 
 
 # --- step records and events ------------------------------------------------------------
@@ -370,12 +434,12 @@ class StepRecordAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
 
 @admin.register(SagaEvent)
 class SagaEventAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
-    list_display = ("created_at", "saga_link", "kind", "step_name", "detail_excerpt")
+    list_display = ("created_at", "saga_link", "kind", "step_name", "sentence")
     list_filter = ("kind", "created_at", "saga__saga_type")
     search_fields = ("kind", "saga__saga_type")
     list_select_related = ("saga", "step")
     show_full_result_count = False
-    fields = ("created_at", "saga_link", "kind", "step_name", "detail_pretty")
+    fields = ("created_at", "saga_link", "kind", "step_name", "sentence", "detail_pretty")
     readonly_fields = fields
 
     @admin.display(description="saga", ordering="saga__created_at")
@@ -386,9 +450,9 @@ class SagaEventAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     def step_name(self, event: SagaEvent) -> str:
         return f"#{event.step.index} {event.step.name}" if event.step else ""
 
-    @admin.display(description="detail")
-    def detail_excerpt(self, event: SagaEvent) -> str:
-        return truncatechars(json.dumps(event.detail, sort_keys=True, default=str), 120)
+    @admin.display(description="what happened")
+    def sentence(self, event: SagaEvent) -> str:
+        return describe_event(event)
 
     @admin.display(description="detail")
     def detail_pretty(self, event: SagaEvent) -> SafeString:

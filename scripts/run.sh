@@ -50,7 +50,8 @@ start() {  # start NAME COMMAND...: run in the background, log to var/log/NAME.l
 start worker .venv/bin/celery -A config worker -E -l info -c 2
 if [ "$MODE" = serve ]; then
     start beat .venv/bin/celery -A config beat -l info -s var/celerybeat-schedule
-    start web $PY manage.py runserver "127.0.0.1:$WEB_PORT" --noreload
+    # An ASGI server: the admin, the API, /metrics and the live page's WebSocket on one port.
+    start web .venv/bin/uvicorn config.asgi:application --host 127.0.0.1 --port "$WEB_PORT" --ws wsproto
     FLOWER_UNAUTHENTICATED_API=true start flower .venv/bin/celery -A config flower \
         --port="$FLOWER_PORT" --address=127.0.0.1
 fi
@@ -67,6 +68,8 @@ cat <<INFO
 
 The orchestrator is running (logs in var/log/). Look here:
   admin       http://127.0.0.1:$WEB_PORT/admin/      ($ADMIN_LINE)
+  live page   http://127.0.0.1:$WEB_PORT/admin/sagas/live/
+  metrics     http://127.0.0.1:$WEB_PORT/metrics     (Prometheus text; open on localhost while DEBUG)
   REST API    http://127.0.0.1:$WEB_PORT/api/sagas/
   API docs    http://127.0.0.1:$WEB_PORT/api/docs/
   Flower      http://127.0.0.1:$FLOWER_PORT/

@@ -6,6 +6,16 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 bash scripts/services.sh redis postgres
+# The browser tests drive Debian's headless Chromium through its chromedriver.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "test: installing chromium and chromium-driver from Debian's packages (browser tests)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        echo "test: chromium or chromium-driver missing and I cannot install them: browser tests are skipped" >&2
+    fi
+fi
 
 PG_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/sagas}"
 status=0

@@ -27,7 +27,7 @@ from django.db import transaction
 from django.db.models import Q, Subquery
 from django.db.models.functions import Now
 
-from .. import canvas, liveness
+from .. import alerts, canvas, liveness
 from . import sql
 from ..canvas import hard_time_limit
 from ..definitions import Saga, Step, StepContext, registry
@@ -293,6 +293,8 @@ def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None
     elif target == SagaStatus.COMPENSATING:
         saga.finished_at = None
     event(saga, kind, **{"from": previous, "to": target, **detail})
+    if target == SagaStatus.FAILED:
+        alerts.saga_failed(saga)  # a person must act: logged and mailed once this commits
 
 
 def save_saga_if_unchanged(saga: SagaInstance, *, status: str) -> bool:

@@ -75,7 +75,8 @@ def test_change_page_shows_steps_timeline_and_buttons(admin_client, finished):
     for kind in kinds:
         assert kind.value in page
     assert page.index(EventKind.SAGA_CREATED.value) < page.index(EventKind.SAGA_COMPENSATED.value)
-    assert "Retry compensation" in page
+    assert "Resubmit" in page
+    assert "Retry compensation" not in page  # compensated, not failed: nothing to retry
     assert 'name="_save"' not in page  # read-only: nothing to save
 
 

@@ -1,0 +1,133 @@
+"""The live page's figures: a fingerprint that says whether anything changed, and the snapshot itself.
+
+Both are bounded whatever the number of sagas: the fingerprint is two
+index-only look-ups (the newest event id, the newest saga ``updated_at``);
+the snapshot is six queries, each on an index and limited (counts cover
+the sagas created in the last ``SAGAS_LIVE_WINDOW`` seconds, lists hold at
+most ``SAGAS_LIVE_ROWS`` rows).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Max
+from django.urls import reverse
+from django.utils import timezone
+
+from ..definitions import registry
+from ..models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
+from ..selectors import CURRENT_STEP_STATUSES
+
+# The step status of a step waiting for a signal, once the engine has it.
+WAITING_STATUS: str | None = getattr(StepStatus, "WAITING", None)
+
+
+def fingerprint() -> tuple:
+    """Changes whenever a transition was recorded: every transition writes an event or touches its saga's row.
+
+    (A claim that only marks a step running writes neither; the page shows
+    it with the next event, at the attempt's end.)
+    """
+    newest_event = SagaEvent.objects.aggregate(newest=Max("id"))["newest"]
+    newest_update = SagaInstance.objects.aggregate(newest=Max("updated_at"))["newest"]
+    return newest_event, newest_update
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _saga_row(saga: SagaInstance) -> dict[str, Any]:
+    return {
+        "id": str(saga.pk), "short_id": saga.pk.hex[:8], "saga_type": saga.saga_type, "status": saga.status,
+        "url": reverse("admin:sagas_sagainstance_change", args=[saga.pk]),
+    }
+
+
+def _counts(since: datetime) -> list[dict[str, Any]]:
+    rows = (SagaInstance.objects.filter(created_at__gte=since).order_by()
+            .values("saga_type", "status").annotate(n=Count("id")))
+    by_type: dict[str, dict[str, int]] = {}
+    for row in rows:
+        by_type.setdefault(row["saga_type"], {})[row["status"]] = row["n"]
+    return [{"saga_type": name, "counts": counts, "total": sum(counts.values())}
+            for name, counts in sorted(by_type.items())]
+
+
+def _current(records: list[StepRecord]) -> StepRecord | None:
+    """The step the saga stands at (as ``selectors.with_current_step`` picks it)."""
+    return next((r for r in records if r.status in CURRENT_STEP_STATUSES), None)
+
+
+def _in_flight(limit: int) -> list[dict[str, Any]]:
+    sagas = (SagaInstance.objects.filter(status__in=ACTIVE_SAGA_STATUSES).order_by("created_at")
+             .prefetch_related("steps")[:limit])
+    rows = []
+    for saga in sagas:
+        step = _current(list(saga.steps.all()))
+        since = None
+        if step is not None:
+            since = (step.attempt_started_at or step.started_at) if step.status == StepStatus.RUNNING else None
+        rows.append({
+            **_saga_row(saga),
+            "step": step.name if step else "", "step_status": step.status if step else "",
+            "since": _iso(since or saga.updated_at), "held": saga.due_at is None,
+            "error": saga.error[:300],
+        })
+    return rows
+
+
+def _deadline(record: StepRecord, since: datetime | None) -> datetime | None:
+    """When the wait times out: the record's own deadline if it keeps one, else the definition's ``signal_timeout``."""
+    for field in ("signal_deadline", "deadline", "wait_deadline"):
+        if getattr(record, field, None):
+            return getattr(record, field)
+    try:
+        timeout = getattr(registry.get(record.saga.saga_type, record.saga.version).steps[record.index],
+                          "signal_timeout", None)
+    except Exception:  # a definition no longer registered: no deadline to show
+        return None
+    return since + timedelta(seconds=timeout) if timeout and since else None
+
+
+def _waiting(limit: int) -> list[dict[str, Any]]:
+    if WAITING_STATUS is None:
+        return []
+    records = (StepRecord.objects.filter(status=WAITING_STATUS).select_related("saga")
+               .order_by("finished_at", "id")[:limit])
+    rows = []
+    for record in records:
+        since = getattr(record, "waiting_since", None) or record.finished_at or record.started_at
+        rows.append({**_saga_row(record.saga), "step": record.name, "since": _iso(since),
+                     "deadline": _iso(_deadline(record, since))})
+    return rows
+
+
+def _failures(statuses: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
+    sagas = SagaInstance.objects.filter(status__in=statuses).order_by("-updated_at")[:limit]
+    return [{**_saga_row(s), "error": s.error[:300], "since": _iso(s.finished_at or s.updated_at)} for s in sagas]
+
+
+def build_snapshot() -> dict[str, Any]:
+    """Everything the live page shows, as JSON-ready data."""
+    now = timezone.now()
+    rows = settings.SAGAS_LIVE_ROWS
+    return {
+        "generated_at": _iso(now),
+        "window_seconds": settings.SAGAS_LIVE_WINDOW,
+        "statuses": list(SagaStatus.values),
+        "counts": _counts(now - timedelta(seconds=settings.SAGAS_LIVE_WINDOW)),
+        "in_flight": _in_flight(rows),
+        "waiting_supported": WAITING_STATUS is not None,
+        "waiting": _waiting(rows),
+        # Failed sagas stay here until a person acts (retry compensation moves them on).
+        "needs_person": _failures((SagaStatus.FAILED,), rows),
+        "latest_failures": _failures((SagaStatus.COMPENSATED, SagaStatus.FAILED), 10),
+    }
+
+
+def snapshot_json() -> str:
+    return json.dumps(build_snapshot(), separators=(",", ":"))

@@ -1,0 +1,119 @@
+"""The audit trail in words: one sentence per ``SagaEvent``, for people reading a saga's page.
+
+Each kind of event carries its own ``detail`` (see ``sagas.engine``); the
+sentence says what happened with the figures that matter (attempt, error,
+retry delay) instead of showing the dictionary. A kind this module does not
+know yet (the engine grows) still reads as a sentence built from its name.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.template.defaultfilters import truncatechars
+
+from .models import EventKind, SagaEvent
+
+ERROR_LENGTH = 300
+
+
+def _error(detail: dict, key: str = "error") -> str:
+    return truncatechars(str(detail.get(key) or "no error given"), ERROR_LENGTH)
+
+
+def _seconds(value: Any) -> str:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{seconds:.3g} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
+def _retry(detail: dict) -> str:
+    return f"; retry in {_seconds(detail['retry_in'])}" if detail.get("retry_in") is not None else ""
+
+
+def _timed_out(detail: dict) -> str:
+    return " (timed out)" if detail.get("timeout") else ""
+
+
+def _note(detail: dict) -> str:
+    return f" ({detail['note']})" if detail.get("note") else ""
+
+
+def _attempt(detail: dict) -> str:
+    return str(detail.get("attempt") or detail.get("attempts") or "?")
+
+
+# Each writer gets (step name or "", detail) and returns the sentence.
+Writer = Callable[[str, dict], str]
+
+_WRITERS: dict[str, Writer] = {
+    EventKind.SAGA_CREATED: lambda step, d: "Saga created (version {}){}{}.".format(
+        d.get("version", "?"),
+        f", idempotency key {d['idempotency_key']}" if d.get("idempotency_key") else "",
+        f", resubmitted from saga {str(d['resubmitted_from'])[:8]}" if d.get("resubmitted_from") else ""),
+    EventKind.SAGA_STARTED: lambda step, d: "Saga started running.",
+    EventKind.SAGA_SUCCEEDED: lambda step, d: "Saga succeeded: every step is done.",
+    EventKind.SAGA_COMPENSATING: lambda step, d: f"Saga began compensating: {_error(d, 'reason')}.",
+    EventKind.SAGA_COMPENSATED: lambda step, d: f"Saga compensated: what it did is undone{_note(d)}.",
+    EventKind.SAGA_FAILED: lambda step, d: f"Saga failed and needs a person: {_error(d, 'reason')}.",
+    EventKind.CANCEL_REQUESTED: lambda step, d: f"Cancel requested: {d.get('reason') or 'cancelled'}.",
+    EventKind.RESUBMITTED: lambda step, d: f"Resubmitted as saga {str(d.get('new_saga', '?'))[:8]}.",
+    EventKind.COMPENSATION_RETRY_REQUESTED: lambda step, d: (
+        f"Compensation of {step} will be retried with a fresh budget." if step
+        else "A person asked to retry the failed compensations."),
+    EventKind.SAGA_RESUMED: lambda step, d: "Saga resumed ({}){}{}.".format(
+        d.get("phase", "?"),
+        f" from step {d['from_step']}" if d.get("from_step") is not None else "", _note(d)),
+    EventKind.STEP_STARTED: lambda step, d: f"Attempt {_attempt(d)} of {step} started.",
+    EventKind.STEP_ATTEMPT_FAILED: lambda step, d: (
+        f"Attempt {_attempt(d)} of {step} failed{_timed_out(d)}: {_error(d)}{_retry(d)}."),
+    EventKind.STEP_ATTEMPT_LOST: lambda step, d: (
+        f"{'Compensation attempt' if d.get('compensation') else 'Attempt'} {_attempt(d)} of {step} was lost "
+        "(killed at its hard time limit, or its worker died)."),
+    EventKind.STEP_SUCCEEDED: lambda step, d: f"{step} succeeded on attempt {_attempt(d)}.",
+    EventKind.STEP_FAILED: lambda step, d: "{} failed for good after {} attempt(s){}{}: {}{}.".format(
+        step, _attempt(d), " (permanent error)" if d.get("permanent") else "", _timed_out(d), _error(d),
+        "; it may have applied effects, so it is compensated" if d.get("may_have_effects") else ""),
+    EventKind.STEP_SKIPPED: lambda step, d: f"{step} skipped: the saga was undone before it ran.",
+    EventKind.COMPENSATION_STARTED: lambda step, d: f"Compensation attempt {_attempt(d)} of {step} started.",
+    EventKind.COMPENSATION_ATTEMPT_FAILED: lambda step, d: (
+        f"Compensation attempt {_attempt(d)} of {step} failed{_timed_out(d)}: {_error(d)}{_retry(d)}."),
+    EventKind.STEP_COMPENSATED: lambda step, d: f"{step} compensated on attempt {_attempt(d)}.",
+    EventKind.COMPENSATION_FAILED: lambda step, d: (
+        f"Compensation of {step} failed for good after {_attempt(d)} attempt(s): {_error(d)}."),
+    EventKind.NOTHING_TO_COMPENSATE: lambda step, d: f"{step} has no compensation: its effects stay as they are.",
+    EventKind.SAGA_STUCK: lambda step, d: f"The sweeper held the saga for a person: {_error(d)}.",
+    EventKind.ERROR_CALLBACK_IGNORED: lambda step, d: (
+        f"The chain's error callback was ignored{_note(d)}."),
+    EventKind.REPORT_DROPPED: lambda step, d: (
+        f"A late report of {'compensation ' if d.get('compensation') else ''}attempt {_attempt(d)} of {step} "
+        f"was dropped{_note(d)}."),
+}
+
+
+def _generic(kind: str, step: str, detail: dict) -> str:
+    """A kind added to the engine after this module: its name, its step, and its detail in words."""
+    words = kind.replace("_", " ")
+    text = f"{words[:1].upper()}{words[1:]}" + (f" ({step})" if step else "")
+    facts = ", ".join(f"{key.replace('_', ' ')} {truncatechars(str(value), 120)}"
+                      for key, value in sorted(detail.items()) if value not in (None, "", [], {}))
+    return f"{text}: {facts}." if facts else f"{text}."
+
+
+def describe(kind: str, detail: dict | None, step: str = "") -> str:
+    """One sentence for an event of ``kind`` with ``detail``, concerning step ``step`` (its name, or "")."""
+    detail = detail if isinstance(detail, dict) else {}
+    writer = _WRITERS.get(kind)
+    if writer is None:
+        return _generic(kind, step, detail)
+    try:
+        return writer(step or "the step", detail)
+    except (KeyError, TypeError, ValueError):  # a detail written by an older engine: still a sentence
+        return _generic(kind, step, detail)
+
+
+def describe_event(event: SagaEvent) -> str:
+    """The sentence for a stored event (its step read from ``event.step``: select it with the event)."""
+    return describe(event.kind, event.detail, event.step.name if event.step_id else "")

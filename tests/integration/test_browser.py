@@ -1,0 +1,185 @@
+"""The live page and a saga's timeline in a real browser: headless Chromium (Debian's) driven by Selenium,
+against the real ASGI server (uvicorn, in a subprocess), a real worker and the test database.
+
+``scripts/test.sh`` installs ``chromium`` and ``chromium-driver`` when it runs as root and they are
+missing; elsewhere these tests are skipped if the browser is not there. Screenshots go to
+``var/screenshots/``.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+
+from sagas.models import FINAL_SAGA_STATUSES, SagaInstance, SagaStatus
+from sagas.workers import database_url, free_port, wait_for_http
+from tests.helpers import wait_for_saga
+
+from .conftest import QUEUE
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SHOTS = Path(settings.VAR_DIR) / "screenshots"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+                       reason="needs Debian's chromium and chromium-driver (scripts/test.sh installs them as root)"),
+]
+
+
+@pytest.fixture
+def server(worker):
+    """uvicorn serving config.asgi on a free port, on the test database, sending to the test worker's queue."""
+    port = free_port()
+    log = Path(settings.VAR_DIR) / f"uvicorn-{port}.log"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings_test", "DATABASE_URL": database_url(),
+           "CELERY_TASK_DEFAULT_QUEUE": QUEUE, "SAGAS_VAR_DIR": str(settings.VAR_DIR)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+             "--ws", "wsproto", "--log-level", "warning"],
+            cwd=settings.BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/admin/login/", proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def staff(worker):
+    user = get_user_model().objects.create_superuser("admin", "admin@example.com", "admin")
+    return user, Token.objects.create(user=user).key
+
+
+def log_in(browser, server):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/admin/login/?next=/admin/")
+    browser.find_element(By.NAME, "username").send_keys("admin")
+    browser.find_element(By.NAME, "password").send_keys("admin")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait(browser, lambda d: "/admin/login/" not in d.current_url)
+
+
+def wait(browser, condition, timeout=20.0):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout, poll_frequency=0.05).until(condition)
+
+
+def start_saga_through_api(server, token, saga_type, saga_input):
+    request = urllib.request.Request(
+        f"{server}/api/sagas/", method="POST", data=json.dumps({"saga_type": saga_type, "input": saga_input}).encode(),
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+        return SagaInstance.objects.get(pk=json.load(response)["id"])
+
+
+def screenshot(browser, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SHOTS / name))
+
+
+def test_live_page_shows_a_saga_appear_and_finish_without_a_reload(server, browser, staff):
+    from selenium.webdriver.common.by import By
+
+    _, token = staff
+    log_in(browser, server)
+    browser.get(f"{server}/admin/sagas/live/")
+    wait(browser, lambda d: d.find_element(By.ID, "live-status").text == "live")
+    browser.execute_script("window.loadedOnce = 'yes'")  # gone if the page were loaded again
+
+    started = time.monotonic()
+    saga = start_saga_through_api(server, token, "tests.three_steps", {"sleep": {"b": 2.5}})
+    row = f'#in-flight tr[data-saga-id="{saga.pk}"]'
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row), timeout=10)
+    seen_after = time.monotonic() - started
+    failed = start_saga_through_api(server, token, "tests.three_steps",
+                                    {"fail": {"b": "permanent"}, "comp_fail": {"a": 5}})
+    compensated = start_saga_through_api(server, token, "tests.three_steps", {"fail": {"c": "permanent"}})
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#needs-person tr[data-saga-id="{failed.pk}"]'))
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR,
+                                            f'#latest-failures tr[data-saga-id="{compensated.pk}"]'))
+    assert "tests.three_steps" in browser.find_element(By.CSS_SELECTOR, row).text
+    screenshot(browser, "live-page.png")
+
+    assert wait_for_saga(saga).status == SagaStatus.SUCCEEDED
+    finished_at = time.monotonic()
+    wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, row), timeout=10)
+    gone_after = time.monotonic() - finished_at
+    succeeded = '#counts tr[data-saga-type="tests.three_steps"] td[data-status="succeeded"]'
+    assert browser.find_element(By.CSS_SELECTOR, succeeded).text == "1"
+
+    print(f"a new saga showed after {seen_after:.2f} s; a finished one left after {gone_after:.2f} s")
+    # A change shows within 2 s (seen_after also counts the API call that started the saga).
+    assert seen_after < 3 and gone_after < 2.0, (seen_after, gone_after)
+    assert browser.execute_script("return window.loadedOnce") == "yes"
+    assert browser.execute_script("return window.sagasLive.loads") == 1
+    assert browser.execute_script("return performance.getEntriesByType('navigation').length") == 1
+    assert browser.execute_script("return window.sagasLive.pushes") >= 2
+    assert SagaInstance.objects.get(pk=failed.pk).status == SagaStatus.FAILED
+
+
+def test_saga_page_draws_its_timeline_with_a_bar_per_attempt(server, browser, staff):
+    from selenium.webdriver.common.by import By
+
+    _, token = staff
+    saga = start_saga_through_api(server, token, "tests.parallel", {
+        "sleep": {"a": 0.3, "b1": 0.4, "b2": 0.2, "b3": 0.7}, "flaky": {"b2": 1}, "fail": {"c": "permanent"},
+        "comp_fail": {"a": 1}})
+    saga = wait_for_saga(saga, FINAL_SAGA_STATUSES)
+    assert saga.status == SagaStatus.COMPENSATED
+    log_in(browser, server)
+
+    browser.get(f"{server}/admin/sagas/sagainstance/{saga.pk}/change/")
+
+    chart = browser.find_element(By.CSS_SELECTOR, "svg.saga-timeline-chart")
+    attempts = chart.find_elements(By.CSS_SELECTOR, "rect.bar-attempt")
+    compensations = chart.find_elements(By.CSS_SELECTOR, "rect.bar-compensation")
+    # a, b1, b2 (twice), b3, c: six attempts; b1, b2, b3 and a (twice) undone: five compensation attempts
+    assert len(attempts) == 6 and len(compensations) == 5
+    assert {r.get_attribute("data-outcome") for r in attempts} == {"succeeded", "retried", "failed"}
+    assert chart.find_elements(By.CSS_SELECTOR, "rect.bar-retry-wait")
+    assert "Attempt 1 of b2 failed: ConnectionError: b2 flaked on attempt 1" in browser.page_source
+    buttons = [b.text for b in browser.find_elements(By.CSS_SELECTOR, ".object-tools button")]
+    assert buttons == ["Resubmit"]
+    browser.execute_script("arguments[0].scrollIntoView()", chart)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    chart.find_element(By.XPATH, "./ancestor::fieldset").screenshot(str(SHOTS / "timeline.png"))

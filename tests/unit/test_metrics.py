@@ -1,0 +1,126 @@
+"""/metrics: Prometheus text read from the database at scrape time, behind a bearer token."""
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+
+from sagas.metrics import exposition
+from sagas.models import SagaInstance, SagaStatus, StepRecord, StepStatus
+
+NOW = timezone.now()
+
+
+def saga(saga_type="shop.order", status=SagaStatus.SUCCEEDED, steps=()):
+    """A saga row; ``steps``: (name, status, attempts, seconds or None, lease held)."""
+    instance = SagaInstance.objects.create(saga_type=saga_type, status=status)
+    for index, (name, step_status, attempts, seconds, leased) in enumerate(steps):
+        StepRecord.objects.create(
+            saga=instance, index=index, name=name, status=step_status, attempts=attempts,
+            started_at=NOW if attempts else None,
+            finished_at=NOW + timedelta(seconds=seconds) if seconds is not None else None,
+            lease_expires_at=NOW + timedelta(minutes=5) if leased else None)
+    return instance
+
+
+def samples(text: str) -> dict:
+    """(sample name, sorted labels) -> value, for every sample in the exposition."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.fixture
+def figures(db):
+    saga(steps=[("charge", StepStatus.SUCCEEDED, 2, 0.3, False), ("ship", StepStatus.SUCCEEDED, 1, 2.0, False)])
+    saga(status=SagaStatus.COMPENSATED,
+         steps=[("charge", StepStatus.COMPENSATED, 1, 0.2, False), ("ship", StepStatus.FAILED, 3, 40.0, False)])
+    saga(status=SagaStatus.RUNNING, steps=[("charge", StepStatus.RUNNING, 1, None, True),
+                                           ("ship", StepStatus.PENDING, 0, None, False)])
+    saga("hr.hire", SagaStatus.FAILED, steps=[("open", StepStatus.COMPENSATION_FAILED, 1, 1.0, False)])
+    return samples(exposition().decode())
+
+
+def test_sagas_started_finished_and_active_by_type_and_status(figures):
+    assert figures[("sagas_started_total", (("saga_type", "shop.order"),))] == 3
+    assert figures[("sagas_started_total", (("saga_type", "hr.hire"),))] == 1
+    assert figures[("sagas_finished_total", (("saga_type", "shop.order"), ("status", "succeeded")))] == 1
+    assert figures[("sagas_finished_total", (("saga_type", "shop.order"), ("status", "compensated")))] == 1
+    assert figures[("sagas_finished_total", (("saga_type", "hr.hire"), ("status", "failed")))] == 1
+    assert figures[("sagas_active", (("saga_type", "shop.order"), ("status", "running")))] == 1
+
+
+def test_step_attempts_by_outcome(figures):
+    def attempts(step, outcome):
+        return figures[("sagas_step_attempts_total",
+                        (("outcome", outcome), ("saga_type", "shop.order"), ("step", step)))]
+
+    assert attempts("charge", "succeeded") == 2  # the running attempt has not ended
+    assert attempts("charge", "failed") == 1  # the first attempt of the retried one
+    assert attempts("ship", "succeeded") == 1
+    assert attempts("ship", "failed") == 3
+
+
+def test_step_durations_are_a_histogram_by_outcome(figures):
+    def sample(name, outcome, **extra):
+        labels = {"saga_type": "shop.order", "step": "ship", "outcome": outcome, **extra}
+        return figures[(name, tuple(sorted(labels.items())))]
+
+    assert sample("sagas_step_duration_seconds_count", "succeeded") == 1
+    assert sample("sagas_step_duration_seconds_sum", "succeeded") == pytest.approx(2.0, abs=1e-3)  # SQLite: julianday
+    assert sample("sagas_step_duration_seconds_bucket", "succeeded", le="1.0") == 0
+    assert sample("sagas_step_duration_seconds_bucket", "succeeded", le="5.0") == 1
+    assert sample("sagas_step_duration_seconds_bucket", "failed", le="30.0") == 0
+    assert sample("sagas_step_duration_seconds_bucket", "failed", le="60.0") == 1
+    assert sample("sagas_step_duration_seconds_bucket", "failed", le="+Inf") == 1
+
+
+def test_every_name_is_prefixed(figures):
+    assert figures and all(name.startswith("sagas_") for name, _ in figures)
+
+
+def test_scrape_cost_does_not_grow_with_the_sagas(db, django_assert_num_queries):
+    for n in range(30):
+        saga(f"type{n % 4}", steps=[("a", StepStatus.SUCCEEDED, 1, 0.1, False)])
+
+    with django_assert_num_queries(3):
+        exposition()
+
+
+# --- who may scrape -------------------------------------------------------------------
+
+
+def test_without_a_token_a_remote_client_is_refused(client, db, settings):
+    settings.SAGAS_METRICS_TOKEN = "s3cret"
+
+    response = client.get("/metrics", REMOTE_ADDR="10.0.0.7")
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_wrong_token_is_refused(client, db, settings):
+    settings.SAGAS_METRICS_TOKEN = "s3cret"
+
+    response = client.get("/metrics", REMOTE_ADDR="10.0.0.7", HTTP_AUTHORIZATION="Bearer nope")
+
+    assert response.status_code == 401
+
+
+def test_the_token_opens_it(client, db, settings):
+    settings.SAGAS_METRICS_TOKEN = "s3cret"
+    settings.DEBUG = False
+
+    response = client.get("/metrics", REMOTE_ADDR="10.0.0.7", HTTP_AUTHORIZATION="Bearer s3cret")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    assert "# TYPE sagas_started_total counter" in response.content.decode()
+
+
+def test_localhost_is_open_in_development_only(client, db, settings):
+    settings.SAGAS_METRICS_TOKEN = ""
+    settings.DEBUG = True
+    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 200
+
+    settings.DEBUG = False
+    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 401

@@ -1,0 +1,38 @@
+"""Events read as sentences, not dictionaries."""
+import pytest
+
+from sagas.models import EventKind
+from sagas.sentences import describe
+
+
+def test_failed_attempt_names_attempt_step_error_and_retry():
+    sentence = describe(EventKind.STEP_ATTEMPT_FAILED,
+                        {"attempt": 2, "error": "TimeoutError: gateway", "retry_in": 0.4, "timeout": False},
+                        "charge_payment")
+
+    assert sentence == "Attempt 2 of charge_payment failed: TimeoutError: gateway; retry in 0.4 s."
+
+
+def test_final_failure_says_permanent_and_attempts():
+    sentence = describe(EventKind.STEP_FAILED, {"attempts": 1, "error": "PermanentError: card blocked",
+                                                "permanent": True}, "charge_payment")
+
+    assert sentence == "charge_payment failed for good after 1 attempt(s) (permanent error): PermanentError: card blocked."
+
+
+def test_saga_failed_says_a_person_must_act():
+    assert describe(EventKind.SAGA_FAILED, {"reason": "compensation of step a failed: x"}) == \
+        "Saga failed and needs a person: compensation of step a failed: x."
+
+
+@pytest.mark.parametrize("kind", list(EventKind))
+def test_every_kind_reads_as_a_sentence_even_with_an_empty_detail(kind):
+    sentence = describe(kind, {}, "a")
+
+    assert sentence.endswith(".") and "{" not in sentence
+
+
+def test_an_unknown_kind_still_reads_as_words():
+    sentence = describe("step_signalled", {"by": "alice", "result": {"ok": True}}, "manager_approval")
+
+    assert sentence == "Step signalled (manager_approval): by alice, result {'ok': True}."
