@@ -32,3 +32,15 @@ def make_due(saga) -> None:
     from django.db.models.functions import Now
 
     SagaInstance.objects.filter(pk=saga.pk).update(due_at=Now())
+
+
+def compensations_due(saga) -> list[int]:
+    """The compensations the engine's chain visits for ``saga`` now, latest step first.
+
+    A step that fails for good starts the compensation in the transaction
+    that records it; unit tests without a broker run that chain by hand.
+    """
+    from sagas.engine.compensation import compensation_order
+    from sagas.models import StepRecord
+
+    return compensation_order(list(StepRecord.objects.filter(saga_id=saga.pk).order_by("index")))

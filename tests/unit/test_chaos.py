@@ -12,8 +12,9 @@ from sagas.chaos import (
     longest,
     measure_recoveries,
 )
-from sagas.engine import begin_compensation, execute_compensation, execute_step
+from sagas.engine import execute_compensation, execute_step
 from sagas.models import ChaosEffect, EventKind, SagaInstance, SagaStatus
+from tests.helpers import compensations_due
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -50,7 +51,7 @@ def test_a_succeeded_chaos_saga_leaves_each_effect_once(db, sent):
 
 def test_a_compensated_chaos_saga_undoes_every_effect_and_the_refusing_step_leaves_none(db, sent):
     saga = run_forward(start_saga(CHAOS_SAGA, input={"sleep": 0, "fail": "s2"}))
-    for index in begin_compensation(saga.id):
+    for index in compensations_due(saga):
         execute_compensation(saga.id, index)
     saga.refresh_from_db()
 
@@ -104,7 +105,7 @@ def test_a_missing_effect_after_success_is_reported(db, sent):
 
 def test_an_effect_left_in_place_after_compensation_is_reported(db, sent):
     saga = run_forward(start_saga(CHAOS_SAGA, input={"sleep": 0, "fail": "s2"}))
-    for index in begin_compensation(saga.id):
+    for index in compensations_due(saga):
         execute_compensation(saga.id, index)
     ChaosEffect.objects.filter(saga_id=saga.id, step="s0").update(undone_at=None)
 

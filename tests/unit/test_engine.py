@@ -132,6 +132,7 @@ from django.db.models.functions import Now  # noqa: E402
 
 from sagas import engine  # noqa: E402
 from sagas.engine import Decision, Report, execute_compensation, execute_step, sweep  # noqa: E402
+from tests.helpers import compensations_due  # noqa: E402
 
 
 def make_due(saga):
@@ -166,18 +167,45 @@ def test_step_out_of_order_does_nothing(db, sent):
     assert saga.steps.get(index=2).status == StepStatus.PENDING
 
 
-def test_failed_step_tells_the_task_to_fail_again_on_redelivery(db, sent):
-    saga = start_saga(SAGA, input={"fail": {"a": "permanent"}})
-    assert execute_step(saga.id, 0).decision is Decision.FAILED
+def test_a_step_failed_for_good_starts_the_compensation_in_the_same_transaction(
+        db, sent, django_capture_on_commit_callbacks):
+    saga = start_saga(SAGA, input={"fail": {"b": "permanent"}})
+    execute_step(saga.id, 0)
+    sent.clear()
 
-    assert execute_step(saga.id, 0).decision is Decision.FAILED  # so the error callback is sure to run
-    assert saga.steps.get(index=0).attempts == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        outcome = execute_step(saga.id, 1)
+
+    # The task ends normally: the chain's error callback is only for a task that dies without reporting.
+    assert outcome.decision is Decision.STOP and outcome.reason.startswith("failed for good")
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.COMPENSATING and saga.error.startswith("step b failed")
+    assert sent == [("compensate", saga.id, [0])]
+    assert list(saga.steps.values_list("status", flat=True)) == [
+        StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED]
+    assert execute_step(saga.id, 1).decision is Decision.STOP  # a redelivery changes nothing
+    assert saga.steps.get(index=1).attempts == 1
+
+
+def test_a_first_step_failed_for_good_leaves_nothing_to_undo(db, sent):
+    saga = start_saga(SAGA, input={"fail": {"a": "permanent"}})
+
+    assert execute_step(saga.id, 0).decision is Decision.STOP
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.COMPENSATED
 
 
 def test_sweeper_starts_compensation_when_the_error_callback_was_lost(db, sent, django_capture_on_commit_callbacks):
-    saga = start_saga(SAGA, input={"fail": {"b": "permanent"}})
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    saga = start_saga(SAGA, input={})
     execute_step(saga.id, 0)
     execute_step(saga.id, 1)
+    engine.claim_step(saga.id, 2, None)  # c allows one attempt, and this one is lost
+    StepRecord.objects.filter(saga=saga, index=2).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert execute_step(saga.id, 2).decision is Decision.FAILED  # the task fails: its error callback compensates
     sent.clear()
     make_due(saga)
 
@@ -187,15 +215,14 @@ def test_sweeper_starts_compensation_when_the_error_callback_was_lost(db, sent, 
     saga.refresh_from_db()
     assert report.compensation_started == 1
     assert saga.status == SagaStatus.COMPENSATING
-    assert sent == [("compensate", saga.id, [0])]
+    assert sent == [("compensate", saga.id, [2, 1, 0])]  # c may have done its work: undone too
 
 
 def test_sweeper_resumes_a_compensation_that_stalled(db, sent, django_capture_on_commit_callbacks):
     saga = start_saga(SAGA, input={"fail": {"c": "permanent"}})
     for index in range(3):
         execute_step(saga.id, index)
-    from sagas.engine import begin_compensation
-    assert begin_compensation(saga.id) == [1, 0]
+    assert compensations_due(saga) == [1, 0]
     assert execute_compensation(saga.id, 1).decision is Decision.CONTINUE
     sent.clear()
     make_due(saga)
@@ -219,8 +246,6 @@ def test_compensation_out_of_order_waits_for_later_steps(db, sent):
     saga = start_saga(SAGA, input={"fail": {"c": "permanent"}})
     for index in range(3):
         execute_step(saga.id, index)
-    from sagas.engine import begin_compensation
-    begin_compensation(saga.id)
 
     assert execute_compensation(saga.id, 0).decision is Decision.STOP
     assert saga.steps.get(index=0).status == StepStatus.SUCCEEDED
@@ -228,7 +253,6 @@ def test_compensation_out_of_order_waits_for_later_steps(db, sent):
 
 # --- Parallel: members run at once, the last to succeed sends the next stage -----------
 
-from sagas.engine import begin_compensation  # noqa: E402
 
 PARALLEL = "tests.parallel"  # a -> Parallel("fanout", b1, b2, b3) -> c
 A, B1, B2, B3, C = range(5)
@@ -288,11 +312,10 @@ def test_a_failed_member_stops_a_sibling_waiting_for_its_retry(db, sent, django_
     saga = start_saga(PARALLEL, input={"flaky": {"b1": 1}, "fail": {"b2": "permanent"}})
     execute_step(saga.id, A)
     assert execute_step(saga.id, B1).decision is Decision.RETRY
-    assert execute_step(saga.id, B2).decision is Decision.FAILED
     sent.clear()
 
     with django_capture_on_commit_callbacks(execute=True):
-        assert begin_compensation(saga.id) == [A]
+        assert execute_step(saga.id, B2).decision is Decision.STOP  # failed for good: compensating
 
     b1 = saga.steps.get(index=B1)
     assert b1.status == StepStatus.FAILED and b1.error == "stopped: the saga is compensating"
@@ -312,11 +335,10 @@ def test_compensation_waits_for_a_running_member_whose_report_then_sends_it(
     execute_step(saga.id, A)
     execute_step(saga.id, B3)
     running = engine.claim_step(saga.id, B1, None)  # b1's action is under way
-    execute_step(saga.id, B2)
     sent.clear()
 
     with django_capture_on_commit_callbacks(execute=True):
-        begin_compensation(saga.id)
+        execute_step(saga.id, B2)  # fails for good: the saga compensates
 
     assert saga.steps.get(index=B1).status == StepStatus.RUNNING  # left to finish
     assert sent == []  # nothing is undone (and nothing polls) while b1 is at work
@@ -342,8 +364,7 @@ def test_a_running_member_that_then_fails_is_not_retried(db, sent):
     saga = start_saga(PARALLEL, input={"fail": {"b2": "permanent"}})
     execute_step(saga.id, A)
     running = engine.claim_step(saga.id, B1, None)
-    execute_step(saga.id, B2)
-    begin_compensation(saga.id)
+    execute_step(saga.id, B2)  # fails for good: the saga compensates
 
     outcome = engine.record_step(saga.id, B1, Report(running.attempt, ok=False, error="ConnectionError: flaked"),
                                  None)
@@ -366,8 +387,7 @@ def test_a_running_member_whose_lease_expired_is_failed_and_compensated_by_the_s
     saga = start_saga(PARALLEL, input={"fail": {"b2": "permanent"}})
     execute_step(saga.id, A)
     engine.claim_step(saga.id, B1, None)
-    execute_step(saga.id, B2)
-    begin_compensation(saga.id)
+    execute_step(saga.id, B2)  # fails for good: the saga compensates
     StepRecord.objects.filter(saga=saga, index=B1).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     make_due(saga)  # its due time was that lease
     sent.clear()
@@ -387,7 +407,7 @@ def test_members_are_compensated_in_any_order_but_before_earlier_stages(db, sent
     saga = start_saga(PARALLEL, input={"fail": {"c": "permanent"}})
     for index in range(5):
         execute_step(saga.id, index)
-    assert begin_compensation(saga.id) == [B3, B2, B1, A]
+    assert compensations_due(saga) == [B3, B2, B1, A]
 
     assert execute_compensation(saga.id, B1).decision is Decision.CONTINUE  # a sibling need not wait
     assert execute_compensation(saga.id, A).decision is Decision.STOP  # b2 and b3 are not undone yet

@@ -48,6 +48,12 @@ if SAGA not in registry:
     registry.register(Saga(SAGA, steps=[Step(name, _step, compensation=_step) for name in ("s0", "s1", "s2")]))
 
 
+@pytest.fixture(autouse=True)
+def no_failure_injection(settings):
+    """As in production: failure injection off, so its rules (re-read every second) are not counted."""
+    settings.SAGAS_FAILURE_INJECTION_ENABLED = False
+
+
 @pytest.fixture
 def running_saga(transactional_db, sent):
     saga = start_saga(SAGA, input={"i": 1})

@@ -1,8 +1,9 @@
 """The invariants a finished saga satisfies, parallel ones included."""
 from sagas import start_saga
-from sagas.engine import begin_compensation, execute_compensation, execute_step
+from sagas.engine import execute_compensation, execute_step
 from sagas.invariants import saga_problems
 from sagas.models import EventKind, SagaEvent
+from tests.helpers import compensations_due
 
 PARALLEL = "tests.parallel"  # a -> Parallel("fanout", b1, b2, b3) -> c
 
@@ -20,7 +21,7 @@ def test_a_compensated_parallel_saga_is_consistent(db, sent):
     saga = start_saga(PARALLEL, input={"fail": {"b2": "permanent"}})
     for index in (0, 1, 3, 2):
         execute_step(saga.id, index)
-    for index in begin_compensation(saga.id):
+    for index in compensations_due(saga):
         execute_compensation(saga.id, index)
     saga.refresh_from_db()
 
