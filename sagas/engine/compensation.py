@@ -11,6 +11,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import Q
 
 from ..definitions import Retry
 from ..models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
@@ -33,6 +34,7 @@ from .core import (
     make_claim,
     move_saga,
     move_step,
+    record_at,
     release,
     save_step,
     retry_is_due,
@@ -58,12 +60,25 @@ def compensation_order(records: list[StepRecord]) -> list[int]:
     return [r.index for r in reversed(records) if to_undo(r)]
 
 
-def finish_if_compensated(saga: SagaInstance, records: list[StepRecord]) -> bool:
-    """A compensating saga with nothing left to undo and nothing still running is compensated."""
+def finish_if_compensated(saga: SagaInstance) -> bool:
+    """A compensating saga with nothing left to undo and nothing still running is compensated.
+
+    Judged from the records read, and for those not read (the siblings of a
+    ``Parallel`` member, which a compensation does not read) by one query
+    in the database: undoing a stage of M members costs M times one member.
+    """
     if saga.status != SagaStatus.COMPENSATING:
         return False
-    if any(r.status == StepStatus.RUNNING or to_undo(r) for r in records):
+    if any(r.status == StepStatus.RUNNING or to_undo(r) for r in saga.records):
         return False
+    if not saga.complete and len(saga.records) < len(definition_of(saga).steps):
+        left = StepRecord.objects.filter(saga_id=saga.pk).exclude(index__in=[r.index for r in saga.records]).filter(
+            Q(status=StepStatus.RUNNING)
+            | Q(has_compensation=True) & (Q(status__in=UNDO_PENDING)
+                                          | Q(status=StepStatus.FAILED, may_have_effects=True))
+        )
+        if left.exists():
+            return False
     move_saga(saga, SagaStatus.COMPENSATED, EventKind.SAGA_COMPENSATED)
     return True
 
@@ -166,13 +181,13 @@ def execute_compensation(saga_id, index: int, policy: Retry | None = None, repor
 
 
 def _claim_compensation(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
-    with locked_saga(saga_id) as saga:
+    with locked_saga(saga_id, undoing=index) as saga:
         if saga is None:
             return Outcome(Decision.STOP, reason="saga does not exist")
         if saga.status != SagaStatus.COMPENSATING:
             return Outcome(Decision.STOP, reason=f"saga is {saga.status}")
-        records = steps_of(saga)
-        record = records[index]
+        records = saga.records  # this step's and the later stages'
+        record = record_at(saga, index)
         definition = definition_of(saga, records)
         now = saga.db_now
         dead = dead_holders([record], now)
@@ -184,12 +199,11 @@ def _claim_compensation(saga_id, index: int, policy: Retry | None) -> Claim | Ou
             else:
                 fail_step(saga, record, "stopped: the saga is compensating", blame=False)
         if not to_undo(record):
-            finish_if_compensated(saga, records)
+            finish_if_compensated(saga)
             return Outcome(Decision.CONTINUE, reason=f"nothing to compensate (step {record.status})")
         # Everything in later stages is undone first; members of one Parallel
         # are independent of each other.
-        last_of_stage = definition.stage_indices(index)[-1]
-        if any(to_undo(r) or r.status == StepStatus.RUNNING for r in records[last_of_stage + 1:]):
+        if any(to_undo(r) or r.status == StepStatus.RUNNING for r in records if r.stage > record.stage):
             return Outcome(Decision.STOP, reason="a later step is not compensated yet")
         step = definition.step_at(index)
         policy = policy or step.compensation_retry
@@ -224,11 +238,10 @@ def fail_compensation(saga: SagaInstance, record: StepRecord, error: str) -> Non
 
 def record_compensation(saga_id, index: int, report: Report, policy: Retry | None) -> Outcome:
     """Record how one compensation attempt ended."""
-    with locked_saga(saga_id) as saga:
+    with locked_saga(saga_id, undoing=index) as saga:
         if saga is None:
             return Outcome(Decision.STOP, reason="saga does not exist")
-        records = steps_of(saga)
-        record = records[index]
+        record = record_at(saga, index)
         if record.status != StepStatus.COMPENSATING or record.compensation_attempts != report.attempt:
             event(saga, EventKind.REPORT_DROPPED, step=record, attempt=report.attempt, compensation=True,
                   ok=report.ok, error=report.error,
@@ -239,7 +252,7 @@ def record_compensation(saga_id, index: int, report: Report, policy: Retry | Non
             record.compensation_error = ""
             release(record)
             move_step(saga, record, StepStatus.COMPENSATED, EventKind.STEP_COMPENSATED, attempt=report.attempt)
-            if not finish_if_compensated(saga, records):
+            if not finish_if_compensated(saga):
                 keep_due(saga)
             return Outcome(Decision.CONTINUE)
         policy = policy or definition_of(saga).step_at(index).compensation_retry

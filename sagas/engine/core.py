@@ -138,19 +138,27 @@ _SAVED = ("status", "error", "results", "started_at", "finished_at", "cancel_req
 
 
 @contextmanager
-def locked_saga(saga_id, *, step: int | None = None) -> Iterator[SagaInstance | None]:
+def locked_saga(saga_id, *, step: int | None = None, undoing: int | None = None) -> Iterator[SagaInstance | None]:
     """The saga's row, locked, with ``db_now`` and its step records; written back in two statements at most.
 
     With ``step``, only that step's record and those of the earlier stages
     are read (what a forward step needs, whatever the size of a Parallel it
-    belongs to); ``steps_of`` reads the rest if a transition needs them.
+    belongs to); with ``undoing``, every record but those of the step's
+    ``Parallel`` siblings (a compensation needs the later stages, and to know
+    whether anything is left to undo). ``steps_of`` reads the rest if a
+    transition needs them.
     """
     with transaction.atomic():
         # Every row read is locked (on PostgreSQL FOR UPDATE of both tables): a
         # transaction that waited for the lock then reads each row as the one
         # before it left it, not as it was when this statement began.
-        saga = _as_saga(_LOCKED_ALL(saga_id=saga_id) if step is None else _LOCKED_UP_TO(saga_id=saga_id, step=step),
-                        complete=step is None)
+        if step is not None:
+            records = _LOCKED_UP_TO(saga_id=saga_id, step=step)
+        elif undoing is not None:
+            records = _LOCKED_BUT_SIBLINGS(saga_id=saga_id, step=undoing)
+        else:
+            records = _LOCKED_ALL(saga_id=saga_id)
+        saga = _as_saga(records, complete=step is None and undoing is None)
         if saga is None:
             yield None
             return
@@ -193,14 +201,22 @@ def _steps_with_saga(saga_id, *, lock: bool = True):
     return rows.select_for_update() if lock else rows
 
 
+def _own_stage(saga_id, step):
+    return StepRecord.objects.filter(saga_id=saga_id, index=step).order_by().values("stage")[:1]
+
+
 def _steps_up_to(saga_id, step, *, lock: bool = True):
-    own_stage = StepRecord.objects.filter(saga_id=saga_id, index=step).order_by().values("stage")[:1]
-    return _steps_with_saga(saga_id, lock=lock).filter(Q(index=step) | Q(stage__lt=Subquery(own_stage)))
+    return _steps_with_saga(saga_id, lock=lock).filter(Q(index=step) | Q(stage__lt=Subquery(_own_stage(saga_id, step))))
+
+
+def _steps_but_siblings(saga_id, step):
+    return _steps_with_saga(saga_id).filter(Q(index=step) | ~Q(stage=Subquery(_own_stage(saga_id, step))))
 
 
 # The read of a transition: all the saga's steps, or one step's and its earlier stages'.
 _LOCKED_ALL = sql.PreparedRead(_steps_with_saga, saga_id=uuid.UUID)
 _LOCKED_UP_TO = sql.PreparedRead(_steps_up_to, saga_id=uuid.UUID, step=int)
+_LOCKED_BUT_SIBLINGS = sql.PreparedRead(_steps_but_siblings, saga_id=uuid.UUID, step=int)
 _READ_UP_TO = sql.PreparedRead(lambda saga_id, step: _steps_up_to(saga_id, step, lock=False),
                                saga_id=uuid.UUID, step=int)
 

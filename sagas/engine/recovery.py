@@ -196,7 +196,7 @@ def _resume(saga: SagaInstance, records: list[StepRecord], definition) -> str:
     if saga.status == SagaStatus.COMPENSATING:
         indices = compensation_order(records)
         if not indices:
-            finish_if_compensated(saga, records)
+            finish_if_compensated(saga)
             return "finished"
         event(saga, EventKind.SAGA_RESUMED, phase="compensation", steps=indices)
         dispatch_compensation(saga, indices)

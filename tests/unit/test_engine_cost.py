@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from sagas import PermanentError, Saga, Step, registry
-from sagas.engine import begin_compensation, execute_compensation, execute_step, start_saga
+from sagas.engine import execute_compensation, execute_step, start_saga
 
 SAGA = "tests.cost_plain"
 CONTROL = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK")
@@ -130,8 +130,7 @@ def test_the_claim_writes_no_event_and_the_report_writes_it_dated_when_the_attem
 def test_a_compensation_costs_six_statements_in_two_transactions(transactional_db, sent):
     saga = start_saga(SAGA, input={"i": 1, "fail": "s2"})
     for index in range(3):
-        execute_step(saga.id, index)
-    begin_compensation(saga.id)
+        execute_step(saga.id, index)  # s2 fails for good: the saga compensates
 
     with cost() as spent:
         execute_compensation(saga.id, 1)
@@ -188,3 +187,74 @@ def test_a_parallel_member_reads_only_its_own_record_and_the_earlier_stages(tran
         read = sorted(r.index for r in locked.records)
 
     assert read == [0, 2]
+
+
+def _refuse(ctx):
+    raise PermanentError("refused")
+
+
+def _undoable_fan(members: int) -> str:
+    """a, a Parallel of ``members`` members, then z, which refuses: every member is undone."""
+    from sagas import Parallel, Saga, Step, registry
+
+    name = f"tests.cost_undo_fan{members}"
+    if name not in registry:
+        registry.register(Saga(name, steps=[
+            Step("a", _noop, compensation=_noop),
+            Parallel("fan", *[Step(f"m{i}", _noop, compensation=_noop) for i in range(members)]),
+            Step("z", _refuse),
+        ]))
+    return name
+
+
+def _compensating_fan(members: int):
+    saga = start_saga(_undoable_fan(members), input={})
+    for index in range(members + 2):
+        execute_step(saga.id, index)  # z refuses: the saga compensates
+    return saga
+
+
+@pytest.mark.parametrize("members", [3, 60])
+def test_a_parallel_members_compensation_costs_the_same_statements_whatever_the_size_of_its_stage(
+        transactional_db, sent, members):
+    saga = _compensating_fan(members)
+
+    with cost() as spent:
+        execute_compensation(saga.id, 2)
+
+    # As a plain step's compensation, plus one look for siblings still to undo.
+    assert len(spent["statements"]) <= 7, "\n".join(spent["statements"])
+    assert spent["transactions"] == 2
+
+
+@pytest.mark.parametrize("members", [3, 60])
+def test_a_parallel_members_compensation_reads_every_record_but_its_siblings(transactional_db, sent, members):
+    from sagas import engine
+
+    saga = _compensating_fan(members)
+
+    with engine.core.locked_saga(saga.id, undoing=2) as locked:
+        read = sorted(r.index for r in locked.records)
+
+    assert read == [0, 2, members + 1]
+
+
+def test_a_member_undone_while_a_sibling_is_not_leaves_the_saga_compensating_until_the_last(
+        transactional_db, sent):
+    from sagas import Parallel, Saga, Step, registry
+
+    name = "tests.cost_fan_first"
+    if name not in registry:  # nothing before the stage: only the siblings decide
+        registry.register(Saga(name, steps=[
+            Parallel("fan", *[Step(f"m{i}", _noop, compensation=_noop) for i in range(3)]), Step("z", _refuse)]))
+    saga = start_saga(name, input={})
+    for index in range(4):
+        execute_step(saga.id, index)
+
+    for index in (2, 0):
+        execute_compensation(saga.id, index)
+        saga.refresh_from_db()
+        assert saga.status == "compensating"  # m1 is still to undo
+    execute_compensation(saga.id, 1)
+    saga.refresh_from_db()
+    assert saga.status == "compensated"
