@@ -82,16 +82,19 @@ def _definition_for(saga_id) -> Saga:
     return registry.get(saga_type, version)
 
 
-def dispatch_forward(saga_id, from_index: int = 0) -> None:
-    forward_chain(saga_id, _definition_for(saga_id), from_index).apply_async()
+# ``definition``: the saga's, when the caller has it (the engine always
+# does); else it is looked up from the stored instance.
+
+def dispatch_forward(saga_id, from_index: int = 0, *, definition: Saga | None = None) -> None:
+    forward_chain(saga_id, definition or _definition_for(saga_id), from_index).apply_async()
 
 
-def dispatch_steps(saga_id, indices: list[int]) -> None:
+def dispatch_steps(saga_id, indices: list[int], *, definition: Saga | None = None) -> None:
     """Send these steps (members of one Parallel) each on its own; nothing follows them."""
     if indices:
-        steps_group(saga_id, _definition_for(saga_id), indices).apply_async()
+        steps_group(saga_id, definition or _definition_for(saga_id), indices).apply_async()
 
 
-def dispatch_compensation(saga_id, indices: list[int]) -> None:
+def dispatch_compensation(saga_id, indices: list[int], *, definition: Saga | None = None) -> None:
     if indices:
-        compensation_chain(saga_id, _definition_for(saga_id), indices).apply_async()
+        compensation_chain(saga_id, definition or _definition_for(saga_id), indices).apply_async()

@@ -120,9 +120,15 @@ class SagaInstance(models.Model):
         return self.status in FINAL_SAGA_STATUSES
 
     @property
+    def step_records(self):
+        """Its step records by index: those ``start_saga`` just wrote (no read back), else from the database."""
+        written = self.__dict__.get("written_steps")
+        return written if written is not None else self.steps.all()
+
+    @property
     def current_results(self) -> dict:
         """``results`` as of now: written when the saga finishes, read from its step records before."""
-        return self.results if self.is_finished else results_of(self.steps.all())
+        return self.results if self.is_finished else results_of(self.step_records)
 
     @property
     def duration(self):

@@ -8,9 +8,9 @@ def sent(monkeypatch):
 
     messages = []
     monkeypatch.setattr(canvas, "dispatch_forward",
-                        lambda saga_id, index=0: messages.append(("forward", saga_id, index)))
+                        lambda saga_id, index=0, **_: messages.append(("forward", saga_id, index)))
     monkeypatch.setattr(canvas, "dispatch_steps",
-                        lambda saga_id, indices: messages.append(("steps", saga_id, indices)))
+                        lambda saga_id, indices, **_: messages.append(("steps", saga_id, indices)))
     monkeypatch.setattr(canvas, "dispatch_compensation",
-                        lambda saga_id, indices: messages.append(("compensate", saga_id, indices)))
+                        lambda saga_id, indices, **_: messages.append(("compensate", saga_id, indices)))
     return messages

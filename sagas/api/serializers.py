@@ -119,7 +119,7 @@ class SagaInstanceOutputSerializer(serializers.ModelSerializer):
     input = JSONObjectField(read_only=True)
     results = JSONObjectField(source="current_results", read_only=True,
                               help_text="Step name -> output of each step that succeeded.")
-    steps = StepRecordOutputSerializer(many=True, read_only=True)
+    steps = StepRecordOutputSerializer(source="step_records", many=True, read_only=True)
 
     class Meta:
         model = SagaInstance

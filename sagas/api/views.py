@@ -147,10 +147,11 @@ class SagaListCreateApi(GenericAPIView):
             idempotency_key=idempotency_key_from(request.headers),
             version=params.validated_data.get("version"),
         )
-        response = accepted(request, saga_get(saga.pk), location=True)
         if not saga.created_now:
+            response = accepted(request, saga_get(saga.pk), location=True)
             response[REPLAYED_HEADER] = "true"
-        return response
+            return response
+        return accepted(request, saga, location=True)  # as start_saga wrote it
 
 
 class SagaDetailApi(APIView):

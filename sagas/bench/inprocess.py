@@ -88,10 +88,10 @@ def recorded_dispatch() -> Iterator[list]:
 
 @contextmanager
 def _recorders(sent: list) -> Iterator[None]:
-    with mock.patch.object(canvas, "dispatch_forward", lambda saga_id, index=0: sent.append(("forward", index))), \
-            mock.patch.object(canvas, "dispatch_steps", lambda saga_id, indices: sent.append(("steps", indices))), \
+    with mock.patch.object(canvas, "dispatch_forward", lambda saga_id, index=0, **_: sent.append(("forward", index))), \
+            mock.patch.object(canvas, "dispatch_steps", lambda saga_id, indices, **_: sent.append(("steps", indices))), \
             mock.patch.object(canvas, "dispatch_compensation",
-                              lambda saga_id, indices: sent.append(("compensate", indices))):
+                              lambda saga_id, indices, **_: sent.append(("compensate", indices))):
         yield
 
 

@@ -466,7 +466,7 @@ def json_problem(value: Any, where: str = "input") -> str | None:
 # --- sending ----------------------------------------------------------------------------------
 
 
-def send_after_commit(send: Callable[..., None], saga_id, *args: Any) -> None:
+def send_after_commit(send: Callable[..., None], saga_id, *args: Any, **kwargs: Any) -> None:
     """Send once the transaction commits; a broker that fails then leaves the saga to the sweeper.
 
     The transition is committed and the saga's ``due_at`` is set: a send that
@@ -475,7 +475,7 @@ def send_after_commit(send: Callable[..., None], saga_id, *args: Any) -> None:
     """
     def run() -> None:
         try:
-            send(saga_id, *args)
+            send(saga_id, *args, **kwargs)
         except Exception as exc:  # the sweeper re-sends from the stored state
             logger.warning("saga %s: could not send %s (%s); the sweeper will send it again",
                            saga_id, getattr(send, "__name__", send), describe_error(exc))
@@ -484,15 +484,15 @@ def send_after_commit(send: Callable[..., None], saga_id, *args: Any) -> None:
 
 
 def dispatch_forward(saga: SagaInstance, from_index: int) -> None:
-    send_after_commit(canvas.dispatch_forward, saga.id, from_index)
+    send_after_commit(canvas.dispatch_forward, saga.id, from_index, definition=definition_of(saga))
 
 
 def dispatch_steps(saga: SagaInstance, indices: list[int]) -> None:
-    send_after_commit(canvas.dispatch_steps, saga.id, indices)
+    send_after_commit(canvas.dispatch_steps, saga.id, indices, definition=definition_of(saga))
 
 
 def dispatch_compensation(saga: SagaInstance, indices: list[int]) -> None:
-    send_after_commit(canvas.dispatch_compensation, saga.id, indices)
+    send_after_commit(canvas.dispatch_compensation, saga.id, indices, definition=definition_of(saga))
 
 
 # --- moves shared by the phases -----------------------------------------------------------

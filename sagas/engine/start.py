@@ -103,7 +103,7 @@ def start_saga(
                 resubmitted_from=resubmitted_from,
                 due_at=Now() + timedelta(seconds=settings.SAGAS_STALL_AFTER),
             )
-            StepRecord.objects.bulk_create(
+            steps = StepRecord.objects.bulk_create(
                 StepRecord(saga=saga, index=i, name=s.name, has_compensation=s.has_compensation,
                            stage=definition.stage_of(i), parallel_group=definition.group_of(i))
                 for i, s in enumerate(definition.steps)
@@ -112,7 +112,7 @@ def start_saga(
                 "version": definition.version, "idempotency_key": idempotency_key,
                 "resubmitted_from": str(resubmitted_from.pk) if resubmitted_from else None,
             })
-            send_after_commit(canvas.dispatch_forward, saga.id, 0)
+            send_after_commit(canvas.dispatch_forward, saga.id, 0, definition=definition)
     except IntegrityError:
         # Another process inserted the same key between our look-up and insert.
         existing = _existing_for_key(saga_type, idempotency_key, data) if idempotency_key else None
@@ -121,6 +121,7 @@ def start_saga(
         return existing
     del saga.due_at  # a database expression until read back: loaded again if asked for
     saga.created_now = True
+    saga.written_steps = steps  # as written: an API answer needs no read back
     return saga
 
 

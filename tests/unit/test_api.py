@@ -4,6 +4,8 @@ from datetime import datetime, timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.authtoken.models import Token
@@ -107,6 +109,17 @@ def test_post_starts_a_saga_answering_202_with_location_and_pending_steps(
         (0, "a", StepStatus.PENDING, True), (1, "b", StepStatus.PENDING, True), (2, "c", StepStatus.PENDING, True),
     ]
     assert sent == [("forward", uuid.UUID(body["id"]), 0)]
+
+
+def test_a_started_saga_is_answered_as_stored_without_reading_it_back(api):
+    with CaptureQueriesContext(connection) as captured:
+        body = api.post(SAGAS_URL, {"saga_type": SAGA, "input": {"x": 1}}, format="json").json()
+
+    # The token and its user, then start_saga's transaction: the instance, its steps, its first event.
+    statements = [q["sql"].split()[0] for q in captured.captured_queries
+                  if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+    assert statements == ["SELECT", "INSERT", "INSERT", "INSERT"], captured.captured_queries
+    assert api.get(f"{SAGAS_URL}{body['id']}/").json() == body
 
 
 def test_instance_answer_has_every_documented_field(api):

@@ -15,7 +15,7 @@ def sent(monkeypatch):
     from sagas import canvas
 
     messages = []
-    monkeypatch.setattr(canvas, "dispatch_forward", lambda saga_id, index=0: messages.append((saga_id, index)))
+    monkeypatch.setattr(canvas, "dispatch_forward", lambda saga_id, index=0, **_: messages.append((saga_id, index)))
     return messages
 
 

@@ -148,6 +148,20 @@ def test_starting_a_saga_costs_three_statements_in_one_transaction(transactional
     assert spent["transactions"] == 1
 
 
+def test_sending_the_first_step_after_commit_reads_nothing_back(transactional_db, monkeypatch):
+    from celery.canvas import _chain
+
+    chains = []
+    monkeypatch.setattr(_chain, "apply_async", lambda self, *args, **kwargs: chains.append(self))
+
+    with cost() as spent:
+        start_saga(SAGA, input={"i": 1})
+
+    # The engine hands the canvas the definition it has: the chain is built without a look-up.
+    assert len(chains) == 1 and chains[0].tasks[0].task == "sagas.run_step"
+    assert len(spent["statements"]) == 3, "\n".join(spent["statements"])
+
+
 def _parallel_saga(members: int) -> str:
     from sagas import Parallel, Saga, Step, registry
 
