@@ -377,3 +377,27 @@ def test_a_waiting_parallel_member_holds_the_join_until_its_signal(db, sent, dja
         complete_step(saga, "gate")
 
     assert ("forward", saga.id, 3) in sent
+
+
+# --- what the live page and /metrics read ---------------------------------------------------------------
+
+
+def test_the_live_page_shows_the_wait_with_its_stored_start_and_deadline(waiting):
+    from sagas.live.snapshot import build_snapshot
+
+    rows = build_snapshot()["waiting"]
+
+    gate = _step(waiting, "gate")
+    assert [(r["id"], r["step"]) for r in rows] == [(str(waiting.pk), "gate")]
+    assert rows[0]["since"] == gate.waiting_since.isoformat()
+    assert rows[0]["deadline"] == gate.signal_deadline.isoformat()
+
+
+def test_metrics_count_the_waiting_steps(waiting):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sagas.metrics import exposition
+
+    families = {f.name: f for f in text_string_to_metric_families(exposition().decode())}
+    samples = {tuple(sorted(s.labels.items())): s.value for s in families["sagas_waiting_steps"].samples}
+    assert samples[(("saga_type", GATED), ("step", "gate"))] == 1
