@@ -4,22 +4,25 @@ The DSL names are importable at any time; the functions that touch the
 database (``start_saga`` and friends) are loaded on first use, once Django's
 apps are ready.
 """
-from .definitions import Parallel, Retry, Saga, Step, StepContext, registry
+from .definitions import Parallel, Retry, Saga, SkipWait, Step, StepContext, registry
 from .errors import (
     IdempotencyConflict,
     InvalidSagaInput,
     InvalidTransition,
     PermanentError,
     SagaDefinitionError,
+    SignalNotAllowed,
     UnknownSagaType,
+    UnknownSignalToken,
+    UnknownStep,
 )
 
-_ENGINE_FUNCTIONS = {"start_saga", "resubmit", "cancel", "retry_compensation"}
+_ENGINE_FUNCTIONS = {"start_saga", "resubmit", "cancel", "retry_compensation", "complete_step", "fail_step"}
 
 __all__ = [
-    "Parallel", "Retry", "Saga", "Step", "StepContext", "registry",
+    "Parallel", "Retry", "Saga", "SkipWait", "Step", "StepContext", "registry",
     "IdempotencyConflict", "InvalidSagaInput", "InvalidTransition", "PermanentError",
-    "SagaDefinitionError", "UnknownSagaType",
+    "SagaDefinitionError", "SignalNotAllowed", "UnknownSagaType", "UnknownSignalToken", "UnknownStep",
     *sorted(_ENGINE_FUNCTIONS),
 ]
 

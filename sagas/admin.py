@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import truncatechars
@@ -21,7 +21,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from . import engine
-from .errors import SagaError
+from .errors import InvalidSignal, SagaError
 from .models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 from .selectors import with_current_step
 from .sentences import describe_event
@@ -211,6 +211,51 @@ def compensation_summary(record: StepRecord) -> str:
     return "undoable"
 
 
+class WaitingForPersonFilter(admin.SimpleListFilter):
+    """Sagas with a step waiting for a signal (a person's decision, or another system's callback)."""
+
+    title = "waiting for a person"
+    parameter_name = "waiting"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "waiting for a signal")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> QuerySet[SagaInstance]:
+        if self.value() == "yes":
+            waiting = StepRecord.objects.filter(saga=OuterRef("pk"), status=StepStatus.WAITING)
+            return queryset.filter(Exists(waiting))
+        return queryset
+
+
+# --- signals: completing or failing a waiting step from its saga's page ------------------------
+
+SIGNALS = ("complete", "fail")
+
+
+def signal_step(saga: SagaInstance, step: str, signal: str, form: dict, user: Any) -> str:
+    """Call the engine as a Python user would: the result is JSON text, the reason plain text."""
+    if signal == "complete":
+        text = (form.get("result") or "").strip()
+        try:
+            result = json.loads(text) if text else None
+        except ValueError as exc:
+            raise InvalidSignal({"result": [f"not JSON: {exc}"]}) from None
+        engine.complete_step(saga, step, result=result, by=user)
+        return f"{step} completed"
+    engine.fail_step(saga, step, error=form.get("error") or "", by=user)
+    return f"{step} failed; the saga compensates"
+
+
+def signallable_steps(saga: SagaInstance, user: Any) -> list[StepRecord]:
+    """The saga's waiting steps ``user`` may signal (the buttons shown on its page)."""
+    try:
+        definition = engine.definition_of(saga)
+    except SagaError:
+        return []
+    return [record for record in saga.steps.filter(status=StepStatus.WAITING)
+            if engine.may_signal(user, definition.step_at(record.index).signal_permission)]
+
+
 class HeldBySweeperFilter(admin.SimpleListFilter):
     """Sagas the sweeper could not move and left for a person (their error says why)."""
 
@@ -234,7 +279,7 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     list_display = ("short_id", "saga_type", "status_badge", "current_step_display", "created_at",
                     "duration_display", "error_excerpt")
     list_display_links = ("short_id",)
-    list_filter = ("status", HeldBySweeperFilter, "saga_type", "created_at")
+    list_filter = ("status", WaitingForPersonFilter, HeldBySweeperFilter, "saga_type", "created_at")
     search_fields = ("saga_type", "idempotency_key")
     show_full_result_count = False
     inlines = [StepRecordInline]
@@ -362,6 +407,8 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
         own = [
             path("<path:object_id>/intervene/<str:name>/", self.admin_site.admin_view(self.intervene_view),
                  name="sagas_sagainstance_intervene"),
+            path("<path:object_id>/signal/<str:step>/<str:signal>/", self.admin_site.admin_view(self.signal_view),
+                 name="sagas_sagainstance_signal"),
         ]
         return own + super().get_urls()
 
@@ -380,16 +427,43 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
             intervene(self, request, [saga], INTERVENTIONS[name][1])
         return HttpResponseRedirect(reverse("admin:sagas_sagainstance_change", args=[saga.pk]))
 
+    def signal_view(self, request: HttpRequest, object_id: str, step: str, signal: str) -> HttpResponse:
+        """POST from a waiting step's form on the saga's page: complete or fail it, go back to the page.
+
+        The engine checks the step's permission and that it still waits (a
+        second person's click is refused, and said so).
+        """
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        saga_id = _as_uuid(object_id)
+        saga = SagaInstance.objects.filter(pk=saga_id).first() if saga_id else None
+        if saga is None:
+            self.message_user(request, f"No saga {object_id}.", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:sagas_sagainstance_changelist"))
+        if signal not in SIGNALS:
+            self.message_user(request, "You may not do that.", messages.ERROR)
+        else:
+            intervene(self, request, [saga],
+                      lambda s, r: signal_step(s, step, signal, r.POST, r.user))
+        return HttpResponseRedirect(reverse("admin:sagas_sagainstance_change", args=[saga.pk]))
+
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
         """The saga's page shows only the buttons whose intervention applies to it now."""
         saga_id = _as_uuid(object_id)
         saga = SagaInstance.objects.filter(pk=saga_id).first() if saga_id else None
         names = applicable_interventions(saga) if saga and self.has_intervene_permission(request) else []
+        waiting = signallable_steps(saga, request.user) if saga else []
         extra_context = {
             **(extra_context or {}),
             "saga_interventions": [
                 (INTERVENTIONS[name][0], reverse("admin:sagas_sagainstance_intervene", args=[object_id, name]))
                 for name in names
+            ],
+            "waiting_steps": [
+                {"record": record,
+                 "complete_url": reverse("admin:sagas_sagainstance_signal", args=[object_id, record.name, "complete"]),
+                 "fail_url": reverse("admin:sagas_sagainstance_signal", args=[object_id, record.name, "fail"])}
+                for record in waiting
             ],
         }
         return super().change_view(request, object_id, form_url, extra_context)

@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterator
 from .errors import SagaDefinitionError, UnknownSagaType
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+# A Django permission as ``user.has_perm`` takes it: "app_label.codename".
+_PERMISSION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z0-9_]+$")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class StepContext:
     idempotency_key: str
     result: Any = None
     is_compensation: bool = False
+    # A waiting step's token for this attempt's wait (``sagas.engine.waiting``); None for other steps.
+    signal_token: str | None = None
 
     @property
     def action_key(self) -> str:
@@ -75,11 +79,28 @@ class StepContext:
 
 
 @dataclass(frozen=True)
+class SkipWait:
+    """What a waiting step's action returns when no signal is needed this time (it decided itself).
+
+    ``return SkipWait({"executive_required": False})``: the step succeeds with
+    that output at once, as a step without ``wait_for_signal`` would, and the
+    saga goes on. Its ``step_succeeded`` event says ``wait_skipped``.
+    """
+
+    result: Any = None
+
+
+@dataclass(frozen=True)
 class Step:
-    """One local transaction of a saga and, optionally, the compensation that undoes it."""
+    """One local transaction of a saga and, optionally, the compensation that undoes it.
+
+    With ``wait_for_signal`` the step waits, once its action succeeded, for
+    ``complete_step`` or ``fail_step`` (a person or another system) up to
+    ``signal_timeout`` seconds; ``signal_permission`` names who may signal it.
+    """
 
     name: str
-    action: Callable[[Any], Any]
+    action: Callable[[Any], Any] | None = None
     compensation: Callable[[Any], Any] | None = None
     retry: Retry = field(default_factory=Retry)
     timeout: float | None = None
@@ -87,6 +108,9 @@ class Step:
     compensation_timeout: float | None = None
     transactional: bool = False
     description: str = ""
+    wait_for_signal: bool = False
+    signal_timeout: float | None = None
+    signal_permission: str | None = None
 
     @property
     def has_compensation(self) -> bool:
@@ -96,8 +120,11 @@ class Step:
         where = f"saga {saga_name!r}, step {self.name!r}"
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise SagaDefinitionError(f"saga {saga_name!r}: step name {self.name!r} is not a valid identifier")
-        if not callable(self.action):
+        if self.action is None and not self.wait_for_signal:
+            raise SagaDefinitionError(f"{where}: action=None is only allowed for a pure wait (wait_for_signal=True)")
+        if self.action is not None and not callable(self.action):
             raise SagaDefinitionError(f"{where}: action must be callable, got {self.action!r}")
+        self._validate_wait(where)
         if self.compensation is not None and not callable(self.compensation):
             raise SagaDefinitionError(f"{where}: compensation must be callable or None, got {self.compensation!r}")
         for label, policy in (("retry", self.retry), ("compensation_retry", self.compensation_retry)):
@@ -106,6 +133,20 @@ class Step:
         for label, limit in (("timeout", self.timeout), ("compensation_timeout", self.compensation_timeout)):
             if limit is not None and (not isinstance(limit, (int, float)) or limit <= 0):
                 raise SagaDefinitionError(f"{where}: {label} must be a positive number of seconds, got {limit!r}")
+
+    def _validate_wait(self, where: str) -> None:
+        if not isinstance(self.wait_for_signal, bool):
+            raise SagaDefinitionError(f"{where}: wait_for_signal must be True or False, got {self.wait_for_signal!r}")
+        timeout, permission = self.signal_timeout, self.signal_permission
+        if not self.wait_for_signal and (timeout is not None or permission is not None):
+            raise SagaDefinitionError(f"{where}: signal_timeout and signal_permission need wait_for_signal=True")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout > 0 or timeout == float("inf")):
+            raise SagaDefinitionError(
+                f"{where}: signal_timeout must be a positive number of seconds (or None: no deadline), got {timeout!r}")
+        if permission is not None and (not isinstance(permission, str) or not _PERMISSION_RE.match(permission)):
+            raise SagaDefinitionError(
+                f"{where}: signal_permission must be shaped 'app_label.codename', got {permission!r}")
 
 
 @dataclass(frozen=True, init=False)
@@ -245,6 +286,9 @@ class Saga:
                     "timeout": s.timeout,
                     "compensation_retry": s.compensation_retry.as_dict(),
                     "transactional": s.transactional,
+                    "wait_for_signal": s.wait_for_signal,
+                    "signal_timeout": s.signal_timeout,
+                    "signal_permission": s.signal_permission,
                     "stage": self.stage_of(i),
                     "parallel_group": self.group_of(i),
                 }

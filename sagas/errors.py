@@ -48,6 +48,26 @@ class InvalidTransition(SagaError):
     """The state machine does not allow this move from the current state."""
 
 
+class UnknownStep(SagaError):
+    """The saga has no step of that name."""
+
+
+class UnknownSignalToken(SagaError):
+    """No step waits for this token: it never existed, was used, or its wait ended."""
+
+
+class SignalNotAllowed(SagaError):
+    """The user lacks the step's ``signal_permission``."""
+
+
+class InvalidSignal(SagaError):
+    """A signal's result or error cannot be stored; ``errors`` maps field -> messages."""
+
+    def __init__(self, errors: dict):
+        self.errors = errors
+        super().__init__(f"invalid signal: {errors}")
+
+
 class StepFailed(SagaError):
     """Raised by the ``run_step`` task when a step failed for good, so the chain's error callback runs."""
 

@@ -32,9 +32,8 @@ from .models import ACTIVE_SAGA_STATUSES, FINAL_SAGA_STATUSES, FORWARD_DONE_STAT
 
 # Upper bounds (seconds) of the step duration histogram's buckets.
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
-WAITING_STATUS: str | None = getattr(StepStatus, "WAITING", None)
 # Statuses of a step whose action succeeded (a waiting step's did too).
-SUCCEEDED_STATUSES = (*FORWARD_DONE_STATUSES, *([WAITING_STATUS] if WAITING_STATUS else []))
+SUCCEEDED_STATUSES = (*FORWARD_DONE_STATUSES, StepStatus.WAITING)
 
 
 def _saga_families() -> list[Metric]:
@@ -66,14 +65,13 @@ def _attempt_families() -> list[Metric]:
             .annotate(tried=Sum("attempts"),
                       succeeded=Count("id", filter=Q(status__in=SUCCEEDED_STATUSES)),
                       in_flight=Count("id", filter=Q(status=StepStatus.RUNNING, lease_expires_at__isnull=False)),
-                      waiting=Count("id", filter=Q(status=WAITING_STATUS)) if WAITING_STATUS else Count(None)))
+                      waiting=Count("id", filter=Q(status=StepStatus.WAITING))))
     for row in sorted(rows, key=lambda r: (r["saga__saga_type"], r["name"])):
         labels = [row["saga__saga_type"], row["name"]]
         failed = max((row["tried"] or 0) - row["succeeded"] - row["in_flight"], 0)
         attempts.add_metric([*labels, "succeeded"], row["succeeded"])
         attempts.add_metric([*labels, "failed"], failed)
-        if WAITING_STATUS:
-            waiting.add_metric(labels, row["waiting"])
+        waiting.add_metric(labels, row["waiting"])
     return [attempts, waiting]
 
 

@@ -22,6 +22,8 @@ class SagaStatus(models.TextChoices):
 class StepStatus(models.TextChoices):
     PENDING = "pending", "pending"
     RUNNING = "running", "running"
+    # The action succeeded; the step waits for a signal (``complete_step`` / ``fail_step``).
+    WAITING = "waiting", "waiting for a signal"
     SUCCEEDED = "succeeded", "succeeded"
     FAILED = "failed", "failed"
     COMPENSATING = "compensating", "compensating"
@@ -45,6 +47,8 @@ class EventKind(models.TextChoices):
     STEP_ATTEMPT_FAILED = "step_attempt_failed"
     STEP_ATTEMPT_LOST = "step_attempt_lost"
     STEP_SUCCEEDED = "step_succeeded"
+    STEP_WAITING = "step_waiting"
+    STEP_SIGNALLED = "step_signalled"
     STEP_FAILED = "step_failed"
     STEP_SKIPPED = "step_skipped"
     COMPENSATION_STARTED = "compensation_started"
@@ -174,6 +178,12 @@ class StepRecord(models.Model):
     # outcome could not be stored, or its attempt was lost or killed): it is
     # compensated with the others, its compensation seeing ``ctx.result = None``.
     may_have_effects = models.BooleanField(default=False)
+    # A waiting step (``sagas.engine.waiting``): since when it waits, until when
+    # (the database's clock; null: no deadline), and the sha256 of its wait's
+    # token (``ctx.signal_token``), set while an attempt or the wait may use it.
+    waiting_since = models.DateTimeField(null=True, blank=True)
+    signal_deadline = models.DateTimeField(null=True, blank=True)
+    signal_token_hash = models.CharField(max_length=64, null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["index"]
@@ -185,6 +195,14 @@ class StepRecord(models.Model):
         indexes = [
             # The sweeper's look-up of attempts held by workers that stopped heartbeating.
             models.Index(fields=["held_by"], condition=Q(held_by__isnull=False), name="step_held_by_idx"),
+            # The sweeper's look-up of waits past their deadline: only waiting steps are in it.
+            models.Index(fields=["signal_deadline"], condition=Q(status=StepStatus.WAITING, signal_deadline__isnull=False),
+                         name="step_signal_deadline_idx"),
+            # The waiting-steps list, oldest first.
+            models.Index(fields=["waiting_since"], condition=Q(status=StepStatus.WAITING), name="step_waiting_since_idx"),
+            # A token callback finds its step by the token's hash.
+            models.Index(fields=["signal_token_hash"], condition=Q(signal_token_hash__isnull=False),
+                         name="step_signal_token_idx"),
         ]
 
     def __str__(self) -> str:

@@ -7,6 +7,7 @@ know yet (the engine grows) still reads as a sentence built from its name.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,19 @@ def _note(detail: dict) -> str:
     return f" ({detail['note']})" if detail.get("note") else ""
 
 
+def _who(detail: dict) -> str:
+    by = detail.get("by")
+    if by == "token":
+        return "The holder of the step's signal token"
+    if detail.get("by_user_id") is not None:
+        return f"User {by} (id {detail['by_user_id']})"
+    return f"{by or 'Someone'}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def _attempt(detail: dict) -> str:
     return str(detail.get("attempt") or detail.get("attempts") or "?")
 
@@ -72,7 +86,16 @@ _WRITERS: dict[str, Writer] = {
     EventKind.STEP_ATTEMPT_LOST: lambda step, d: (
         f"{'Compensation attempt' if d.get('compensation') else 'Attempt'} {_attempt(d)} of {step} was lost "
         "(killed at its hard time limit, or its worker died)."),
-    EventKind.STEP_SUCCEEDED: lambda step, d: f"{step} succeeded on attempt {_attempt(d)}.",
+    EventKind.STEP_SUCCEEDED: lambda step, d: "{} succeeded on attempt {}{}.".format(
+        step, _attempt(d), " (its action decided no signal was needed)" if d.get("wait_skipped")
+        else " (signalled)" if d.get("signalled") else ""),
+    EventKind.STEP_WAITING: lambda step, d: "{} is waiting for a signal{}{}.".format(
+        step, f" (needs {d['permission']})" if d.get("permission") else "",
+        f", until {d['deadline'][:19].replace('T', ' ')} UTC" if d.get("deadline") else ", with no deadline"),
+    EventKind.STEP_SIGNALLED: lambda step, d: (
+        f"{_who(d)} completed {step}" + (f" with {truncatechars(_json(d.get('result')), 200)}"
+                                         if d.get("result") else "") + "."
+        if d.get("signal") == "complete" else f"{_who(d)} failed {step}: {_error(d)}."),
     EventKind.STEP_FAILED: lambda step, d: "{} failed for good after {} attempt(s){}{}: {}{}.".format(
         step, _attempt(d), " (permanent error)" if d.get("permanent") else "", _timed_out(d), _error(d),
         "; it may have applied effects, so it is compensated" if d.get("may_have_effects") else ""),

@@ -38,8 +38,7 @@ OUTCOME_COLOURS: dict[str, tuple[str, str]] = {
     "compensated": ("#6d4c41", "compensated"),
     "compensation-retried": ("#d2691e", "compensation failed, retried"),
 }
-# The step status a waiting step has, once the engine has it (None until then).
-WAITING_STATUS: str | None = getattr(StepStatus, "WAITING", None)
+WAITING_STATUS: str = StepStatus.WAITING
 
 WIDTH, LABEL_WIDTH, ROW_HEIGHT, BAR_HEIGHT, AXIS_HEIGHT = 960, 220, 26, 16, 28
 MIN_BAR_PX = 2.0

@@ -9,11 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework import status
-from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from ..errors import IdempotencyConflict, InvalidSagaInput, InvalidTransition, UnknownSagaType
+from ..errors import (
+    IdempotencyConflict,
+    InvalidSagaInput,
+    InvalidSignal,
+    InvalidTransition,
+    SignalNotAllowed,
+    UnknownSagaType,
+    UnknownSignalToken,
+    UnknownStep,
+)
 from ..models import SagaInstance
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -59,6 +68,14 @@ def as_api_exception(exc: Exception) -> Exception:
         return Conflict(str(exc), code="invalid_transition")
     if isinstance(exc, SagaInstance.DoesNotExist):
         return NotFound("No saga with this id.", code="saga_not_found")
+    if isinstance(exc, UnknownStep):
+        return NotFound("The saga has no step of this name.", code="step_not_found")
+    if isinstance(exc, UnknownSignalToken):
+        return NotFound("Unknown or used signal token.", code="unknown_signal_token")
+    if isinstance(exc, SignalNotAllowed):
+        return PermissionDenied(str(exc), code="signal_not_allowed")
+    if isinstance(exc, InvalidSignal):
+        return ValidationError(exc.errors, code="invalid_signal")
     return exc
 
 

@@ -74,6 +74,15 @@ class SagaCancelInputSerializer(serializers.Serializer):
     )
 
 
+class StepCompleteInputSerializer(serializers.Serializer):
+    result = JSONObjectField(required=False, default=None,
+                             help_text="Merged over the action's output to make the step's result (a JSON object).")
+
+
+class StepFailInputSerializer(serializers.Serializer):
+    error = TextField(max_length=2000, help_text="Why the step fails; recorded as its error. The saga compensates.")
+
+
 IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
                           "pattern": NO_NUL_PATTERN}
 
@@ -107,6 +116,7 @@ class StepRecordOutputSerializer(serializers.ModelSerializer):
         fields = [
             "index", "name", "status", "has_compensation", "attempts", "result", "error", "started_at",
             "finished_at", "compensation_attempts", "compensation_error", "compensated_at", "stage", "parallel_group",
+            "waiting_since", "signal_deadline",
         ]
         read_only_fields = fields
         extra_kwargs = {
@@ -143,6 +153,20 @@ class SagaEventOutputSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class WaitingStepOutputSerializer(serializers.Serializer):
+    """A step now waiting for a signal; never its token."""
+
+    saga_id = serializers.UUIDField(source="saga.id")
+    saga_type = serializers.CharField(source="saga.saga_type")
+    step = serializers.CharField(source="name")
+    index = serializers.IntegerField()
+    since = serializers.DateTimeField(source="waiting_since", allow_null=True,
+                                      help_text="When the step began to wait (its action had succeeded).")
+    deadline = serializers.DateTimeField(source="signal_deadline", allow_null=True,
+                                         help_text="When the wait times out and the saga compensates; null: never.")
+    result = serializers.JSONField(help_text="The action's output, as the step keeps it while it waits.")
+
+
 class RetryPolicyOutputSerializer(serializers.Serializer):
     max_attempts = serializers.IntegerField()
     backoff = serializers.FloatField()
@@ -158,6 +182,10 @@ class StepDefinitionOutputSerializer(serializers.Serializer):
     timeout = serializers.FloatField(allow_null=True)
     compensation_retry = RetryPolicyOutputSerializer()
     transactional = serializers.BooleanField()
+    wait_for_signal = serializers.BooleanField(help_text="Its action's success makes it wait for a signal.")
+    signal_timeout = serializers.FloatField(allow_null=True, help_text="Seconds a wait may last; null: no deadline.")
+    signal_permission = serializers.CharField(
+        allow_null=True, help_text="The permission a user needs to signal it; null: any authenticated user.")
     stage = serializers.IntegerField(help_text="Steps of one stage run at once; stages run one after another.")
     parallel_group = serializers.CharField(
         allow_null=True, help_text="Name of the Parallel this step is a member of; null for a plain step.")

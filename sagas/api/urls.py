@@ -16,4 +16,9 @@ urlpatterns = [
     path("sagas/<str:saga_id>/cancel/", views.SagaCancelApi.as_view(), name="saga-cancel"),
     path("sagas/<str:saga_id>/retry-compensation/", views.SagaRetryCompensationApi.as_view(),
          name="saga-retry-compensation"),
+    path("waiting-steps/", views.WaitingStepListApi.as_view(), name="waiting-step-list"),
+    path("sagas/<str:saga_id>/steps/<str:step>/complete/", views.StepCompleteApi.as_view(), name="step-complete"),
+    path("sagas/<str:saga_id>/steps/<str:step>/fail/", views.StepFailApi.as_view(), name="step-fail"),
+    path("signals/<str:token>/complete/", views.SignalCompleteApi.as_view(), name="signal-complete"),
+    path("signals/<str:token>/fail/", views.SignalFailApi.as_view(), name="signal-fail"),
 ]

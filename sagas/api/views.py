@@ -15,13 +15,15 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import analytics, engine
 from ..definitions import registry
-from ..models import SagaEvent, SagaInstance
+from ..models import SagaEvent, SagaInstance, StepRecord
+from ..selectors import waiting_steps_for
 from .exceptions import IDEMPOTENCY_HEADER
 from .filters import SagaInstanceFilter
 from .serializers import (
@@ -35,6 +37,9 @@ from .serializers import (
     SagaInstanceOutputSerializer,
     SagaStartInputSerializer,
     SagaTypeOutputSerializer,
+    StepCompleteInputSerializer,
+    StepFailInputSerializer,
+    WaitingStepOutputSerializer,
     idempotency_key_from,
 )
 
@@ -214,6 +219,99 @@ class SagaRetryCompensationApi(APIView):
     )
     def post(self, request: Request, saga_id: str) -> Response:
         saga = engine.retry_compensation(saga_get(saga_id))
+        return accepted(request, saga_get(saga.pk))
+
+
+STEP = OpenApiParameter("step", {"type": "string", "minLength": 1, "pattern": NO_NUL_PATTERN},
+                        OpenApiParameter.PATH, description="The step's name.")
+TOKEN = OpenApiParameter("token", {"type": "string", "minLength": 1, "pattern": NO_NUL_PATTERN},
+                         OpenApiParameter.PATH, description="The wait's `ctx.signal_token`, as the step's action handed it out.")
+STEP_NOT_FOUND = OpenApiResponse(ErrorOutputSerializer, description="No saga with this id, or it has no such step.")
+NOT_WAITING = OpenApiResponse(ErrorOutputSerializer, description=(
+    "The step is not waiting (never was, or already signalled, timed out or cancelled); code `invalid_transition`."))
+FORBIDDEN = OpenApiResponse(ErrorOutputSerializer, description="You lack the step's `signal_permission`.")
+UNKNOWN_TOKEN = OpenApiResponse(ErrorOutputSerializer, description="Unknown or used token (it dies with its wait).")
+
+
+class WaitingStepListApi(GenericAPIView):
+    """What waits for this user: the steps now waiting that they may signal, oldest first."""
+
+    queryset = StepRecord.objects.none()
+    serializer_class = WaitingStepOutputSerializer
+
+    def get_queryset(self) -> QuerySet[StepRecord]:
+        return waiting_steps_for(self.request.user)
+
+    @extend_schema(tags=[TAG], summary="Steps waiting for a signal this user may give",
+                   responses={200: WaitingStepOutputSerializer(many=True), 404: NO_SUCH_PAGE})
+    def get(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(WaitingStepOutputSerializer(page, many=True).data)
+
+
+class StepCompleteApi(APIView):
+    @extend_schema(
+        tags=[TAG], summary="Complete a waiting step", request=StepCompleteInputSerializer,
+        parameters=[SAGA_ID, STEP],
+        description="The step succeeds with the action's output merged with `result`; the saga goes on.",
+        responses={202: SagaInstanceOutputSerializer, 400: BAD_REQUEST, 403: FORBIDDEN, 404: STEP_NOT_FOUND,
+                   409: NOT_WAITING},
+    )
+    def post(self, request: Request, saga_id: str, step: str) -> Response:
+        params = StepCompleteInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        saga = engine.complete_step(saga_get(saga_id), step, result=params.validated_data["result"], by=request.user)
+        return accepted(request, saga_get(saga.pk))
+
+
+class StepFailApi(APIView):
+    @extend_schema(
+        tags=[TAG], summary="Fail a waiting step (a refusal)", request=StepFailInputSerializer,
+        parameters=[SAGA_ID, STEP],
+        description="The step fails for good with `error`; the saga compensates, this step included.",
+        responses={202: SagaInstanceOutputSerializer, 400: BAD_REQUEST, 403: FORBIDDEN, 404: STEP_NOT_FOUND,
+                   409: NOT_WAITING},
+    )
+    def post(self, request: Request, saga_id: str, step: str) -> Response:
+        params = StepFailInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        saga = engine.fail_step(saga_get(saga_id), step, error=params.validated_data["error"], by=request.user)
+        return accepted(request, saga_get(saga.pk))
+
+
+class TokenSignalApi(APIView):
+    """Signals through a wait's token, for a system that holds no API credentials: the token is the credential."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+
+class SignalCompleteApi(TokenSignalApi):
+    @extend_schema(
+        tags=[TAG], summary="Complete the step waiting for this token", request=StepCompleteInputSerializer,
+        parameters=[TOKEN], auth=[],
+        description="As `POST /api/sagas/{saga_id}/steps/{step}/complete/`, once per token, with no other "
+                    "authentication.",
+        responses={202: SagaInstanceOutputSerializer, 400: BAD_REQUEST, 404: UNKNOWN_TOKEN, 409: NOT_WAITING},
+    )
+    def post(self, request: Request, token: str) -> Response:
+        params = StepCompleteInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        saga = engine.complete_step_by_token(token, result=params.validated_data["result"])
+        return accepted(request, saga_get(saga.pk))
+
+
+class SignalFailApi(TokenSignalApi):
+    @extend_schema(
+        tags=[TAG], summary="Fail the step waiting for this token", request=StepFailInputSerializer,
+        parameters=[TOKEN], auth=[],
+        description="As `POST /api/sagas/{saga_id}/steps/{step}/fail/`, once per token, with no other authentication.",
+        responses={202: SagaInstanceOutputSerializer, 400: BAD_REQUEST, 404: UNKNOWN_TOKEN, 409: NOT_WAITING},
+    )
+    def post(self, request: Request, token: str) -> Response:
+        params = StepFailInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        saga = engine.fail_step_by_token(token, error=params.validated_data["error"])
         return accepted(request, saga_get(saga.pk))
 
 

@@ -6,6 +6,7 @@ Split by phase, behind these names:
 - ``start``: validating input and starting a saga;
 - ``forward``: claiming, running and recording one attempt of one step, and the join of a ``Parallel``;
 - ``compensation``: moving to ``compensating`` and undoing one step;
+- ``waiting``: waiting steps: the wait, the signals that end it (``complete_step``, ``fail_step``), deadlines;
 - ``intervention``: cancel, retry compensation, resubmit, release a held saga;
 - ``recovery``: the sweeper.
 
@@ -31,10 +32,12 @@ from .intervention import cancel, release_held, resubmit, retry_compensation
 from .recovery import SweepReport, resume, sweep
 from .running import INFRASTRUCTURE_ERRORS
 from .start import start_saga, validate_input
+from .waiting import complete_step, complete_step_by_token, fail_step, fail_step_by_token, may_signal
 
 __all__ = [
     "SAGA_MOVES", "STEP_MOVES", "Claim", "Decision", "INFRASTRUCTURE_ERRORS", "Outcome", "Report", "ReportPending",
     "SweepReport", "begin_compensation", "can_move_saga", "can_move_step", "cancel", "claim_step",
-    "definition_of", "execute_compensation", "execute_step", "record_compensation", "record_step",
+    "complete_step", "complete_step_by_token", "definition_of", "execute_compensation", "execute_step",
+    "fail_step", "fail_step_by_token", "may_signal", "record_compensation", "record_step",
     "release_held", "resubmit", "resume", "retry_compensation", "start_saga", "sweep", "validate_input",
 ]

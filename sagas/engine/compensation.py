@@ -23,8 +23,9 @@ from .core import (
     dead_holders,
     definition_of,
     dispatch_compensation,
+    end_wait,
     event,
-    fail_step,
+    fail_record,
     hold,
     in_flight,
     keep_due,
@@ -103,7 +104,7 @@ def fail_lost_attempt(saga: SagaInstance, record: StepRecord, *, blame: bool) ->
     """An attempt that never reported (killed at its hard time limit, or its worker died): it may have done its work."""
     log_attempt_start(saga, record)
     event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts)
-    fail_step(saga, record, f"attempt {record.attempts} did not finish (hard time limit, or its worker died)",
+    fail_record(saga, record, f"attempt {record.attempts} did not finish (hard time limit, or its worker died)",
               blame=blame, effects=True)
 
 
@@ -118,9 +119,14 @@ def start_compensating(saga: SagaInstance, records: list[StepRecord], reason: st
             if record.lease_expires_at is not None:
                 fail_lost_attempt(saga, record, blame=not saga.error)
             else:  # waiting for a retry: no attempt is made any more
-                fail_step(saga, record, "stopped: the saga is compensating", blame=False)
+                fail_record(saga, record, "stopped: the saga is compensating", blame=False)
         elif record.status == StepStatus.PENDING:
             move_step(saga, record, StepStatus.SKIPPED, EventKind.STEP_SKIPPED)
+        elif record.status == StepStatus.WAITING:
+            # Its action ran: the step fails (no signal counts any more) and is compensated with the rest.
+            end_wait(record)
+            fail_record(saga, record, "stopped while waiting for a signal: the saga is compensating", blame=False,
+                        effects=True, waiting=True)
         elif record.status == StepStatus.SUCCEEDED and not record.has_compensation:
             event(saga, EventKind.NOTHING_TO_COMPENSATE, step=record, note="no compensation defined; left as is")
     if not saga.error:
@@ -197,7 +203,7 @@ def _claim_compensation(saga_id, index: int, policy: Retry | None) -> Claim | Ou
             if record.lease_expires_at is not None:
                 fail_lost_attempt(saga, record, blame=False)
             else:
-                fail_step(saga, record, "stopped: the saga is compensating", blame=False)
+                fail_record(saga, record, "stopped: the saga is compensating", blame=False)
         if not to_undo(record):
             finish_if_compensated(saga)
             return Outcome(Decision.CONTINUE, reason=f"nothing to compensate (step {record.status})")

@@ -14,7 +14,9 @@ What each transition costs is what ``tests/unit/test_engine_cost.py`` pins.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
+import secrets
 import math
 import uuid
 from contextlib import contextmanager
@@ -50,7 +52,9 @@ SAGA_MOVES: dict[str, set[str]] = {
 STEP_MOVES: dict[str, set[str]] = {
     StepStatus.PENDING: {StepStatus.RUNNING, StepStatus.SKIPPED},
     # running -> running: a new attempt after a failed or lost one.
-    StepStatus.RUNNING: {StepStatus.RUNNING, StepStatus.SUCCEEDED, StepStatus.FAILED},
+    StepStatus.RUNNING: {StepStatus.RUNNING, StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.WAITING},
+    # A waiting step ends by a signal (succeeded or failed), a timeout or its saga's undoing (failed).
+    StepStatus.WAITING: {StepStatus.SUCCEEDED, StepStatus.FAILED},
     StepStatus.SUCCEEDED: {StepStatus.COMPENSATING},
     StepStatus.COMPENSATING: {StepStatus.COMPENSATING, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED},
     StepStatus.COMPENSATION_FAILED: {StepStatus.COMPENSATING},
@@ -114,6 +118,8 @@ class Report:
     permanent: bool = False
     # Failed, but the action may have applied effects: compensate it when the saga is undone.
     effects: bool = False
+    # A waiting step's action returned ``SkipWait``: it succeeds without waiting.
+    skip_wait: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -419,6 +425,27 @@ def hold(record: StepRecord, saga: SagaInstance, lease: datetime) -> None:
     keep_due(saga)
 
 
+def token_hash(token: str) -> str:
+    """What is stored of a signal token: its sha256, so the database never holds a usable token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_signal_token(record: StepRecord) -> str:
+    """A fresh, unguessable token for the waiting step's new attempt (its hash goes on the record).
+
+    Each attempt gets its own: a failed attempt's token dies with it.
+    """
+    token = secrets.token_urlsafe(32)
+    record.signal_token_hash = token_hash(token)
+    return token
+
+
+def end_wait(record: StepRecord) -> None:
+    """The wait is over (signal, timeout or undoing): its token dies, its deadline no longer counts."""
+    record.signal_token_hash = None
+    record.signal_deadline = None
+
+
 def release(record: StepRecord) -> None:
     record.lease_expires_at = None
     record.next_attempt_at = None
@@ -498,7 +525,7 @@ def dispatch_compensation(saga: SagaInstance, indices: list[int]) -> None:
 # --- moves shared by the phases -----------------------------------------------------------
 
 
-def fail_step(saga: SagaInstance, record: StepRecord, error: str, *, blame: bool = True, effects: bool = False,
+def fail_record(saga: SagaInstance, record: StepRecord, error: str, *, blame: bool = True, effects: bool = False,
               **detail: Any) -> None:
     """Mark the step failed; with ``blame`` its error also becomes the saga's (not for a sibling stopped later).
 
@@ -517,7 +544,7 @@ def fail_step(saga: SagaInstance, record: StepRecord, error: str, *, blame: bool
 
 
 def make_claim(saga: SagaInstance, definition: Saga, index: int, attempt: int, *,
-               compensated: StepRecord | None = None) -> Claim:
+               compensated: StepRecord | None = None, signal_token: str | None = None) -> Claim:
     """What the claimed attempt runs with: for a compensation, ``compensated`` is the step's record."""
     step = definition.step_at(index)
     key = f"{saga.id}:{step.name}" + (":compensation" if compensated is not None else "")  # see StepContext.action_key
@@ -532,6 +559,7 @@ def make_claim(saga: SagaInstance, definition: Saga, index: int, attempt: int, *
         idempotency_key=key,
         result=compensated.result if compensated is not None else None,
         is_compensation=compensated is not None,
+        signal_token=signal_token,
     )
     return Claim(saga.id, index, attempt, step, context)
 

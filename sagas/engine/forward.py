@@ -37,7 +37,7 @@ from .core import (
     definition_of,
     dispatch_forward,
     event,
-    fail_step,
+    fail_record,
     in_flight,
     keep_due,
     lease_until,
@@ -47,6 +47,7 @@ from .core import (
     record_at,
     move_saga,
     move_step,
+    new_signal_token,
     read_saga,
     release,
     retry_is_due,
@@ -56,7 +57,8 @@ from .core import (
     stall_deadline,
     steps_of,
 )
-from .running import INFRASTRUCTURE_ERRORS, attempt_error, invoke, record_or_pending
+from .running import INFRASTRUCTURE_ERRORS, attempt_error, invoke, record_or_pending, success_report
+from .waiting import begin_wait
 
 logger = logging.getLogger("sagas.engine")
 
@@ -76,7 +78,7 @@ def execute_step(saga_id, index: int, policy: Retry | None = None, report: dict 
         logger.info("saga %s step %s attempt %s failed: %s", saga_id, claim.step.name, claim.attempt, exc)
         outcome = failure_report(claim, exc)
     else:
-        outcome = Report(claim.attempt, ok=True, result=result)
+        outcome = success_report(claim, result)
     return record_or_pending(record_step, claim, outcome, policy)
 
 
@@ -105,8 +107,7 @@ def _run_transactional(claim: Claim, policy: Retry | None) -> Outcome:
     try:
         with transaction.atomic():
             result = invoke(claim.step.action, claim, phase="action")
-            return record_step(claim.saga_id, claim.index, Report(claim.attempt, ok=True, result=result),
-                               policy, must_own=True)
+            return record_step(claim.saga_id, claim.index, success_report(claim, result), policy, must_own=True)
     except _NotOwner as refused:
         return refused.outcome
     except Exception as exc:  # rolled back: nothing of the action stays
@@ -168,10 +169,12 @@ def _claim_free_step(saga_id, index: int) -> Claim | None:
     keep_due(saga)
     if not save_saga_if_unchanged(saga, status=read_as):
         return None  # cancelled, or started by another delivery: decided under the lock
-    begin_attempt(saga, record, lease_until(saga, definition.step_at(index)))
+    step = definition.step_at(index)
+    begin_attempt(saga, record, lease_until(saga, step))
+    token = new_signal_token(record) if step.wait_for_signal else None
     if not save_step_if_unchanged(record, expect=("status", "attempts"), saga_status=SagaStatus.RUNNING):
         return None
-    return make_claim(saga, definition, index, record.attempts)
+    return make_claim(saga, definition, index, record.attempts, signal_token=token)
 
 
 def _claim_locked(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
@@ -187,6 +190,8 @@ def _claim_locked(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
             return _already_succeeded(steps_of(saga), definition, index)
         if record.status in (StepStatus.FAILED, StepStatus.SKIPPED):
             return Outcome(Decision.FAILED, reason=f"step already {record.status}")
+        if record.status == StepStatus.WAITING:
+            return Outcome(Decision.STOP, reason="step is waiting for a signal")
         if not _previous_steps_done(records, definition, index):
             return Outcome(Decision.STOP, reason="an earlier step has not succeeded")
         step = definition.step_at(index)
@@ -207,8 +212,9 @@ def _claim_locked(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
         if saga.status == SagaStatus.PENDING:
             move_saga(saga, SagaStatus.RUNNING, EventKind.SAGA_STARTED)
         begin_attempt(saga, record, lease_until(saga, step))
+        token = new_signal_token(record) if step.wait_for_signal else None
         save_step(record)
-        return make_claim(saga, definition, index, record.attempts)
+        return make_claim(saga, definition, index, record.attempts, signal_token=token)
 
 
 def _already_succeeded(records: list[StepRecord], definition: Saga, index: int) -> Outcome:
@@ -245,6 +251,10 @@ def record_step(saga_id, index: int, report: Report, policy: Retry | None, *, mu
         log_attempt_start(saga, record)
         definition = definition_of(saga)
         if report.ok:
+            if definition.step_at(index).wait_for_signal:
+                if not report.skip_wait and saga.status == SagaStatus.RUNNING:
+                    return begin_wait(saga, record, definition, report.result)
+                return _succeed(saga, records, record, definition, report.result, wait_skipped=report.skip_wait)
             return _succeed(saga, records, record, definition, report.result)
         return _fail_attempt(saga, records, record, definition, report, policy or definition.step_at(index).retry)
 
@@ -256,12 +266,12 @@ def _refuse(must_own: bool, outcome: Outcome) -> Outcome:
 
 
 def _succeed(saga: SagaInstance, records: list[StepRecord], record: StepRecord, definition: Saga,
-             result: Any) -> Outcome:
+             result: Any, **detail: Any) -> Outcome:
     record.result = result
     record.error = ""
     record.finished_at = saga.db_now
     release(record)
-    move_step(saga, record, StepStatus.SUCCEEDED, EventKind.STEP_SUCCEEDED, attempt=record.attempts)
+    move_step(saga, record, StepStatus.SUCCEEDED, EventKind.STEP_SUCCEEDED, attempt=record.attempts, **detail)
     if saga.status != SagaStatus.RUNNING:
         # Cancelled, or a Parallel sibling failed, while this attempt ran: its
         # effects are recorded here and undone with the rest.
@@ -298,7 +308,7 @@ def _fail_attempt(saga: SagaInstance, records: list[StepRecord], record: StepRec
                   report: Report, policy: Retry) -> Outcome:
     if saga.status != SagaStatus.RUNNING:
         # Cancelled, or a Parallel sibling failed: no retry, the saga is being undone.
-        fail_step(saga, record, report.error, blame=False, effects=report.effects, permanent=report.permanent,
+        fail_record(saga, record, report.error, blame=False, effects=report.effects, permanent=report.permanent,
                   timeout=report.timeout, note=f"not retried: the saga is {saga.status}")
         continue_compensation(saga, steps_of(saga))
         return Outcome(Decision.STOP, reason=f"saga is {saga.status}")
@@ -308,7 +318,7 @@ def _fail_attempt(saga: SagaInstance, records: list[StepRecord], record: StepRec
         # for a task that dies without reporting) is not needed: one message
         # and one transaction fewer, and no exception for Celery to trace
         # (its failure path keeps about 75 KB of each worker's memory).
-        fail_step(saga, record, report.error, effects=report.effects, permanent=report.permanent,
+        fail_record(saga, record, report.error, effects=report.effects, permanent=report.permanent,
                   timeout=report.timeout)
         start_compensating(saga, steps_of(saga), saga.error)
         return Outcome(Decision.STOP, reason=f"failed for good, compensating: {report.error}")

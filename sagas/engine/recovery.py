@@ -49,6 +49,7 @@ from .core import (
     steps_of,
 )
 from .running import INFRASTRUCTURE_ERRORS
+from .waiting import expire_waits, expired_wait_saga_ids, wait_due
 
 logger = logging.getLogger("sagas.engine")
 
@@ -59,6 +60,7 @@ class SweepReport:
     resumed_forward: int = 0
     resumed_compensation: int = 0
     compensation_started: int = 0
+    waits_timed_out: int = 0
     postponed: int = 0
     held: list[str] = field(default_factory=list)
 
@@ -79,8 +81,19 @@ def due_saga_ids(limit: int) -> list:
 
 
 def sweep(*, limit: int = 500) -> SweepReport:
-    """Move on every saga that is due: lost messages, dead workers, lost error callbacks."""
+    """Move on every saga that is due: lost messages, dead workers, lost error callbacks, waits past their deadline."""
     report = SweepReport()
+    for saga_id in expired_wait_saga_ids(limit):
+        report.examined += 1
+        try:
+            report.waits_timed_out += expire_waits(saga_id)
+        except INFRASTRUCTURE_ERRORS as exc:  # passing: the deadline stays passed, the next sweep tries again
+            logger.warning("sweeper: waits of saga %s not timed out yet: %s", saga_id, exc)
+            report.postponed += 1
+        except Exception as exc:  # this saga cannot be moved: a person must look; the others go on
+            logger.exception("sweeper: saga %s held for a person", saga_id)
+            report.held.append(str(saga_id))
+            _hold_for_person(saga_id, exc)
     for saga_id in due_saga_ids(limit):
         report.examined += 1
         try:
@@ -210,7 +223,11 @@ def _resume(saga: SagaInstance, records: list[StepRecord], definition) -> str:
         move_saga(saga, SagaStatus.SUCCEEDED, EventKind.SAGA_SUCCEEDED)
         return "finished"
     stage = definition.stage_indices(first_open)
-    open_members = [i for i in stage if records[i].status != StepStatus.SUCCEEDED]
+    waiting = [records[i] for i in stage if records[i].status == StepStatus.WAITING]
+    open_members = [i for i in stage if records[i].status not in (StepStatus.SUCCEEDED, StepStatus.WAITING)]
+    if waiting and not open_members:
+        wait_due(saga, waiting)  # nothing to send: a signal, or the deadline, moves it
+        return "waiting"
     if definition.is_parallel(first_open) and len(open_members) < len(stage):
         # Part of a Parallel succeeded: send the rest on their own; the
         # last of them to succeed sends the next stage.

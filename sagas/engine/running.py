@@ -8,7 +8,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 
 from .. import failure_injection
 from ..canvas import effective_timeout
-from ..definitions import Retry
+from ..definitions import Retry, SkipWait
 from ..errors import StepTimeout
 from .core import Claim, Outcome, Report, ReportPending, UnstorableResult, describe_error, json_problem
 
@@ -20,11 +20,18 @@ INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, SoftTimeLimitExceeded
 
 def invoke(fn: Callable, claim: Claim, *, phase: str) -> Any:
     failure_injection.maybe_fail(claim.context.saga_type, claim.step.name, phase, context=claim.context)
-    result = fn(claim.context)
-    problem = json_problem(result, "output")
+    result = fn(claim.context) if fn is not None else None  # None: a pure wait
+    problem = json_problem(result.result if isinstance(result, SkipWait) else result, "output")
     if problem:
         raise UnstorableResult(f"{phase} returned a value that cannot be stored ({problem})")
     return result
+
+
+def success_report(claim: Claim, result: Any) -> Report:
+    """The report of an action that returned ``result`` (a ``SkipWait`` says its step need not wait)."""
+    if isinstance(result, SkipWait):
+        return Report(claim.attempt, ok=True, result=result.result, skip_wait=True)
+    return Report(claim.attempt, ok=True, result=result)
 
 
 def attempt_error(claim: Claim, exc: Exception) -> tuple[str, bool]:

@@ -17,12 +17,9 @@ from django.db.models import Count, Max
 from django.urls import reverse
 from django.utils import timezone
 
-from ..definitions import registry
 from ..models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 from ..selectors import CURRENT_STEP_STATUSES
 
-# The step status of a step waiting for a signal, once the engine has it.
-WAITING_STATUS: str | None = getattr(StepStatus, "WAITING", None)
 
 
 def fingerprint() -> tuple:
@@ -80,30 +77,12 @@ def _in_flight(limit: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _deadline(record: StepRecord, since: datetime | None) -> datetime | None:
-    """When the wait times out: the record's own deadline if it keeps one, else the definition's ``signal_timeout``."""
-    for field in ("signal_deadline", "deadline", "wait_deadline"):
-        if getattr(record, field, None):
-            return getattr(record, field)
-    try:
-        timeout = getattr(registry.get(record.saga.saga_type, record.saga.version).steps[record.index],
-                          "signal_timeout", None)
-    except Exception:  # a definition no longer registered: no deadline to show
-        return None
-    return since + timedelta(seconds=timeout) if timeout and since else None
-
-
 def _waiting(limit: int) -> list[dict[str, Any]]:
-    if WAITING_STATUS is None:
-        return []
-    records = (StepRecord.objects.filter(status=WAITING_STATUS).select_related("saga")
-               .order_by("finished_at", "id")[:limit])
-    rows = []
-    for record in records:
-        since = getattr(record, "waiting_since", None) or record.finished_at or record.started_at
-        rows.append({**_saga_row(record.saga), "step": record.name, "since": _iso(since),
-                     "deadline": _iso(_deadline(record, since))})
-    return rows
+    """Steps waiting for a signal, oldest wait first, with the deadline stored on each (an index keeps it short)."""
+    records = (StepRecord.objects.filter(status=StepStatus.WAITING).select_related("saga")
+               .order_by("waiting_since", "id")[:limit])
+    return [{**_saga_row(record.saga), "step": record.name, "since": _iso(record.waiting_since),
+             "deadline": _iso(record.signal_deadline)} for record in records]
 
 
 def _failures(statuses: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
@@ -121,7 +100,7 @@ def build_snapshot() -> dict[str, Any]:
         "statuses": list(SagaStatus.values),
         "counts": _counts(now - timedelta(seconds=settings.SAGAS_LIVE_WINDOW)),
         "in_flight": _in_flight(rows),
-        "waiting_supported": WAITING_STATUS is not None,
+        "waiting_supported": True,
         "waiting": _waiting(rows),
         # Failed sagas stay here until a person acts (retry compensation moves them on).
         "needs_person": _failures((SagaStatus.FAILED,), rows),

@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 
 from sagas.models import SagaInstance, SagaStatus, StepRecord, StepStatus
@@ -42,6 +43,14 @@ include-path = "/api/sagas/{{saga_id}}/retry-compensation/"
 parameters = {{ saga_id = "{failed}" }}
 
 [[operations]]
+include-path-regex = '^/api/sagas/[^/]+/steps/'
+parameters = {{ saga_id = "{waiting}", step = "gate" }}
+
+[[operations]]
+include-path-regex = '^/api/signals/'
+parameters = {{ token = "{token}" }}
+
+[[operations]]
 include-path = "/api/sagas/"
 include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
@@ -70,16 +79,31 @@ def saga_row(status: str, step_status: str) -> SagaInstance:
     return saga
 
 
+def waiting_row(token: str) -> SagaInstance:
+    """A tests.gated saga whose gate waits for a signal (by a user holding its permission, or ``token``)."""
+    from sagas.engine.core import token_hash
+
+    saga = SagaInstance.objects.create(saga_type="tests.gated", status=SagaStatus.RUNNING, input={"note": "fuzz"})
+    for index, (name, status) in enumerate([("a", StepStatus.SUCCEEDED), ("gate", StepStatus.WAITING),
+                                            ("c", StepStatus.PENDING)]):
+        StepRecord.objects.create(saga=saga, index=index, name=name, status=status, result={"value": index},
+                                  signal_token_hash=token_hash(token) if name == "gate" else None)
+    return saga
+
+
 def test_api_answers_as_its_schema_says_under_fuzzing(api_server, tmp_path):
     user = get_user_model().objects.create_user("fuzzer", password="fuzz-pass-1")
+    user.user_permissions.add(Permission.objects.get(codename="change_call", content_type__app_label="testapp"))
     token = Token.objects.create(user=user).key
+    signal_token = "fuzz-signal-token-" + uuid.uuid4().hex
     ours = {
         "finished": saga_row(SagaStatus.SUCCEEDED, StepStatus.SUCCEEDED).pk,
         "running": saga_row(SagaStatus.RUNNING, StepStatus.PENDING).pk,
         "failed": saga_row(SagaStatus.FAILED, StepStatus.COMPENSATION_FAILED).pk,
+        "waiting": waiting_row(signal_token).pk,
     }
     config = tmp_path / "schemathesis.toml"
-    config.write_text(CONFIG.format(**ours))
+    config.write_text(CONFIG.format(**ours, token=signal_token))
 
     run = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", f"{api_server}/api/schema/",

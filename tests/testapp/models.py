@@ -20,3 +20,15 @@ class Ledger(models.Model):
 
     saga_id = models.UUIDField()
     amount = models.IntegerField()
+
+
+class Seen(models.Model):
+    """What a waiting test step saw: its wait's token (kind ``token``), or its compensation's ``ctx.result``."""
+
+    saga_id = models.UUIDField(db_index=True)
+    step = models.CharField(max_length=50)
+    kind = models.CharField(max_length=20)
+    data = models.JSONField(null=True)
+
+    class Meta:
+        ordering = ["id"]

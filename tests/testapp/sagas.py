@@ -136,3 +136,55 @@ registry.register(Saga(
         Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
     ],
 ))
+
+
+# --- waiting steps ------------------------------------------------------------------------------
+# ``gate`` waits for a signal; the input decides: ``skip_wait`` (its action completes it itself),
+# ``fail`` as above. Its action keeps its wait's token where a test can read it (as an e-signature
+# service would receive it); its compensation keeps the ``ctx.result`` it saw.
+
+from sagas import SkipWait  # noqa: E402
+
+from .models import Seen  # noqa: E402
+
+GATE_PERMISSION = "testapp.change_call"
+
+
+def ask(ctx):
+    Seen.objects.create(saga_id=ctx.saga_id, step=ctx.step, kind="token",
+                        data={"token": ctx.signal_token, "attempt": ctx.attempt})
+    output = action(ctx)
+    return SkipWait(output) if ctx.input.get("skip_wait") else output
+
+
+def withdraw(ctx):
+    Seen.objects.create(saga_id=ctx.saga_id, step=ctx.step, kind="compensation", data=ctx.result)
+    compensation(ctx)
+
+
+def _gated(name: str, timeout: float | None) -> Saga:
+    return Saga(name=name, steps=[
+        Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+        Step("gate", ask, compensation=withdraw, retry=FAST, compensation_retry=COMP, wait_for_signal=True,
+             signal_timeout=timeout, signal_permission=GATE_PERMISSION),
+        Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    ])
+
+
+registry.register(_gated("tests.gated", 3600))
+registry.register(_gated("tests.gated_short", 1))  # its deadline passes during a test
+
+registry.register(Saga(name="tests.pure_wait", steps=[
+    Step("wait", None, wait_for_signal=True),
+    Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+]))
+
+registry.register(Saga(name="tests.parallel_gate", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    Parallel(
+        "checks",
+        Step("gate", ask, compensation=withdraw, retry=FAST, compensation_retry=COMP, wait_for_signal=True),
+        Step("b2", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    ),
+    Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+]))

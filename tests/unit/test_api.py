@@ -132,6 +132,7 @@ def test_instance_answer_has_every_documented_field(api):
     assert set(body["steps"][0]) == {
         "index", "name", "status", "has_compensation", "attempts", "result", "error", "started_at",
         "finished_at", "compensation_attempts", "compensation_error", "compensated_at", "stage", "parallel_group",
+        "waiting_since", "signal_deadline",
     }
     assert body["input"] == {}
 

@@ -91,6 +91,24 @@ def test_unknown_saga_type_names_it():
          "'clash': 'p' names both a Parallel and a step"),
         (Saga(name="badgroup", steps=[Parallel("has space", Step("b", noop))]),
          "Parallel name 'has space' is not a valid identifier"),
+        (Saga(name="noaction", steps=[Step("a", None)]),
+         "step 'a': action=None is only allowed for a pure wait"),
+        (Saga(name="zerowait", steps=[Step("a", noop, wait_for_signal=True, signal_timeout=0)]),
+         "step 'a': signal_timeout must be a positive number"),
+        (Saga(name="negwait", steps=[Step("a", noop, wait_for_signal=True, signal_timeout=-5)]),
+         "step 'a': signal_timeout must be a positive number"),
+        (Saga(name="textwait", steps=[Step("a", noop, wait_for_signal=True, signal_timeout="1h")]),
+         "step 'a': signal_timeout must be a positive number"),
+        (Saga(name="perm", steps=[Step("a", noop, wait_for_signal=True, signal_permission="approve_budget")]),
+         "step 'a': signal_permission must be shaped 'app_label.codename'"),
+        (Saga(name="perm2", steps=[Step("a", noop, wait_for_signal=True, signal_permission="a.b.c")]),
+         "step 'a': signal_permission must be shaped 'app_label.codename'"),
+        (Saga(name="perm3", steps=[Step("a", noop, wait_for_signal=True, signal_permission=42)]),
+         "step 'a': signal_permission must be shaped 'app_label.codename'"),
+        (Saga(name="nowait", steps=[Step("a", noop, signal_timeout=60)]),
+         "step 'a': signal_timeout and signal_permission need wait_for_signal=True"),
+        (Saga(name="nowait2", steps=[Step("a", noop, signal_permission="corporate.approve_budget")]),
+         "step 'a': signal_timeout and signal_permission need wait_for_signal=True"),
     ],
 )
 def test_bad_definitions_fail_at_registration_naming_saga_and_problem(saga, message):
@@ -177,3 +195,14 @@ def test_describe_shows_each_steps_stage_and_group():
         ("a", 0, None), ("b1", 1, "fanout"), ("b2", 1, "fanout"), ("b3", 1, "fanout"), ("c", 2, None),
     ]
     assert described["steps"][2]["has_compensation"] is True
+
+
+def test_a_waiting_step_may_have_no_action_and_may_stand_in_a_parallel():
+    registry = Registry()
+    saga = registry.register(Saga(name="gates", steps=[
+        Step("wait", None, wait_for_signal=True, signal_timeout=3600, signal_permission="corporate.approve_budget"),
+        Parallel("p", Step("b", noop, wait_for_signal=True), Step("c", noop)),
+    ]))
+    described = saga.describe()["steps"]
+    assert [(s["name"], s["wait_for_signal"], s["signal_timeout"], s["signal_permission"]) for s in described] == [
+        ("wait", True, 3600, "corporate.approve_budget"), ("b", True, None, None), ("c", False, None, None)]

@@ -272,3 +272,46 @@ def test_a_member_undone_while_a_sibling_is_not_leaves_the_saga_compensating_unt
     execute_compensation(saga.id, 1)
     saga.refresh_from_db()
     assert saga.status == "compensated"
+
+
+# --- waiting steps: the ordinary step above costs what it did; a wait and its signal cost this ------------
+
+WAITING_SAGA = "tests.cost_waiting"
+
+if WAITING_SAGA not in registry:
+    registry.register(Saga(WAITING_SAGA, steps=[
+        Step("s0", _step, compensation=_step),
+        Step("gate", _step, compensation=_step, wait_for_signal=True, signal_timeout=3600),
+        Step("s2", _step, compensation=_step),
+    ]))
+
+
+@pytest.fixture
+def waiting_saga(transactional_db, sent):
+    saga = start_saga(WAITING_SAGA, input={"i": 1})
+    execute_step(saga.id, 0)
+    return saga
+
+
+def test_a_step_that_begins_to_wait_costs_one_update_of_the_saga_more_than_an_ordinary_step(waiting_saga):
+    with cost() as spent:
+        execute_step(waiting_saga.id, 1)
+
+    # As an ordinary step, plus the saga's due time moved to the deadline (nothing to sweep before it).
+    assert [s.split()[0] for s in spent["statements"]] == ["SELECT", "UPDATE", "SELECT", "UPDATE", "INSERT", "UPDATE"]
+    assert spent["transactions"] == 1
+
+
+def test_a_signal_costs_five_statements_in_one_transaction(waiting_saga):
+    from sagas import complete_step
+
+    execute_step(waiting_saga.id, 1)
+
+    with cost() as spent:
+        complete_step(waiting_saga, "gate", result={"ok": True})
+
+    # read (locked) the saga with its steps, update the step, insert its events (signalled,
+    # succeeded), update the saga's due time, read the saga back for the caller
+    assert [s.split()[0] for s in spent["statements"]] == ["SELECT", "UPDATE", "INSERT", "UPDATE", "SELECT"], \
+        "\n".join(spent["statements"])
+    assert spent["transactions"] == 1

@@ -33,6 +33,16 @@ def test_every_kind_reads_as_a_sentence_even_with_an_empty_detail(kind):
 
 
 def test_an_unknown_kind_still_reads_as_words():
-    sentence = describe("step_signalled", {"by": "alice", "result": {"ok": True}}, "manager_approval")
+    sentence = describe("step_paused", {"by": "alice", "result": {"ok": True}}, "manager_approval")
 
-    assert sentence == "Step signalled (manager_approval): by alice, result {'ok': True}."
+    assert sentence == "Step paused (manager_approval): by alice, result {'ok': True}."
+
+
+@pytest.mark.parametrize("detail, expected", [
+    ({"signal": "complete", "result": {"ok": True}, "by": "alice", "by_user_id": 7},
+     'User alice (id 7) completed manager_approval with {"ok": true}.'),
+    ({"signal": "fail", "error": "over budget", "by": "token"},
+     "The holder of the step's signal token failed manager_approval: over budget."),
+])
+def test_a_signal_says_who_sent_what(detail, expected):
+    assert describe("step_signalled", detail, "manager_approval") == expected

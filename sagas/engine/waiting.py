@@ -1,0 +1,269 @@
+"""Waiting steps: a step whose action succeeded waits for a person or another system to signal it.
+
+Nothing is held while a step waits: its action's success records ``waiting``
+(with ``waiting_since`` and ``signal_deadline`` from the database's clock),
+frees the step's lease and stops the chain. A signal (``complete_step`` or
+``fail_step``, from a user or through the wait's token) is a transition under
+the saga's lock, so of two signals at once exactly one wins and the other gets
+``InvalidTransition``; a completed step sends what follows after commit, a
+failed one starts the compensation in the same transaction. The sweeper times
+out waits past their deadline (``expire_waits``), found through a partial
+index that holds only waiting steps.
+"""
+from __future__ import annotations
+
+import hmac
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import QuerySet
+from django.db.models.functions import Now
+
+from ..definitions import Saga
+from ..errors import InvalidSignal, InvalidTransition, SignalNotAllowed, UnknownSignalToken, UnknownStep
+from ..models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
+from . import forward
+from .compensation import continue_compensation, start_compensating
+from .core import (
+    Decision,
+    Outcome,
+    definition_of,
+    dispatch_forward,
+    end_wait,
+    event,
+    fail_record,
+    json_problem,
+    keep_due,
+    locked_saga,
+    move_step,
+    release,
+    stall_deadline,
+    steps_of,
+    token_hash,
+)
+
+# A wait without a deadline: the sweeper looks at its saga once a day (it has nothing to re-send).
+WAIT_HORIZON = timedelta(days=1)
+ERROR_MAX_LENGTH = 2000
+TOKEN_MAX_LENGTH = 200
+BY_TOKEN = "token"
+
+
+# --- the action succeeded: wait ------------------------------------------------------------
+
+
+def begin_wait(saga: SagaInstance, record: StepRecord, definition: Saga, result: Any) -> Outcome:
+    """Record the action's output and make the step wait; the chain stops here (the signal goes on)."""
+    step = definition.step_at(record.index)
+    record.result = result
+    record.error = ""
+    release(record)
+    record.waiting_since = saga.db_now
+    record.signal_deadline = (saga.db_now + timedelta(seconds=step.signal_timeout)) if step.signal_timeout else None
+    move_step(saga, record, StepStatus.WAITING, EventKind.STEP_WAITING, attempt=record.attempts,
+              deadline=record.signal_deadline.isoformat() if record.signal_deadline else None,
+              permission=step.signal_permission)
+    if definition.is_parallel(record.index):
+        keep_due(saga)  # siblings may still be at work; the sweeper settles it when it looks
+    else:
+        saga.due_at = record.signal_deadline or saga.db_now + WAIT_HORIZON
+    return Outcome(Decision.STOP, reason=f"step {record.name} waits for a signal")
+
+
+def wait_due(saga: SagaInstance, waiting: list[StepRecord]) -> None:
+    """When the sweeper should look at a saga whose open steps all wait: the first deadline, or the horizon."""
+    deadlines = [r.signal_deadline for r in waiting if r.signal_deadline]
+    saga.due_at = min(deadlines) if deadlines else saga.db_now + WAIT_HORIZON
+
+
+# --- signals ------------------------------------------------------------------------------------
+
+
+def _as_id(saga: SagaInstance | uuid.UUID | str):
+    return saga.pk if isinstance(saga, SagaInstance) else saga
+
+
+def _is_user(by: Any) -> bool:
+    return hasattr(by, "has_perm") and hasattr(by, "get_username")
+
+
+def signaller(by: Any) -> dict:
+    """Who sent a signal, as its event records it: a user's id and username, ``token``, or a name."""
+    if _is_user(by):
+        return {"by": by.get_username(), "by_user_id": by.pk}
+    if by is None:
+        return {"by": "system"}
+    return {"by": str(by)[:200]}
+
+
+def may_signal(user: Any, permission: str | None) -> bool:
+    """Whether ``user`` may signal a step that asks for ``permission`` (none: any authenticated user)."""
+    if not getattr(user, "is_authenticated", False):
+        return False
+    return permission is None or user.has_perm(permission)
+
+
+def _merged(output: Any, result: Any) -> Any:
+    """The step's result: the signal's ``result`` over the action's output."""
+    if result is None:
+        return output
+    if isinstance(output, dict) and isinstance(result, dict):
+        return {**output, **result}
+    return result
+
+
+def _checked_result(result: Any) -> Any:
+    if result is None:
+        return None
+    if not isinstance(result, dict):
+        raise InvalidSignal({"result": ["must be a JSON object"]})
+    problem = json_problem(result, "result")
+    if problem:
+        raise InvalidSignal({"result": [problem]})
+    return result
+
+
+def _checked_error(error: Any) -> str:
+    if not isinstance(error, str) or not error.strip():
+        raise InvalidSignal({"error": ["a reason is required"]})
+    problem = json_problem(error, "error")
+    if problem:
+        raise InvalidSignal({"error": [problem]})
+    if len(error) > ERROR_MAX_LENGTH:
+        raise InvalidSignal({"error": [f"at most {ERROR_MAX_LENGTH} characters"]})
+    return error.strip()
+
+
+def complete_step(saga: SagaInstance | uuid.UUID | str, step_name: str, result: dict | None = None,
+                  by: Any = None) -> SagaInstance:
+    """Complete waiting step ``step_name``: it succeeds with the action's output merged with ``result``.
+
+    ``by`` is the user who decided (checked against the step's
+    ``signal_permission``), or None for code that decides itself. Raises
+    ``InvalidTransition`` if the step is not waiting (a second signal).
+    """
+    return _signal(_as_id(saga), step_name, by=by, result=_checked_result(result))
+
+
+def fail_step(saga: SagaInstance | uuid.UUID | str, step_name: str, error: str = "",
+              by: Any = None) -> SagaInstance:
+    """Fail waiting step ``step_name`` for good with ``error`` (a refusal): the saga compensates, this step included."""
+    return _signal(_as_id(saga), step_name, by=by, error=_checked_error(error))
+
+
+def complete_step_by_token(token: str, result: dict | None = None) -> SagaInstance:
+    """``complete_step`` for a system holding the wait's ``ctx.signal_token`` (once: the token dies with the wait)."""
+    result = _checked_result(result)
+    saga_id, name, hashed = _token_owner(token)
+    return _signal(saga_id, name, by=BY_TOKEN, result=result, hashed=hashed)
+
+
+def fail_step_by_token(token: str, error: str = "") -> SagaInstance:
+    """``fail_step`` for a system holding the wait's ``ctx.signal_token``."""
+    error = _checked_error(error)
+    saga_id, name, hashed = _token_owner(token)
+    return _signal(saga_id, name, by=BY_TOKEN, error=error, hashed=hashed)
+
+
+def _token_owner(token: Any) -> tuple[Any, str, str]:
+    """The saga and step a live token belongs to (looked up by its hash, on an index), or ``UnknownSignalToken``."""
+    if not isinstance(token, str) or not token or len(token) > TOKEN_MAX_LENGTH:
+        raise UnknownSignalToken("unknown or used signal token")
+    hashed = token_hash(token)
+    owner = (StepRecord.objects.filter(signal_token_hash=hashed, status__in=(StepStatus.WAITING, StepStatus.RUNNING))
+             .values_list("saga_id", "name").first())
+    if owner is None:
+        raise UnknownSignalToken("unknown or used signal token")
+    return owner[0], owner[1], hashed
+
+
+def _signal(saga_id, step_name: str, *, by: Any, result: Any = None, error: str | None = None,
+            hashed: str | None = None) -> SagaInstance:
+    with locked_saga(saga_id) as saga:
+        if saga is None:
+            raise SagaInstance.DoesNotExist(f"no saga {saga_id}")
+        records = steps_of(saga)
+        record = next((r for r in records if r.name == step_name), None)
+        if record is None:
+            raise UnknownStep(f"saga {saga.id} has no step {step_name!r}")
+        if hashed is not None and not hmac.compare_digest(record.signal_token_hash or "", hashed):
+            raise UnknownSignalToken("unknown or used signal token")  # used by a signal that won the lock first
+        definition = definition_of(saga, records)
+        step = definition.step_at(record.index)
+        if _is_user(by) and not may_signal(by, step.signal_permission):
+            raise SignalNotAllowed(f"signalling {step_name} needs the permission {step.signal_permission}")
+        if record.status != StepStatus.WAITING or saga.status != SagaStatus.RUNNING:
+            raise InvalidTransition(
+                f"step {step_name} of saga {saga.id} is {record.status} (saga {saga.status}); only a waiting "
+                f"step can be signalled")
+        who = signaller(by)
+        end_wait(record)
+        if error is None:
+            event(saga, EventKind.STEP_SIGNALLED, step=record, signal="complete", result=result, **who)
+            _complete(saga, records, record, definition, _merged(record.result, result))
+        else:
+            event(saga, EventKind.STEP_SIGNALLED, step=record, signal="fail", error=error, **who)
+            fail_record(saga, record, error, effects=True, permanent=True, signalled=True)
+            start_compensating(saga, steps_of(saga), saga.error)
+    return SagaInstance.objects.get(pk=saga.pk)
+
+
+def _complete(saga: SagaInstance, records: list[StepRecord], record: StepRecord, definition: Saga,
+              result: Any) -> None:
+    """The step succeeds as if its action had just returned ``result``; what follows is sent after commit."""
+    forward._succeed(saga, records, record, definition, result, signalled=True)
+    if saga.status != SagaStatus.RUNNING:
+        return
+    saga.due_at = stall_deadline(saga)  # it waited with a far due time; now messages move it again
+    following = definition.next_stage_start(record.index)
+    if following is not None and not definition.is_parallel(record.index):
+        dispatch_forward(saga, following)  # the chain stopped at the wait: send the rest
+    # A Parallel member: _succeed sent the next stage if this signal completed it.
+
+
+# --- deadlines -------------------------------------------------------------------------------------
+
+
+def expired_waits(limit: int) -> QuerySet:
+    """Ids of sagas with a wait past its deadline, read through the partial index of waiting steps' deadlines.
+
+    A saga held for a person (``due_at`` empty) stays held, deadline or not.
+    """
+    return (StepRecord.objects.filter(status=StepStatus.WAITING, signal_deadline__lte=Now(),
+                                      saga__due_at__isnull=False)
+            .order_by("signal_deadline").values_list("saga_id", flat=True)[:limit])
+
+
+def expired_wait_saga_ids(limit: int) -> list:
+    return list(dict.fromkeys(expired_waits(limit)))
+
+
+def expire_waits(saga_id) -> int:
+    """Fail the saga's waits whose deadline passed (no signal came): the saga compensates. How many timed out."""
+    with locked_saga(saga_id) as saga:
+        if saga is None:
+            return 0
+        records = steps_of(saga)
+        now = saga.db_now
+        expired = [r for r in records if r.status == StepStatus.WAITING and r.signal_deadline
+                   and r.signal_deadline <= now]
+        if not expired:
+            return 0
+        definition = definition_of(saga, records)
+        for record in expired:
+            timeout = definition.step_at(record.index).signal_timeout
+            end_wait(record)
+            fail_record(saga, record, f"SignalTimeout: no signal within {timeout:g}s", blame=not saga.error,
+                        effects=True, timeout=True)
+        if saga.status == SagaStatus.RUNNING:
+            start_compensating(saga, records, saga.error)
+        elif saga.status == SagaStatus.COMPENSATING:
+            continue_compensation(saga, records)
+        return len(expired)
+
+
+__all__ = [
+    "begin_wait", "complete_step", "complete_step_by_token", "expire_waits", "expired_wait_saga_ids",
+    "fail_step", "fail_step_by_token", "may_signal", "signaller", "wait_due",
+]
