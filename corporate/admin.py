@@ -22,6 +22,7 @@ from .models import (
     Approval,
     Build,
     BudgetRequest,
+    ContractRequest,
     Customer,
     Department,
     Deployment,
@@ -257,12 +258,28 @@ class EmployeeDeskInline(DeskAssignmentInline):
     readonly_fields = fields
 
 
+class ContractRequestInline(WrittenBySagas, admin.TabularInline):
+    model = ContractRequest
+    extra = 0
+    fields = ("envelope_id", "status", "sent_at", "voided_at")
+    readonly_fields = fields
+
+
+@admin.register(ContractRequest)
+class ContractRequestAdmin(WrittenBySagas, SagaLinked, admin.ModelAdmin):
+    """What we sent for e-signature. The callback (a one-time token) lives with the service, not here."""
+
+    list_display = ("envelope_id", "employee", "status", "saga", "sent_at", "voided_at")
+    list_filter = ("status",)
+    search_fields = ("envelope_id", "employee__email", "saga_id")
+
+
 @admin.register(Employee)
 class EmployeeAdmin(WrittenBySagas, SagaLinked, admin.ModelAdmin):
     list_display = ("name", "email", "department", "role", "status", "saga", "created_at")
     list_filter = ("status", "department")
     search_fields = ("name", "email", "saga_id")
-    inlines = (AccountInline, EmployeeLaptopInline, EmployeeDeskInline, PayrollInline)
+    inlines = (ContractRequestInline, AccountInline, EmployeeLaptopInline, EmployeeDeskInline, PayrollInline)
 
 
 # --- budget approval --------------------------------------------------------------------
@@ -271,7 +288,7 @@ class EmployeeAdmin(WrittenBySagas, SagaLinked, admin.ModelAdmin):
 class ApprovalInline(WrittenBySagas, admin.TabularInline):
     model = Approval
     extra = 0
-    fields = ("level", "approver", "approved_at", "revoked_at")
+    fields = ("level", "approver", "comment", "approved_at", "revoked_at")
     readonly_fields = fields
 
 

@@ -12,14 +12,19 @@ from collections import Counter, defaultdict
 from decimal import Decimal
 from typing import Iterable, NamedTuple
 
+from django.contrib.auth import get_user_model
 from django.db.models import Count, Sum
 
-from sagas.models import SagaInstance, SagaStatus
+from sagas import registry
+from sagas.errors import UnknownSagaType
+from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus
 
 from .models import (
     Account,
     Approval,
     BudgetRequest,
+    ContractRequest,
+    ContractStatus,
     BudgetRequestStatus,
     Department,
     Deployment,
@@ -35,7 +40,9 @@ from .models import (
     Refund,
     Service,
 )
-from .sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, ORDER_FULFILLMENT, SYSTEM_DEPLOYMENT
+from .sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, GATED_TYPES, ORDER_FULFILLMENT, SYSTEM_DEPLOYMENT
+from .workflows.budget_approval import EXECUTIVE_THRESHOLD
+from .workflows.common import money
 
 MAX_EXAMPLES = 3
 
@@ -137,6 +144,8 @@ def compensated_onboardings_clean(saga_ids: Iterable | None = None) -> Invariant
         ("laptop", LaptopAssignment.objects.filter(employee__in=employees, returned_at__isnull=True)),
         ("desk", DeskAssignment.objects.filter(employee__in=employees, returned_at__isnull=True)),
         ("open payroll", PayrollRecord.objects.filter(employee__in=employees, active=True)),
+        ("contract still out for signature", ContractRequest.objects.filter(employee__in=employees,
+                                                                            status=ContractStatus.SENT)),
     ):
         for employee_id in rows.values_list("employee", flat=True):
             problems.append(f"employee {employee_id}: {label} left")
@@ -172,6 +181,62 @@ def compensated_budget_requests_reserve_nothing(saga_ids: Iterable | None = None
     problems += [f"request {pk}: still {status}" for pk, status in requests.exclude(
         status=BudgetRequestStatus.WITHDRAWN).values_list("pk", "status")]
     return _result("compensated approvals reserve nothing", problems, f"{len(ids)} compensated requests")
+
+
+# --- gates ------------------------------------------------------------------------------
+
+
+def _gates(saga_type: str, version: int) -> dict[str, str | None]:
+    """The gate steps of a definition: name -> the permission that may signal it."""
+    try:
+        definition = registry.get(saga_type, version)
+    except UnknownSagaType:
+        return {}
+    return {step.name: step.signal_permission for step in definition.steps if step.wait_for_signal}
+
+
+def _may_skip(gate: str, saga_input: dict, amount) -> bool:
+    """Only the executive sign-off may be skipped, and only at or below the threshold."""
+    if gate != "executive_signoff" or amount is None:
+        return False
+    return amount <= money(saga_input.get("executive_threshold") or EXECUTIVE_THRESHOLD)
+
+
+def gates_passed_with_a_permitted_signal(saga_ids: Iterable | None = None) -> Invariant:
+    """Every gate a saga passed was completed by a user holding its permission, or through its token,
+    or skipped where the business allows it (the executive, at or below the threshold)."""
+    sagas = SagaInstance.objects.filter(saga_type__in=GATED_TYPES)
+    if saga_ids is not None:
+        sagas = sagas.filter(pk__in=list(saga_ids))
+    passed = list(SagaEvent.objects.filter(saga__in=sagas, kind=EventKind.STEP_SUCCEEDED).values_list(
+        "saga_id", "saga__saga_type", "saga__version", "saga__input", "step__name", "detail"))
+    signals: dict = defaultdict(list)
+    for saga_id, step, detail in SagaEvent.objects.filter(saga__in=sagas, kind=EventKind.STEP_SIGNALLED).values_list(
+            "saga_id", "step__name", "detail"):
+        if (detail or {}).get("signal") == "complete":
+            signals[(saga_id, step)].append(detail)
+    amounts = dict(BudgetRequest.objects.filter(saga_id__in=sagas.values("pk")).values_list("saga_id", "amount"))
+    users = {u.pk: u for u in get_user_model().objects.filter(pk__in={
+        d.get("by_user_id") for details in signals.values() for d in details if d.get("by_user_id")})}
+    problems, gates_passed = [], 0
+    for saga_id, saga_type, version, saga_input, step, detail in passed:
+        permission = _gates(saga_type, version).get(step, False)
+        if permission is False:
+            continue  # not a gate
+        gates_passed += 1
+        detail = detail or {}
+        if detail.get("wait_skipped"):
+            if not _may_skip(step, saga_input or {}, amounts.get(saga_id)):
+                problems.append(f"saga {saga_id}: {step} skipped its wait")
+            continue
+        allowed = [d for d in signals[(saga_id, step)]
+                   if d.get("by") == "token" or (d.get("by_user_id") in users and (
+                       permission is None or users[d["by_user_id"]].has_perm(permission)))]
+        if not allowed:
+            who = ", ".join(str(d.get("by")) for d in signals[(saga_id, step)]) or "no signal"
+            problems.append(f"saga {saga_id}: {step} passed without a permitted signal ({who})")
+    return _result("gates passed only with a permitted signal or an allowed skip",
+                   problems, f"{gates_passed} gates passed")
 
 
 # --- deployments ------------------------------------------------------------------------
@@ -213,4 +278,5 @@ def check_all(saga_ids: Iterable | None = None) -> list[Invariant]:
         budgets_within_limits(),
         compensated_budget_requests_reserve_nothing(ids),
         compensated_deployments_rolled_back(ids),
+        gates_passed_with_a_permitted_signal(ids),
     ]

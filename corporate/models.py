@@ -285,6 +285,57 @@ class PayrollRecord(models.Model):
         return f"payroll of {self.employee}"
 
 
+class ContractStatus(models.TextChoices):
+    SENT = "sent", "sent for signature"
+    SIGNED = "signed", "signed"
+    DECLINED = "declined", "declined"
+    VOIDED = "voided", "voided (offer withdrawn)"
+
+
+class ContractRequest(models.Model):
+    """An employment contract sent to the e-signature service: what our side keeps.
+
+    The service answers through the wait's one-time callback
+    (``/api/signals/{token}/complete/``); the token travels only to the
+    service (``SignatureEnvelope``), never into this row or the logs.
+    """
+
+    saga_id = models.UUIDField(unique=True)
+    employee = models.ForeignKey(Employee, on_delete=models.PROTECT, related_name="contracts")
+    envelope_id = models.CharField(max_length=64, unique=True, help_text="the e-signature service's reference")
+    status = models.CharField(max_length=20, choices=ContractStatus.choices, default=ContractStatus.SENT)
+    sent_at = models.DateTimeField(auto_now_add=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-sent_at"]
+        permissions = [("record_signed_contract", "Can record a contract signed on paper (the contract gate)")]
+
+    def __str__(self) -> str:
+        return f"contract {self.envelope_id} for {self.employee} ({self.status})"
+
+
+class SignatureEnvelope(models.Model):
+    """The simulated e-signature service's own record (it stands in for DocuSign and the like).
+
+    It holds the callback URL it was handed, one-time token included, as the
+    real service would; ``corporate.esignature`` plays the service's side.
+    """
+
+    envelope_id = models.CharField(max_length=64, unique=True)
+    signer = models.EmailField()
+    document = models.CharField(max_length=200)
+    callback_url = models.CharField(max_length=300)
+    status = models.CharField(max_length=20, choices=ContractStatus.choices, default=ContractStatus.SENT)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"envelope {self.envelope_id} for {self.signer} ({self.status})"
+
+
 # --- budget approval --------------------------------------------------------------------
 
 
@@ -305,6 +356,11 @@ class BudgetRequest(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # Who may signal the saga's gates (the steps' ``signal_permission``).
+        permissions = [
+            ("approve_budget", "Can approve budget requests as the department's manager"),
+            ("sign_off_budget", "Can sign off budget requests above the threshold as an executive"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.department.code}: {self.amount} for {self.purpose}"
@@ -319,6 +375,7 @@ class Approval(models.Model):
     request = models.ForeignKey(BudgetRequest, on_delete=models.PROTECT, related_name="approvals")
     level = models.CharField(max_length=20, choices=ApprovalLevel.choices)
     approver = models.CharField(max_length=100)
+    comment = models.CharField(max_length=500, blank=True, help_text="what the approver wrote with the signal")
     approved_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
@@ -410,6 +467,8 @@ class Deployment(models.Model):
 
     class Meta:
         ordering = ["id"]
+        # Who may open the release gate before a production deploy (the step's ``signal_permission``).
+        permissions = [("release_deploy", "Can approve a release for production (the release gate)")]
         constraints = [
             # One release at a time per service: the next waits until this one is verified or rolled back.
             models.UniqueConstraint(fields=["service"], condition=Q(status="deployed"),

@@ -11,3 +11,7 @@ SAGA_TYPES = (EMPLOYEE_ONBOARDING, ORDER_FULFILLMENT, BUDGET_APPROVAL, SYSTEM_DE
 
 for _module in (employee_onboarding, order_fulfillment, budget_approval, system_deployment):
     registry.register(_module.saga)
+# The gated sagas' rehearsal versions (same flow, deadlines of seconds): saga_demo --short-deadlines.
+GATED_TYPES = (EMPLOYEE_ONBOARDING, BUDGET_APPROVAL, SYSTEM_DEPLOYMENT)
+for _module in (employee_onboarding, budget_approval, system_deployment):
+    registry.register(_module.rehearsal)

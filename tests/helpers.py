@@ -44,3 +44,60 @@ def compensations_due(saga) -> list[int]:
     from sagas.models import StepRecord
 
     return compensation_order(list(StepRecord.objects.filter(saga_id=saga.pk).order_by("index")))
+
+
+GATE_PERMISSIONS = ("approve_budget", "sign_off_budget", "release_deploy", "record_signed_contract")
+
+
+def corporate_approver(username: str = "approver", permissions=GATE_PERMISSIONS):
+    """A user holding the corporate gates' permissions (``corporate.<codename>``)."""
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user(username, password="x")
+    user.user_permissions.add(*Permission.objects.filter(codename__in=permissions, content_type__app_label="corporate"))
+    return User.objects.get(pk=user.pk)  # a fresh object: no stale permission cache
+
+
+def answer_gate(record, *, by, reject: dict | None = None) -> None:
+    """Answer one waiting corporate gate the way its owner would.
+
+    The contract is answered by the simulated e-signature service calling its
+    callback over the API (the token endpoint, no credentials); every other
+    gate by ``by`` through ``complete_step`` (or ``fail_step`` with the reason
+    in ``reject[step]``).
+    """
+    from rest_framework.test import APIClient
+
+    from corporate.models import ContractRequest, SignatureEnvelope
+    from sagas import complete_step, fail_step
+
+    reason = (reject or {}).get(record.name)
+    if record.name == "contract_signature":
+        contract = ContractRequest.objects.get(saga_id=record.saga_id)
+        url = SignatureEnvelope.objects.get(envelope_id=contract.envelope_id).callback_url
+        if reason:
+            answer = APIClient().post(url[: -len("complete/")] + "fail/", {"error": reason}, format="json")
+        else:
+            answer = APIClient().post(url, {"result": {"signed": True}}, format="json")
+        assert answer.status_code == 202, answer.content
+    elif reason:
+        fail_step(record.saga_id, record.name, error=reason, by=by)
+    else:
+        complete_step(record.saga_id, record.name, result={"approved": True, "comment": "ok"}, by=by)
+
+
+def pass_gates(saga, *, by, reject: dict | None = None, timeout: float = 60.0) -> SagaInstance:
+    """Wait for ``saga`` to finish, answering each of its gates as soon as it waits (see ``answer_gate``)."""
+    from sagas.models import StepRecord, StepStatus
+
+    deadline = time.monotonic() + timeout
+    while True:
+        saga = SagaInstance.objects.get(pk=saga.pk)
+        if saga.status in FINAL_SAGA_STATUSES:
+            return saga
+        for record in StepRecord.objects.filter(saga_id=saga.pk, status=StepStatus.WAITING):
+            answer_gate(record, by=by, reject=reject)
+        if time.monotonic() > deadline:
+            steps = list(saga.steps.values_list("name", "status", "attempts"))
+            raise AssertionError(f"saga {saga.id} still {saga.status} after {timeout}s; steps {steps}")
+        time.sleep(0.1)

@@ -1,9 +1,14 @@
-"""corporate.budget_approval: request -> manager -> Finance reserves funds -> executive sign-off.
+"""corporate.budget_approval: request -> manager (waits) -> Finance reserves funds -> executive (waits) -> approved.
 
-Finance reserves the amount from the department's budget under a row lock,
-so concurrent requests never reserve more than the budget. Requests above the
-executive threshold need an executive's signature; a refusal there undoes the
-reservation and revokes the approvals given so far.
+Two gates wait for a person: the department's manager (``corporate.approve_budget``)
+and, above the threshold, an executive (``corporate.sign_off_budget``); each
+has a deadline. Completing a gate approves (its result, e.g.
+``{"approved": true, "comment": "..."}``, is what the person decided); failing
+it with a reason rejects, and the saga compensates. A deadline that passes
+compensates the same way (the sweeper enforces it). Finance reserves the
+amount from the department's budget under a row lock, so concurrent requests
+never reserve more than the budget; any refusal or timeout after it releases
+the funds and revokes the approvals given so far.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import serializers
 
-from sagas import PermanentError, Saga, Step
+from sagas import PermanentError, Saga, SkipWait, Step
 
 from ..models import (
     Approval,
@@ -23,13 +28,27 @@ from ..models import (
     Department,
     FundReservation,
 )
-from .common import COMPENSATION_RETRY, STEP_RETRY, STEP_TIMEOUT, flag, money, positive_amount_field, reference_field
+from .common import (
+    COMPENSATION_RETRY,
+    DAY,
+    REHEARSAL_DEADLINE,
+    REHEARSAL_VERSION,
+    STEP_RETRY,
+    STEP_TIMEOUT,
+    VERSION,
+    decision,
+    money,
+    positive_amount_field,
+    reference_field,
+)
 
 NAME = "corporate.budget_approval"
 
 # Above this amount an executive must sign; above the limit the executive always refuses.
 EXECUTIVE_THRESHOLD = Decimal("10000.00")
 EXECUTIVE_LIMIT = Decimal("250000.00")
+MANAGER_PERMISSION = "corporate.approve_budget"
+EXECUTIVE_PERMISSION = "corporate.sign_off_budget"
 
 
 class BudgetInput(serializers.Serializer):
@@ -38,13 +57,15 @@ class BudgetInput(serializers.Serializer):
     purpose = serializers.CharField(max_length=200)
     executive_threshold = positive_amount_field(required=False,
                                                 help_text=f"default {EXECUTIVE_THRESHOLD}")
-    manager_approves = serializers.BooleanField(required=False, default=True)
-    executive_approves = serializers.BooleanField(required=False, default=True)
     reference = reference_field()
 
 
 def _request(ctx) -> BudgetRequest:
     return BudgetRequest.objects.select_related("department").get(pk=ctx.results["submit_request"]["request"])
+
+
+def _comment(decided: dict) -> str:
+    return str(decided.get("comment") or "")[:500]
 
 
 def _revoke(request_id: int, level: str) -> None:
@@ -72,26 +93,24 @@ def withdraw_request(ctx) -> None:
     )
 
 
-# --- 2. the manager approves -----------------------------------------------------------
+# --- 2. the manager approves (a person decides: the saga waits) --------------------------
 
 
-def manager_approval(ctx) -> dict:
+def ask_manager(ctx) -> dict:
+    """Put the request in the manager's queue; the manager answers through the API or the admin."""
     request = _request(ctx)
-    if not flag(ctx.input, "manager_approves", True):
-        raise PermanentError(f"the manager of {request.department.code} rejected the request")
-    approval = Approval.objects.create(request=request, level=ApprovalLevel.MANAGER,
-                                       approver=f"manager of {request.department.code}")
-    return {"approval": approval.pk}
+    return {"asked": f"manager of {request.department.code}", "amount": str(request.amount)}
 
 
-def revoke_manager_approval(ctx) -> None:
-    _revoke(ctx.results["submit_request"]["request"], ApprovalLevel.MANAGER)
+# Nothing to undo: asking changes no row. The approval is recorded by the step that acts on it.
 
 
 # --- 3. Finance reserves the funds -----------------------------------------------------
 
 
 def reserve_funds(ctx) -> dict:
+    """Finance acts on the manager's approval: it records it and reserves the amount."""
+    approved = decision(ctx, "manager_approval", "the manager")
     request = _request(ctx)
     with transaction.atomic():
         department = Department.objects.select_for_update().get(pk=request.department_id)
@@ -100,6 +119,8 @@ def reserve_funds(ctx) -> dict:
             raise PermanentError(
                 f"Finance refused: {department.code} has {available} left, {request.amount} requested"
             )
+        Approval.objects.create(request=request, level=ApprovalLevel.MANAGER,
+                                approver=approved.get("asked", "manager"), comment=_comment(approved))
         reservation = FundReservation.objects.create(request=request, department=department, amount=request.amount)
         department.reserved += request.amount
         department.save(update_fields=["reserved"])
@@ -108,6 +129,7 @@ def reserve_funds(ctx) -> dict:
 
 def release_funds(ctx) -> None:
     with transaction.atomic():
+        _revoke(ctx.results["submit_request"]["request"], ApprovalLevel.MANAGER)
         reservation = FundReservation.objects.select_for_update().get(pk=ctx.result["reservation"])
         if reservation.released_at is not None:
             return
@@ -118,24 +140,38 @@ def release_funds(ctx) -> None:
         reservation.save(update_fields=["released_at"])
 
 
-# --- 4. an executive signs off above the threshold -------------------------------------
+# --- 4. an executive signs off above the threshold (a person decides: the saga waits) ----
 
 
-def executive_signoff(ctx) -> dict:
+def ask_executive(ctx) -> dict | SkipWait:
+    """Above the threshold, ask an executive; at or below it nobody needs to sign (no wait)."""
     request = _request(ctx)
     threshold = money(ctx.input.get("executive_threshold") or EXECUTIVE_THRESHOLD)
-    required = request.amount > threshold
-    if required:
-        if request.amount > EXECUTIVE_LIMIT:
-            raise PermanentError(f"the executive refused: {request.amount} is above the limit of {EXECUTIVE_LIMIT}")
-        if not flag(ctx.input, "executive_approves", True):
-            raise PermanentError("the executive refused to sign")
-        Approval.objects.create(request=request, level=ApprovalLevel.EXECUTIVE, approver="chief financial officer")
+    if request.amount <= threshold:
+        return SkipWait({"executive_required": False})
+    if request.amount > EXECUTIVE_LIMIT:
+        raise PermanentError(f"the executive refused: {request.amount} is above the limit of {EXECUTIVE_LIMIT}")
+    return {"executive_required": True, "asked": "chief financial officer"}
+
+
+# Nothing to undo: asking changes no row. The signature is recorded by the next step.
+
+
+# --- 5. the request is approved ---------------------------------------------------------
+
+
+def approve_request(ctx) -> dict:
+    request = _request(ctx)
+    signoff = ctx.results["executive_signoff"]
+    if signoff.get("executive_required"):
+        signed = decision(ctx, "executive_signoff", "the executive")
+        Approval.objects.create(request=request, level=ApprovalLevel.EXECUTIVE,
+                                approver=signed.get("asked", "executive"), comment=_comment(signed))
     BudgetRequest.objects.filter(pk=request.pk).update(status=BudgetRequestStatus.APPROVED)
-    return {"executive_required": required}
+    return {"approved": True, "executive_required": bool(signoff.get("executive_required"))}
 
 
-def revoke_executive_signoff(ctx) -> None:
+def unapprove_request(ctx) -> None:
     request_id = ctx.results["submit_request"]["request"]
     with transaction.atomic():
         _revoke(request_id, ApprovalLevel.EXECUTIVE)
@@ -144,26 +180,40 @@ def revoke_executive_signoff(ctx) -> None:
         )
 
 
-saga = Saga(
-    name=NAME,
-    version=1,
-    description="Approve spending: manager approval, funds reserved from the department's budget, "
-                "executive sign-off above a threshold.",
-    input_schema=BudgetInput,
-    steps=[
-        Step("submit_request", submit_request, compensation=withdraw_request, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="The department files the request; a frozen department cannot. Undo: withdraw it."),
-        Step("manager_approval", manager_approval, compensation=revoke_manager_approval, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="The department's manager approves (or rejects). Undo: revoke the approval."),
-        Step("reserve_funds", reserve_funds, compensation=release_funds, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="Finance reserves the amount from the department's budget; refuses when too little "
-                         "is left. Undo: release the reservation."),
-        Step("executive_signoff", executive_signoff, compensation=revoke_executive_signoff, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description=f"Above the threshold (default {EXECUTIVE_THRESHOLD}) an executive signs, or refuses "
-                         f"(always above {EXECUTIVE_LIMIT}). Undo: revoke the signature."),
-    ],
-)
+def build_saga(*, version: int, manager_deadline: float, executive_deadline: float) -> Saga:
+    return Saga(
+        name=NAME,
+        version=version,
+        description="Approve spending: the manager approves, Finance reserves the funds from the department's "
+                    "budget, an executive signs above a threshold.",
+        input_schema=BudgetInput,
+        steps=[
+            Step("submit_request", submit_request, compensation=withdraw_request, transactional=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="The department files the request; a frozen department cannot. Undo: withdraw it."),
+            Step("manager_approval", ask_manager, retry=STEP_RETRY, timeout=STEP_TIMEOUT,
+                 wait_for_signal=True, signal_timeout=manager_deadline, signal_permission=MANAGER_PERMISSION,
+                 description=f"Gate: the department's manager approves (complete) or rejects (fail, with a "
+                             f"reason); needs {MANAGER_PERMISSION}. No answer in time: the request is withdrawn. "
+                             f"Nothing to undo: asking changes no row."),
+            Step("reserve_funds", reserve_funds, compensation=release_funds, transactional=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="Finance records the manager's approval and reserves the amount from the "
+                             "department's budget; refuses when too little is left. Undo: release the "
+                             "reservation, revoke the approval."),
+            Step("executive_signoff", ask_executive, retry=STEP_RETRY, timeout=STEP_TIMEOUT,
+                 wait_for_signal=True, signal_timeout=executive_deadline, signal_permission=EXECUTIVE_PERMISSION,
+                 description=f"Gate: above the threshold (default {EXECUTIVE_THRESHOLD}) an executive signs "
+                             f"(complete) or refuses (fail); needs {EXECUTIVE_PERMISSION}; always refused above "
+                             f"{EXECUTIVE_LIMIT}. At or below the threshold no wait (SkipWait). Nothing to undo."),
+            Step("approve_request", approve_request, compensation=unapprove_request, transactional=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="The request is approved, with the executive's signature when one was needed. "
+                             "Undo: revoke the signature, the request goes back to submitted."),
+        ],
+    )
+
+
+saga = build_saga(version=VERSION, manager_deadline=3 * DAY, executive_deadline=5 * DAY)
+rehearsal = build_saga(version=REHEARSAL_VERSION, manager_deadline=REHEARSAL_DEADLINE,
+                  executive_deadline=REHEARSAL_DEADLINE)

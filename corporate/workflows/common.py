@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from sagas import Retry
+from sagas import PermanentError, Retry
 
 # Forward steps: a few quick retries (transient failures are short blips here).
 STEP_RETRY = Retry(max_attempts=3, backoff=0.2, max_backoff=2.0)
@@ -15,6 +15,31 @@ COMPENSATION_RETRY = Retry(max_attempts=6, backoff=0.5, max_backoff=10.0)
 STEP_TIMEOUT = 30.0
 
 _boolean = serializers.BooleanField()
+
+# Saga versions: 1 faked the decisions from the input (retired); the gated flows
+# are VERSION, which start_saga runs by default. REHEARSAL_VERSION is the same
+# flow with deadlines of seconds (``saga_demo --short-deadlines``), so a
+# rehearsal sees waits time out and compensate without waiting for days.
+VERSION = 3
+REHEARSAL_VERSION = 2
+REHEARSAL_DEADLINE = 3.0  # seconds
+HOUR = 3600.0
+DAY = 24 * HOUR
+
+
+def decision(ctx, gate: str, who: str) -> dict:
+    """What the person decided at ``gate`` (the signal's result merged over the ask's output).
+
+    Completing a gate approves. A rejection is a ``fail_step`` with a reason
+    (the saga compensates at once); a completion that says
+    ``{"approved": false}`` is refused here the same way, so nobody approves
+    by mistake.
+    """
+    result = ctx.results.get(gate) or {}
+    if result.get("approved") is False:
+        comment = result.get("comment") or "no reason given"
+        raise PermanentError(f"{who} rejected it: {comment}")
+    return result
 
 
 def money(value: Any) -> Decimal:

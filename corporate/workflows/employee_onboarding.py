@@ -1,4 +1,10 @@
-"""corporate.employee_onboarding: HR -> IT -> Finance -> Facilities.
+"""corporate.employee_onboarding: HR -> signed contract (waits) -> IT -> Finance -> Facilities.
+
+HR sends the contract to the e-signature service with the wait's one-time
+callback (``ctx.signal_token``); the service calls
+``POST /api/signals/{token}/complete/`` when the hire signs (``.../fail/``
+when they decline), and nothing is provisioned before that. HR may also
+record a contract signed on paper (``corporate.record_signed_contract``).
 
 Laptops and desks come from limited pools. Picking one locks the pool's rows
 (``select_for_update``; on SQLite the IMMEDIATE transaction does the same) so
@@ -15,9 +21,12 @@ from rest_framework import serializers
 
 from sagas import PermanentError, Saga, Step
 
+from .. import esignature
 from ..models import (
     Account,
     AccountSystem,
+    ContractRequest,
+    ContractStatus,
     Department,
     Desk,
     DeskAssignment,
@@ -27,9 +36,21 @@ from ..models import (
     LaptopAssignment,
     PayrollRecord,
 )
-from .common import COMPENSATION_RETRY, STEP_RETRY, STEP_TIMEOUT, money, positive_amount_field, reference_field
+from .common import (
+    COMPENSATION_RETRY,
+    DAY,
+    REHEARSAL_DEADLINE,
+    REHEARSAL_VERSION,
+    STEP_RETRY,
+    STEP_TIMEOUT,
+    VERSION,
+    money,
+    positive_amount_field,
+    reference_field,
+)
 
 NAME = "corporate.employee_onboarding"
+CONTRACT_PERMISSION = "corporate.record_signed_contract"
 
 
 class OnboardingInput(serializers.Serializer):
@@ -81,10 +102,38 @@ def withdraw_offer(ctx) -> None:
             employee.save(update_fields=["status"])
 
 
-# --- 2. IT provisions accounts and a laptop --------------------------------------------
+# --- 2. the hire signs the contract (another system answers: the saga waits) -----------
+
+
+def send_contract(ctx) -> dict:
+    """Send the contract for e-signature; the service gets the one-time callback, our row its reference."""
+    employee = _employee(ctx)
+    envelope_id = f"env-{str(ctx.saga_id).replace('-', '')[:12]}-{ctx.attempt}"
+    with transaction.atomic():
+        earlier = ContractRequest.objects.filter(saga_id=ctx.saga_id).exclude(envelope_id=envelope_id).first()
+        if earlier is not None:  # an earlier attempt's envelope: its token died with that attempt
+            esignature.envelope_void(envelope_id=earlier.envelope_id)
+        ContractRequest.objects.update_or_create(saga_id=ctx.saga_id, defaults={
+            "employee": employee, "envelope_id": envelope_id, "status": ContractStatus.SENT})
+        esignature.envelope_send(envelope_id=envelope_id, signer=employee.email,
+                                 document=f"employment contract: {employee.name}, {employee.role}",
+                                 callback=esignature.callback_url(ctx.signal_token))
+    return {"contract": envelope_id, "sent_to": employee.email}
+
+
+def void_contract(ctx) -> None:
+    with transaction.atomic():
+        ContractRequest.objects.filter(saga_id=ctx.saga_id).exclude(status=ContractStatus.VOIDED).update(
+            status=ContractStatus.VOIDED, voided_at=timezone.now())
+        esignature.envelope_void(envelope_id=ctx.result["contract"])
+
+
+# --- 3. IT provisions accounts and a laptop --------------------------------------------
 
 
 def provision_it(ctx) -> dict:
+    if ctx.results["contract_signature"].get("signed") is False:
+        raise PermanentError("IT refused: the contract is not signed")
     employee = _employee(ctx)
     with transaction.atomic():
         laptop = _free_asset(Laptop, LaptopAssignment, "laptop")
@@ -113,7 +162,7 @@ def deprovision_it(ctx) -> None:
         ).update(returned_at=now)
 
 
-# --- 3. Finance sets up payroll --------------------------------------------------------
+# --- 4. Finance sets up payroll --------------------------------------------------------
 
 
 def setup_payroll(ctx) -> dict:
@@ -136,7 +185,7 @@ def close_payroll(ctx) -> None:
             record.save(update_fields=["active", "closed_at"])
 
 
-# --- 4. Facilities assigns a desk ------------------------------------------------------
+# --- 5. Facilities assigns a desk ------------------------------------------------------
 
 
 def assign_desk(ctx) -> dict:
@@ -159,27 +208,38 @@ def release_desk(ctx) -> None:
         Employee.objects.filter(pk=employee_id, status=EmployeeStatus.ACTIVE).update(status=EmployeeStatus.ONBOARDING)
 
 
-saga = Saga(
-    name=NAME,
-    version=1,
-    description="Hire someone: employee record, IT accounts and laptop, payroll, a desk.",
-    input_schema=OnboardingInput,
-    steps=[
-        Step("create_employee_record", create_employee_record, compensation=withdraw_offer, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="HR creates the employee record. Undo: mark the offer withdrawn."),
-        Step("provision_it", provision_it, compensation=deprovision_it, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="IT opens e-mail and SSO accounts (a licence seat each) and hands out a laptop from "
-                         "the pool; refuses when the pool is empty. Undo: disable the accounts, free their "
-                         "licences, take the laptop back."),
-        Step("setup_payroll", setup_payroll, compensation=close_payroll, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="Finance opens a payroll record; refuses a salary above the department's band. "
-                         "Undo: close the payroll record."),
-        Step("assign_desk", assign_desk, compensation=release_desk, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="Facilities assigns a free desk and the employee becomes active; refuses when no "
-                         "desk is free. Undo: free the desk."),
-    ],
-)
+def build_saga(*, version: int, contract_deadline: float) -> Saga:
+    return Saga(
+        name=NAME,
+        version=version,
+        description="Hire someone: employee record, signed contract, IT accounts and laptop, payroll, a desk.",
+        input_schema=OnboardingInput,
+        steps=[
+            Step("create_employee_record", create_employee_record, compensation=withdraw_offer, transactional=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="HR creates the employee record. Undo: mark the offer withdrawn."),
+            Step("contract_signature", send_contract, compensation=void_contract,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 wait_for_signal=True, signal_timeout=contract_deadline, signal_permission=CONTRACT_PERMISSION,
+                 description=f"Gate: HR sends the contract for e-signature and waits for the service's callback "
+                             f"(the wait's token), or for {CONTRACT_PERMISSION} to record a paper signature. A "
+                             f"declined or unsigned contract withdraws the offer. Undo: void the contract."),
+            Step("provision_it", provision_it, compensation=deprovision_it, transactional=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="IT opens e-mail and SSO accounts (a licence seat each) and hands out a laptop from "
+                             "the pool; refuses when the pool is empty. Undo: disable the accounts, free their "
+                             "licences, take the laptop back."),
+            Step("setup_payroll", setup_payroll, compensation=close_payroll, transactional=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="Finance opens a payroll record; refuses a salary above the department's band. "
+                             "Undo: close the payroll record."),
+            Step("assign_desk", assign_desk, compensation=release_desk, transactional=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="Facilities assigns a free desk and the employee becomes active; refuses when no "
+                             "desk is free. Undo: free the desk."),
+        ],
+    )
+
+
+saga = build_saga(version=VERSION, contract_deadline=14 * DAY)
+rehearsal = build_saga(version=REHEARSAL_VERSION, contract_deadline=REHEARSAL_DEADLINE)

@@ -1,4 +1,9 @@
-"""corporate.system_deployment: Build -> Test -> Deploy -> Monitor.
+"""corporate.system_deployment: Build -> Test -> release gate (waits) -> Deploy -> Monitor.
+
+Before production, a release manager (``corporate.release_deploy``) opens the
+release gate: complete to go, fail with a reason to stop; no answer before
+the deadline stops the release too (the build is discarded, the tests
+invalidated).
 
 Deploy records the version it replaces; when the health check after it fails,
 the saga compensates and Deploy's compensation puts that version back live.
@@ -24,9 +29,21 @@ from ..models import (
     TestRun,
     TestRunStatus,
 )
-from .common import COMPENSATION_RETRY, STEP_RETRY, STEP_TIMEOUT, flag, reference_field
+from .common import (
+    COMPENSATION_RETRY,
+    DAY,
+    REHEARSAL_DEADLINE,
+    REHEARSAL_VERSION,
+    STEP_RETRY,
+    STEP_TIMEOUT,
+    VERSION,
+    decision,
+    flag,
+    reference_field,
+)
 
 NAME = "corporate.system_deployment"
+RELEASE_PERMISSION = "corporate.release_deploy"
 TEST_SUITE_SIZE = 120
 
 
@@ -81,10 +98,23 @@ def invalidate_tests(ctx) -> None:
     )
 
 
-# --- 3. Deploy -------------------------------------------------------------------------
+# --- 3. the release gate (a person decides: the saga waits) ----------------------------
+
+
+def request_release(ctx) -> dict:
+    """Ask the release managers to let this artifact go to production."""
+    return {"artifact": ctx.results["build"]["artifact"], "tests_run": ctx.results["test"]["tests_run"],
+            "asked": "release managers"}
+
+
+# Nothing to undo: asking changes no row.
+
+
+# --- 4. Deploy -------------------------------------------------------------------------
 
 
 def deploy(ctx) -> dict:
+    decision(ctx, "release_gate", "the release manager")
     artifact = _build(ctx)
     with transaction.atomic():
         service = Service.objects.select_for_update().get(pk=artifact.service_id)
@@ -114,7 +144,7 @@ def roll_back(ctx) -> None:
         release.save(update_fields=["status", "rolled_back_at"])
 
 
-# --- 4. Monitor (nothing to undo: it only observes) ------------------------------------
+# --- 5. Monitor (nothing to undo: it only observes) ------------------------------------
 
 
 def monitor(ctx) -> dict:
@@ -133,27 +163,37 @@ def monitor(ctx) -> dict:
     return {"healthy": True, "detail": detail}
 
 
-saga = Saga(
-    name=NAME,
-    version=1,
-    description="Release a service: build, test, deploy, watch its health; roll back when it is unhealthy.",
-    input_schema=DeploymentInput,
-    steps=[
-        Step("build", build, compensation=discard_build, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="Build the artifact for the version. Undo: discard it."),
-        Step("test", run_tests, compensation=invalidate_tests, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="Run the test suite against the artifact; failing tests stop the release. "
-                         "Undo: invalidate the test run so the artifact cannot be promoted."),
-        Step("deploy", deploy, compensation=roll_back, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="Make the version live, recording the previous live version; refused under a change "
-                         "freeze or while another release of the service is being verified. "
-                         "Undo: roll back to the previous version."),
-        Step("monitor", monitor, compensation=None,
-             retry=STEP_RETRY, timeout=STEP_TIMEOUT,
-             description="Health check after the release; an unhealthy service fails the saga, which rolls "
-                         "the deployment back. No compensation: watching changes nothing."),
-    ],
-)
+def build_saga(*, version: int, release_deadline: float) -> Saga:
+    return Saga(
+        name=NAME,
+        version=version,
+        description="Release a service: build, test, deploy, watch its health; roll back when it is unhealthy.",
+        input_schema=DeploymentInput,
+        steps=[
+            Step("build", build, compensation=discard_build, transactional=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="Build the artifact for the version. Undo: discard it."),
+            Step("test", run_tests, compensation=invalidate_tests, transactional=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="Run the test suite against the artifact; failing tests stop the release. "
+                             "Undo: invalidate the test run so the artifact cannot be promoted."),
+            Step("release_gate", request_release, retry=STEP_RETRY, timeout=STEP_TIMEOUT,
+                 wait_for_signal=True, signal_timeout=release_deadline, signal_permission=RELEASE_PERMISSION,
+                 description=f"Gate: a release manager lets the tested artifact go to production (complete) or "
+                             f"stops it (fail, with a reason); needs {RELEASE_PERMISSION}. No answer in time stops "
+                             f"the release. Nothing to undo: asking changes no row."),
+            Step("deploy", deploy, compensation=roll_back, transactional=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="Make the version live, recording the previous live version; refused under a change "
+                             "freeze or while another release of the service is being verified. "
+                             "Undo: roll back to the previous version."),
+            Step("monitor", monitor, compensation=None,
+                 retry=STEP_RETRY, timeout=STEP_TIMEOUT,
+                 description="Health check after the release; an unhealthy service fails the saga, which rolls "
+                             "the deployment back. No compensation: watching changes nothing."),
+        ],
+    )
+
+
+saga = build_saga(version=VERSION, release_deadline=1 * DAY)
+rehearsal = build_saga(version=REHEARSAL_VERSION, release_deadline=REHEARSAL_DEADLINE)

@@ -7,8 +7,8 @@ from corporate import fixtures, invariants, models
 from corporate.fixtures import Inputs
 from corporate.sagas import ORDER_FULFILLMENT
 from sagas import start_saga
-from sagas.models import SagaStatus, StepStatus
-from tests.helpers import wait_for_saga
+from sagas.models import SagaStatus, StepRecord, StepStatus
+from tests.helpers import answer_gate, wait_for_saga, wait_until
 from tests.integration.conftest import QUEUE, start_worker
 
 pytestmark = pytest.mark.integration
@@ -82,6 +82,12 @@ def test_hires_racing_for_three_laptops_never_share_one(worker):
     with start_worker(queue=QUEUE, concurrency=2):
         sagas = [start_saga("corporate.employee_onboarding", input=Inputs.onboarding(department_=department))
                  for _ in range(8)]
+        # Every hire waits for their signature; the service then calls back for all of them at once.
+        contracts = wait_until(lambda: len(waiting := list(StepRecord.objects.filter(
+            saga_id__in=[s.pk for s in sagas], name="contract_signature", status=StepStatus.WAITING))) == 8
+            and waiting, timeout=60)
+        for record in contracts:
+            answer_gate(record, by=None)
         finished = [wait_for_saga(s, timeout=120) for s in sagas]
 
     statuses = [s.status for s in finished]

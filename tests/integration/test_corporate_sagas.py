@@ -1,9 +1,11 @@
 """The four corporate sagas end to end: a real prefork worker, the real broker, the test database.
 
 Every saga's success path, then a failure at every step position of every
-saga (driven by its input or reference data, or by failure injection where
-no business rule can refuse that step), each compensation chain checked
-against the business invariants.
+saga (driven by its input or reference data, by a person's rejection at a
+gate, or by failure injection where no business rule can refuse that step),
+each compensation chain checked against the business invariants. Gates are
+answered as their owners would: a user holding the gate's permission, or the
+e-signature service calling the contract's token callback over the API.
 """
 import time
 from decimal import Decimal
@@ -13,9 +15,10 @@ import pytest
 from corporate import fixtures, invariants, models, services
 from corporate.fixtures import Inputs
 from corporate.sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, ORDER_FULFILLMENT, SYSTEM_DEPLOYMENT
-from sagas import failure_injection, registry, start_saga
-from sagas.models import SagaStatus, StepStatus
-from tests.helpers import wait_for_saga
+from sagas import complete_step, failure_injection, registry, start_saga
+from sagas.engine import sweep
+from sagas.models import EventKind, SagaStatus, StepRecord, StepStatus
+from tests.helpers import corporate_approver, pass_gates, wait_for_saga, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +26,16 @@ pytestmark = pytest.mark.integration
 def assert_invariants(saga):
     for name, passed, detail in invariants.check_all(saga_ids=[saga.pk]):
         assert passed, f"{name}: {detail}"
+
+
+@pytest.fixture
+def approver(worker):
+    return corporate_approver()
+
+
+def waiting_at(saga, step: str) -> StepRecord:
+    return wait_until(lambda: (r := StepRecord.objects.get(saga_id=saga.pk, name=step)).status == StepStatus.WAITING
+                      and r, timeout=30)
 
 
 @pytest.fixture
@@ -56,9 +69,12 @@ def test_order_succeeds_with_one_charge_and_stock_reserved(worker):
     assert_invariants(saga)
 
 
-def test_onboarding_succeeds_with_accounts_laptop_payroll_and_desk(worker):
+def test_onboarding_succeeds_once_the_signature_service_calls_back(worker, approver):
     fixtures.pools(laptops=1, desks=1)
-    saga = wait_for_saga(start_saga(EMPLOYEE_ONBOARDING, input=Inputs.onboarding()))
+    saga = start_saga(EMPLOYEE_ONBOARDING, input=Inputs.onboarding())
+    waiting_at(saga, "contract_signature")
+    assert not models.LaptopAssignment.objects.exists()  # nothing provisioned before the signature
+    saga = pass_gates(saga, by=approver)
 
     assert saga.status == SagaStatus.SUCCEEDED, saga.error
     employee = models.Employee.objects.get(saga_id=saga.id)
@@ -67,12 +83,18 @@ def test_onboarding_succeeds_with_accounts_laptop_payroll_and_desk(worker):
     assert saga.results["provision_it"]["laptop"] == models.Laptop.objects.get().asset_tag
     assert saga.results["assign_desk"]["desk"] == models.Desk.objects.get().code
     assert employee.payroll.active
+    assert saga.results["contract_signature"]["signed"] is True
+    assert saga.events.get(kind=EventKind.STEP_SIGNALLED).detail["by"] == "token"
     assert_invariants(saga)
 
 
-def test_budget_approval_succeeds_with_funds_reserved_and_executive_signature(worker):
+def test_budget_approval_succeeds_once_manager_and_executive_signal(worker, approver):
     department = fixtures.department(budget=100000)
-    saga = wait_for_saga(start_saga(BUDGET_APPROVAL, input=Inputs.budget(department_=department, amount="25000")))
+    saga = start_saga(BUDGET_APPROVAL, input=Inputs.budget(department_=department, amount="25000"))
+    waiting_at(saga, "manager_approval")
+    department.refresh_from_db()
+    assert department.reserved == 0  # nothing reserved before the manager approves
+    saga = pass_gates(saga, by=approver)
 
     assert saga.status == SagaStatus.SUCCEEDED, saga.error
     department.refresh_from_db()
@@ -80,12 +102,28 @@ def test_budget_approval_succeeds_with_funds_reserved_and_executive_signature(wo
     request = models.BudgetRequest.objects.get(saga_id=saga.id)
     assert request.status == models.BudgetRequestStatus.APPROVED
     assert request.approvals.filter(revoked_at__isnull=True).count() == 2
+    signallers = set(saga.events.filter(kind=EventKind.STEP_SIGNALLED).values_list("detail__by_user_id", flat=True))
+    assert signallers == {approver.pk}
     assert_invariants(saga)
 
 
-def test_deployment_succeeds_and_the_new_version_is_live(worker):
+def test_budget_below_the_threshold_skips_the_executive(worker, approver):
+    saga = pass_gates(start_saga(BUDGET_APPROVAL, input=Inputs.budget(amount="900")), by=approver)
+
+    assert saga.status == SagaStatus.SUCCEEDED, saga.error
+    assert saga.events.filter(kind=EventKind.STEP_SIGNALLED).count() == 1  # the manager's only
+    skipped = saga.events.get(kind=EventKind.STEP_SUCCEEDED, step__name="executive_signoff")
+    assert skipped.detail["wait_skipped"] is True
+    assert_invariants(saga)
+
+
+def test_deployment_succeeds_once_the_release_gate_is_opened(worker, approver):
     service = fixtures.service(live_version="1.4.0")
-    saga = wait_for_saga(start_saga(SYSTEM_DEPLOYMENT, input=Inputs.deployment(service_=service, version="1.5.0")))
+    saga = start_saga(SYSTEM_DEPLOYMENT, input=Inputs.deployment(service_=service, version="1.5.0"))
+    waiting_at(saga, "release_gate")
+    service.refresh_from_db()
+    assert service.live_version == "1.4.0"  # not deployed before the gate opens
+    saga = pass_gates(saga, by=approver)
 
     assert saga.status == SagaStatus.SUCCEEDED, saga.error
     service.refresh_from_db()
@@ -120,8 +158,8 @@ def _onboarding(*, laptops=1, desks=1, **extra):
     return prepare
 
 
-def _budget(*, budget=100000, frozen=False, **extra):
-    return lambda: Inputs.budget(department_=fixtures.department(budget=budget, frozen=frozen), amount="20000",
+def _budget(*, budget=100000, frozen=False, amount="20000", **extra):
+    return lambda: Inputs.budget(department_=fixtures.department(budget=budget, frozen=frozen), amount=amount,
                                  **extra)
 
 
@@ -130,6 +168,12 @@ def _deployment(*, frozen=False, **extra):
                                      version="2.0.0", **extra)
 
 
+# A gate is refused by a person: (step -> the reason given with fail_step or the declining callback).
+REJECTED = {"manager_approval": "the manager rejected: not this quarter",
+            "executive_signoff": "the executive refused to sign",
+            "release_gate": "release stopped: freeze week",
+            "contract_signature": "the candidate declined to sign"}
+
 FAILURES = [
     (ORDER_FULFILLMENT, "reserve_stock", lambda: Inputs.order(product_=fixtures.product(stock=1), quantity=2),
      "out of stock"),
@@ -137,55 +181,119 @@ FAILURES = [
     (ORDER_FULFILLMENT, "schedule_shipment", lambda: Inputs.order(ship_to="AQ"), "no carrier"),
     (ORDER_FULFILLMENT, "send_confirmation", _order(email_bounces=True), "rejected the confirmation"),
     (EMPLOYEE_ONBOARDING, "create_employee_record", _onboarding(), "injected permanent failure"),
+    (EMPLOYEE_ONBOARDING, "contract_signature", _onboarding(), REJECTED["contract_signature"]),
     (EMPLOYEE_ONBOARDING, "provision_it", _onboarding(laptops=0), "no laptop left"),
     (EMPLOYEE_ONBOARDING, "setup_payroll", _onboarding(salary="150000"), "above the"),
     (EMPLOYEE_ONBOARDING, "assign_desk", _onboarding(desks=0), "no desk left"),
     (BUDGET_APPROVAL, "submit_request", _budget(frozen=True), "frozen"),
-    (BUDGET_APPROVAL, "manager_approval", _budget(manager_approves=False), "manager"),
+    (BUDGET_APPROVAL, "manager_approval", _budget(), REJECTED["manager_approval"]),
     (BUDGET_APPROVAL, "reserve_funds", _budget(budget=15000), "Finance refused"),
-    (BUDGET_APPROVAL, "executive_signoff", _budget(executive_approves=False), "executive refused"),
+    (BUDGET_APPROVAL, "executive_signoff", _budget(), REJECTED["executive_signoff"]),
+    (BUDGET_APPROVAL, "executive_signoff", _budget(budget=10**6, amount="300000"), "above the limit"),
+    (BUDGET_APPROVAL, "approve_request", _budget(), "injected permanent failure"),
     (SYSTEM_DEPLOYMENT, "build", _deployment(), "injected permanent failure"),
     (SYSTEM_DEPLOYMENT, "test", _deployment(tests_pass=False), "tests failed"),
+    (SYSTEM_DEPLOYMENT, "release_gate", _deployment(), REJECTED["release_gate"]),
     (SYSTEM_DEPLOYMENT, "deploy", _deployment(frozen=True), "change freeze"),
     (SYSTEM_DEPLOYMENT, "monitor", _deployment(healthy=False), "health check failed"),
 ]
 
 
 @pytest.mark.parametrize("saga_type, failing, prepare, error", FAILURES,
-                         ids=[f"{t.split('.')[1]}-{s}" for t, s, _, _ in FAILURES])
-def test_failure_at_each_step_compensates_the_steps_before_it(worker, inject, saga_type, failing, prepare, error):
+                         ids=[f"{t.split('.')[1]}-{s}-{e.split()[-1]}" for t, s, _, e in FAILURES])
+def test_failure_at_each_step_compensates_the_steps_before_it(worker, inject, approver, saga_type, failing, prepare,
+                                                              error):
     data = prepare()
     if error.startswith("injected"):
         inject(saga_type, failing, permanent=1.0)
-    saga = wait_for_saga(start_saga(saga_type, input=data))
+    reject = {failing: error} if REJECTED.get(failing) == error else None
+    saga = pass_gates(start_saga(saga_type, input=data), by=approver, reject=reject)
 
     assert saga.status == SagaStatus.COMPENSATED, saga.error
     assert error in saga.error
-    names = [s.name for s in registry.get(saga_type).steps]
+    definition = registry.get(saga_type)
+    names = [s.name for s in definition.steps]
+    undoable = {s.name for s in definition.steps if s.compensation is not None}
     position = names.index(failing)
     steps = {s.name: s for s in saga.steps.all()}
-    assert steps[failing].status == StepStatus.FAILED and steps[failing].attempts == 1
+    assert steps[failing].status in (StepStatus.FAILED, StepStatus.COMPENSATED) and steps[failing].attempts == 1
+    if failing not in undoable:
+        assert steps[failing].status == StepStatus.FAILED
     for name in names[:position]:
-        assert steps[name].status == StepStatus.COMPENSATED, name
+        # A gate only asked: nothing to undo, it stays succeeded (an event says so).
+        assert steps[name].status == (StepStatus.COMPENSATED if name in undoable else StepStatus.SUCCEEDED), name
     for name in names[position + 1:]:
         assert steps[name].status == StepStatus.SKIPPED, name
     compensated = list(saga.events.filter(kind="step_compensated").values_list("step__name", flat=True))
-    assert compensated == list(reversed(names[:position]))  # latest first
+    # Latest first; a refused gate whose action ran (the contract was sent) is undone too.
+    expected = [n for n in reversed(names[:position + 1]) if n in undoable
+                and (n != failing or steps[failing].status == StepStatus.COMPENSATED)]
+    assert compensated == expected
     assert_invariants(saga)
 
 
-def test_unhealthy_release_puts_the_previous_version_back_live(worker):
+@pytest.mark.parametrize("saga_type, prepare, gate", [
+    (BUDGET_APPROVAL, _budget(), "manager_approval"),
+    (SYSTEM_DEPLOYMENT, _deployment(), "release_gate"),
+    (EMPLOYEE_ONBOARDING, _onboarding(), "contract_signature"),
+])
+def test_a_gate_whose_deadline_passes_compensates(worker, saga_type, prepare, gate):
+    saga = start_saga(saga_type, input=prepare(), version=2)  # the rehearsal version: deadlines of seconds
+    record = waiting_at(saga, gate)
+    time.sleep(max(0.0, (record.signal_deadline - record.waiting_since).total_seconds()) + 0.3)
+
+    assert sweep().waits_timed_out >= 1
+    saga = wait_for_saga(saga)
+
+    assert saga.status == SagaStatus.COMPENSATED
+    assert "SignalTimeout: no signal within" in saga.steps.get(name=gate).error
+    assert not saga.events.filter(kind=EventKind.STEP_SIGNALLED).exists()
+    assert_invariants(saga)
+
+
+def test_executive_timeout_after_funds_were_reserved_releases_them(worker, approver):
+    department = fixtures.department(budget=100000)
+    saga = start_saga(BUDGET_APPROVAL, input=Inputs.budget(department_=department, amount="20000"), version=2)
+    complete_step(saga, waiting_at(saga, "manager_approval").name, result={"approved": True}, by=approver)
+    waiting_at(saga, "executive_signoff")
+    department.refresh_from_db()
+    assert department.reserved == Decimal("20000")
+    time.sleep(3.3)
+
+    sweep()
+    saga = wait_for_saga(saga)
+
+    assert saga.status == SagaStatus.COMPENSATED
+    department.refresh_from_db()
+    assert department.reserved == 0
+    assert_invariants(saga)
+
+
+def test_a_user_without_the_gates_permission_cannot_pass_it(worker):
+    from sagas import SignalNotAllowed
+
+    clerk = corporate_approver("clerk", permissions=("approve_budget",))
+    saga = start_saga(BUDGET_APPROVAL, input=Inputs.budget(amount="20000"))
+    complete_step(saga, waiting_at(saga, "manager_approval").name, by=clerk)
+    waiting_at(saga, "executive_signoff")
+
+    with pytest.raises(SignalNotAllowed):
+        complete_step(saga, "executive_signoff", by=clerk)
+    assert StepRecord.objects.get(saga_id=saga.pk, name="executive_signoff").status == StepStatus.WAITING
+
+
+def test_unhealthy_release_puts_the_previous_version_back_live(worker, approver):
     service = fixtures.service(live_version="1.0.0")
-    saga = wait_for_saga(start_saga(SYSTEM_DEPLOYMENT, input=Inputs.deployment(service_=service, version="2.0.0",
-                                                                               healthy=False)))
+    saga = pass_gates(start_saga(SYSTEM_DEPLOYMENT, input=Inputs.deployment(service_=service, version="2.0.0",
+                                                                             healthy=False)), by=approver)
     assert saga.status == SagaStatus.COMPENSATED
     service.refresh_from_db()
     assert service.live_version == "1.0.0"
 
 
-def test_injected_transient_failures_are_retried_by_the_step_policy(worker, inject):
+def test_injected_transient_failures_are_retried_by_the_step_policy(worker, inject, approver):
     inject(BUDGET_APPROVAL, "reserve_funds", transient=1.0)
-    saga = wait_for_saga(start_saga(BUDGET_APPROVAL, input=Inputs.budget()))
+    saga = pass_gates(start_saga(BUDGET_APPROVAL, input=Inputs.budget()), by=approver)
 
     assert saga.status == SagaStatus.COMPENSATED
     reserve = saga.steps.get(name="reserve_funds")

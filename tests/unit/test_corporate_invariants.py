@@ -3,11 +3,12 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
 from corporate import fixtures, invariants, models
 from corporate.sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, ORDER_FULFILLMENT, SYSTEM_DEPLOYMENT
-from sagas.models import SagaInstance, SagaStatus
+from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord
 
 
 def saga(saga_type: str, status: str) -> uuid.UUID:
@@ -36,7 +37,7 @@ def failing(result: invariants.Invariant) -> str:
 
 def test_every_invariant_passes_on_an_empty_database(db):
     results = invariants.check_all()
-    assert len(results) == 8
+    assert len(results) == 9
     assert all(passed for _, passed, _ in results), results
 
 
@@ -123,3 +124,67 @@ def test_check_all_can_be_limited_to_some_sagas(db):
     fine = saga(ORDER_FULFILLMENT, SagaStatus.COMPENSATED)
     assert all(passed for _, passed, _ in invariants.check_all(saga_ids=[fine]))
     assert not all(passed for _, passed, _ in invariants.check_all(saga_ids=[broken]))
+
+
+# --- gates --------------------------------------------------------------------------------
+
+
+def passed_gate(saga_type, step, *, amount="20000", skipped=False, signal=None, saga_input=None):
+    """A saga (of the gated version) whose ``step`` succeeded, with the events the engine would write."""
+    saga_id = SagaInstance.objects.create(saga_type=saga_type, version=3, status=SagaStatus.SUCCEEDED,
+                                          input=saga_input or {}).id
+    record = StepRecord.objects.create(saga_id=saga_id, index=1, name=step, status="succeeded")
+    if saga_type == BUDGET_APPROVAL:
+        models.BudgetRequest.objects.create(saga_id=saga_id, department=fixtures.department(), amount=amount,
+                                            purpose="x")
+    if signal is not None:
+        SagaEvent.objects.create(saga_id=saga_id, step=record, kind=EventKind.STEP_SIGNALLED,
+                                 detail={"signal": "complete", **signal})
+    SagaEvent.objects.create(saga_id=saga_id, step=record, kind=EventKind.STEP_SUCCEEDED,
+                             detail={"wait_skipped": True} if skipped else {"signalled": True})
+    return saga_id
+
+
+def user_with(*codenames):
+    user = User.objects.create_user(f"user{User.objects.count()}")
+    for codename in codenames:
+        user.user_permissions.add(Permission.objects.get(codename=codename, content_type__app_label="corporate"))
+    return user
+
+
+def test_a_gate_completed_by_a_user_holding_its_permission_passes(db):
+    manager = user_with("approve_budget")
+    passed_gate(BUDGET_APPROVAL, "manager_approval", signal={"by": manager.username, "by_user_id": manager.pk})
+    assert invariants.gates_passed_with_a_permitted_signal().passed
+
+
+def test_a_gate_completed_by_a_user_without_its_permission_fails(db):
+    clerk = user_with("approve_budget")  # may approve as manager, not sign off as executive
+    passed_gate(BUDGET_APPROVAL, "executive_signoff", signal={"by": clerk.username, "by_user_id": clerk.pk})
+    assert "without a permitted signal" in failing(invariants.gates_passed_with_a_permitted_signal())
+
+
+def test_a_gate_that_passed_with_no_signal_at_all_fails(db):
+    passed_gate(SYSTEM_DEPLOYMENT, "release_gate")
+    assert "no signal" in failing(invariants.gates_passed_with_a_permitted_signal())
+
+
+def test_the_contract_gate_passes_through_its_token(db):
+    passed_gate(EMPLOYEE_ONBOARDING, "contract_signature", signal={"by": "token"})
+    assert invariants.gates_passed_with_a_permitted_signal().passed
+
+
+@pytest.mark.parametrize("amount, saga_input, passes", [
+    ("900", {}, True),
+    ("10000", {}, True),
+    ("20000", {}, False),
+    ("900", {"executive_threshold": "500"}, False),
+])
+def test_only_the_executive_may_be_skipped_and_only_at_or_below_the_threshold(db, amount, saga_input, passes):
+    passed_gate(BUDGET_APPROVAL, "executive_signoff", amount=amount, skipped=True, saga_input=saga_input)
+    assert invariants.gates_passed_with_a_permitted_signal().passed is passes
+
+
+def test_a_manager_gate_cannot_be_skipped(db):
+    passed_gate(BUDGET_APPROVAL, "manager_approval", amount="900", skipped=True)
+    assert "skipped its wait" in failing(invariants.gates_passed_with_a_permitted_signal())

@@ -72,7 +72,7 @@ def test_onboarding_of_an_existing_employee_is_refused(db, sent):
     ({"amount": "-5"}, "amount"),
     ({"department": MISSING}, "department"),
     ({"purpose": ""}, "purpose"),
-    ({"executive_approves": "maybe"}, "executive_approves"),
+    ({"executive_threshold": "0"}, "executive_threshold"),
 ])
 def test_budget_request_with_bad_field_is_refused(db, sent, change, field):
     errors = refused(BUDGET_APPROVAL, {**Inputs.budget(), **change}, sent)

@@ -2,8 +2,11 @@
 
 A small driver runs a saga's actions in order and its compensations in
 reverse, the way the engine would, so each test can look at the rows between
-the two and check that every compensation is idempotent.
+the two and check that every compensation is idempotent. A gate (a waiting
+step) takes the signal's result the test gives it, merged over its action's
+output as the engine merges them; ``SkipWait`` passes without one.
 """
+import secrets
 import uuid
 from decimal import Decimal
 
@@ -14,12 +17,14 @@ from corporate import fixtures, invariants, models
 from corporate.fixtures import Inputs
 from corporate.sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, ORDER_FULFILLMENT, SYSTEM_DEPLOYMENT
 from corporate.workflows.order_fulfillment import PaymentGatewayTimeout
-from sagas import PermanentError, registry
+from sagas import PermanentError, SkipWait, registry
 from sagas.definitions import StepContext
 
+APPROVED = {"approved": True, "comment": "fine"}
 DOMAIN_MODELS = [
     models.Product, models.Order, models.Payment, models.Refund, models.Shipment, models.Notification,
     models.Employee, models.Account, models.LaptopAssignment, models.DeskAssignment, models.PayrollRecord,
+    models.ContractRequest, models.SignatureEnvelope,
     models.Department, models.BudgetRequest, models.Approval, models.FundReservation,
     models.Service, models.Build, models.TestRun, models.Deployment, models.HealthCheck,
 ]
@@ -28,11 +33,13 @@ DOMAIN_MODELS = [
 class Run:
     """One saga instance driven by hand: ``forward()`` then ``compensate()``."""
 
-    def __init__(self, saga_type: str, data: dict):
+    def __init__(self, saga_type: str, data: dict, signals: dict | None = None):
         self.definition = registry.get(saga_type)
         self.saga_id = uuid.uuid4()
         self.input = data
         self.results: dict = {}
+        self.signals = signals or {}  # gate -> the signal's result (default: approved)
+        self.skipped: set[str] = set()
 
     def _ctx(self, step, *, attempt=1, compensation=False) -> StepContext:
         before = {s.name for s in self.definition.steps[:self.definition.steps.index(step)]}
@@ -41,12 +48,19 @@ class Run:
             results={k: v for k, v in self.results.items() if k in before}, step=step.name, attempt=attempt,
             idempotency_key=f"{self.saga_id}:{step.name}" + (":compensation" if compensation else ""),
             result=self.results.get(step.name) if compensation else None, is_compensation=compensation,
+            signal_token=secrets.token_urlsafe(16) if step.wait_for_signal and not compensation else None,
         )
 
     def step(self, name: str, *, attempt: int = 1):
         step = next(s for s in self.definition.steps if s.name == name)
-        self.results[name] = step.action(self._ctx(step, attempt=attempt))
-        return self.results[name]
+        output = step.action(self._ctx(step, attempt=attempt))
+        if isinstance(output, SkipWait):
+            self.skipped.add(name)
+            output = output.result
+        elif step.wait_for_signal:
+            output = {**(output or {}), **self.signals.get(name, APPROVED)}
+        self.results[name] = output
+        return output
 
     def forward(self, upto: int | None = None) -> "Run":
         for step in self.definition.steps[:upto]:
@@ -182,11 +196,43 @@ def test_onboarding_compensations_disable_accounts_and_return_assets_once(db):
     Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward()
 
 
+def test_onboarding_sends_the_contract_with_the_wait_token_to_the_signature_service_only(db):
+    fixtures.pools(laptops=1, desks=1)
+    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward(upto=2)
+
+    contract = models.ContractRequest.objects.get(saga_id=run.saga_id)
+    envelope = models.SignatureEnvelope.objects.get()
+    assert contract.envelope_id == envelope.envelope_id == run.results["contract_signature"]["contract"]
+    assert envelope.callback_url.startswith("/api/signals/") and envelope.callback_url.endswith("/complete/")
+    token = envelope.callback_url.split("/")[-3]
+    assert token not in str(model_to_dict(contract)) and token not in str(run.results)
+
+
+def test_a_compensated_onboarding_voids_the_contract_once(db):
+    fixtures.pools(laptops=1, desks=1)
+    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward(upto=2)
+
+    compensate_twice(run)
+
+    assert models.ContractRequest.objects.get(saga_id=run.saga_id).status == models.ContractStatus.VOIDED
+    assert models.SignatureEnvelope.objects.get().status == models.ContractStatus.VOIDED
+    assert_global_invariants_hold()
+
+
+def test_it_provisions_nothing_for_an_unsigned_contract(db):
+    fixtures.pools(laptops=1, desks=1)
+    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(), signals={"contract_signature": {"signed": False}})
+    run.forward(upto=2)
+    with pytest.raises(PermanentError, match="not signed"):
+        run.step("provision_it")
+    assert not models.LaptopAssignment.objects.exists()
+
+
 def test_two_hires_never_share_a_laptop_and_the_pool_runs_out(db):
     fixtures.pools(laptops=1, desks=2)
     department = fixtures.department()
     Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(department_=department)).forward()
-    second = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(department_=department)).forward(upto=1)
+    second = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(department_=department)).forward(upto=2)
 
     with pytest.raises(PermanentError, match="no laptop left"):
         second.step("provision_it")
@@ -197,14 +243,14 @@ def test_two_hires_never_share_a_laptop_and_the_pool_runs_out(db):
 def test_payroll_refuses_salary_above_the_band(db):
     fixtures.pools()
     run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(department_=fixtures.department(salary_cap=50000),
-                                                     salary="90000")).forward(upto=2)
+                                                     salary="90000")).forward(upto=3)
     with pytest.raises(PermanentError, match="above the .* band"):
         run.step("setup_payroll")
 
 
 def test_facilities_refuses_when_no_desk_is_free(db):
     fixtures.pools(laptops=1, desks=0)
-    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward(upto=3)
+    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward(upto=4)
     with pytest.raises(PermanentError, match="no desk left"):
         run.step("assign_desk")
 
@@ -221,20 +267,39 @@ def test_budget_request_above_threshold_reserves_funds_with_two_approvals(db):
     request = models.BudgetRequest.objects.get(saga_id=run.saga_id)
     assert request.status == models.BudgetRequestStatus.APPROVED
     assert sorted(request.approvals.values_list("level", flat=True)) == ["executive", "manager"]
-    assert run.results["executive_signoff"] == {"executive_required": True}
+    assert request.approvals.get(level="executive").comment == "fine"
+    assert run.results["executive_signoff"]["executive_required"] is True
+    assert run.skipped == set()
     assert_global_invariants_hold()
 
 
 def test_budget_below_threshold_needs_no_executive(db):
     run = Run(BUDGET_APPROVAL, Inputs.budget(amount="900")).forward()
     assert run.results["executive_signoff"] == {"executive_required": False}
+    assert run.skipped == {"executive_signoff"}  # no wait: nobody signs
+    request = models.BudgetRequest.objects.get(saga_id=run.saga_id)
+    assert list(request.approvals.values_list("level", flat=True)) == ["manager"]
 
 
-@pytest.mark.parametrize("extra", [{"executive_approves": False, "amount": "20000"}, {"amount": "300000"}])
-def test_executive_refusal_is_permanent(db, extra):
-    run = Run(BUDGET_APPROVAL, Inputs.budget(department_=fixtures.department(budget=10**6), **extra)).forward(upto=3)
+def test_executive_refuses_above_the_limit_before_anyone_is_asked(db):
+    run = Run(BUDGET_APPROVAL, Inputs.budget(department_=fixtures.department(budget=10**6),
+                                             amount="300000")).forward(upto=3)
     with pytest.raises(PermanentError, match="executive refused"):
         run.step("executive_signoff")
+
+
+@pytest.mark.parametrize("gate, acting_step, who", [
+    ("manager_approval", "reserve_funds", "the manager"),
+    ("executive_signoff", "approve_request", "the executive"),
+])
+def test_a_gate_completed_with_approved_false_is_a_rejection(db, gate, acting_step, who):
+    department = fixtures.department(budget=50000)
+    run = Run(BUDGET_APPROVAL, Inputs.budget(department_=department, amount="20000"),
+              signals={gate: {"approved": False, "comment": "not this year"}})
+    names = [s.name for s in run.definition.steps]
+    run.forward(upto=names.index(acting_step))
+    with pytest.raises(PermanentError, match=f"{who} rejected it: not this year"):
+        run.step(acting_step)
 
 
 def test_budget_compensations_release_funds_and_revoke_approvals_once(db):
@@ -250,6 +315,19 @@ def test_budget_compensations_release_funds_and_revoke_approvals_once(db):
     assert not request.approvals.filter(revoked_at__isnull=True).exists()
     assert request.reservation.released_at is not None
     assert_global_invariants_hold()
+
+
+def test_a_compensated_gate_holds_no_funds_and_no_approval(db):
+    department = fixtures.department(budget=50000)
+    run = Run(BUDGET_APPROVAL, Inputs.budget(department_=department, amount="20000")).forward(upto=4)
+    # The executive's wait times out (or is rejected, or the saga is cancelled): the engine compensates.
+    compensate_twice(run)
+
+    department.refresh_from_db()
+    assert department.reserved == 0
+    request = models.BudgetRequest.objects.get(saga_id=run.saga_id)
+    assert request.status == models.BudgetRequestStatus.WITHDRAWN
+    assert not request.approvals.filter(revoked_at__isnull=True).exists()
 
 
 def test_finance_refuses_more_than_the_budget_left(db):
@@ -274,7 +352,7 @@ def test_deployment_goes_live_and_is_verified(db):
 
 def test_unhealthy_deployment_fails_monitor_and_rollback_restores_previous_version_once(db):
     service = fixtures.service(live_version="1.0.0")
-    run = Run(SYSTEM_DEPLOYMENT, Inputs.deployment(service_=service, version="1.1.0", healthy=False)).forward(upto=3)
+    run = Run(SYSTEM_DEPLOYMENT, Inputs.deployment(service_=service, version="1.1.0", healthy=False)).forward(upto=4)
     with pytest.raises(PermanentError, match="health check failed"):
         run.step("monitor")
     assert models.HealthCheck.objects.get().healthy is False
@@ -292,10 +370,23 @@ def test_unhealthy_deployment_fails_monitor_and_rollback_restores_previous_versi
 
 def test_a_second_release_waits_for_the_first_to_be_verified(db):
     service = fixtures.service()
-    Run(SYSTEM_DEPLOYMENT, Inputs.deployment(service_=service, version="2.0.0")).forward(upto=3)
-    second = Run(SYSTEM_DEPLOYMENT, Inputs.deployment(service_=service, version="3.0.0")).forward(upto=2)
+    Run(SYSTEM_DEPLOYMENT, Inputs.deployment(service_=service, version="2.0.0")).forward(upto=4)
+    second = Run(SYSTEM_DEPLOYMENT, Inputs.deployment(service_=service, version="3.0.0")).forward(upto=3)
     with pytest.raises(PermanentError, match="still being verified"):
         second.step("deploy")
+
+
+def test_a_release_stopped_at_the_gate_deploys_nothing(db):
+    service = fixtures.service(live_version="1.0.0")
+    run = Run(SYSTEM_DEPLOYMENT, Inputs.deployment(service_=service, version="1.1.0"),
+              signals={"release_gate": {"approved": False, "comment": "release freeze week"}}).forward(upto=3)
+    assert run.results["release_gate"]["artifact"].endswith(":1.1.0")
+    with pytest.raises(PermanentError, match="release manager rejected it: release freeze week"):
+        run.step("deploy")
+    compensate_twice(run)
+    service.refresh_from_db()
+    assert service.live_version == "1.0.0" and not models.Deployment.objects.exists()
+    assert models.Build.objects.get().status == models.BuildStatus.DISCARDED
 
 
 def test_failing_tests_stop_the_release(db):
@@ -304,12 +395,30 @@ def test_failing_tests_stop_the_release(db):
         run.step("test")
 
 
-def test_every_corporate_step_but_the_observers_has_a_compensation(db):
+def test_every_corporate_step_but_the_observers_and_the_askers_has_a_compensation(db):
     without = {(s.name, st.name) for s in registry if s.name.startswith("corporate.") for st in s.steps
                if st.compensation is None}
-    assert without == {(ORDER_FULFILLMENT, "send_confirmation"), (SYSTEM_DEPLOYMENT, "monitor")}
+    assert without == {(ORDER_FULFILLMENT, "send_confirmation"), (SYSTEM_DEPLOYMENT, "monitor"),
+                       (BUDGET_APPROVAL, "manager_approval"), (BUDGET_APPROVAL, "executive_signoff"),
+                       (SYSTEM_DEPLOYMENT, "release_gate")}
+
+
+@pytest.mark.parametrize("saga_type, gates", [
+    (BUDGET_APPROVAL, {"manager_approval": "corporate.approve_budget",
+                       "executive_signoff": "corporate.sign_off_budget"}),
+    (SYSTEM_DEPLOYMENT, {"release_gate": "corporate.release_deploy"}),
+    (EMPLOYEE_ONBOARDING, {"contract_signature": "corporate.record_signed_contract"}),
+])
+def test_gates_wait_with_a_permission_and_a_deadline_in_both_versions(db, saga_type, gates):
+    for definition in (registry.get(saga_type), registry.get(saga_type, version=2)):
+        waiting = {s.name: s for s in definition.steps if s.wait_for_signal}
+        assert {name: s.signal_permission for name, s in waiting.items()} == gates
+        assert all(s.signal_timeout for s in waiting.values())
+    assert registry.get(saga_type).version == 3
+    assert max(s.signal_timeout for s in registry.get(saga_type, version=2).steps if s.wait_for_signal) <= 10
 
 
 def test_executive_threshold_may_come_with_the_input(db):
     run = Run(BUDGET_APPROVAL, Inputs.budget(amount="900", executive_threshold="500")).forward()
-    assert run.results["executive_signoff"] == {"executive_required": True}
+    assert run.results["executive_signoff"]["executive_required"] is True
+    assert run.skipped == set()
