@@ -5,6 +5,11 @@ services) is created on first use and topped up before each run, so a run
 never fails only because earlier runs used up the stock or the pools.
 Planned inputs come from a ``random.Random(seed)``: the same seed plans the
 same sagas, each with a ``reference`` that seeded failure injection keys on.
+
+The sagas' gates are answered while the demo runs by ``Approver``, a
+simulated person (and e-signature service) that uses the same public calls as
+everyone else: ``complete_step`` / ``fail_step`` as a demo user holding the
+gates' permissions, and the contract's token callback.
 """
 from __future__ import annotations
 
@@ -14,12 +19,24 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sagas import start_saga
-from sagas.models import SagaInstance, SagaStatus
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 
-from . import services
-from .models import Customer, Department, FailureInjectionRule, Product, Service
-from .sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, ORDER_FULFILLMENT, SAGA_TYPES, SYSTEM_DEPLOYMENT
+from sagas import InvalidTransition, UnknownSignalToken, complete_step, fail_step, start_saga
+from sagas.analytics import percentile
+from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
+
+from . import esignature, services
+from .models import ContractRequest, Customer, Department, FailureInjectionRule, Product, Service, SignatureEnvelope
+from .sagas import (
+    BUDGET_APPROVAL,
+    EMPLOYEE_ONBOARDING,
+    GATED_TYPES,
+    ORDER_FULFILLMENT,
+    SAGA_TYPES,
+    SYSTEM_DEPLOYMENT,
+)
+from .workflows.common import REHEARSAL_VERSION
 from .selectors import desks_free_count, laptops_free_count
 from .workflows.order_fulfillment import CARRIERS
 
@@ -47,12 +64,19 @@ SERVICE_PREFIX = "demo-svc"
 MIN_FREE = {"laptops": 5, "desks": 5, "stock": 20}
 
 
+APPROVE, REJECT, IGNORE = "approve", "reject", "ignore"
+DEMO_APPROVER = "demo-approver"
+GATE_PERMISSIONS = ("approve_budget", "sign_off_budget", "release_deploy", "record_signed_contract")
+
+
 @dataclass
 class Planned:
     saga_type: str
     input: dict
     label: str = ""
     expected: str | None = None  # the final status an example must reach
+    decisions: dict = field(default_factory=dict)  # gate -> APPROVE / REJECT / IGNORE (else the approver's dice)
+    version: int | None = None  # None: the latest (REHEARSAL_VERSION: deadlines of seconds)
 
 
 @dataclass
@@ -178,6 +202,10 @@ def plan_examples(world: World) -> list[Planned]:
         data = {"customer": customer, "product": keyboard, "quantity": 1, "ship_to": "DE", **extra}
         return Planned(ORDER_FULFILLMENT, data, label, expected)
 
+    def budget(label, expected, amount, **decisions):
+        data = {"department": eng, "amount": amount, "purpose": f"example: {label}"}
+        return Planned(BUDGET_APPROVAL, data, label, expected, decisions=decisions)
+
     return [
         order("order ships", SUCCEEDED, ada),
         order("order refused: out of stock", COMPENSATED, ada, quantity=10**6),
@@ -185,25 +213,186 @@ def plan_examples(world: World) -> list[Planned]:
         order("order undone: confirmation bounced", COMPENSATED, world.customers["bounce@example.com"].pk),
         Planned(EMPLOYEE_ONBOARDING, {"name": "Example Hire", "email": f"hire.{stamp}@corp.example",
                                       "department": eng, "salary": "85000", "role": "engineer"},
-                "onboarding completes", SUCCEEDED),
+                "onboarding completes once the contract is signed", SUCCEEDED,
+                decisions={"contract_signature": APPROVE}),
+        Planned(EMPLOYEE_ONBOARDING, {"name": "Example Doubter", "email": f"doubter.{stamp}@corp.example",
+                                      "department": eng, "salary": "70000", "role": "analyst"},
+                "onboarding undone: contract declined", COMPENSATED, decisions={"contract_signature": REJECT}),
         Planned(EMPLOYEE_ONBOARDING, {"name": "Example Star", "email": f"star.{stamp}@corp.example",
                                       "department": eng, "salary": "900000", "role": "chief scientist"},
-                "onboarding refused: salary above band", COMPENSATED),
-        Planned(BUDGET_APPROVAL, {"department": eng, "amount": "20000", "purpose": "example: GPU cluster"},
-                "budget approved by the executive", SUCCEEDED),
-        Planned(BUDGET_APPROVAL, {"department": eng, "amount": "40000", "purpose": "example: company yacht",
-                                  "executive_approves": False},
-                "budget refused by the executive", COMPENSATED),
+                "onboarding refused: salary above band", COMPENSATED, decisions={"contract_signature": APPROVE}),
+        budget("budget approved by the executive", SUCCEEDED, "20000",
+               manager_approval=APPROVE, executive_signoff=APPROVE),
+        budget("budget below the threshold: no executive", SUCCEEDED, "900", manager_approval=APPROVE),
+        budget("budget refused by the executive", COMPENSATED, "40000",
+               manager_approval=APPROVE, executive_signoff=REJECT),
         Planned(SYSTEM_DEPLOYMENT, {"service": _service(0).pk, "version": f"example-{stamp}-ok"},
-                "deployment verified", SUCCEEDED),
+                "deployment verified", SUCCEEDED, decisions={"release_gate": APPROVE}),
         Planned(SYSTEM_DEPLOYMENT, {"service": _service(1).pk, "version": f"example-{stamp}-bad", "healthy": False},
-                "deployment rolled back", COMPENSATED),
+                "deployment rolled back", COMPENSATED, decisions={"release_gate": APPROVE}),
+        Planned(SYSTEM_DEPLOYMENT, {"service": _service(1).pk, "version": f"example-{stamp}-stop"},
+                "deployment stopped at the release gate", COMPENSATED, decisions={"release_gate": REJECT}),
     ]
+
+
+def plan_timeout_example(world: World) -> Planned:
+    """A request nobody answers, in the rehearsal version: its deadline passes and it compensates."""
+    data = {"department": world.departments["ENG"].pk, "amount": "700", "purpose": "example: nobody answers"}
+    return Planned(BUDGET_APPROVAL, data, "budget withdrawn: the manager never answered", COMPENSATED,
+                   decisions={"manager_approval": IGNORE}, version=REHEARSAL_VERSION)
 
 
 def start(plans: list[Planned]) -> list[Started]:
     """Start every planned saga through ``start_saga`` (the normal enqueue path)."""
-    return [Started(plan, start_saga(plan.saga_type, input=plan.input)) for plan in plans]
+    return [Started(plan, start_saga(plan.saga_type, input=plan.input, version=plan.version)) for plan in plans]
+
+
+# --- the simulated approver ------------------------------------------------------------------
+
+
+def approver_user():
+    """The demo's approver: a user holding every corporate gate's permission (created on first use)."""
+    user, created = get_user_model().objects.get_or_create(username=DEMO_APPROVER)
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    user.user_permissions.add(*Permission.objects.filter(codename__in=GATE_PERMISSIONS,
+                                                         content_type__app_label="corporate"))
+    return get_user_model().objects.get(pk=user.pk)  # fresh: no stale permission cache
+
+
+@dataclass
+class Approver:
+    """Answers the waiting gates of the demo's sagas, after ``delay`` ± ``jitter`` seconds.
+
+    Each wait is approved with probability ``rate`` and rejected otherwise
+    (an example's ``decisions`` fix the answer); with ``silence`` > 0 that
+    fraction of waits is never answered, so their deadlines pass. ``tick()``
+    is called from the demo's polling loop: no thread, no lock held.
+    """
+
+    user: object
+    rng: random.Random
+    rate: float = 1.0
+    delay: float = 0.2
+    jitter: float = 0.0
+    silence: float = 0.0
+    plans: dict = field(default_factory=dict)  # saga id -> Planned
+    _due: dict = field(default_factory=dict)  # (saga id, step, attempt) -> (monotonic time, decision) or None
+    answered: Counter = field(default_factory=Counter)
+
+    def watch(self, started: list[Started]) -> None:
+        self.plans.update({s.saga.pk: s.plan for s in started})
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        waiting = StepRecord.objects.filter(saga_id__in=list(self.plans), status=StepStatus.WAITING).values_list(
+            "saga_id", "name", "attempts")
+        for saga_id, step, attempt in waiting:
+            key = (saga_id, step, attempt)
+            if key not in self._due:
+                self._due[key] = self._decide(self.plans[saga_id], step, now)
+            due = self._due[key]
+            if due is not None and now >= due[0]:
+                self._due[key] = None
+                self._answer(saga_id, step, due[1])
+
+    def _decide(self, plan: Planned, step: str, now: float):
+        decision = plan.decisions.get(step)
+        if decision is None:
+            if self.silence and self.rng.random() < self.silence:
+                decision = IGNORE
+            else:
+                decision = APPROVE if self.rng.random() < self.rate else REJECT
+        if decision == IGNORE:
+            return None
+        return (now + max(0.0, self.delay + self.rng.uniform(-self.jitter, self.jitter)), decision)
+
+    def _answer(self, saga_id, step: str, decision: str) -> None:
+        try:
+            if step == "contract_signature":
+                self._signature_service(saga_id, decision)
+            elif decision == APPROVE:
+                complete_step(saga_id, step, result={"approved": True, "comment": "approved by the demo"},
+                              by=self.user)
+            else:
+                fail_step(saga_id, step, error=f"rejected by the demo approver at {step}", by=self.user)
+        except (InvalidTransition, UnknownSignalToken):
+            self.answered["too late"] += 1  # its deadline passed, or the saga was cancelled, first
+            return
+        self.answered[decision] += 1
+
+    @staticmethod
+    def _signature_service(saga_id, decision: str) -> None:
+        """The e-signature service calls the contract's one-time callback (the token path)."""
+        contract = ContractRequest.objects.get(saga_id=saga_id)
+        envelope = SignatureEnvelope.objects.get(envelope_id=contract.envelope_id)
+        if decision == APPROVE:
+            esignature.envelope_sign(envelope=envelope)
+        else:
+            esignature.envelope_decline(envelope=envelope, reason="the candidate declined to sign (demo)")
+
+
+# --- waits in the report -----------------------------------------------------------------------
+
+
+@dataclass
+class GateFigures:
+    saga_type: str
+    step: str
+    waits: list = field(default_factory=list)  # seconds from waiting to its end, for every ended wait
+    approved: int = 0
+    rejected: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+    open: int = 0
+
+    @property
+    def p50(self) -> float | None:
+        return percentile(self.waits, 0.5)
+
+    @property
+    def p95(self) -> float | None:
+        return percentile(self.waits, 0.95)
+
+
+def gate_figures(saga_ids: list) -> list[GateFigures]:
+    """Per gate: how long its waits lasted (p50, p95) and how they ended, from the sagas' events."""
+    rows = SagaEvent.objects.filter(saga_id__in=saga_ids, saga__saga_type__in=GATED_TYPES, kind__in=(
+        EventKind.STEP_WAITING, EventKind.STEP_SIGNALLED, EventKind.STEP_FAILED, EventKind.STEP_SUCCEEDED,
+    )).order_by("created_at", "pk").values_list("saga_id", "saga__saga_type", "step__name", "kind", "detail",
+                                                "created_at")
+    figures: dict = {}
+    began: dict = {}
+    for saga_id, saga_type, step, kind, detail, at in rows:
+        detail = detail or {}
+        key = (saga_id, step)
+        if kind == EventKind.STEP_WAITING:
+            began[key] = (at, saga_type)
+            figures.setdefault((saga_type, step), GateFigures(saga_type, step))
+            continue
+        if kind == EventKind.STEP_SUCCEEDED and detail.get("wait_skipped"):
+            figures.setdefault((saga_type, step), GateFigures(saga_type, step)).skipped += 1
+            continue
+        if key not in began:
+            continue  # not a wait that ended (an ordinary step's event)
+        gate = figures[(saga_type, step)]
+        if kind == EventKind.STEP_SIGNALLED:
+            if detail.get("signal") == "complete":
+                gate.approved += 1
+            else:
+                gate.rejected += 1
+        elif kind == EventKind.STEP_FAILED and detail.get("timeout"):
+            gate.timed_out += 1
+        elif kind == EventKind.STEP_FAILED and detail.get("waiting"):
+            gate.cancelled += 1
+        else:
+            continue  # the success or failure that follows a signal
+        gate.waits.append((at - began.pop(key)[0]).total_seconds())
+    for (_, step), (_, saga_type) in began.items():
+        figures[(saga_type, step)].open += 1
+    return sorted(figures.values(), key=lambda g: (g.saga_type, g.step))
 
 
 def failure_rules_install(*, rate: float, seed: int | None) -> list[dict]:

@@ -1,10 +1,14 @@
-"""saga_demo against the test worker: examples, generated sagas with failures injected, the report."""
+"""saga_demo against the test worker: examples, generated sagas with failures injected, the gates answered
+by the simulated approver (and timed out with short deadlines), the report."""
+import re
+
 import pytest
 from django.core.management import CommandError, call_command
 
 from config.celery import app
 from corporate.models import FailureInjectionRule
-from sagas.models import SagaInstance
+from corporate.invariants import check_all
+from sagas.models import EventKind, SagaEvent, SagaInstance, StepRecord, StepStatus
 
 pytestmark = pytest.mark.integration
 
@@ -16,16 +20,39 @@ def injection_on(settings):
 
 
 def test_demo_runs_examples_and_generated_sagas_and_every_invariant_passes(worker, injection_on, capsys):
-    call_command("saga_demo", sagas=12, failure_rate=0.3, seed=3, examples=True, timeout=120)
+    call_command("saga_demo", sagas=12, failure_rate=0.3, seed=3, examples=True, timeout=120,
+                 approval_rate=0.7, approval_delay=0.1, approval_jitter=0.05)
 
     out = capsys.readouterr().out
-    assert SagaInstance.objects.filter(saga_type__startswith="corporate.").count() == 22
+    assert SagaInstance.objects.filter(saga_type__startswith="corporate.").count() == 13 + 12
     assert "FAIL" not in out
-    assert out.count("PASS") == 10 + 8  # every example, every invariant
-    for heading in ("corporate.order_fulfillment", "all types", "Steps:", "Business invariants", "p95"):
+    assert out.count("PASS") == 13 + 9  # every example, every invariant (the gates' included)
+    for heading in ("corporate.order_fulfillment", "all types", "Steps:", "Business invariants", "p95", "Gates:",
+                    "budget_approval / manager_approval", "employee_onboarding / contract_signature",
+                    "system_deployment / release_gate"):
         assert heading in out
+    # Every gate was answered by the demo's approver holding its permission, or through the contract's token.
+    signals = SagaEvent.objects.filter(kind=EventKind.STEP_SIGNALLED)
+    assert signals.exists() and set(signals.values_list("detail__by", flat=True)) == {"demo-approver", "token"}
+    assert signals.filter(detail__signal="fail").exists()  # 70 %: some were rejected
+    assert not StepRecord.objects.filter(status=StepStatus.WAITING).exists()
     assert "every saga finished and every invariant holds" in out
     assert not FailureInjectionRule.objects.exists()  # the demo's rules are gone
+
+
+def test_short_deadlines_let_waits_time_out_and_compensate_during_the_demo(worker, capsys):
+    call_command("saga_demo", sagas=8, seed=5, examples=True, short_deadlines=True, unanswered=0.5,
+                 approval_rate=1.0, approval_delay=0.1, approval_jitter=0.0, timeout=120)
+
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and "every saga finished and every invariant holds" in out
+    assert "PASS  budget withdrawn: the manager never answered" in out
+    timed_out = StepRecord.objects.filter(error__startswith="SignalTimeout")
+    assert timed_out.exists()
+    assert all(r.saga.status == "compensated" for r in timed_out.select_related("saga"))
+    totals = [int(m) for m in re.findall(r"^  \S+ / \S+\s+\d+\s+\d+\s+\d+\s+(\d+)", out, re.M)]
+    assert sum(totals) == timed_out.count()  # the report's "timed out" column counts them
+    assert all(passed for _, passed, _ in check_all())
 
 
 def test_demo_without_a_worker_says_how_to_start_one(worker):

@@ -1,6 +1,7 @@
 """saga_demo: run the corporate sagas through the real workers and report on them.
 
     python manage.py saga_demo --sagas 20 --failure-rate 0.2 --seed 1 [--examples] [--timeout 300]
+        [--approval-rate 0.9] [--approval-delay 0.2] [--approval-jitter 0.1] [--short-deadlines]
 
 ``--failure-rate P`` makes each step attempt of every corporate saga fail with
 probability P: half of it transient (retried by the step's policy), half
@@ -8,6 +9,17 @@ permanent (the saga compensates). The rules are stored in the database, where
 the workers read them, and removed when the run ends. ``--examples`` first
 runs one success and one refusal of each saga type (no failures injected)
 and checks each ends as expected.
+
+The sagas' gates (budget approvals, the release gate, the signed contract)
+are answered while the demo runs by a simulated approver: a demo user holding
+the gates' permissions (``complete_step`` / ``fail_step``) and the simulated
+e-signature service (the contract's token callback). ``--approval-rate`` is
+the share it approves (the rest it rejects), ``--approval-delay`` and
+``--approval-jitter`` how long it takes. ``--short-deadlines`` starts the
+gated sagas in their rehearsal version (deadlines of seconds), leaves
+``--unanswered`` of the waits unanswered so their deadlines pass, and runs
+the sweeper (``sagas.sweep``) every second so those time out and compensate
+during the run.
 
 Exit status 1 when a business invariant fails, an example ends otherwise
 than expected, or a saga is still unfinished at ``--timeout``.
@@ -24,8 +36,9 @@ from kombu.exceptions import OperationalError
 from config.celery import app
 from corporate import demo
 from corporate.invariants import check_all
-from corporate.sagas import SAGA_TYPES
-from sagas import analytics, failure_injection
+from corporate.sagas import GATED_TYPES, SAGA_TYPES
+from corporate.workflows.common import REHEARSAL_DEADLINE, REHEARSAL_VERSION
+from sagas import analytics, engine, failure_injection
 from sagas.models import FINAL_SAGA_STATUSES, SagaInstance, SagaStatus
 
 NO_WORKER = (
@@ -34,6 +47,7 @@ NO_WORKER = (
     "(with the same DATABASE_URL and CELERY_BROKER_URL as this command)"
 )
 BAR_WIDTH = 30
+SWEEP_EVERY = 1.0  # seconds, with --short-deadlines
 
 
 def _pct(value: float | None) -> str:
@@ -58,13 +72,29 @@ class Command(BaseCommand):
                             help="seconds to wait for a worker to answer (one that is still starting)")
         parser.add_argument("--examples", action="store_true",
                             help="first run one success and one refusal of each saga type and check their outcome")
+        parser.add_argument("--approval-rate", type=float, default=0.9,
+                            help="share of waits the simulated approver approves (0..1); it rejects the rest")
+        parser.add_argument("--approval-delay", type=float, default=0.2,
+                            help="seconds the simulated approver takes to answer a wait")
+        parser.add_argument("--approval-jitter", type=float, default=0.1,
+                            help="the delay varies by up to this many seconds either way")
+        parser.add_argument("--short-deadlines", action="store_true",
+                            help=f"start the gated sagas with deadlines of {REHEARSAL_DEADLINE:g}s (their rehearsal "
+                                 f"version), leave some waits unanswered, and sweep every {SWEEP_EVERY:g}s")
+        parser.add_argument("--unanswered", type=float, default=0.2,
+                            help="with --short-deadlines: share of waits nobody answers (they time out)")
 
     def handle(self, *args, sagas: int, failure_rate: float, seed: int | None, timeout: float, examples: bool,
-               worker_wait: float, **options):
+               worker_wait: float, approval_rate: float, approval_delay: float, approval_jitter: float,
+               short_deadlines: bool, unanswered: float, **options):
         if sagas < 0:
             raise CommandError("--sagas must be 0 or more")
         if not 0.0 <= failure_rate <= 1.0:
             raise CommandError("--failure-rate must be between 0 and 1")
+        if not 0.0 <= approval_rate <= 1.0 or not 0.0 <= unanswered <= 1.0:
+            raise CommandError("--approval-rate and --unanswered must be between 0 and 1")
+        if approval_delay < 0 or approval_jitter < 0:
+            raise CommandError("--approval-delay and --approval-jitter must be 0 or more")
         if failure_rate > 0 and not failure_injection.is_enabled():
             raise CommandError("failure injection is switched off in these settings "
                                "(SAGAS_FAILURE_INJECTION_ENABLED, which follows DEBUG when unset)")
@@ -72,6 +102,10 @@ class Command(BaseCommand):
         seed = random.randrange(1_000_000) if seed is None else seed
         rng = random.Random(seed)
         world = demo.ensure_reference_data()
+        self.approver = demo.Approver(user=demo.approver_user(), rng=random.Random(seed), rate=approval_rate,
+                                      delay=approval_delay, jitter=approval_jitter,
+                                      silence=unanswered if short_deadlines else 0.0)
+        self.sweeping = short_deadlines
         window_start = timezone.now()
         began = time.monotonic()
         deadline = began + timeout
@@ -80,16 +114,26 @@ class Command(BaseCommand):
             f"failure rate {failure_rate:g} per step attempt ({failure_rate / 2:g} transient + "
             f"{failure_rate / 2:g} permanent), seed {seed}"
         )
+        self.stdout.write(
+            f"  gates answered by {demo.DEMO_APPROVER}: approves {approval_rate:.0%}, after {approval_delay:g}s "
+            f"± {approval_jitter:g}s" + (f"; short deadlines ({REHEARSAL_DEADLINE:g}s), {unanswered:.0%} of waits "
+                                         f"left unanswered, swept every {SWEEP_EVERY:g}s" if short_deadlines else "")
+        )
 
         shown: list[demo.Started] = []
         if examples:
             plans = demo.plan_examples(world)
+            if short_deadlines:
+                plans.append(demo.plan_timeout_example(world))
             demo.ensure_capacity(world, plans)
             shown = demo.start(plans)
             self._wait(shown, deadline, "examples")
         generated: list[demo.Started] = []
         if sagas:
             plans = demo.plan_random(world, sagas, rng, seed)
+            if short_deadlines:
+                for plan in plans:
+                    plan.version = REHEARSAL_VERSION if plan.saga_type in GATED_TYPES else None
             demo.ensure_capacity(world, plans)
             replaced = None
             try:
@@ -104,6 +148,7 @@ class Command(BaseCommand):
         elapsed = time.monotonic() - began
 
         unfinished = self._report_figures(window_start, shown + generated, elapsed)
+        self._report_gates(shown + generated)
         wrong = self._report_examples(shown)
         invariants = self._report_invariants()
         failed = [name for name, passed, _ in invariants if not passed]
@@ -131,7 +176,10 @@ class Command(BaseCommand):
                 raise CommandError(NO_WORKER.format(queue=queue))
 
     def _wait(self, started: list[demo.Started], deadline: float, what: str) -> None:
+        """Poll until ``started`` finish, answering their gates and (short deadlines) sweeping meanwhile."""
         ids = [s.saga.pk for s in started]
+        self.approver.watch(started)
+        last_sweep = time.monotonic()
         tty = self.stdout.isatty()
         began = time.monotonic()
         last_line = ""
@@ -156,7 +204,11 @@ class Command(BaseCommand):
                 if tty:
                     self.stdout.write("")
                 return
-            time.sleep(0.25)
+            self.approver.tick()
+            if self.sweeping and time.monotonic() - last_sweep >= SWEEP_EVERY:
+                engine.sweep()  # times out the waits whose deadline passed (beat may run it too: harmless)
+                last_sweep = time.monotonic()
+            time.sleep(0.1)
 
     # --- the report ----------------------------------------------------------------------
 
@@ -201,6 +253,23 @@ class Command(BaseCommand):
             for pk, saga_type, status in unfinished[:10]:
                 w(f"  {pk} {saga_type} still {status}")
         return unfinished
+
+    def _report_gates(self, started: list[demo.Started]) -> None:
+        gates = demo.gate_figures([s.saga.pk for s in started])
+        if not gates:
+            return
+        w = self.stdout.write
+        w("")
+        w(f"Gates: how long each wait lasted and how it ended (answered by {demo.DEMO_APPROVER} and the "
+          f"e-signature service)")
+        w(f"  {'saga type / gate':<44}{'waits':>6}{'approved':>9}{'rejected':>9}{'timed out':>10}{'skipped':>8}"
+          f"{'p50':>8}{'p95':>8}")
+        for g in gates:
+            waits = len(g.waits) + g.open
+            extra = "".join(f"  ({n} {label})" for n, label in ((g.cancelled, "cancelled"), (g.open, "still open"))
+                            if n)
+            w(f"  {g.saga_type.split('.')[-1] + ' / ' + g.step:<44}{waits:>6}{g.approved:>9}{g.rejected:>9}"
+              f"{g.timed_out:>10}{g.skipped:>8}{_secs(g.p50):>8}{_secs(g.p95):>8}{extra}")
 
     def _report_examples(self, shown: list[demo.Started]) -> list:
         if not shown:
