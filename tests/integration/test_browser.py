@@ -183,3 +183,45 @@ def test_saga_page_draws_its_timeline_with_a_bar_per_attempt(server, browser, st
     browser.execute_script("arguments[0].scrollIntoView()", chart)
     SHOTS.mkdir(parents=True, exist_ok=True)
     chart.find_element(By.XPATH, "./ancestor::fieldset").screenshot(str(SHOTS / "timeline.png"))
+
+
+def test_a_permitted_user_completes_a_waiting_gate_from_the_admin_and_the_saga_goes_on(server, browser):
+    from django.contrib.auth.models import Permission
+    from selenium.webdriver.common.by import By
+
+    from corporate.fixtures import Inputs
+    from sagas import start_saga
+    from sagas.models import StepRecord, StepStatus
+    from tests.helpers import wait_until
+
+    manager = get_user_model().objects.create_user("manager", password="manager", is_staff=True)
+    manager.user_permissions.add(
+        Permission.objects.get(codename="view_sagainstance", content_type__app_label="sagas"),
+        Permission.objects.get(codename="approve_budget", content_type__app_label="corporate"))
+    saga = start_saga("corporate.budget_approval", input=Inputs.budget(amount="900"))  # below the threshold
+    wait_until(lambda: StepRecord.objects.get(saga_id=saga.pk, name="manager_approval").status == StepStatus.WAITING)
+
+    browser.get(f"{server}/admin/login/?next=/admin/")
+    browser.find_element(By.NAME, "username").send_keys("manager")
+    browser.find_element(By.NAME, "password").send_keys("manager")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait(browser, lambda d: "/admin/login/" not in d.current_url)
+    browser.get(f"{server}/admin/sagas/sagainstance/{saga.pk}/change/")
+    gate = browser.find_element(By.CSS_SELECTOR, '.waiting-step[data-step="manager_approval"]')
+    assert "Waiting for your signal" in browser.page_source
+    assert "running" in browser.find_element(By.CSS_SELECTOR, ".field-status_badge").text.lower()
+
+    gate.find_element(By.NAME, "result").send_keys('{"approved": true, "comment": "from the browser"}')
+    browser.execute_script("arguments[0].scrollIntoView()", gate)
+    screenshot(browser, "signal-waiting.png")
+    gate.find_element(By.CSS_SELECTOR, "form.signal-complete button[type=submit]").click()
+    wait(browser, lambda d: "manager_approval completed" in d.page_source)
+
+    assert wait_for_saga(saga).status == SagaStatus.SUCCEEDED
+    browser.get(f"{server}/admin/sagas/sagainstance/{saga.pk}/change/")
+    wait(browser, lambda d: "succeeded" in d.find_element(By.CSS_SELECTOR, ".field-status_badge").text.lower())
+    assert "Waiting for your signal" not in browser.page_source
+    assert "completed manager_approval" in browser.page_source  # the signal, in the saga's events
+    signal = SagaInstance.objects.get(pk=saga.pk).events.get(kind="step_signalled")
+    assert (signal.detail["by"], signal.detail["result"]["comment"]) == ("manager", "from the browser")
+    screenshot(browser, "signal-complete.png")
