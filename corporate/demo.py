@@ -213,7 +213,7 @@ def plan_examples(world: World) -> list[Planned]:
         order("order undone: confirmation bounced", COMPENSATED, world.customers["bounce@example.com"].pk),
         Planned(EMPLOYEE_ONBOARDING, {"name": "Example Hire", "email": f"hire.{stamp}@corp.example",
                                       "department": eng, "salary": "85000", "role": "engineer"},
-                "onboarding completes once the contract is signed", SUCCEEDED,
+                "onboarding completes: contract signed", SUCCEEDED,
                 decisions={"contract_signature": APPROVE}),
         Planned(EMPLOYEE_ONBOARDING, {"name": "Example Doubter", "email": f"doubter.{stamp}@corp.example",
                                       "department": eng, "salary": "70000", "role": "analyst"},
@@ -238,7 +238,7 @@ def plan_examples(world: World) -> list[Planned]:
 def plan_timeout_example(world: World) -> Planned:
     """A request nobody answers, in the rehearsal version: its deadline passes and it compensates."""
     data = {"department": world.departments["ENG"].pk, "amount": "700", "purpose": "example: nobody answers"}
-    return Planned(BUDGET_APPROVAL, data, "budget withdrawn: the manager never answered", COMPENSATED,
+    return Planned(BUDGET_APPROVAL, data, "budget withdrawn: manager never answered", COMPENSATED,
                    decisions={"manager_approval": IGNORE}, version=REHEARSAL_VERSION)
 
 

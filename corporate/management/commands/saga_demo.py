@@ -110,7 +110,7 @@ class Command(BaseCommand):
         began = time.monotonic()
         deadline = began + timeout
         self.stdout.write(
-            f"saga_demo: {sagas} sagas over {len(SAGA_TYPES)} types{' plus 10 examples' if examples else ''}, "
+            f"saga_demo: {sagas} sagas over {len(SAGA_TYPES)} types{' plus the examples' if examples else ''}, "
             f"failure rate {failure_rate:g} per step attempt ({failure_rate / 2:g} transient + "
             f"{failure_rate / 2:g} permanent), seed {seed}"
         )
