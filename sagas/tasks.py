@@ -49,8 +49,9 @@ def _run(task, execute, failure: type[Exception], saga_id: str, index: int, retr
 
 # A step or compensation that failed for good is an outcome the engine has
 # recorded, not a crash: ``throws`` has Celery log it in one line at INFO,
-# with no traceback (formatting one for every refused order cost time and
-# filled each worker's source-line cache).
+# with no traceback. (A step refused for good does not raise at all: its
+# record starts the compensation. What still raises is rarer: a last attempt
+# lost, a compensation that ran out of attempts.)
 @shared_task(bind=True, name="sagas.run_step", acks_late=True, reject_on_worker_lost=True, max_retries=None,
              throws=(StepFailed,))
 def run_step(self, saga_id: str, index: int, retry: dict | None = None, infra: int = 0,

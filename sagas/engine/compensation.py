@@ -56,6 +56,11 @@ def to_undo(record: StepRecord) -> bool:
     return record.status in UNDO_PENDING or (record.status == StepStatus.FAILED and record.may_have_effects)
 
 
+# ``to_undo``, and a step still at work, as a filter for records not read.
+LEFT_TO_UNDO = Q(status=StepStatus.RUNNING) | Q(has_compensation=True) & (
+    Q(status__in=UNDO_PENDING) | Q(status=StepStatus.FAILED, may_have_effects=True))
+
+
 def compensation_order(records: list[StepRecord]) -> list[int]:
     """Indices the compensation chain visits, latest first."""
     return [r.index for r in reversed(records) if to_undo(r)]
@@ -73,12 +78,8 @@ def finish_if_compensated(saga: SagaInstance) -> bool:
     if any(r.status == StepStatus.RUNNING or to_undo(r) for r in saga.records):
         return False
     if not saga.complete and len(saga.records) < len(definition_of(saga).steps):
-        left = StepRecord.objects.filter(saga_id=saga.pk).exclude(index__in=[r.index for r in saga.records]).filter(
-            Q(status=StepStatus.RUNNING)
-            | Q(has_compensation=True) & (Q(status__in=UNDO_PENDING)
-                                          | Q(status=StepStatus.FAILED, may_have_effects=True))
-        )
-        if left.exists():
+        unread = StepRecord.objects.filter(saga_id=saga.pk).exclude(index__in=[r.index for r in saga.records])
+        if unread.filter(LEFT_TO_UNDO).exists():
             return False
     move_saga(saga, SagaStatus.COMPENSATED, EventKind.SAGA_COMPENSATED)
     return True

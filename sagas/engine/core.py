@@ -16,8 +16,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-import secrets
 import math
+import secrets
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -270,6 +270,15 @@ def steps_of(saga: SagaInstance) -> list[StepRecord]:
         saga.records = sorted([*saga.records, *rest], key=lambda r: r.index)
         saga.complete = True
     return saga.records
+
+
+def saga_id_of(saga: SagaInstance | uuid.UUID | str):
+    """The id of a saga given as an instance or as its id (what the public functions accept)."""
+    return saga.pk if isinstance(saga, SagaInstance) else saga
+
+
+def no_such_saga(saga) -> SagaInstance.DoesNotExist:
+    return SagaInstance.DoesNotExist(f"no saga {saga_id_of(saga)}")
 
 
 def record_at(saga: SagaInstance, index: int) -> StepRecord:

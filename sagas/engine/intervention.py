@@ -7,16 +7,19 @@ from datetime import timedelta
 from ..errors import InvalidTransition
 from ..models import ACTIVE_SAGA_STATUSES, EventKind, SagaInstance, SagaStatus, StepStatus
 from .compensation import compensation_order, start_compensating
-from .core import dispatch_compensation, event, locked_saga, move_saga, move_step, release, stall_deadline, steps_of
+from .core import (
+    dispatch_compensation,
+    event,
+    locked_saga,
+    move_saga,
+    move_step,
+    no_such_saga,
+    release,
+    saga_id_of,
+    stall_deadline,
+    steps_of,
+)
 from .start import start_saga
-
-
-def _as_id(saga: SagaInstance | uuid.UUID | str):
-    return saga.pk if isinstance(saga, SagaInstance) else saga
-
-
-def _missing(saga) -> SagaInstance.DoesNotExist:
-    return SagaInstance.DoesNotExist(f"no saga {saga}")
 
 
 def cancel(saga: SagaInstance | uuid.UUID | str, *, reason: str = "cancelled") -> SagaInstance:
@@ -27,9 +30,9 @@ def cancel(saga: SagaInstance | uuid.UUID | str, *, reason: str = "cancelled") -
     The saga's error keeps ``reason``.
     """
     reason = (reason or "").strip() or "cancelled"
-    with locked_saga(_as_id(saga)) as instance:
+    with locked_saga(saga_id_of(saga)) as instance:
         if instance is None:
-            raise _missing(saga)
+            raise no_such_saga(saga)
         if instance.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
             raise InvalidTransition(
                 f"saga {instance.id} is {instance.status}; only a pending or running saga can be cancelled")
@@ -42,9 +45,9 @@ def cancel(saga: SagaInstance | uuid.UUID | str, *, reason: str = "cancelled") -
 
 def retry_compensation(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
     """Re-run the compensations that failed, with a fresh retry budget."""
-    with locked_saga(_as_id(saga)) as instance:
+    with locked_saga(saga_id_of(saga)) as instance:
         if instance is None:
-            raise _missing(saga)
+            raise no_such_saga(saga)
         if instance.status != SagaStatus.FAILED:
             raise InvalidTransition(
                 f"saga {instance.id} is {instance.status}; only a failed saga can retry compensation")
@@ -67,9 +70,9 @@ def resubmit(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
     Idempotent: a saga already resubmitted answers the instance it started
     (``created_now`` False), so a double click starts one saga, not two.
     """
-    with locked_saga(_as_id(saga)) as original:
+    with locked_saga(saga_id_of(saga)) as original:
         if original is None:
-            raise _missing(saga)
+            raise no_such_saga(saga)
         if original.status in ACTIVE_SAGA_STATUSES:
             raise InvalidTransition(
                 f"saga {original.id} is still {original.status}; resubmit it once it has finished")
@@ -84,9 +87,9 @@ def resubmit(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
 
 def release_held(saga: SagaInstance | uuid.UUID | str, *, note: str = "") -> SagaInstance:
     """Give a saga the sweeper held for a person back to the sweeper, once its cause is fixed."""
-    with locked_saga(_as_id(saga)) as instance:
+    with locked_saga(saga_id_of(saga)) as instance:
         if instance is None:
-            raise _missing(saga)
+            raise no_such_saga(saga)
         if instance.status not in ACTIVE_SAGA_STATUSES or instance.due_at is not None:
             raise InvalidTransition(f"saga {instance.id} is not held by the sweeper")
         # Due now (a millisecond back: SQLite's clock reads to the millisecond only).

@@ -84,30 +84,10 @@ def sweep(*, limit: int = 500) -> SweepReport:
     """Move on every saga that is due: lost messages, dead workers, lost error callbacks, waits past their deadline."""
     report = SweepReport()
     for saga_id in expired_wait_saga_ids(limit):
-        report.examined += 1
-        try:
-            report.waits_timed_out += expire_waits(saga_id)
-        except INFRASTRUCTURE_ERRORS as exc:  # passing: the deadline stays passed, the next sweep tries again
-            logger.warning("sweeper: waits of saga %s not timed out yet: %s", saga_id, exc)
-            report.postponed += 1
-        except Exception as exc:  # this saga cannot be moved: a person must look; the others go on
-            logger.exception("sweeper: saga %s held for a person", saga_id)
-            report.held.append(str(saga_id))
-            _hold_for_person(saga_id, exc)
+        # On a passing error the deadline stays passed: the next sweep tries again.
+        report.waits_timed_out += _guarded(report, saga_id, expire_waits, postpone=False) or 0
     for saga_id in due_saga_ids(limit):
-        report.examined += 1
-        try:
-            action = resume(saga_id)
-        except INFRASTRUCTURE_ERRORS as exc:  # passing: try this one again later, move the others now
-            logger.warning("sweeper: saga %s postponed: %s", saga_id, exc)
-            report.postponed += 1
-            _postpone(saga_id)
-            continue
-        except Exception as exc:  # this saga cannot be moved by the sweeper: a person must look
-            logger.exception("sweeper: saga %s held for a person", saga_id)
-            report.held.append(str(saga_id))
-            _hold_for_person(saga_id, exc)
-            continue
+        action = _guarded(report, saga_id, resume, postpone=True)
         if action == "forward":
             report.resumed_forward += 1
         elif action == "compensation":
@@ -119,6 +99,28 @@ def sweep(*, limit: int = 500) -> SweepReport:
     except INFRASTRUCTURE_ERRORS as exc:
         logger.warning("sweeper: could not prune heartbeats: %s", exc)
     return report
+
+
+def _guarded(report: SweepReport, saga_id, move, *, postpone: bool):
+    """``move(saga_id)``, or None if it failed: one saga the sweeper cannot move never stops the others.
+
+    A passing error (the database) leaves the saga for a later sweep
+    (``postpone``: due again a stall time from now); any other holds it for a
+    person.
+    """
+    report.examined += 1
+    try:
+        return move(saga_id)
+    except INFRASTRUCTURE_ERRORS as exc:
+        logger.warning("sweeper: saga %s postponed: %s", saga_id, exc)
+        report.postponed += 1
+        if postpone:
+            _postpone(saga_id)
+    except Exception as exc:  # this saga cannot be moved by the sweeper: a person must look
+        logger.exception("sweeper: saga %s held for a person", saga_id)
+        report.held.append(str(saga_id))
+        _hold_for_person(saga_id, exc)
+    return None
 
 
 def _postpone(saga_id) -> None:

@@ -37,7 +37,9 @@ from .core import (
     keep_due,
     locked_saga,
     move_step,
+    no_such_saga,
     release,
+    saga_id_of,
     stall_deadline,
     steps_of,
     token_hash,
@@ -78,10 +80,6 @@ def wait_due(saga: SagaInstance, waiting: list[StepRecord]) -> None:
 
 
 # --- signals ------------------------------------------------------------------------------------
-
-
-def _as_id(saga: SagaInstance | uuid.UUID | str):
-    return saga.pk if isinstance(saga, SagaInstance) else saga
 
 
 def _is_user(by: Any) -> bool:
@@ -143,13 +141,13 @@ def complete_step(saga: SagaInstance | uuid.UUID | str, step_name: str, result: 
     ``signal_permission``), or None for code that decides itself. Raises
     ``InvalidTransition`` if the step is not waiting (a second signal).
     """
-    return _signal(_as_id(saga), step_name, by=by, result=_checked_result(result))
+    return _signal(saga_id_of(saga), step_name, by=by, result=_checked_result(result))
 
 
 def fail_step(saga: SagaInstance | uuid.UUID | str, step_name: str, error: str = "",
               by: Any = None) -> SagaInstance:
     """Fail waiting step ``step_name`` for good with ``error`` (a refusal): the saga compensates, this step included."""
-    return _signal(_as_id(saga), step_name, by=by, error=_checked_error(error))
+    return _signal(saga_id_of(saga), step_name, by=by, error=_checked_error(error))
 
 
 def complete_step_by_token(token: str, result: dict | None = None) -> SagaInstance:
@@ -182,7 +180,7 @@ def _signal(saga_id, step_name: str, *, by: Any, result: Any = None, error: str 
             hashed: str | None = None) -> SagaInstance:
     with locked_saga(saga_id) as saga:
         if saga is None:
-            raise SagaInstance.DoesNotExist(f"no saga {saga_id}")
+            raise no_such_saga(saga_id)
         records = steps_of(saga)
         record = next((r for r in records if r.name == step_name), None)
         if record is None:
