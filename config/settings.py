@@ -232,6 +232,10 @@ SAGAS_SWEEP_INTERVAL = env_float("SAGAS_SWEEP_INTERVAL", 5.0)
 # attempt whose worker has not for SAGAS_WORKER_DEAD_AFTER seconds is lost at once.
 SAGAS_HEARTBEAT_INTERVAL = env_float("SAGAS_HEARTBEAT_INTERVAL", 2.0)
 SAGAS_WORKER_DEAD_AFTER = env_float("SAGAS_WORKER_DEAD_AFTER", 10.0)
+# PostgreSQL: the engine's hot statements are prepared on the server, once per
+# connection. Turn off (0) behind a pooler that cannot keep prepared
+# statements: PgBouncer in transaction mode before 1.21.
+SAGAS_PREPARED_STATEMENTS = env_bool("SAGAS_PREPARED_STATEMENTS", True)
 # --- Failure injection (demos and staging) -----------------------------------------
 # Off unless DEBUG or switched on explicitly: production never injects by accident.
 SAGAS_FAILURE_INJECTION_ENABLED = env_bool("SAGAS_FAILURE_INJECTION_ENABLED", DEBUG)

@@ -14,20 +14,75 @@ compiled once per process and database and then run with new values:
   changed, values prepared by the fields themselves.
 - ``insert_rows``: one multi-row ``INSERT`` (events), with no ``RETURNING``.
 
-Statements still go through Django's cursor, so they are logged and counted
-like any other (``CaptureQueriesContext``, ``django_assert_num_queries``).
+On PostgreSQL these statements are also prepared on the server, once per
+connection (``SAGAS_PREPARED_STATEMENTS``, on by default): Django binds
+parameters on the client and never prepares, so the server would otherwise
+parse and plan each statement every time (0.2 ms of planning for the locked
+read alone), and the client would quote every value into the text. Measured
+in one process, no broker: 7.8 ms per no-op step before, 5.2 ms after.
+Turn it off behind a pooler that cannot keep prepared statements
+(PgBouncer in transaction mode before 1.21).
+
+Statements still go through Django's cursor wrapper, so they are logged and
+counted like any other (``CaptureQueriesContext``, ``django_assert_num_queries``).
 """
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 from typing import Any, Callable, Iterable
 
+import psycopg
+from django.conf import settings
 from django.db import connections, models
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models.query import get_related_populators
+from django.db.models.sql import Query
 from django.utils import timezone
 
 DB = "default"
+
+
+def cursor():
+    """A cursor for the engine's statements: Django's, or on PostgreSQL one that prepares them.
+
+    Wrapped as Django wraps its own (logged, counted, run through
+    ``execute_wrapper``), on the same connection and in the same transaction.
+    """
+    connection = connections[DB]
+    if connection.vendor != "postgresql" or not settings.SAGAS_PREPARED_STATEMENTS:
+        return connection.cursor()
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    raw_connection = connection.connection
+    if raw_connection.prepare_threshold is None:
+        # Django sets None, which refuses an explicit prepare too. Its own
+        # cursors bind on the client and never prepare, whatever the threshold.
+        raw_connection.prepare_threshold = sys.maxsize
+    with connection.wrap_database_errors:
+        raw = _PreparingCursor(raw_connection)
+    return _DebugCursor(raw, connection) if connection.queries_logged else connection.make_cursor(raw)
+
+
+class _DebugCursor(CursorDebugWrapper):
+    """Django's debug wrapper, logging the statement with its values in (psycopg keeps no text of a prepared one)."""
+
+    def execute(self, sql, params=None):
+        try:
+            logged = self.db.ops.compose_sql(sql, params)
+        except Exception:  # noqa: BLE001 - a value that cannot be shown: log the statement as written
+            logged = sql
+        with self.debug_sql(logged, params):
+            return CursorWrapper.execute(self, sql, params)
+
+
+class _PreparingCursor(psycopg.Cursor):
+    """A psycopg cursor that binds parameters on the server and prepares every statement it runs."""
+
+    def execute(self, query, params=None, *, prepare=True, binary=None):
+        return super().execute(query, params, prepare=prepare, binary=binary)
 
 
 class PreparedRead:
@@ -71,9 +126,9 @@ class PreparedRead:
     def __call__(self, **values: Any) -> list[models.Model]:
         compiler, sql, slots = self._compile()
         params = [_as_param(values[name], as_text) for name, as_text in slots]
-        with connections[DB].cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
+        with cursor() as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
         return _instances(compiler, rows)
 
 
@@ -129,9 +184,9 @@ def update_fields(instance: models.Model, names: Iterable[str], *, expect: dict[
     if parent_has:
         link = meta.get_field(parent_has[0])
         params.append(link.related_model._meta.get_field(parent_has[1]).get_db_prep_save(parent_has[2], connection))
-    with connection.cursor() as cursor:
-        cursor.execute(_UPDATES[key], params)
-        return cursor.rowcount
+    with cursor() as cur:
+        cur.execute(_UPDATES[key], params)
+        return cur.rowcount
 
 
 def _update_sql(connection, meta, fields, expected, parent_has) -> str:
@@ -152,27 +207,44 @@ _INSERTS: dict[tuple, str] = {}
 
 
 def insert_rows(rows: list[models.Model]) -> None:
-    """``INSERT`` new rows of one model in one statement (their ids are not read back).
+    """``INSERT`` new rows of one model in one statement (ids the database makes are not read back).
 
-    ``auto_now_add`` fields are set here, as ``save`` would.
+    ``auto_now`` and ``auto_now_add`` fields left empty are set here, as
+    ``save`` would. A value may be an expression (``Now()``, the database's
+    clock): it is compiled into the statement, its own values passed with the rest.
     """
     if not rows:
         return
     meta = rows[0]._meta
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    fields = [f for f in meta.concrete_fields if not f.db_returning]  # not an id the database makes
     connection = connections[DB]
-    key = (meta.db_table, connection.vendor, len(rows))
+    now = timezone.now()
+    params, shapes = [], []
+    compiler = None
+    for row in rows:
+        placeholders = []
+        for f in fields:
+            value = getattr(row, f.attname)
+            if value is None and (getattr(f, "auto_now_add", False) or getattr(f, "auto_now", False)):
+                value = now
+                setattr(row, f.attname, value)
+            if hasattr(value, "resolve_expression"):
+                compiler = compiler or Query(meta.model).get_compiler(using=DB)
+                sql, expression_params = compiler.compile(
+                    value.resolve_expression(compiler.query, allow_joins=False, for_save=True))
+                placeholders.append(sql)
+                params.extend(expression_params)
+            else:
+                placeholders.append("%s")
+                params.append(f.get_db_prep_save(value, connection))
+        shapes.append(tuple(placeholders))
+    key = (meta.db_table, connection.vendor, tuple(shapes))
     if key not in _INSERTS:
         quote = connection.ops.quote_name
         columns = ", ".join(quote(f.column) for f in fields)
-        one = "(" + ", ".join(["%s"] * len(fields)) + ")"
-        _INSERTS[key] = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES " + ", ".join([one] * len(rows))
-    now = timezone.now()
-    params = []
+        values = ", ".join("(" + ", ".join(shape) + ")" for shape in shapes)
+        _INSERTS[key] = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {values}"
+    with cursor() as cur:
+        cur.execute(_INSERTS[key], params)
     for row in rows:
-        for f in fields:
-            if getattr(f, "auto_now_add", False) and getattr(row, f.attname) is None:
-                setattr(row, f.attname, now)
-            params.append(f.get_db_prep_save(getattr(row, f.attname), connection))
-    with connection.cursor() as cursor:
-        cursor.execute(_INSERTS[key], params)
+        row._state.adding, row._state.db = False, DB  # as saved: a later save() updates

@@ -14,6 +14,7 @@ from .. import canvas
 from ..definitions import Saga, registry
 from ..errors import IdempotencyConflict, InvalidSagaInput
 from ..models import EventKind, SagaEvent, SagaInstance, StepRecord
+from . import sql
 from .core import json_problem, send_after_commit
 
 
@@ -95,7 +96,8 @@ def start_saga(
             return existing
     try:
         with transaction.atomic():
-            saga = SagaInstance.objects.create(
+            # Three INSERTs, each compiled once per process and prepared once per connection (``sql``).
+            saga = SagaInstance(
                 saga_type=definition.name,
                 version=definition.version,
                 input=data,
@@ -103,15 +105,15 @@ def start_saga(
                 resubmitted_from=resubmitted_from,
                 due_at=Now() + timedelta(seconds=settings.SAGAS_STALL_AFTER),
             )
-            steps = StepRecord.objects.bulk_create(
-                StepRecord(saga=saga, index=i, name=s.name, has_compensation=s.has_compensation,
-                           stage=definition.stage_of(i), parallel_group=definition.group_of(i))
-                for i, s in enumerate(definition.steps)
-            )
-            SagaEvent.objects.create(saga=saga, kind=EventKind.SAGA_CREATED, created_at=Now(), detail={
+            sql.insert_rows([saga])
+            steps = [StepRecord(saga=saga, index=i, name=s.name, has_compensation=s.has_compensation,
+                                stage=definition.stage_of(i), parallel_group=definition.group_of(i))
+                     for i, s in enumerate(definition.steps)]
+            sql.insert_rows(steps)
+            sql.insert_rows([SagaEvent(saga=saga, kind=EventKind.SAGA_CREATED, created_at=Now(), detail={
                 "version": definition.version, "idempotency_key": idempotency_key,
                 "resubmitted_from": str(resubmitted_from.pk) if resubmitted_from else None,
-            })
+            })])
             send_after_commit(canvas.dispatch_forward, saga.id, 0, definition=definition)
     except IntegrityError:
         # Another process inserted the same key between our look-up and insert.

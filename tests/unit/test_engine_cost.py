@@ -148,6 +148,37 @@ def test_starting_a_saga_costs_three_statements_in_one_transaction(transactional
     assert spent["transactions"] == 1
 
 
+def test_a_start_writes_the_rows_the_orm_would_with_its_times_from_the_database_clock(transactional_db, sent, settings):
+    from django.db.models.functions import Now
+
+    from sagas.models import SagaEvent, SagaInstance, StepRecord
+
+    saga = start_saga(SAGA, input={"i": 1}, idempotency_key="written-once")
+    db_now = SagaInstance.objects.annotate(now=Now()).values_list("now", flat=True).get(pk=saga.pk)
+
+    stored = SagaInstance.objects.get(pk=saga.pk)
+    assert (stored.status, stored.input, stored.results, stored.version, stored.idempotency_key, stored.sweeps) == (
+        "pending", {"i": 1}, {}, 1, "written-once", 0)
+    assert stored.created_at == saga.created_at and stored.updated_at == saga.updated_at
+    # Due from the database's clock, a stall time on (the sweeper sends a start whose message was lost).
+    stall = settings.SAGAS_STALL_AFTER
+    assert stall - 1 <= (stored.due_at - db_now).total_seconds() <= stall + 0.5
+    steps = list(StepRecord.objects.filter(saga=saga).order_by("index").values_list(
+        "index", "name", "status", "attempts", "stage", "has_compensation"))
+    assert steps == [(0, "s0", "pending", 0, 0, True), (1, "s1", "pending", 0, 1, True), (2, "s2", "pending", 0, 2, True)]
+    (created,) = SagaEvent.objects.filter(saga=saga)
+    assert created.kind == "saga_created" and created.step_id is None
+    assert created.detail == {"version": 1, "idempotency_key": "written-once", "resubmitted_from": None}
+    assert abs((created.created_at - db_now).total_seconds()) < 1.5
+    # The instance returned is saved: saving it again updates its row, it does not insert another.
+    saga.error = "noted"
+    saga.save(update_fields=["error"])
+    assert SagaInstance.objects.get(pk=saga.pk).error == "noted"
+    # The same key again: the same saga, nothing new written.
+    assert start_saga(SAGA, input={"i": 1}, idempotency_key="written-once").pk == saga.pk
+    assert SagaInstance.objects.count() == 1 and StepRecord.objects.count() == 3
+
+
 def test_sending_the_first_step_after_commit_reads_nothing_back(transactional_db, monkeypatch):
     from celery.canvas import _chain
 
@@ -315,3 +346,44 @@ def test_a_signal_costs_five_statements_in_one_transaction(waiting_saga):
     assert [s.split()[0] for s in spent["statements"]] == ["SELECT", "UPDATE", "INSERT", "UPDATE", "SELECT"], \
         "\n".join(spent["statements"])
     assert spent["transactions"] == 1
+
+
+# --- PostgreSQL: the engine's statements are prepared once per connection ------------------------
+
+postgres_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements: PostgreSQL")
+
+
+def _prepared_here() -> dict[str, int]:
+    """This connection's prepared statements, and how many times each has run."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements")
+        return dict(cursor.fetchall())
+
+
+@postgres_only
+def test_on_postgresql_a_steps_statements_are_prepared_once_and_then_reused(running_saga):
+    before = _prepared_here()
+    with cost() as spent:
+        execute_step(running_saga.id, 1)
+    after = _prepared_here()
+
+    # The first step prepared every shape a step needs: the second prepares
+    # nothing new and runs each of its five statements as a prepared one.
+    assert set(after) == set(before)
+    assert sum(after.values()) - sum(before.values()) == len(spent["statements"]) == 5
+    assert {s.split()[0] for s, runs in after.items() if runs > before[s]} == {"SELECT", "UPDATE", "INSERT"}
+    # Django's log still shows each statement with its values, as for any other.
+    assert running_saga.id.hex in spent["statements"][0].replace("-", "")
+
+
+@postgres_only
+def test_with_prepared_statements_off_nothing_is_prepared(transactional_db, sent, settings):
+    settings.SAGAS_PREPARED_STATEMENTS = False
+    connection.close()  # a fresh connection: none prepared by earlier tests
+    saga = start_saga(SAGA, input={"i": 1})
+    for index in range(3):
+        execute_step(saga.id, index)
+
+    assert _prepared_here() == {}
+    saga.refresh_from_db()
+    assert saga.status == "succeeded"
