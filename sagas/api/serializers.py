@@ -4,6 +4,8 @@ Input serializers check the shape of a request; the saga's own rules (is the
 type registered, does the input match its schema, is the move allowed) are
 the engine's, and its typed errors become responses in ``exceptions``.
 """
+import copy
+
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -108,7 +110,23 @@ def idempotency_key_from(headers) -> str | None:
 # --- output -----------------------------------------------------------------------
 
 
-class StepRecordOutputSerializer(serializers.ModelSerializer):
+class ModelOutputSerializer(serializers.ModelSerializer):
+    """A read-only ModelSerializer that builds its fields from the model once per class, not once per answer.
+
+    DRF works a ModelSerializer's fields out of the model's metadata for
+    every instance: a sixth of a ``POST /api/sagas/`` (profiled in one
+    process). Here the first instance builds them and later ones get copies,
+    as a plain Serializer copies its declared fields.
+    """
+
+    def get_fields(self):
+        cls = type(self)
+        if "_built_fields" not in cls.__dict__:
+            cls._built_fields = super().get_fields()
+        return copy.deepcopy(cls._built_fields)
+
+
+class StepRecordOutputSerializer(ModelOutputSerializer):
     result = serializers.JSONField(read_only=True, help_text="What the action returned: any JSON value, or null.")
 
     class Meta:
@@ -125,7 +143,7 @@ class StepRecordOutputSerializer(serializers.ModelSerializer):
         }
 
 
-class SagaInstanceOutputSerializer(serializers.ModelSerializer):
+class SagaInstanceOutputSerializer(ModelOutputSerializer):
     input = JSONObjectField(read_only=True)
     results = JSONObjectField(source="current_results", read_only=True,
                               help_text="Step name -> output of each step that succeeded.")
@@ -141,7 +159,7 @@ class SagaInstanceOutputSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class SagaEventOutputSerializer(serializers.ModelSerializer):
+class SagaEventOutputSerializer(ModelOutputSerializer):
     step = serializers.CharField(source="step.name", read_only=True, allow_null=True, default=None,
                                  help_text="Name of the step the event concerns; null for the saga itself.")
     step_index = serializers.IntegerField(source="step.index", read_only=True, allow_null=True, default=None)

@@ -646,3 +646,21 @@ def test_analytics_parameter_sent_empty_is_a_field_error(api, parameter):
 
 def test_analytics_requires_authentication(db):
     assert APIClient().get("/api/analytics/").status_code == 401
+
+
+def test_output_serializers_build_their_fields_from_the_model_once_and_give_each_answer_its_own(db, monkeypatch):
+    from sagas.api.serializers import SagaInstanceOutputSerializer, StepRecordOutputSerializer
+
+    built = []
+    real = serializers.ModelSerializer.get_fields
+    monkeypatch.setattr(serializers.ModelSerializer, "get_fields", lambda self: built.append(type(self)) or real(self))
+    for cls in (SagaInstanceOutputSerializer, StepRecordOutputSerializer):
+        monkeypatch.delattr(cls, "_built_fields", raising=False)
+    first, second = make_saga(), make_saga(status=SagaStatus.FAILED, error="refused")
+
+    answers = [SagaInstanceOutputSerializer(saga).data for saga in (first, second, first)]
+
+    assert sorted(c.__name__ for c in built) == ["SagaInstanceOutputSerializer", "StepRecordOutputSerializer"]
+    assert [(a["id"], a["status"], a["error"]) for a in answers] == [
+        (str(first.id), "succeeded", ""), (str(second.id), "failed", "refused"), (str(first.id), "succeeded", "")]
+    assert answers[0]["steps"] == answers[2]["steps"] and len(answers[1]["steps"]) == len(second.steps.all())
