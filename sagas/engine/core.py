@@ -99,6 +99,9 @@ class Claim:
     attempt: int
     step: Step
     context: StepContext
+    definition: Saga
+    # A forward attempt: when it began (its ``step_started`` event is written with its end).
+    began_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -304,10 +307,14 @@ def log_attempt_start(saga: SagaInstance, record: StepRecord) -> None:
     """
     if record.attempt_started_at is None:
         return
-    previous = StepStatus.PENDING if record.attempts == 1 else StepStatus.RUNNING
-    event(saga, EventKind.STEP_STARTED, step=record, at=record.attempt_started_at,
-          attempt=record.attempts, **{"from": previous, "to": StepStatus.RUNNING})
+    event(saga, EventKind.STEP_STARTED, step=record, at=record.attempt_started_at, **started_detail(record.attempts))
     record.attempt_started_at = None
+
+
+def started_detail(attempt: int) -> dict:
+    """The detail of an attempt's ``step_started`` event."""
+    previous = StepStatus.PENDING if attempt == 1 else StepStatus.RUNNING
+    return {"attempt": attempt, "from": previous, "to": StepStatus.RUNNING}
 
 
 def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None:
@@ -348,7 +355,12 @@ def move_step(saga: SagaInstance, step: StepRecord, target: str, kind: str, **de
     previous = step.status
     step.status = target
     save_step(step)
-    event(saga, kind, step=step, **{"from": previous, "to": target, **detail})
+    event(saga, kind, step=step, **moved_detail(previous, target, **detail))
+
+
+def moved_detail(previous: str, target: str, **detail: Any) -> dict:
+    """The detail of a step's move from ``previous`` to ``target``."""
+    return {"from": previous, "to": target, **detail}
 
 
 def describe_error(exc: BaseException) -> str:
@@ -570,7 +582,8 @@ def make_claim(saga: SagaInstance, definition: Saga, index: int, attempt: int, *
         is_compensation=compensated is not None,
         signal_token=signal_token,
     )
-    return Claim(saga.id, index, attempt, step, context)
+    began_at = None if compensated is not None else record_at(saga, index).attempt_started_at
+    return Claim(saga.id, index, attempt, step, context, definition, began_at)
 
 
 def retry_is_due(record: StepRecord, now: datetime) -> bool:

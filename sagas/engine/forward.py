@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from ..definitions import Retry, Saga
 from ..errors import PermanentError, SagaDefinitionError
@@ -47,6 +48,7 @@ from .core import (
     record_at,
     move_saga,
     move_step,
+    moved_detail,
     new_signal_token,
     read_saga,
     release,
@@ -55,9 +57,11 @@ from .core import (
     save_step,
     save_step_if_unchanged,
     stall_deadline,
+    started_detail,
     steps_of,
 )
 from .running import INFRASTRUCTURE_ERRORS, attempt_error, invoke, record_or_pending, success_report
+from . import sql
 from .waiting import begin_wait
 
 logger = logging.getLogger("sagas.engine")
@@ -79,7 +83,7 @@ def execute_step(saga_id, index: int, policy: Retry | None = None, report: dict 
         outcome = failure_report(claim, exc)
     else:
         outcome = success_report(claim, result)
-    return record_or_pending(record_step, claim, outcome, policy)
+    return record_or_pending(partial(record_step, claim=claim), claim, outcome, policy)
 
 
 def failure_report(claim: Claim, exc: Exception, *, rolled_back: bool = False) -> Report:
@@ -230,12 +234,16 @@ def _already_succeeded(records: list[StepRecord], definition: Saga, index: int) 
     return Outcome(Decision.STOP, reason="step already succeeded")
 
 
-def record_step(saga_id, index: int, report: Report, policy: Retry | None, *, must_own: bool = False) -> Outcome:
+def record_step(saga_id, index: int, report: Report, policy: Retry | None, *, must_own: bool = False,
+                claim: Claim | None = None) -> Outcome:
     """Record how one attempt of forward step ``index`` ended, and decide what follows.
 
     ``must_own``: a report that no longer owns the step raises (a
-    transactional action's writes then roll back with it).
+    transactional action's writes then roll back with it). ``claim``: the
+    attempt's own claim, when the process that ran it records it.
     """
+    if claim is not None and report.ok and not must_own and _succeed_unlocked(claim, report):
+        return Outcome(Decision.CONTINUE)
     with locked_saga(saga_id, step=index) as saga:
         if saga is None:
             return _refuse(must_own, Outcome(Decision.STOP, reason="saga does not exist"))
@@ -257,6 +265,37 @@ def record_step(saga_id, index: int, report: Report, policy: Retry | None, *, mu
                 return _succeed(saga, records, record, definition, report.result, wait_skipped=report.skip_wait)
             return _succeed(saga, records, record, definition, report.result)
         return _fail_attempt(saga, records, record, definition, report, policy or definition.step_at(index).retry)
+
+
+def _succeed_unlocked(claim: Claim, report: Report) -> bool:
+    """On PostgreSQL, the success of a plain step in the middle of its saga in one statement, with no lock before.
+
+    Most reports are that one: the step succeeded, its saga runs, and what
+    follows is the next step, which its chain sends. The transition then
+    writes the step's row and two events and nothing on the saga's row
+    (which ``_succeed`` would write only to move ``due_at`` or clear
+    ``sweeps``): one conditional statement does it, in place of a locked
+    read, two writes and a commit, four round trips fewer
+    (``sql.succeed_step_if_running`` says what it checks). False when it
+    does not apply or a condition no longer holds: the report is then
+    recorded under the saga's lock, as any other.
+
+    Not for the first step: the locked read locks the first step's row
+    before the saga's, and this statement the saga's before the step's, so
+    the two never wait for each other in a circle.
+    """
+    definition, index = claim.definition, claim.index
+    if (connection.vendor != "postgresql" or claim.began_at is None or index == 0 or report.skip_wait
+            or claim.step.wait_for_signal or definition.is_parallel(index)
+            or definition.next_stage_start(index) is None):
+        return False
+    return sql.succeed_step_if_running(
+        saga_id=claim.saga_id, index=index, attempt=report.attempt, began_at=claim.began_at, result=report.result,
+        running=StepStatus.RUNNING, succeeded=StepStatus.SUCCEEDED,
+        due_after=timedelta(seconds=settings.SAGAS_STALL_AFTER / 2),
+        started=(EventKind.STEP_STARTED, started_detail(report.attempt)),
+        ended=(EventKind.STEP_SUCCEEDED,
+               moved_detail(StepStatus.RUNNING, StepStatus.SUCCEEDED, attempt=report.attempt)))
 
 
 def _refuse(must_own: bool, outcome: Outcome) -> Outcome:

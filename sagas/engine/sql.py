@@ -41,6 +41,8 @@ from django.db.models.query import get_related_populators
 from django.db.models.sql import Query
 from django.utils import timezone
 
+from ..models import SagaEvent, StepRecord
+
 DB = "default"
 
 
@@ -248,3 +250,47 @@ def insert_rows(rows: list[models.Model]) -> None:
         cur.execute(_INSERTS[key], params)
     for row in rows:
         row._state.adding, row._state.db = False, DB  # as saved: a later save() updates
+
+
+_SUCCEED_STEP = """
+WITH saga AS (
+    SELECT id FROM sagas_sagainstance
+    WHERE id = %s AND status = %s AND sweeps = 0 AND due_at >= STATEMENT_TIMESTAMP() + %s
+    FOR KEY SHARE
+), done AS (
+    UPDATE sagas_steprecord
+    SET status = %s, result = %s, error = '', finished_at = STATEMENT_TIMESTAMP(),
+        lease_expires_at = NULL, next_attempt_at = NULL, held_by = NULL, attempt_started_at = NULL
+    WHERE saga_id = %s AND index = %s AND status = %s AND attempts = %s AND attempt_started_at = %s
+      AND EXISTS (SELECT 1 FROM saga)
+    RETURNING saga_id, id
+)
+INSERT INTO sagas_sagaevent (saga_id, step_id, kind, detail, created_at)
+SELECT done.saga_id, done.id, event.kind, event.detail, COALESCE(event.at, STATEMENT_TIMESTAMP())
+FROM done CROSS JOIN (VALUES (%s::varchar, %s::jsonb, %s::timestamptz), (%s::varchar, %s::jsonb, NULL::timestamptz))
+    AS event (kind, detail, at)
+"""
+
+
+def succeed_step_if_running(*, saga_id, index: int, attempt: int, began_at, result: Any, running: str,
+                            succeeded: str, due_after, started: tuple[str, dict], ended: tuple[str, dict]) -> bool:
+    """PostgreSQL: one statement that records a step's success and its two events, if all still hold.
+
+    The step is at ``attempt``, ``running`` and its attempt began at
+    ``began_at``; its saga is ``running``, counts no sweeps and is due no
+    sooner than ``due_after`` from now. The saga's row is locked in KEY SHARE
+    mode meanwhile, which waits for (and is waited for by) every transition
+    under the saga's lock; one that committed first is seen, and then
+    nothing is written. The step finishes and the events are dated on the
+    database's clock (``started`` at ``began_at``). True if it was recorded.
+    """
+    connection = connections[DB]
+    result_field, detail_field = StepRecord._meta.get_field("result"), SagaEvent._meta.get_field("detail")
+    params = [saga_id, running, due_after,
+              succeeded, result_field.get_db_prep_save(result, connection),
+              saga_id, index, running, attempt, began_at,
+              started[0], detail_field.get_db_prep_save(started[1], connection), began_at,
+              ended[0], detail_field.get_db_prep_save(ended[1], connection)]
+    with cursor() as cur:
+        cur.execute(_SUCCEED_STEP, params)
+        return cur.rowcount > 0

@@ -491,6 +491,53 @@ def test_a_transition_that_waited_for_the_saga_lock_sees_what_the_one_before_it_
     assert sent == [("compensate", saga.id, [B2, B1, A])]
 
 
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite has one writer at a time and no row locks")
+def test_a_success_recorded_in_one_statement_waits_for_a_cancel_holding_the_lock_then_undoes_the_step(
+        transactional_db, sent):
+    import threading
+
+    from django.db import connections, transaction
+
+    saga = start_saga(SAGA, input={})
+    execute_step(saga.id, 0)
+    claim = engine.claim_step(saga.id, 1, None)
+    outcome = {}
+
+    real = engine.forward.sql.succeed_step_if_running
+    tried = []
+
+    def b_reports():  # as execute_step records its own attempt: the one-statement way first
+        def one_statement(**values):
+            tried.append(real(**values))
+            return tried[-1]
+
+        try:
+            with mock.patch.object(engine.forward.sql, "succeed_step_if_running", one_statement):
+                outcome["b"] = engine.record_step(saga.id, 1, Report(claim.attempt, ok=True, result={"b": 1}), None,
+                                                  claim=claim)
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():  # a cancel, holding the saga's lock while b's report arrives
+        cancel(saga, reason="stop")
+        reporting = threading.Thread(target=b_reports)
+        reporting.start()
+        reporting.join(timeout=1.0)
+        assert reporting.is_alive()  # the report waits for the lock
+    reporting.join(timeout=30)
+
+    # Once the cancel committed, the one statement found the saga compensating and wrote nothing; the
+    # locked transition then recorded the success and, b being the attempt the cancel left at work, sent
+    # the compensation of what ran.
+    b = StepRecord.objects.get(saga=saga, index=1)
+    assert tried == [False]
+    assert outcome["b"].decision is Decision.STOP
+    assert (b.status, b.result) == (StepStatus.SUCCEEDED, {"b": 1})
+    assert ("compensate", saga.id, [1, 0]) in sent
+    assert list(saga.events.filter(step=b).values_list("kind", flat=True)) == [
+        EventKind.STEP_STARTED, EventKind.STEP_SUCCEEDED]
+
+
 # --- a claim made by one conditional UPDATE, after an unlocked read ------------------------
 
 
