@@ -2,7 +2,9 @@
 
 Three short transactions around the action: claim (the step is held by this
 process, for a lease), run the action (outside any transaction unless the
-step is ``transactional``), record the report. Another delivery of a step
+step is ``transactional``), record the report. On PostgreSQL the commonest
+claim and the commonest report are one conditional statement each (a free
+step taken; a plain step's success with the next step to follow). Another delivery of a step
 held by a live attempt does nothing: it is a duplicate, and the holder's
 message carries the chain on. An attempt whose lease expired, or whose
 worker stopped heartbeating, is lost and taken over by the next delivery,
@@ -279,13 +281,9 @@ def _succeed_unlocked(claim: Claim, report: Report) -> bool:
     (``sql.succeed_step_if_running`` says what it checks). False when it
     does not apply or a condition no longer holds: the report is then
     recorded under the saga's lock, as any other.
-
-    Not for the first step: the locked read locks the first step's row
-    before the saga's, and this statement the saga's before the step's, so
-    the two never wait for each other in a circle.
     """
     definition, index = claim.definition, claim.index
-    if (connection.vendor != "postgresql" or claim.began_at is None or index == 0 or report.skip_wait
+    if (connection.vendor != "postgresql" or claim.began_at is None or report.skip_wait
             or claim.step.wait_for_signal or definition.is_parallel(index)
             or definition.next_stage_start(index) is None):
         return False

@@ -253,9 +253,13 @@ def insert_rows(rows: list[models.Model]) -> None:
 
 
 _SUCCEED_STEP = """
-WITH saga AS (
+WITH first_step AS (
+    SELECT id FROM sagas_steprecord WHERE saga_id = %s AND index = 0
+    FOR KEY SHARE
+), saga AS (
     SELECT id FROM sagas_sagainstance
     WHERE id = %s AND status = %s AND sweeps = 0 AND due_at >= STATEMENT_TIMESTAMP() + %s
+      AND EXISTS (SELECT 1 FROM first_step)
     FOR KEY SHARE
 ), done AS (
     UPDATE sagas_steprecord
@@ -278,15 +282,17 @@ def succeed_step_if_running(*, saga_id, index: int, attempt: int, began_at, resu
 
     The step is at ``attempt``, ``running`` and its attempt began at
     ``began_at``; its saga is ``running``, counts no sweeps and is due no
-    sooner than ``due_after`` from now. The saga's row is locked in KEY SHARE
-    mode meanwhile, which waits for (and is waited for by) every transition
-    under the saga's lock; one that committed first is seen, and then
-    nothing is written. The step finishes and the events are dated on the
-    database's clock (``started`` at ``began_at``). True if it was recorded.
+    sooner than ``due_after`` from now. Meanwhile the rows a transition
+    under the saga's lock locks first, the first step's and the saga's, are
+    locked in KEY SHARE mode, in the same order: it waits for every such
+    transition, and one that committed first is seen (then nothing is
+    written), or they wait for it; never each for the other. The step
+    finishes and the events are dated on the database's clock (``started``
+    at ``began_at``). True if it was recorded.
     """
     connection = connections[DB]
     result_field, detail_field = StepRecord._meta.get_field("result"), SagaEvent._meta.get_field("detail")
-    params = [saga_id, running, due_after,
+    params = [saga_id, saga_id, running, due_after,
               succeeded, result_field.get_db_prep_save(result, connection),
               saga_id, index, running, attempt, began_at,
               started[0], detail_field.get_db_prep_save(started[1], connection), began_at,

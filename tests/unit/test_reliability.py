@@ -492,15 +492,17 @@ def test_a_transition_that_waited_for_the_saga_lock_sees_what_the_one_before_it_
 
 
 @pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite has one writer at a time and no row locks")
+@pytest.mark.parametrize("index", [0, 1], ids=["first step", "middle step"])
 def test_a_success_recorded_in_one_statement_waits_for_a_cancel_holding_the_lock_then_undoes_the_step(
-        transactional_db, sent):
+        transactional_db, sent, index):
     import threading
 
     from django.db import connections, transaction
 
     saga = start_saga(SAGA, input={})
-    execute_step(saga.id, 0)
-    claim = engine.claim_step(saga.id, 1, None)
+    if index:
+        execute_step(saga.id, 0)
+    claim = engine.claim_step(saga.id, index, None)
     outcome = {}
 
     real = engine.forward.sql.succeed_step_if_running
@@ -513,7 +515,7 @@ def test_a_success_recorded_in_one_statement_waits_for_a_cancel_holding_the_lock
 
         try:
             with mock.patch.object(engine.forward.sql, "succeed_step_if_running", one_statement):
-                outcome["b"] = engine.record_step(saga.id, 1, Report(claim.attempt, ok=True, result={"b": 1}), None,
+                outcome["b"] = engine.record_step(saga.id, index, Report(claim.attempt, ok=True, result={"b": 1}), None,
                                                   claim=claim)
         finally:
             connections.close_all()
@@ -523,17 +525,17 @@ def test_a_success_recorded_in_one_statement_waits_for_a_cancel_holding_the_lock
         reporting = threading.Thread(target=b_reports)
         reporting.start()
         reporting.join(timeout=1.0)
-        assert reporting.is_alive()  # the report waits for the lock
+        assert reporting.is_alive()  # the report waits for the lock (and the cancel never waits for it)
     reporting.join(timeout=30)
 
     # Once the cancel committed, the one statement found the saga compensating and wrote nothing; the
     # locked transition then recorded the success and, b being the attempt the cancel left at work, sent
     # the compensation of what ran.
-    b = StepRecord.objects.get(saga=saga, index=1)
+    b = StepRecord.objects.get(saga=saga, index=index)
     assert tried == [False]
     assert outcome["b"].decision is Decision.STOP
     assert (b.status, b.result) == (StepStatus.SUCCEEDED, {"b": 1})
-    assert ("compensate", saga.id, [1, 0]) in sent
+    assert ("compensate", saga.id, list(range(index, -1, -1))) in sent
     assert list(saga.events.filter(step=b).values_list("kind", flat=True)) == [
         EventKind.STEP_STARTED, EventKind.STEP_SUCCEEDED]
 
