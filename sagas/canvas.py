@@ -24,10 +24,12 @@ def hard_time_limit(step: Step, *, compensation: bool = False) -> float:
     return effective_timeout(step, compensation=compensation) + settings.SAGAS_HARD_TIMEOUT_GRACE
 
 
-def step_signature(saga_id, index: int, step: Step) -> Signature:
+def step_signature(saga_id, index: int, step: Step, definition: Saga | None = None) -> Signature:
+    """``definition``: named in the message too, so the claim need not read it first (it is checked there)."""
     from .tasks import run_step
 
-    return run_step.si(str(saga_id), index, retry=step.retry.as_dict()).set(
+    known = {"saga_type": definition.name, "version": definition.version} if definition is not None else {}
+    return run_step.si(str(saga_id), index, retry=step.retry.as_dict(), **known).set(
         soft_time_limit=effective_timeout(step), time_limit=hard_time_limit(step)
     )
 
@@ -55,10 +57,10 @@ def forward_chain(saga_id, definition: Saga, from_index: int = 0) -> Signature:
     signatures: list[Signature] = []
     for indices in definition.stages[stage:]:
         if definition.is_parallel(indices[0]):
-            members = [step_signature(saga_id, i, definition.step_at(i)) for i in indices if i >= from_index]
+            members = [step_signature(saga_id, i, definition.step_at(i), definition) for i in indices if i >= from_index]
             signatures.append(group(*members))
             break
-        signatures.append(step_signature(saga_id, indices[0], definition.step_at(indices[0])))
+        signatures.append(step_signature(saga_id, indices[0], definition.step_at(indices[0]), definition))
     return chain(*signatures).on_error(compensate_saga.si(str(saga_id)))
 
 
@@ -66,7 +68,7 @@ def steps_group(saga_id, definition: Saga, indices: list[int]) -> Signature:
     """run_step for each index at once, each with the error callback: members of a Parallel sent again."""
     from .tasks import compensate_saga
 
-    members = [step_signature(saga_id, i, definition.step_at(i)) for i in indices]
+    members = [step_signature(saga_id, i, definition.step_at(i), definition) for i in indices]
     return chain(group(*members)).on_error(compensate_saga.si(str(saga_id)))
 
 

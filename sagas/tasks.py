@@ -1,6 +1,8 @@
 """Celery tasks: thin wrappers that call the engine and turn its decision into Celery terms."""
 from __future__ import annotations
 
+from functools import partial
+
 from celery import shared_task
 from celery.signals import task_prerun, worker_process_init, worker_ready
 from django.db import connections
@@ -55,8 +57,9 @@ def _run(task, execute, failure: type[Exception], saga_id: str, index: int, retr
 @shared_task(bind=True, name="sagas.run_step", acks_late=True, reject_on_worker_lost=True, max_retries=None,
              throws=(StepFailed,))
 def run_step(self, saga_id: str, index: int, retry: dict | None = None, infra: int = 0,
-             report: dict | None = None) -> str:
-    return _run(self, engine.execute_step, StepFailed, saga_id, index, retry, infra, report)
+             report: dict | None = None, saga_type: str | None = None, version: int | None = None) -> str:
+    execute = partial(engine.execute_step, saga_type=saga_type, version=version)
+    return _run(self, execute, StepFailed, saga_id, index, retry, infra, report)
 
 
 @shared_task(bind=True, name="sagas.compensate_step", acks_late=True, reject_on_worker_lost=True, max_retries=None,

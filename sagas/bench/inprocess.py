@@ -1,7 +1,8 @@
 """What the engine costs per step, measured in this process: no broker, no worker, no network hop.
 
 A few sagas run through the engine's own functions, one message at a time,
-as the tasks would call them (``execute_step``, then ``execute_compensation``
+as the tasks would call them (``execute_step`` with what a step's message
+names, then ``execute_compensation``
 for each step in the chain the failed step's record sent), with the canvas's dispatch
 functions replaced by recorders. Every statement the database receives is
 counted (transaction control included: ``BEGIN``, ``COMMIT``, savepoints)
@@ -126,7 +127,7 @@ def _run_one(name: str, fail: bool, created: list) -> tuple[list[str], list[str]
         created.append(saga.id)
         with captured() as forward:
             for index in range(len(definition.steps)):
-                engine.execute_step(saga.id, index)
+                engine.execute_step(saga.id, index, **_as_named(name))
         with captured() as backward:
             # The failing step's record started the compensation and "sent" its chain.
             for _, indices in [message for message in sent if message[0] == "compensate"]:
@@ -137,6 +138,12 @@ def _run_one(name: str, fail: bool, created: list) -> tuple[list[str], list[str]
     if status != expected:
         raise RuntimeError(f"in-process benchmark saga {saga.id} ended {status}, not {expected} (sent {sent})")
     return start, forward, backward
+
+
+def _as_named(name: str) -> dict:
+    """What a step's message names besides its saga's id (see ``canvas.step_signature``), as its task passes it."""
+    definition = registry.get(name)
+    return {"saga_type": definition.name, "version": definition.version}
 
 
 def start_saga_for_bench(name: str, fail: bool, i: int = 0) -> SagaInstance:
@@ -175,14 +182,14 @@ def member_cost(members: int, *, repeats: int, created: list) -> MemberCost:
         created.append(saga.id)
         with captured() as counted:
             for index in range(members):
-                engine.execute_step(saga.id, index)
+                engine.execute_step(saga.id, index, **_as_named(name))
         times = []
         for _ in range(repeats):
             saga = start_saga_for_bench(name, False)
             created.append(saga.id)
             began = time.perf_counter()
             for index in range(members):
-                engine.execute_step(saga.id, index)
+                engine.execute_step(saga.id, index, **_as_named(name))
             times.append(time.perf_counter() - began)
     best = min(times)
     return MemberCost(members=members, ms_per_member=best / members * 1000,

@@ -567,14 +567,25 @@ def fail_record(saga: SagaInstance, record: StepRecord, error: str, *, blame: bo
 def make_claim(saga: SagaInstance, definition: Saga, index: int, attempt: int, *,
                compensated: StepRecord | None = None, signal_token: str | None = None) -> Claim:
     """What the claimed attempt runs with: for a compensation, ``compensated`` is the step's record."""
-    step = definition.step_at(index)
-    key = f"{saga.id}:{step.name}" + (":compensation" if compensated is not None else "")  # see StepContext.action_key
     earlier = {s.name for s in definition.steps[:definition.stage_indices(index)[0]]}
-    context = StepContext(
-        saga_id=saga.id,
-        saga_type=saga.saga_type,
-        input=saga.input,
+    return claim_of(
+        saga.id, definition, index, attempt, input=saga.input,
         results={k: v for k, v in results_of(saga.records).items() if k in earlier},
+        compensated=compensated, signal_token=signal_token,
+        began_at=None if compensated is not None else record_at(saga, index).attempt_started_at)
+
+
+def claim_of(saga_id: uuid.UUID, definition: Saga, index: int, attempt: int, *, input: dict, results: dict,
+             began_at: datetime | None, compensated: StepRecord | None = None,
+             signal_token: str | None = None) -> Claim:
+    """A claim from its parts: ``results``, the outputs of the earlier stages' steps."""
+    step = definition.step_at(index)
+    key = f"{saga_id}:{step.name}" + (":compensation" if compensated is not None else "")  # see StepContext.action_key
+    context = StepContext(
+        saga_id=saga_id,
+        saga_type=definition.name,
+        input=input,
+        results=results,
         step=step.name,
         attempt=attempt,
         idempotency_key=key,
@@ -582,8 +593,7 @@ def make_claim(saga: SagaInstance, definition: Saga, index: int, attempt: int, *
         is_compensation=compensated is not None,
         signal_token=signal_token,
     )
-    began_at = None if compensated is not None else record_at(saga, index).attempt_started_at
-    return Claim(saga.id, index, attempt, step, context, definition, began_at)
+    return Claim(saga_id, index, attempt, step, context, definition, began_at)
 
 
 def retry_is_due(record: StepRecord, now: datetime) -> bool:

@@ -300,3 +300,48 @@ def succeed_step_if_running(*, saga_id, index: int, attempt: int, began_at, resu
     with cursor() as cur:
         cur.execute(_SUCCEED_STEP, params)
         return cur.rowcount > 0
+
+
+_CLAIM_PENDING_STEP = """
+WITH saga AS (
+    SELECT input FROM sagas_sagainstance
+    WHERE id = %s AND status = %s AND saga_type = %s AND version = %s AND due_at >= STATEMENT_TIMESTAMP() + %s
+), claimed AS (
+    UPDATE sagas_steprecord AS step
+    SET status = %s, attempts = 1, started_at = STATEMENT_TIMESTAMP(), attempt_started_at = STATEMENT_TIMESTAMP(),
+        lease_expires_at = STATEMENT_TIMESTAMP() + %s, next_attempt_at = NULL, held_by = %s
+    WHERE step.saga_id = %s AND step.index = %s AND step.name = %s AND step.status = %s AND step.attempts = 0
+      AND EXISTS (SELECT 1 FROM saga)
+      AND NOT EXISTS (SELECT 1 FROM sagas_steprecord AS earlier
+                      WHERE earlier.saga_id = step.saga_id AND earlier.stage < step.stage
+                        AND (earlier.status <> %s OR earlier.name <> (%s::varchar[])[earlier.index + 1]))
+    RETURNING step.stage, step.attempt_started_at
+)
+SELECT claimed.attempt_started_at, saga.input,
+       (SELECT jsonb_object_agg(earlier.name, earlier.result) FROM sagas_steprecord AS earlier
+        WHERE earlier.saga_id = %s AND earlier.stage < claimed.stage AND NOT earlier.may_have_effects)
+FROM claimed, saga
+"""
+
+
+def claim_pending_step(*, saga_id, index: int, saga_type: str, version: int, names: list[str], lease, holder: str,
+                       due_after, pending: str, running: str, succeeded: str, saga_running: str):
+    """PostgreSQL: one statement that claims a pending step of a running saga, if all still hold.
+
+    The saga is ``saga_type`` v``version``, running and due no sooner than
+    ``due_after`` from now; the step (named ``names[index]``) is pending and
+    every step of the earlier stages succeeded (named as ``names`` says).
+    The step is then held by ``holder`` for ``lease`` on the database's
+    clock. The same conditional UPDATE as ``save_step_if_unchanged`` makes
+    after its read, with the read done by the statement itself: what the
+    attempt needs comes back with it. Returns (when the attempt began, the
+    saga's input as stored, the earlier steps' outputs as stored) or None.
+    """
+    params = [saga_id, saga_running, saga_type, version, due_after,
+              running, lease, holder,
+              saga_id, index, names[index], pending,
+              succeeded, names,
+              saga_id]
+    with cursor() as cur:
+        cur.execute(_CLAIM_PENDING_STEP, params)
+        return cur.fetchone()

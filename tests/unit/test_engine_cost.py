@@ -425,3 +425,41 @@ def test_with_prepared_statements_off_nothing_is_prepared(transactional_db, sent
     assert _prepared_here() == {}
     saga.refresh_from_db()
     assert saga.status == "succeeded"
+
+
+# --- PostgreSQL: a claim whose message names the saga's type and version is one statement ------------
+
+
+def _named():
+    definition = registry.get(SAGA)
+    return {"saga_type": definition.name, "version": definition.version}
+
+
+def test_a_middle_step_whose_message_names_its_saga_costs_two_statements_on_postgresql(running_saga):
+    with cost() as spent:
+        outcome = execute_step(running_saga.id, 1, **_named())
+
+    assert outcome.decision.value == "continue"
+    kinds = [s.split()[0] for s in spent["statements"]]
+    if connection.vendor == "postgresql":
+        assert kinds == ["WITH", "WITH"], "\n".join(spent["statements"])  # the claim, then the report
+        assert spent["transactions"] == 0
+    else:  # the message's names change nothing on SQLite
+        assert kinds == ["SELECT", "UPDATE", "SELECT", "UPDATE", "INSERT"]
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["one-statement", "read-then-update"])
+def test_either_claim_holds_the_step_alike_and_hands_the_action_the_same_context(running_saga, named):
+    from sagas.engine import claim_step
+    from sagas.models import StepRecord
+
+    claim = claim_step(running_saga.id, 1, None, definition=registry.get(SAGA) if named else None)
+
+    record = StepRecord.objects.get(saga=running_saga, index=1)
+    assert (claim.attempt, claim.index, claim.step.name) == (1, 1, "s1")
+    assert (claim.context.input, claim.context.results) == ({"i": 1}, {"s0": {"i": 1}})
+    assert (claim.context.saga_type, claim.context.idempotency_key) == (SAGA, f"{running_saga.id}:s1")
+    assert (record.status, record.attempts, record.next_attempt_at) == ("running", 1, None)
+    assert record.started_at == record.attempt_started_at == claim.began_at
+    assert record.held_by and record.lease_expires_at > record.attempt_started_at
+    assert not running_saga.events.filter(step=record).exists()

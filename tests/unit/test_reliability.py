@@ -634,3 +634,41 @@ def test_a_cancel_between_the_first_claims_read_and_its_updates_keeps_the_saga_f
     assert (saga.status, saga.started_at) == (SagaStatus.COMPENSATED, None)
     assert not saga.events.filter(kind=EventKind.SAGA_STARTED).exists()
     assert set(saga.steps.values_list("status", flat=True)) == {StepStatus.SKIPPED}
+
+
+# --- a claim in one statement (PostgreSQL, the message naming the saga) falls back when anything differs ----
+
+
+@pytest.mark.parametrize("case", ["cancelled", "other version", "earlier step not done", "step renamed"])
+def test_a_one_statement_claim_that_finds_anything_different_leaves_the_decision_to_the_other_claims(
+        db, sent, case):
+    definition = registry.get(SAGA)
+    saga = start_saga(SAGA, input={})
+    execute_step(saga.id, 0)
+    named = {"saga_type": definition.name, "version": definition.version}
+    if case == "cancelled":
+        cancel(saga, reason="stop")
+    elif case == "other version":
+        named["version"] = definition.version + 1  # no such version: claimed the usual way
+    elif case == "earlier step not done":
+        StepRecord.objects.filter(saga=saga, index=0).update(status=StepStatus.RUNNING)
+    else:
+        StepRecord.objects.filter(saga=saga, index=1).update(name="renamed")
+
+    if case == "step renamed":  # the usual claim then says what is wrong, as it did before
+        from sagas.errors import SagaDefinitionError
+
+        with pytest.raises(SagaDefinitionError):
+            execute_step(saga.id, 1, **named)
+        outcome = None
+    else:
+        outcome = execute_step(saga.id, 1, **named)
+
+    b = StepRecord.objects.get(saga=saga, index=1)
+    if case == "other version":
+        assert outcome.decision is Decision.CONTINUE and b.status == StepStatus.SUCCEEDED  # the usual claim
+    elif case == "step renamed":
+        assert b.status == StepStatus.PENDING and b.attempts == 0  # nothing claimed
+    else:
+        assert outcome.decision is not Decision.CONTINUE
+        assert (b.attempts, b.attempt_started_at) == (0, None)
