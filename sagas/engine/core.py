@@ -392,11 +392,14 @@ def _same_steps(definition: Saga, records: list[StepRecord], *, complete: bool) 
 # --- clocks: leases, liveness, deadlines ---------------------------------------------------
 
 
-def lease_until(saga: SagaInstance, step: Step, *, compensation: bool = False) -> datetime:
+def lease_length(step: Step, *, compensation: bool = False) -> timedelta:
     # Past the hard limit the pool has killed the attempt; one more grace for
     # the worker to report it.
-    seconds = hard_time_limit(step, compensation=compensation) + settings.SAGAS_HARD_TIMEOUT_GRACE
-    return saga.db_now + timedelta(seconds=seconds)
+    return timedelta(seconds=hard_time_limit(step, compensation=compensation) + settings.SAGAS_HARD_TIMEOUT_GRACE)
+
+
+def lease_until(saga: SagaInstance, step: Step, *, compensation: bool = False) -> datetime:
+    return saga.db_now + lease_length(step, compensation=compensation)
 
 
 def stall_deadline(saga: SagaInstance) -> datetime:
@@ -423,8 +426,13 @@ def keep_due(saga: SagaInstance) -> None:
     its last transition. (A step running longer makes the sweeper look once,
     find its attempt live, and set the saga due at the attempt's lease.)
     """
-    if saga.due_at is None or saga.due_at < saga.db_now + timedelta(seconds=settings.SAGAS_STALL_AFTER / 2):
+    if saga.due_at is None or saga.due_at < saga.db_now + due_margin():
         saga.due_at = stall_deadline(saga)
+
+
+def due_margin() -> timedelta:
+    """How far from due ``keep_due`` keeps a saga: one due sooner has its ``due_at`` moved."""
+    return timedelta(seconds=settings.SAGAS_STALL_AFTER / 2)
 
 
 def begin_attempt(saga: SagaInstance, record: StepRecord, lease: datetime) -> None:

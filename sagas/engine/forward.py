@@ -28,7 +28,6 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from .. import liveness
-from ..canvas import hard_time_limit
 from ..definitions import Retry, Saga, registry
 from ..errors import PermanentError, SagaDefinitionError, UnknownSagaType
 from ..models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
@@ -44,10 +43,12 @@ from .core import (
     dead_holders,
     definition_of,
     dispatch_forward,
+    due_margin,
     event,
     fail_record,
     in_flight,
     keep_due,
+    lease_length,
     lease_until,
     locked_saga,
     log_attempt_start,
@@ -177,18 +178,17 @@ def _claim_in_one_statement(saga_id, index: int, definition: Saga | None) -> Cla
     if (definition is None or connection.vendor != "postgresql" or not 0 <= index < len(definition.steps)
             or definition.step_at(index).wait_for_signal):
         return None
-    step = definition.step_at(index)
+    saga_id = uuid.UUID(str(saga_id))
     found = sql.claim_pending_step(
-        saga_id=uuid.UUID(str(saga_id)), index=index, saga_type=definition.name, version=definition.version,
+        saga_id=saga_id, index=index, saga_type=definition.name, version=definition.version,
         names=[s.name for s in definition.steps], holder=liveness.identity(),
-        lease=timedelta(seconds=hard_time_limit(step) + settings.SAGAS_HARD_TIMEOUT_GRACE),
-        due_after=timedelta(seconds=settings.SAGAS_STALL_AFTER / 2),
+        lease=lease_length(definition.step_at(index)), due_after=due_margin(),
         pending=StepStatus.PENDING, running=StepStatus.RUNNING, succeeded=StepStatus.SUCCEEDED,
         saga_running=SagaStatus.RUNNING)
     if found is None:
         return None
     began_at, stored_input, stored_results = found
-    return claim_of(uuid.UUID(str(saga_id)), definition, index, 1, began_at=began_at,
+    return claim_of(saga_id, definition, index, 1, began_at=began_at,
                     input=json.loads(stored_input), results=json.loads(stored_results or "{}"))
 
 
@@ -338,8 +338,7 @@ def _succeed_unlocked(claim: Claim, report: Report) -> bool:
         return False
     return sql.succeed_step_if_running(
         saga_id=claim.saga_id, index=index, attempt=report.attempt, began_at=claim.began_at, result=report.result,
-        running=StepStatus.RUNNING, succeeded=StepStatus.SUCCEEDED,
-        due_after=timedelta(seconds=settings.SAGAS_STALL_AFTER / 2),
+        running=StepStatus.RUNNING, succeeded=StepStatus.SUCCEEDED, due_after=due_margin(),
         started=(EventKind.STEP_STARTED, started_detail(report.attempt)),
         ended=(EventKind.STEP_SUCCEEDED,
                moved_detail(StepStatus.RUNNING, StepStatus.SUCCEEDED, attempt=report.attempt)))
