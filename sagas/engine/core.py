@@ -404,7 +404,12 @@ def lease_until(saga: SagaInstance, step: Step, *, compensation: bool = False) -
 
 def stall_deadline(saga: SagaInstance) -> datetime:
     """When the sweeper should look, if no message moves the saga before."""
-    return saga.db_now + timedelta(seconds=settings.SAGAS_STALL_AFTER)
+    return saga.db_now + stall_length()
+
+
+def stall_length() -> timedelta:
+    """How long after its last transition a saga that stopped moving is due (``stall_deadline``)."""
+    return timedelta(seconds=settings.SAGAS_STALL_AFTER)
 
 
 def dead_holders(records: list[StepRecord], now: datetime) -> set[str]:

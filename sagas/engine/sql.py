@@ -345,3 +345,125 @@ def claim_pending_step(*, saga_id, index: int, saga_type: str, version: int, nam
     with cursor() as cur:
         cur.execute(_CLAIM_PENDING_STEP, params)
         return cur.fetchone()
+
+
+_CLAIM_FIRST_STEP = """
+WITH first_step AS (
+    SELECT id FROM sagas_steprecord
+    WHERE saga_id = %s AND index = 0 AND name = %s AND status = %s AND attempts = 0
+    FOR UPDATE
+), started AS (
+    UPDATE sagas_sagainstance
+    SET status = %s, started_at = COALESCE(started_at, STATEMENT_TIMESTAMP()), updated_at = STATEMENT_TIMESTAMP(),
+        sweeps = 0, due_at = CASE WHEN due_at IS NULL OR due_at < STATEMENT_TIMESTAMP() + %s
+                                  THEN STATEMENT_TIMESTAMP() + %s ELSE due_at END
+    WHERE id = %s AND status = %s AND saga_type = %s AND version = %s AND EXISTS (SELECT 1 FROM first_step)
+    RETURNING id, input
+), claimed AS (
+    UPDATE sagas_steprecord
+    SET status = %s, attempts = 1, started_at = STATEMENT_TIMESTAMP(), attempt_started_at = STATEMENT_TIMESTAMP(),
+        lease_expires_at = STATEMENT_TIMESTAMP() + %s, next_attempt_at = NULL, held_by = %s
+    WHERE id IN (SELECT id FROM first_step) AND EXISTS (SELECT 1 FROM started)
+    RETURNING attempt_started_at
+), logged AS (
+    INSERT INTO sagas_sagaevent (saga_id, step_id, kind, detail, created_at)
+    SELECT started.id, NULL, %s, %s::jsonb, STATEMENT_TIMESTAMP() FROM started
+)
+SELECT claimed.attempt_started_at, started.input FROM claimed, started
+"""
+
+
+def claim_first_step(*, saga_id, saga_type: str, version: int, name: str, lease, holder: str, stall_after,
+                     due_after, pending: str, running: str, saga_pending: str, saga_running: str,
+                     saga_started: tuple[str, dict]):
+    """PostgreSQL: one statement that claims the first step of a saga not yet started, and starts the saga.
+
+    The first step (named ``name``) is locked, if still pending and never
+    attempted, before the saga's row, the order every transition under the
+    saga's lock takes them; then the saga, if still ``saga_pending`` and of
+    ``saga_type`` v``version``, moves to ``saga_running`` (its event
+    ``saga_started`` written, ``due_at`` moved ``stall_after`` away if
+    closer than ``due_after``), and only then is the step held by
+    ``holder`` for ``lease``. A saga started by another delivery meanwhile
+    is left to the other claims: nothing is written. Returns (when the
+    attempt began, the saga's input as stored) or None.
+    """
+    detail_field = SagaEvent._meta.get_field("detail")
+    connection = connections[DB]
+    params = [saga_id, name, pending,
+              saga_running, due_after, stall_after,
+              saga_id, saga_pending, saga_type, version,
+              running, lease, holder,
+              saga_started[0], detail_field.get_db_prep_save(saga_started[1], connection)]
+    with cursor() as cur:
+        cur.execute(_CLAIM_FIRST_STEP, params)
+        return cur.fetchone()
+
+
+_SUCCEED_LAST_STEP = """
+WITH first_step AS (
+    SELECT id FROM sagas_steprecord WHERE saga_id = %s AND index = 0
+    FOR KEY SHARE
+), saga AS (
+    SELECT id FROM sagas_sagainstance
+    WHERE id = %s AND status = %s AND EXISTS (SELECT 1 FROM first_step)
+    FOR NO KEY UPDATE
+), done AS (
+    UPDATE sagas_steprecord
+    SET status = %s, result = %s, error = '', finished_at = STATEMENT_TIMESTAMP(),
+        lease_expires_at = NULL, next_attempt_at = NULL, held_by = NULL, attempt_started_at = NULL
+    WHERE saga_id = %s AND index = %s AND status = %s AND attempts = %s AND attempt_started_at = %s
+      AND EXISTS (SELECT 1 FROM saga)
+      AND NOT EXISTS (SELECT 1 FROM sagas_steprecord AS other
+                      WHERE other.saga_id = %s AND other.index <> %s AND other.status <> %s)
+    RETURNING saga_id, id, name, result, may_have_effects
+), finished AS (
+    UPDATE sagas_sagainstance AS finished
+    SET status = %s, finished_at = STATEMENT_TIMESTAMP(), updated_at = STATEMENT_TIMESTAMP(), due_at = NULL,
+        sweeps = 0,
+        results = COALESCE((SELECT jsonb_object_agg(other.name, other.result) FROM sagas_steprecord AS other
+                            WHERE other.saga_id = done.saga_id AND other.index <> %s
+                              AND NOT other.may_have_effects), '{}'::jsonb)
+                  || CASE WHEN done.may_have_effects THEN '{}'::jsonb ELSE jsonb_build_object(done.name, done.result) END
+    FROM done WHERE finished.id = done.saga_id
+)
+INSERT INTO sagas_sagaevent (saga_id, step_id, kind, detail, created_at)
+SELECT done.saga_id, CASE WHEN event.on_step THEN done.id END, event.kind, event.detail,
+       COALESCE(event.at, STATEMENT_TIMESTAMP())
+FROM done CROSS JOIN (VALUES (%s::varchar, %s::jsonb, %s::timestamptz, TRUE),
+                             (%s::varchar, %s::jsonb, NULL::timestamptz, TRUE),
+                             (%s::varchar, %s::jsonb, NULL::timestamptz, FALSE))
+    AS event (kind, detail, at, on_step)
+"""
+
+
+def succeed_last_step_if_running(*, saga_id, index: int, attempt: int, began_at, result: Any, running: str,
+                                 succeeded: str, saga_running: str, saga_succeeded: str,
+                                 started: tuple[str, dict], ended: tuple[str, dict],
+                                 saga_ended: tuple[str, dict]) -> bool:
+    """PostgreSQL: one statement that records the success of a saga's last step and the saga's, if all still hold.
+
+    As ``succeed_step_if_running`` for the step (this attempt's, still
+    ``running``), with every other step ``succeeded``; the saga's row,
+    locked after the first step's as every transition takes them, must be
+    ``saga_running``, and moves to ``saga_succeeded`` with its results (the
+    outputs of its steps, as ``results_of`` gathers them) and its event.
+    True if it was recorded.
+    """
+    connection = connections[DB]
+    result_field, detail_field = StepRecord._meta.get_field("result"), SagaEvent._meta.get_field("detail")
+
+    def detail(value):
+        return detail_field.get_db_prep_save(value, connection)
+
+    params = [saga_id, saga_id, saga_running,
+              succeeded, result_field.get_db_prep_save(result, connection),
+              saga_id, index, running, attempt, began_at,
+              saga_id, index, succeeded,
+              saga_succeeded, index,
+              started[0], detail(started[1]), began_at,
+              ended[0], detail(ended[1]),
+              saga_ended[0], detail(saga_ended[1])]
+    with cursor() as cur:
+        cur.execute(_SUCCEED_LAST_STEP, params)
+        return cur.rowcount > 0

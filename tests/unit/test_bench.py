@@ -1,5 +1,6 @@
 """The benchmark's sagas and its in-process counts (no broker, no worker). No time is asserted."""
 import pytest
+from django.db import connection
 
 from sagas import registry
 from sagas.bench import inprocess
@@ -34,7 +35,9 @@ def test_statements_are_counted_with_transaction_control(transactional_db, fail,
     counts = inprocess.count_statements(steps=2, parallel=None, fail=fail, sagas=1, created=created)
 
     assert counts.steps == 2 and counts.sagas == 1
-    assert counts.by_kind["BEGIN"] == counts.by_kind["COMMIT"] == counts.transactions > 0
+    assert counts.by_kind.get("BEGIN", 0) == counts.by_kind.get("COMMIT", 0) == counts.transactions
+    if fail or connection.vendor != "postgresql":  # on PostgreSQL a succeeding saga's steps open no transaction
+        assert counts.transactions > 0
     assert counts.per_step == (counts.forward + counts.compensation) / 2
     assert (counts.compensation > 0) == bool(expected)
     assert SagaInstance.objects.filter(pk__in=created).count() == 2  # one not counted, one counted

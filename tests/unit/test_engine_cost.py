@@ -12,6 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from sagas import PermanentError, Saga, Step, registry
 from sagas.engine import execute_compensation, execute_step, start_saga
+from sagas.models import SagaInstance
 
 SAGA = "tests.cost_plain"
 CONTROL = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK")
@@ -463,3 +464,88 @@ def test_either_claim_holds_the_step_alike_and_hands_the_action_the_same_context
     assert record.started_at == record.attempt_started_at == claim.began_at
     assert record.held_by and record.lease_expires_at > record.attempt_started_at
     assert not running_saga.events.filter(step=record).exists()
+
+
+# The first step's claim starts the saga too (its row, its event, the step's row); the last step's report
+# ends it (the step's row, the saga's, three events). Elsewhere: as any step, plus the saga's row.
+ELSEWHERE = {0: ["SELECT", "UPDATE", "INSERT", "UPDATE", "SELECT", "UPDATE", "INSERT"],
+             2: ["SELECT", "UPDATE", "SELECT", "UPDATE", "INSERT", "UPDATE"]}
+
+
+@pytest.mark.parametrize("index", [0, 2], ids=["first step", "last step"])
+def test_the_steps_that_start_and_end_the_saga_cost_two_statements_on_postgresql(transactional_db, sent, index):
+    saga = start_saga(SAGA, input={"i": 1})
+    for earlier in range(index):
+        execute_step(saga.id, earlier, **_named())
+
+    with cost() as spent:
+        outcome = execute_step(saga.id, index, **_named())
+
+    assert outcome.decision.value == "continue"
+    kinds = [s.split()[0] for s in spent["statements"]]
+    if connection.vendor == "postgresql":
+        assert kinds == ["WITH", "WITH"], "\n".join(spent["statements"])  # the claim, then the report
+        assert spent["transactions"] == 0
+    else:
+        assert kinds == ELSEWHERE[index], kinds
+        assert spent["transactions"] == 1
+    assert SagaInstance.objects.get(pk=saga.pk).status == ("running" if index == 0 else "succeeded")
+
+
+_SAGA_FIELDS = ("status", "started_at", "finished_at", "updated_at", "due_at", "sweeps", "results", "error")
+
+
+def _saga_row(saga):
+    return SagaInstance.objects.values(*_SAGA_FIELDS).get(pk=saga.pk)
+
+
+@pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement", "read-then-update"])
+def test_the_first_claim_starts_the_saga_alike_either_way(transactional_db, sent, one_statement):
+    from sagas.engine import claim_step
+    from sagas.models import StepRecord
+
+    saga = start_saga(SAGA, input={"i": 1})
+    due_at = _saga_row(saga)["due_at"]
+
+    claim = claim_step(saga.id, 0, None, definition=registry.get(SAGA) if one_statement else None)
+
+    row = _saga_row(saga)
+    record = StepRecord.objects.get(saga=saga, index=0)
+    assert (claim.attempt, claim.index, claim.context.input, claim.context.results) == (1, 0, {"i": 1}, {})
+    assert (row["status"], row["finished_at"], row["sweeps"], row["results"], row["error"]) == (
+        "running", None, 0, {}, "")
+    assert row["started_at"] == row["updated_at"] == record.started_at == record.attempt_started_at == claim.began_at
+    assert row["due_at"] == due_at  # far enough off: not moved
+    assert (record.status, record.attempts, record.next_attempt_at) == ("running", 1, None)
+    assert record.held_by and record.lease_expires_at > record.attempt_started_at
+    started = saga.events.get(kind="saga_started")
+    assert (started.step, started.detail, started.created_at) == (
+        None, {"from": "pending", "to": "running"}, row["started_at"])
+    assert not saga.events.filter(step=record).exists()
+
+
+@pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement", "locked"])
+def test_the_last_steps_success_ends_the_saga_alike_either_way(running_saga, one_statement, monkeypatch):
+    from sagas.engine import forward
+    from sagas.models import StepRecord
+
+    execute_step(running_saga.id, 1)
+    if not one_statement:
+        monkeypatch.setattr(forward, "_succeed_unlocked", lambda claim, report: False)
+
+    outcome = execute_step(running_saga.id, 2, **_named())
+
+    assert outcome.decision.value == "continue"
+    row = _saga_row(running_saga)
+    record = StepRecord.objects.get(saga=running_saga, index=2)
+    assert (row["status"], row["due_at"], row["sweeps"], row["error"]) == ("succeeded", None, 0, "")
+    assert row["results"] == {"s0": {"i": 1}, "s1": {"i": 1}, "s2": {"i": 1}}
+    assert row["finished_at"] == row["updated_at"] == record.finished_at
+    assert (record.status, record.result, record.held_by, record.lease_expires_at, record.attempt_started_at) == (
+        "succeeded", {"i": 1}, None, None, None)
+    started, succeeded, ended = running_saga.events.order_by("id")[len(running_saga.events.all()) - 3:]
+    assert [(e.kind, e.step_id) for e in (started, succeeded, ended)] == [
+        ("step_started", record.pk), ("step_succeeded", record.pk), ("saga_succeeded", None)]
+    assert started.created_at == record.started_at
+    assert succeeded.created_at == ended.created_at == row["finished_at"]
+    assert ended.detail == {"from": "running", "to": "succeeded"}

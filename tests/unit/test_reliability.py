@@ -492,7 +492,7 @@ def test_a_transition_that_waited_for_the_saga_lock_sees_what_the_one_before_it_
 
 
 @pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite has one writer at a time and no row locks")
-@pytest.mark.parametrize("index", [0, 1], ids=["first step", "middle step"])
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["first step", "middle step", "last step"])
 def test_a_success_recorded_in_one_statement_waits_for_a_cancel_holding_the_lock_then_undoes_the_step(
         transactional_db, sent, index):
     import threading
@@ -500,12 +500,14 @@ def test_a_success_recorded_in_one_statement_waits_for_a_cancel_holding_the_lock
     from django.db import connections, transaction
 
     saga = start_saga(SAGA, input={})
-    if index:
-        execute_step(saga.id, 0)
+    for earlier in range(index):
+        execute_step(saga.id, earlier)
     claim = engine.claim_step(saga.id, index, None)
     outcome = {}
 
-    real = engine.forward.sql.succeed_step_if_running
+    # The last step's success also ends the saga: a statement of its own.
+    statement = "succeed_last_step_if_running" if index == 2 else "succeed_step_if_running"
+    real = getattr(engine.forward.sql, statement)
     tried = []
 
     def b_reports():  # as execute_step records its own attempt: the one-statement way first
@@ -514,7 +516,7 @@ def test_a_success_recorded_in_one_statement_waits_for_a_cancel_holding_the_lock
             return tried[-1]
 
         try:
-            with mock.patch.object(engine.forward.sql, "succeed_step_if_running", one_statement):
+            with mock.patch.object(engine.forward.sql, statement, one_statement):
                 outcome["b"] = engine.record_step(saga.id, index, Report(claim.attempt, ok=True, result={"b": 1}), None,
                                                   claim=claim)
         finally:
@@ -672,3 +674,132 @@ def test_a_one_statement_claim_that_finds_anything_different_leaves_the_decision
     else:
         assert outcome.decision is not Decision.CONTINUE
         assert (b.attempts, b.attempt_started_at) == (0, None)
+
+
+# --- PostgreSQL: the first claim of a saga, which also starts it, in one statement ---------------------
+
+
+def _first_claim_tried():
+    """Patches the one-statement first claim to note what it returned; yields that list."""
+    real = engine.forward.sql.claim_first_step
+    tried = []
+
+    def noting(**values):
+        tried.append(real(**values))
+        return tried[-1]
+
+    return tried, mock.patch.object(engine.forward.sql, "claim_first_step", noting)
+
+
+@pytest.mark.parametrize("case", ["cancelled", "other version", "started by another delivery", "step renamed"])
+def test_a_one_statement_first_claim_that_finds_anything_different_writes_nothing_and_leaves_it_to_the_others(
+        db, sent, case):
+    definition = registry.get(SAGA)
+    saga = start_saga(SAGA, input={})
+    named = {"saga_type": definition.name, "version": definition.version}
+    if case == "cancelled":
+        cancel(saga, reason="stop")
+    elif case == "other version":
+        named["version"] = definition.version + 1
+    elif case == "started by another delivery":
+        engine.claim_step(saga.id, 0, None)
+    else:
+        StepRecord.objects.filter(saga=saga, index=0).update(name="renamed")
+    before = SagaInstance.objects.values("status", "started_at", "updated_at", "due_at").get(pk=saga.pk)
+    events_before = saga.events.count()
+    tried, patched = _first_claim_tried()
+
+    with patched:
+        if case == "step renamed":  # the usual claim then says what is wrong
+            from sagas.errors import SagaDefinitionError
+
+            with pytest.raises(SagaDefinitionError):
+                engine.claim_step(saga.id, 0, None, definition=definition)
+            claim = None
+        else:
+            claim = engine.claim_step(saga.id, 0, None,
+                                      definition=engine.forward._named(named["saga_type"], named["version"]))
+
+    a = StepRecord.objects.get(saga=saga, index=0)
+    if case == "other version":  # not tried at all: claimed the usual way
+        assert tried == [] and isinstance(claim, engine.Claim) and a.status == StepStatus.RUNNING
+        return
+    if connection.vendor == "postgresql":
+        assert tried == [None]
+    assert SagaInstance.objects.values("status", "started_at", "updated_at", "due_at").get(pk=saga.pk) == before
+    assert saga.events.count() == events_before
+    if case == "started by another delivery":
+        assert claim.reason == "another attempt holds the step" and a.attempts == 1
+    elif case == "cancelled":
+        assert claim.decision is Decision.STOP and (a.status, a.attempts) == (StepStatus.SKIPPED, 0)
+    else:
+        assert (a.status, a.attempts) == (StepStatus.PENDING, 0)
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite has one writer at a time and no row locks")
+def test_a_one_statement_first_claim_waits_for_a_cancel_holding_the_lock_and_then_starts_nothing(
+        transactional_db, sent):
+    import threading
+
+    from django.db import connections, transaction
+
+    definition = registry.get(SAGA)
+    saga = start_saga(SAGA, input={})
+    outcome = {}
+    tried, patched = _first_claim_tried()
+
+    def a_claims():
+        try:
+            with patched:
+                outcome["a"] = engine.claim_step(saga.id, 0, None, definition=definition)
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():  # a cancel, holding the saga's lock while a's message arrives
+        cancel(saga, reason="stop")
+        claiming = threading.Thread(target=a_claims)
+        claiming.start()
+        claiming.join(timeout=1.0)
+        assert claiming.is_alive()  # the claim waits for the first step's row lock
+    claiming.join(timeout=30)
+
+    saga.refresh_from_db()
+    assert tried == [None]
+    assert isinstance(outcome["a"], engine.Outcome) and outcome["a"].decision is Decision.STOP
+    assert (saga.status, saga.started_at) == (SagaStatus.COMPENSATED, None)
+    assert not saga.events.filter(kind=EventKind.SAGA_STARTED).exists()
+    assert StepRecord.objects.get(saga=saga, index=0).status == StepStatus.SKIPPED
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite has one writer at a time and no row locks")
+def test_a_cancel_arriving_while_the_one_statement_first_claim_runs_waits_for_it_and_undoes_the_step(
+        transactional_db, sent):
+    """The other order: the claim holds the first step's row, the cancel waits, then sees the saga running."""
+    import threading
+
+    from django.db import connections, transaction
+
+    definition = registry.get(SAGA)
+    saga = start_saga(SAGA, input={})
+    done = {}
+
+    def cancels():
+        try:
+            done["cancel"] = cancel(saga, reason="stop")
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():  # the claim's statement, kept open: its locks held until commit
+        claim = engine.claim_step(saga.id, 0, None, definition=definition)
+        cancelling = threading.Thread(target=cancels)
+        cancelling.start()
+        cancelling.join(timeout=1.0)
+        assert cancelling.is_alive()  # the cancel waits for the claim's locks
+    cancelling.join(timeout=30)
+
+    saga.refresh_from_db()
+    a = StepRecord.objects.get(saga=saga, index=0)
+    assert isinstance(claim, engine.Claim) and claim.began_at == a.attempt_started_at
+    assert saga.status == SagaStatus.COMPENSATING  # a's attempt is at work: it is undone when it reports
+    assert (a.status, a.attempts) == (StepStatus.RUNNING, 1)
+    assert kinds(saga)[:2] == [EventKind.SAGA_CREATED, EventKind.SAGA_STARTED]
