@@ -34,10 +34,12 @@ def step_signature(saga_id, index: int, step: Step, definition: Saga | None = No
     )
 
 
-def compensation_signature(saga_id, index: int, step: Step) -> Signature:
+def compensation_signature(saga_id, index: int, step: Step, definition: Saga | None = None) -> Signature:
+    """``definition``: named in the message too, as for a step (``step_signature``)."""
     from .tasks import compensate_step
 
-    return compensate_step.si(str(saga_id), index, retry=step.compensation_retry.as_dict()).set(
+    known = {"saga_type": definition.name, "version": definition.version} if definition is not None else {}
+    return compensate_step.si(str(saga_id), index, retry=step.compensation_retry.as_dict(), **known).set(
         soft_time_limit=effective_timeout(step, compensation=True),
         time_limit=hard_time_limit(step, compensation=True),
     )
@@ -74,7 +76,7 @@ def steps_group(saga_id, definition: Saga, indices: list[int]) -> Signature:
 
 def compensation_chain(saga_id, definition: Saga, indices: list[int]) -> Signature:
     """compensate_step for each index, in the order given (latest step first)."""
-    return chain(*[compensation_signature(saga_id, i, definition.step_at(i)) for i in indices])
+    return chain(*[compensation_signature(saga_id, i, definition.step_at(i), definition) for i in indices])
 
 
 def _definition_for(saga_id) -> Saga:

@@ -65,8 +65,9 @@ def run_step(self, saga_id: str, index: int, retry: dict | None = None, infra: i
 @shared_task(bind=True, name="sagas.compensate_step", acks_late=True, reject_on_worker_lost=True, max_retries=None,
              throws=(CompensationFailed,))
 def compensate_step(self, saga_id: str, index: int, retry: dict | None = None, infra: int = 0,
-                    report: dict | None = None) -> str:
-    return _run(self, engine.execute_compensation, CompensationFailed, saga_id, index, retry, infra, report)
+                    report: dict | None = None, saga_type: str | None = None, version: int | None = None) -> str:
+    execute = partial(engine.execute_compensation, saga_type=saga_type, version=version)
+    return _run(self, execute, CompensationFailed, saga_id, index, retry, infra, report)
 
 
 # One argument only (bind=True does not count): Celery then sends the error

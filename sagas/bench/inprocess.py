@@ -132,7 +132,7 @@ def _run_one(name: str, fail: bool, created: list) -> tuple[list[str], list[str]
             # The failing step's record started the compensation and "sent" its chain.
             for _, indices in [message for message in sent if message[0] == "compensate"]:
                 for index in indices:
-                    engine.execute_compensation(saga.id, index)
+                    engine.execute_compensation(saga.id, index, **_as_named(name))
     expected = "compensated" if fail else "succeeded"
     status = SagaInstance.objects.values_list("status", flat=True).get(pk=saga.id)
     if status != expected:
@@ -141,7 +141,8 @@ def _run_one(name: str, fail: bool, created: list) -> tuple[list[str], list[str]
 
 
 def _as_named(name: str) -> dict:
-    """What a step's message names besides its saga's id (see ``canvas.step_signature``), as its task passes it."""
+    """What a step's or a compensation's message names besides its saga's id (see ``canvas.step_signature``),
+    as its task passes it."""
     definition = registry.get(name)
     return {"saga_type": definition.name, "version": definition.version}
 

@@ -7,38 +7,49 @@ sends the chain. Nothing polls while it runs.
 """
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Q
 
-from ..definitions import Retry
-from ..models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
+from .. import liveness
+from ..definitions import Retry, Saga
+from ..models import FORWARD_DONE_STATUSES, EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
+from . import sql
 from .core import (
     Claim,
     Decision,
     Outcome,
     Report,
+    claim_of,
     dead_holders,
     definition_of,
     dispatch_compensation,
+    due_margin,
     end_wait,
     event,
     fail_record,
     hold,
     in_flight,
     keep_due,
+    lease_length,
     lease_until,
     locked_saga,
     log_attempt_start,
     make_claim,
     move_saga,
     move_step,
+    moved_detail,
+    named_definition,
     record_at,
     release,
-    save_step,
     retry_is_due,
+    save_step,
     stall_deadline,
     steps_of,
 )
@@ -168,11 +179,17 @@ def begin_compensation(saga_id, reason: str = "") -> list[int] | None:
 # --- one attempt of one compensation ------------------------------------------------------
 
 
-def execute_compensation(saga_id, index: int, policy: Retry | None = None, report: dict | None = None) -> Outcome:
-    """Run one attempt of the compensation of step ``index`` and record it (or record a carried report)."""
+def execute_compensation(saga_id, index: int, policy: Retry | None = None, report: dict | None = None, *,
+                         saga_type: str | None = None, version: int | None = None) -> Outcome:
+    """Run one attempt of the compensation of step ``index`` and record it (or record a carried report).
+
+    ``saga_type`` and ``version``: the saga's, as its message names them
+    (checked against the stored saga), as for a forward step.
+    """
     if report is not None:
         return record_compensation(saga_id, index, Report(**report), policy)
-    claim = _claim_compensation(saga_id, index, policy)
+    claim = (_claim_in_one_statement(saga_id, index, named_definition(saga_type, version))
+             or _claim_compensation(saga_id, index, policy))
     if isinstance(claim, Outcome):
         return claim
     try:
@@ -184,7 +201,59 @@ def execute_compensation(saga_id, index: int, policy: Retry | None = None, repor
         outcome = Report(claim.attempt, ok=False, error=error, timeout=timed_out)
     else:
         outcome = Report(claim.attempt, ok=True)
-    return record_or_pending(record_compensation, claim, outcome, policy)
+    return record_or_pending(partial(record_compensation, claim=claim), claim, outcome, policy)
+
+
+# The statuses the one-statement claim and record check, as ``to_undo`` and ``results_of`` read them.
+_STATUSES = {"running": StepStatus.RUNNING, "failed": StepStatus.FAILED, "undo_pending": list(UNDO_PENDING),
+             "forward_done": list(FORWARD_DONE_STATUSES), "saga_compensating": SagaStatus.COMPENSATING}
+
+
+def _claim_in_one_statement(saga_id, index: int, definition: Saga | None) -> Claim | None:
+    """On PostgreSQL, with the definition known beforehand: the first attempt of a plain step's compensation,
+    claimed in one statement (``sql.claim_compensation``) in place of a locked read, two writes and a commit.
+
+    For a step that succeeded, of a compensating saga with nothing of a
+    later stage at work or left to undo: the commonest claim of a
+    compensation chain. None otherwise, or when anything differs: the
+    locked claim decides. (A ``Parallel`` member's is always locked.)
+    """
+    if (definition is None or connection.vendor != "postgresql" or not 0 <= index < len(definition.steps)
+            or definition.is_parallel(index)):
+        return None
+    saga_id = uuid.UUID(str(saga_id))
+    step = definition.step_at(index)
+    found = sql.claim_compensation(
+        saga_id=saga_id, index=index, saga_type=definition.name, version=definition.version,
+        names=[s.name for s in definition.steps], lease=lease_length(step, compensation=True),
+        holder=liveness.identity(), due_after=due_margin(), compensating=StepStatus.COMPENSATING,
+        succeeded=StepStatus.SUCCEEDED, **_STATUSES,
+        started=(EventKind.COMPENSATION_STARTED, moved_detail(StepStatus.SUCCEEDED, StepStatus.COMPENSATING, attempt=1)))
+    if found is None:
+        return None
+    stored_input, stored_output, stored_results = found
+    return claim_of(saga_id, definition, index, 1, began_at=None, input=json.loads(stored_input),
+                    results=json.loads(stored_results or "{}"), compensation=True,
+                    output=None if stored_output is None else json.loads(stored_output))
+
+
+def _compensated_unlocked(claim: Claim, report: Report) -> bool:
+    """On PostgreSQL, a plain step's compensation that succeeded, recorded in one statement
+    (``sql.compensated_if_compensating``), with the saga's end when it was the last thing to undo.
+
+    False when it does not apply (a ``Parallel`` member: its siblings may
+    finish at the same moment, and only the saga's lock tells which is
+    last) or a condition no longer holds: recorded under the lock then.
+    """
+    if connection.vendor != "postgresql" or claim.definition.is_parallel(claim.index):
+        return False
+    return sql.compensated_if_compensating(
+        saga_id=claim.saga_id, index=claim.index, attempt=report.attempt, due_after=due_margin(),
+        compensating=StepStatus.COMPENSATING, compensated=StepStatus.COMPENSATED, **_STATUSES,
+        saga_compensated=SagaStatus.COMPENSATED,
+        ended=(EventKind.STEP_COMPENSATED,
+               moved_detail(StepStatus.COMPENSATING, StepStatus.COMPENSATED, attempt=report.attempt)),
+        saga_ended=(EventKind.SAGA_COMPENSATED, moved_detail(SagaStatus.COMPENSATING, SagaStatus.COMPENSATED)))
 
 
 def _claim_compensation(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
@@ -243,8 +312,11 @@ def fail_compensation(saga: SagaInstance, record: StepRecord, error: str) -> Non
     move_saga(saga, SagaStatus.FAILED, EventKind.SAGA_FAILED, reason=saga.error)
 
 
-def record_compensation(saga_id, index: int, report: Report, policy: Retry | None) -> Outcome:
-    """Record how one compensation attempt ended."""
+def record_compensation(saga_id, index: int, report: Report, policy: Retry | None, *,
+                        claim: Claim | None = None) -> Outcome:
+    """Record how one compensation attempt ended (``claim``: the attempt's own, when the process that ran it records it)."""
+    if claim is not None and report.ok and _compensated_unlocked(claim, report):
+        return Outcome(Decision.CONTINUE)
     with locked_saga(saga_id, undoing=index) as saga:
         if saga is None:
             return Outcome(Decision.STOP, reason="saga does not exist")

@@ -33,7 +33,7 @@ from .. import alerts, canvas, liveness
 from . import sql
 from ..canvas import hard_time_limit
 from ..definitions import Saga, Step, StepContext, registry
-from ..errors import InvalidTransition, PermanentError, SagaDefinitionError
+from ..errors import InvalidTransition, PermanentError, SagaDefinitionError, UnknownSagaType
 from ..models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus, results_of
 
 logger = logging.getLogger("sagas.engine")
@@ -383,6 +383,17 @@ def definition_of(saga: SagaInstance, records: list[StepRecord] | None = None) -
     return definition
 
 
+def named_definition(saga_type: str | None, version: int | None) -> Saga | None:
+    """The definition a message names (``saga_type`` and ``version`` kwargs), or None: not named, or no
+    longer registered. Checked against the stored saga by whoever uses it."""
+    if not saga_type or version is None:
+        return None
+    try:
+        return registry.get(saga_type, version)
+    except UnknownSagaType:
+        return None
+
+
 def _same_steps(definition: Saga, records: list[StepRecord], *, complete: bool) -> bool:
     if complete and len(records) != len(definition.steps):
         return False
@@ -581,19 +592,21 @@ def make_claim(saga: SagaInstance, definition: Saga, index: int, attempt: int, *
                compensated: StepRecord | None = None, signal_token: str | None = None) -> Claim:
     """What the claimed attempt runs with: for a compensation, ``compensated`` is the step's record."""
     earlier = {s.name for s in definition.steps[:definition.stage_indices(index)[0]]}
+    undoing = compensated is not None
     return claim_of(
         saga.id, definition, index, attempt, input=saga.input,
         results={k: v for k, v in results_of(saga.records).items() if k in earlier},
-        compensated=compensated, signal_token=signal_token,
-        began_at=None if compensated is not None else record_at(saga, index).attempt_started_at)
+        compensation=undoing, output=compensated.result if undoing else None, signal_token=signal_token,
+        began_at=None if undoing else record_at(saga, index).attempt_started_at)
 
 
 def claim_of(saga_id: uuid.UUID, definition: Saga, index: int, attempt: int, *, input: dict, results: dict,
-             began_at: datetime | None, compensated: StepRecord | None = None,
+             began_at: datetime | None, compensation: bool = False, output: Any = None,
              signal_token: str | None = None) -> Claim:
-    """A claim from its parts: ``results``, the outputs of the earlier stages' steps."""
+    """A claim from its parts: ``results``, the outputs of the earlier stages' steps; for a
+    ``compensation``, ``output`` is the step's own (what its compensation undoes)."""
     step = definition.step_at(index)
-    key = f"{saga_id}:{step.name}" + (":compensation" if compensated is not None else "")  # see StepContext.action_key
+    key = f"{saga_id}:{step.name}" + (":compensation" if compensation else "")  # see StepContext.action_key
     context = StepContext(
         saga_id=saga_id,
         saga_type=definition.name,
@@ -602,8 +615,8 @@ def claim_of(saga_id: uuid.UUID, definition: Saga, index: int, attempt: int, *, 
         step=step.name,
         attempt=attempt,
         idempotency_key=key,
-        result=compensated.result if compensated is not None else None,
-        is_compensation=compensated is not None,
+        result=output,
+        is_compensation=compensation,
         signal_token=signal_token,
     )
     return Claim(saga_id, index, attempt, step, context, definition, began_at)

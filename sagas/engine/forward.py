@@ -28,8 +28,8 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from .. import liveness
-from ..definitions import Retry, Saga, registry
-from ..errors import PermanentError, SagaDefinitionError, UnknownSagaType
+from ..definitions import Retry, Saga
+from ..errors import PermanentError, SagaDefinitionError
 from ..models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
 from .compensation import continue_compensation, fail_lost_attempt, start_compensating
 from .core import (
@@ -57,6 +57,7 @@ from .core import (
     move_saga,
     move_step,
     moved_detail,
+    named_definition,
     new_signal_token,
     read_saga,
     release,
@@ -87,7 +88,7 @@ def execute_step(saga_id, index: int, policy: Retry | None = None, report: dict 
     """
     if report is not None:
         return record_step(saga_id, index, Report(**report), policy)
-    claim = claim_step(saga_id, index, policy, definition=_named(saga_type, version))
+    claim = claim_step(saga_id, index, policy, definition=named_definition(saga_type, version))
     if isinstance(claim, Outcome):
         return claim
     if claim.step.transactional:
@@ -100,15 +101,6 @@ def execute_step(saga_id, index: int, policy: Retry | None = None, report: dict 
     else:
         outcome = success_report(claim, result)
     return record_or_pending(partial(record_step, claim=claim), claim, outcome, policy)
-
-
-def _named(saga_type: str | None, version: int | None) -> Saga | None:
-    if not saga_type or version is None:
-        return None
-    try:
-        return registry.get(saga_type, version)
-    except UnknownSagaType:
-        return None
 
 
 def failure_report(claim: Claim, exc: Exception, *, rolled_back: bool = False) -> Report:

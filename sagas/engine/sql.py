@@ -252,11 +252,16 @@ def insert_rows(rows: list[models.Model]) -> None:
         row._state.adding, row._state.db = False, DB  # as saved: a later save() updates
 
 
-_SUCCEED_STEP = """
+# The statements below that must not interleave with a transition under the saga's lock first lock the
+# rows such a transition locks, in its order: the first step's row (here), then the saga's (their own
+# ``saga`` part). Either one waits for the other, or it sees what the other wrote; never each for the other.
+_WITH_FIRST_STEP_LOCKED = """
 WITH first_step AS (
     SELECT id FROM sagas_steprecord WHERE saga_id = %s AND index = 0
     FOR KEY SHARE
-), saga AS (
+)"""
+
+_SUCCEED_STEP = _WITH_FIRST_STEP_LOCKED + """, saga AS (
     SELECT id FROM sagas_sagainstance
     WHERE id = %s AND status = %s AND sweeps = 0 AND due_at >= STATEMENT_TIMESTAMP() + %s
       AND EXISTS (SELECT 1 FROM first_step)
@@ -400,11 +405,7 @@ def claim_first_step(*, saga_id, saga_type: str, version: int, name: str, lease,
         return cur.fetchone()
 
 
-_SUCCEED_LAST_STEP = """
-WITH first_step AS (
-    SELECT id FROM sagas_steprecord WHERE saga_id = %s AND index = 0
-    FOR KEY SHARE
-), saga AS (
+_SUCCEED_LAST_STEP = _WITH_FIRST_STEP_LOCKED + """, saga AS (
     SELECT id FROM sagas_sagainstance
     WHERE id = %s AND status = %s AND EXISTS (SELECT 1 FROM first_step)
     FOR NO KEY UPDATE
@@ -466,4 +467,130 @@ def succeed_last_step_if_running(*, saga_id, index: int, attempt: int, began_at,
               saga_ended[0], detail(saga_ended[1])]
     with cursor() as cur:
         cur.execute(_SUCCEED_LAST_STEP, params)
+        return cur.rowcount > 0
+
+
+_CLAIM_COMPENSATION = _WITH_FIRST_STEP_LOCKED + """, saga AS (
+    SELECT input FROM sagas_sagainstance
+    WHERE id = %s AND status = %s AND saga_type = %s AND version = %s AND sweeps = 0
+      AND due_at >= STATEMENT_TIMESTAMP() + %s AND EXISTS (SELECT 1 FROM first_step)
+    FOR KEY SHARE
+), claimed AS (
+    UPDATE sagas_steprecord AS step
+    SET status = %s, compensation_attempts = 1, lease_expires_at = STATEMENT_TIMESTAMP() + %s,
+        next_attempt_at = NULL, held_by = %s
+    WHERE step.saga_id = %s AND step.index = %s AND step.status = %s AND step.has_compensation
+      AND step.compensation_attempts = 0 AND EXISTS (SELECT 1 FROM saga)
+      AND NOT EXISTS (SELECT 1 FROM sagas_steprecord AS other
+                      WHERE other.saga_id = step.saga_id
+                        AND (other.name IS DISTINCT FROM (%s::varchar[])[other.index + 1]
+                             OR other.stage > step.stage AND (other.status = %s OR other.has_compensation
+                                 AND (other.status = ANY(%s::varchar[]) OR other.status = %s AND other.may_have_effects))))
+    RETURNING step.id, step.saga_id, step.stage, step.result
+), logged AS (
+    INSERT INTO sagas_sagaevent (saga_id, step_id, kind, detail, created_at)
+    SELECT claimed.saga_id, claimed.id, %s, %s::jsonb, STATEMENT_TIMESTAMP() FROM claimed
+)
+SELECT saga.input, claimed.result,
+       (SELECT jsonb_object_agg(earlier.name, earlier.result) FROM sagas_steprecord AS earlier
+        WHERE earlier.saga_id = claimed.saga_id AND earlier.stage < claimed.stage
+          AND earlier.status = ANY(%s::varchar[]) AND NOT earlier.may_have_effects)
+FROM claimed, saga
+"""
+
+
+def claim_compensation(*, saga_id, index: int, saga_type: str, version: int, names: list[str], lease, holder: str,
+                       due_after, compensating: str, succeeded: str, running: str, failed: str,
+                       undo_pending: list[str], forward_done: list[str], saga_compensating: str,
+                       started: tuple[str, dict]):
+    """PostgreSQL: one statement that claims the first attempt of a step's compensation, if all still hold.
+
+    The saga is ``saga_compensating``, of ``saga_type`` v``version`` (its
+    steps named as ``names``), counts no sweeps and is due no sooner than
+    ``due_after``; the step ``succeeded`` and has a compensation never
+    attempted; no step of a later stage is ``running`` or left to undo
+    (``undo_pending``, or ``failed`` with effects: as ``to_undo`` says). The
+    first step's row and the saga's are locked in ``KEY SHARE`` mode
+    meanwhile, in the order every locked transition takes them. The step
+    then moves to ``compensating``, held by ``holder`` for ``lease``, with
+    its event ``started``. Returns (the saga's input, the step's output, the
+    earlier stages' outputs: those ``forward_done`` with no effects left in
+    doubt), each as stored, or None.
+    """
+    detail_field = SagaEvent._meta.get_field("detail")
+    params = [saga_id,
+              saga_id, saga_compensating, saga_type, version, due_after,
+              compensating, lease, holder,
+              saga_id, index, succeeded,
+              names, running, undo_pending, failed,
+              started[0], detail_field.get_db_prep_save(started[1], connections[DB]),
+              forward_done]
+    with cursor() as cur:
+        cur.execute(_CLAIM_COMPENSATION, params)
+        return cur.fetchone()
+
+
+_COMPENSATED = _WITH_FIRST_STEP_LOCKED + """, saga AS (
+    SELECT id FROM sagas_sagainstance
+    WHERE id = %s AND status = %s AND sweeps = 0 AND due_at >= STATEMENT_TIMESTAMP() + %s
+      AND EXISTS (SELECT 1 FROM first_step)
+    FOR NO KEY UPDATE
+), done AS (
+    UPDATE sagas_steprecord
+    SET status = %s, compensated_at = STATEMENT_TIMESTAMP(), compensation_error = '',
+        lease_expires_at = NULL, next_attempt_at = NULL, held_by = NULL
+    WHERE saga_id = %s AND index = %s AND status = %s AND compensation_attempts = %s AND EXISTS (SELECT 1 FROM saga)
+    RETURNING saga_id, id
+), finished AS (
+    UPDATE sagas_sagainstance AS finished
+    SET status = %s, finished_at = STATEMENT_TIMESTAMP(), updated_at = STATEMENT_TIMESTAMP(), due_at = NULL,
+        sweeps = 0,
+        results = COALESCE((SELECT jsonb_object_agg(other.name, other.result) FROM sagas_steprecord AS other
+                            WHERE other.saga_id = done.saga_id AND other.status = ANY(%s::varchar[])
+                              AND NOT other.may_have_effects), '{}'::jsonb)
+    FROM done
+    WHERE finished.id = done.saga_id
+      AND NOT EXISTS (SELECT 1 FROM sagas_steprecord AS other
+                      WHERE other.saga_id = done.saga_id AND other.index <> %s
+                        AND (other.status = %s OR other.has_compensation
+                             AND (other.status = ANY(%s::varchar[]) OR other.status = %s AND other.may_have_effects)))
+    RETURNING finished.id
+)
+INSERT INTO sagas_sagaevent (saga_id, step_id, kind, detail, created_at)
+SELECT done.saga_id, done.id, %s, %s::jsonb, STATEMENT_TIMESTAMP() FROM done
+UNION ALL
+SELECT finished.id, NULL, %s, %s::jsonb, STATEMENT_TIMESTAMP() FROM finished
+"""
+
+
+def compensated_if_compensating(*, saga_id, index: int, attempt: int, due_after, compensating: str,
+                                compensated: str, running: str, failed: str, undo_pending: list[str],
+                                forward_done: list[str], saga_compensating: str, saga_compensated: str,
+                                ended: tuple[str, dict], saga_ended: tuple[str, dict]) -> bool:
+    """PostgreSQL: one statement that records a compensation's success, and the saga's end if it was the last.
+
+    The step is ``compensating`` at ``attempt``; the saga, locked after the
+    first step's row as every transition takes them, is
+    ``saga_compensating``, counts no sweeps and is due no sooner than
+    ``due_after``. The step moves to ``compensated`` with its event
+    ``ended``; if no other step is ``running`` or left to undo (as
+    ``claim_compensation`` reads it), the saga moves to
+    ``saga_compensated`` too, with its results (the outputs of the steps
+    ``forward_done``, as ``results_of`` gathers them) and its event
+    ``saga_ended``. True if it was recorded.
+    """
+    connection = connections[DB]
+    detail_field = SagaEvent._meta.get_field("detail")
+
+    def detail(value):
+        return detail_field.get_db_prep_save(value, connection)
+
+    params = [saga_id,
+              saga_id, saga_compensating, due_after,
+              compensated, saga_id, index, compensating, attempt,
+              saga_compensated, forward_done,
+              index, running, undo_pending, failed,
+              ended[0], detail(ended[1]), saga_ended[0], detail(saga_ended[1])]
+    with cursor() as cur:
+        cur.execute(_COMPENSATED, params)
         return cur.rowcount > 0

@@ -54,3 +54,16 @@ def test_members_sent_again_are_a_group_with_the_error_callback_and_nothing_afte
 
     assert len(tasks) == 1 and [m.args[1] for m in tasks[0].tasks] == [1, 3]
     assert all([e["task"] for e in m.options["link_error"]] == ["sagas.compensate_saga"] for m in tasks[0].tasks)
+
+
+def test_step_and_compensation_messages_name_the_sagas_type_and_version():
+    """So the claim on PostgreSQL can be one statement: the definition is known before anything is read."""
+    definition = registry.get("tests.three_steps")
+    named = {"saga_type": "tests.three_steps", "version": definition.version}
+
+    forward = canvas.forward_chain(SAGA_ID, definition, 0).tasks
+    backward = canvas.compensation_chain(SAGA_ID, definition, [1, 0]).tasks
+
+    assert [(t.task, t.args[1]) for t in backward] == [("sagas.compensate_step", 1), ("sagas.compensate_step", 0)]
+    for task in (*forward, *backward):
+        assert {k: task.kwargs[k] for k in named} == named

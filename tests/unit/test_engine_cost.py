@@ -166,16 +166,23 @@ def test_the_claim_writes_no_event_and_the_report_writes_it_dated_when_the_attem
     assert StepRecord.objects.get(pk=record.pk).attempt_started_at is None  # written once
 
 
-def test_a_compensation_costs_six_statements_in_two_transactions(transactional_db, sent):
+@pytest.mark.parametrize("named", [True, False], ids=["message names the saga", "older message"])
+def test_a_compensation_costs_six_statements_in_two_transactions(transactional_db, sent, named):
     saga = start_saga(SAGA, input={"i": 1, "fail": "s2"})
     for index in range(3):
         execute_step(saga.id, index)  # s2 fails for good: the saga compensates
 
     with cost() as spent:
-        execute_compensation(saga.id, 1)
+        execute_compensation(saga.id, 1, **(_named() if named else {}))
 
-    assert len(spent["statements"]) <= 6, "\n".join(spent["statements"])
-    assert spent["transactions"] == 2
+    kinds = [s.split()[0] for s in spent["statements"]]
+    if connection.vendor == "postgresql":
+        # The report is one statement; so is the claim when the message names the saga (else: locked).
+        assert kinds == (["WITH", "WITH"] if named else ["SELECT", "UPDATE", "INSERT", "WITH"]), kinds
+        assert spent["transactions"] == (0 if named else 1)
+    else:
+        assert len(spent["statements"]) <= 6, "\n".join(spent["statements"])
+        assert spent["transactions"] == 2
 
 
 def test_starting_a_saga_costs_three_statements_in_one_transaction(transactional_db, sent):
@@ -549,3 +556,69 @@ def test_the_last_steps_success_ends_the_saga_alike_either_way(running_saga, one
     assert started.created_at == record.started_at
     assert succeeded.created_at == ended.created_at == row["finished_at"]
     assert ended.detail == {"from": "running", "to": "succeeded"}
+
+
+def _compensating(fail="s2"):
+    saga = start_saga(SAGA, input={"i": 1, "fail": fail})
+    for index in range(3):
+        execute_step(saga.id, index, **_named())  # the failing step compensates the saga
+    return saga
+
+
+@pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement", "locked"])
+def test_a_compensations_claim_holds_the_step_alike_either_way(transactional_db, sent, one_statement):
+    from sagas.engine import compensation
+    from sagas.models import StepRecord
+
+    saga = _compensating()
+    before = _saga_row(saga)
+
+    claim = compensation._claim_in_one_statement(saga.id, 1, registry.get(SAGA)) if one_statement else None
+    assert (claim is not None) == (one_statement and connection.vendor == "postgresql")
+    claim = claim or compensation._claim_compensation(saga.id, 1, None)
+
+    record = StepRecord.objects.get(saga=saga, index=1)
+    assert (claim.attempt, claim.index, claim.step.name, claim.began_at) == (1, 1, "s1", None)
+    assert (claim.context.input, claim.context.results, claim.context.result) == (
+        {"i": 1, "fail": "s2"}, {"s0": {"i": 1}}, {"i": 1})
+    assert (claim.context.is_compensation, claim.context.idempotency_key) == (True, f"{saga.id}:s1:compensation")
+    assert (record.status, record.compensation_attempts, record.next_attempt_at) == ("compensating", 1, None)
+    assert record.held_by and record.lease_expires_at > saga.events.get(kind="compensation_started").created_at
+    started = saga.events.get(kind="compensation_started")
+    assert (started.step_id, started.detail) == (record.pk, {"from": "succeeded", "to": "compensating", "attempt": 1})
+    assert _saga_row(saga) == before  # the saga's row is not written
+
+
+@pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement", "locked"])
+@pytest.mark.parametrize("index", [1, 0], ids=["not the last", "the last"])
+def test_a_compensations_success_is_recorded_alike_either_way(transactional_db, sent, one_statement, index,
+                                                              monkeypatch):
+    from sagas.engine import compensation
+    from sagas.models import StepRecord
+
+    saga = _compensating()
+    if index == 0:
+        execute_compensation(saga.id, 1, **_named())
+    if not one_statement:
+        monkeypatch.setattr(compensation, "_compensated_unlocked", lambda claim, report: False)
+    before = _saga_row(saga)
+
+    outcome = execute_compensation(saga.id, index, **_named())
+
+    assert outcome.decision.value == "continue"
+    record = StepRecord.objects.get(saga=saga, index=index)
+    assert (record.status, record.compensation_error, record.held_by, record.lease_expires_at) == (
+        "compensated", "", None, None)
+    ended = saga.events.filter(step=record).order_by("id").last()
+    assert (ended.kind, ended.detail, ended.created_at) == (
+        "step_compensated", {"from": "compensating", "to": "compensated", "attempt": 1}, record.compensated_at)
+    row = _saga_row(saga)
+    if index == 1:
+        assert row == before  # something is left to undo: the saga's row is not written
+        return
+    assert (row["status"], row["due_at"], row["sweeps"], row["error"]) == ("compensated", None, 0, before["error"])
+    assert row["results"] == {"s0": {"i": 1}, "s1": {"i": 1}}
+    assert row["finished_at"] == row["updated_at"] == record.compensated_at
+    last = saga.events.order_by("id").last()
+    assert (last.kind, last.step_id, last.detail, last.created_at) == (
+        "saga_compensated", None, {"from": "compensating", "to": "compensated"}, row["finished_at"])

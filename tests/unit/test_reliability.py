@@ -718,7 +718,7 @@ def test_a_one_statement_first_claim_that_finds_anything_different_writes_nothin
             claim = None
         else:
             claim = engine.claim_step(saga.id, 0, None,
-                                      definition=engine.forward._named(named["saga_type"], named["version"]))
+                                      definition=engine.core.named_definition(named["saga_type"], named["version"]))
 
     a = StepRecord.objects.get(saga=saga, index=0)
     if case == "other version":  # not tried at all: claimed the usual way
@@ -803,3 +803,104 @@ def test_a_cancel_arriving_while_the_one_statement_first_claim_runs_waits_for_it
     assert saga.status == SagaStatus.COMPENSATING  # a's attempt is at work: it is undone when it reports
     assert (a.status, a.attempts) == (StepStatus.RUNNING, 1)
     assert kinds(saga)[:2] == [EventKind.SAGA_CREATED, EventKind.SAGA_STARTED]
+
+
+# --- PostgreSQL: a compensation claimed and recorded in one statement each ---------------------------
+
+
+def _compensating_saga():
+    """tests.three_steps with c refusing for good: a and b are to be undone, b first."""
+    definition = registry.get(SAGA)
+    saga = start_saga(SAGA, input={"fail": {"c": "permanent"}})
+    named = {"saga_type": definition.name, "version": definition.version}
+    for index in range(3):
+        execute_step(saga.id, index, **named)
+    assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.COMPENSATING
+    return saga, named
+
+
+def _noting(name):
+    """Patches ``sql.<name>`` to note what each call returned; (that list, the patch)."""
+    real = getattr(engine.compensation.sql, name)
+    tried = []
+
+    def noting(**values):
+        tried.append(real(**values))
+        return tried[-1]
+
+    return tried, mock.patch.object(engine.compensation.sql, name, noting)
+
+
+@pytest.mark.parametrize("case", ["a later step not undone yet", "already claimed", "other version",
+                                  "saga not compensating"])
+def test_a_one_statement_compensation_claim_that_finds_anything_different_leaves_it_to_the_locked_claim(
+        db, sent, case):
+    saga, named = _compensating_saga()
+    index = 0 if case == "a later step not undone yet" else 1
+    if case == "already claimed":
+        engine.compensation._claim_compensation(saga.id, 1, None)  # another delivery holds it
+    elif case == "other version":
+        named["version"] += 1
+    elif case == "saga not compensating":
+        SagaInstance.objects.filter(pk=saga.pk).update(status=SagaStatus.FAILED)
+    events_before = saga.events.count()
+    tried, patched = _noting("claim_compensation")
+
+    with patched:
+        outcome = execute_compensation(saga.id, index, **named)
+
+    record = StepRecord.objects.get(saga=saga, index=index)
+    if case == "other version":  # not tried: claimed and recorded the usual way
+        assert tried == [] and outcome.decision is Decision.CONTINUE and record.status == StepStatus.COMPENSATED
+        return
+    if connection.vendor == "postgresql":
+        assert tried == [None]
+    assert outcome.decision is Decision.STOP
+    assert saga.events.count() == events_before
+    expected = {"a later step not undone yet": (StepStatus.SUCCEEDED, 0),
+                "already claimed": (StepStatus.COMPENSATING, 1),
+                "saga not compensating": (StepStatus.SUCCEEDED, 0)}[case]
+    assert (record.status, record.compensation_attempts) == expected
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite has one writer at a time and no row locks")
+@pytest.mark.parametrize("statement", ["claim_compensation", "compensated_if_compensating"])
+def test_a_one_statement_compensation_waits_for_a_transition_holding_the_lock_and_sees_what_it_wrote(
+        transactional_db, sent, statement):
+    """While it waits, a transition under the lock moves the saga close to due (as the sweeper may): the one
+    statement then finds the saga changed, writes nothing, and the locked way records the same outcome."""
+    import threading
+
+    from django.db import connections
+
+    saga, named = _compensating_saga()
+    claim = None
+    if statement == "compensated_if_compensating":
+        claim = engine.compensation._claim_compensation(saga.id, 1, None)
+    tried, patched = _noting(statement)
+    outcome = {}
+
+    def b_undone():
+        try:
+            with patched:
+                if claim is None:
+                    outcome["b"] = execute_compensation(saga.id, 1, **named)
+                else:
+                    outcome["b"] = engine.compensation.record_compensation(
+                        saga.id, 1, Report(claim.attempt, ok=True), None, claim=claim)
+        finally:
+            connections.close_all()
+
+    with engine.core.locked_saga(saga.id) as locked:
+        undoing = threading.Thread(target=b_undone)
+        undoing.start()
+        undoing.join(timeout=1.0)
+        assert undoing.is_alive()  # it waits for the lock
+        locked.due_at = locked.db_now + timedelta(seconds=1)
+    undoing.join(timeout=30)
+
+    b = StepRecord.objects.get(saga=saga, index=1)
+    assert tried == [None if statement == "claim_compensation" else False]
+    assert outcome["b"].decision is Decision.CONTINUE
+    assert (b.status, b.compensation_attempts) == (StepStatus.COMPENSATED, 1)
+    assert kinds(saga, "b")[-2:] == [EventKind.COMPENSATION_STARTED, EventKind.STEP_COMPENSATED]
