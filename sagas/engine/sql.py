@@ -261,17 +261,29 @@ WITH first_step AS (
     FOR KEY SHARE
 )"""
 
+# What a step's success writes on its row (its attempt's, if the attempt still holds it), given a ``saga``
+# part that says the saga may move on.
+_STEP_SUCCEEDS = """
+    UPDATE sagas_steprecord
+    SET status = %s, result = %s, error = '', finished_at = STATEMENT_TIMESTAMP(),
+        lease_expires_at = NULL, next_attempt_at = NULL, held_by = NULL, attempt_started_at = NULL
+    WHERE saga_id = %s AND index = %s AND status = %s AND attempts = %s AND attempt_started_at = %s
+      AND EXISTS (SELECT 1 FROM saga)"""
+
+
+
+def _step_succeeds(saga_id, index: int, attempt: int, began_at, result: Any, running: str, succeeded: str) -> list:
+    """The values of ``_STEP_SUCCEEDS``, in its order."""
+    result = StepRecord._meta.get_field("result").get_db_prep_save(result, connections[DB])
+    return [succeeded, result, saga_id, index, running, attempt, began_at]
+
+
 _SUCCEED_STEP = _WITH_FIRST_STEP_LOCKED + """, saga AS (
     SELECT id FROM sagas_sagainstance
     WHERE id = %s AND status = %s AND sweeps = 0 AND due_at >= STATEMENT_TIMESTAMP() + %s
       AND EXISTS (SELECT 1 FROM first_step)
     FOR KEY SHARE
-), done AS (
-    UPDATE sagas_steprecord
-    SET status = %s, result = %s, error = '', finished_at = STATEMENT_TIMESTAMP(),
-        lease_expires_at = NULL, next_attempt_at = NULL, held_by = NULL, attempt_started_at = NULL
-    WHERE saga_id = %s AND index = %s AND status = %s AND attempts = %s AND attempt_started_at = %s
-      AND EXISTS (SELECT 1 FROM saga)
+), done AS (""" + _STEP_SUCCEEDS + """
     RETURNING saga_id, id
 )
 INSERT INTO sagas_sagaevent (saga_id, step_id, kind, detail, created_at)
@@ -296,10 +308,9 @@ def succeed_step_if_running(*, saga_id, index: int, attempt: int, began_at, resu
     at ``began_at``). True if it was recorded.
     """
     connection = connections[DB]
-    result_field, detail_field = StepRecord._meta.get_field("result"), SagaEvent._meta.get_field("detail")
+    detail_field = SagaEvent._meta.get_field("detail")
     params = [saga_id, saga_id, running, due_after,
-              succeeded, result_field.get_db_prep_save(result, connection),
-              saga_id, index, running, attempt, began_at,
+              *_step_succeeds(saga_id, index, attempt, began_at, result, running, succeeded),
               started[0], detail_field.get_db_prep_save(started[1], connection), began_at,
               ended[0], detail_field.get_db_prep_save(ended[1], connection)]
     with cursor() as cur:
@@ -409,12 +420,7 @@ _SUCCEED_LAST_STEP = _WITH_FIRST_STEP_LOCKED + """, saga AS (
     SELECT id FROM sagas_sagainstance
     WHERE id = %s AND status = %s AND EXISTS (SELECT 1 FROM first_step)
     FOR NO KEY UPDATE
-), done AS (
-    UPDATE sagas_steprecord
-    SET status = %s, result = %s, error = '', finished_at = STATEMENT_TIMESTAMP(),
-        lease_expires_at = NULL, next_attempt_at = NULL, held_by = NULL, attempt_started_at = NULL
-    WHERE saga_id = %s AND index = %s AND status = %s AND attempts = %s AND attempt_started_at = %s
-      AND EXISTS (SELECT 1 FROM saga)
+), done AS (""" + _STEP_SUCCEEDS + """
       AND NOT EXISTS (SELECT 1 FROM sagas_steprecord AS other
                       WHERE other.saga_id = %s AND other.index <> %s AND other.status <> %s)
     RETURNING saga_id, id, name, result, may_have_effects
@@ -452,14 +458,13 @@ def succeed_last_step_if_running(*, saga_id, index: int, attempt: int, began_at,
     True if it was recorded.
     """
     connection = connections[DB]
-    result_field, detail_field = StepRecord._meta.get_field("result"), SagaEvent._meta.get_field("detail")
+    detail_field = SagaEvent._meta.get_field("detail")
 
     def detail(value):
         return detail_field.get_db_prep_save(value, connection)
 
     params = [saga_id, saga_id, saga_running,
-              succeeded, result_field.get_db_prep_save(result, connection),
-              saga_id, index, running, attempt, began_at,
+              *_step_succeeds(saga_id, index, attempt, began_at, result, running, succeeded),
               saga_id, index, succeeded,
               saga_succeeded, index,
               started[0], detail(started[1]), began_at,
