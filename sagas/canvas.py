@@ -24,22 +24,27 @@ def hard_time_limit(step: Step, *, compensation: bool = False) -> float:
     return effective_timeout(step, compensation=compensation) + settings.SAGAS_HARD_TIMEOUT_GRACE
 
 
+def names_of(definition: Saga | None) -> dict:
+    """What a step's or a compensation's message says of its saga besides the id: its type and version, so
+    the claim need not read them first (it checks them against the stored saga)."""
+    return {"saga_type": definition.name, "version": definition.version} if definition is not None else {}
+
+
 def step_signature(saga_id, index: int, step: Step, definition: Saga | None = None) -> Signature:
-    """``definition``: named in the message too, so the claim need not read it first (it is checked there)."""
+    """``definition``: named in the message too (``names_of``)."""
     from .tasks import run_step
 
-    known = {"saga_type": definition.name, "version": definition.version} if definition is not None else {}
-    return run_step.si(str(saga_id), index, retry=step.retry.as_dict(), **known).set(
+    return run_step.si(str(saga_id), index, retry=step.retry.as_dict(), **names_of(definition)).set(
         soft_time_limit=effective_timeout(step), time_limit=hard_time_limit(step)
     )
 
 
 def compensation_signature(saga_id, index: int, step: Step, definition: Saga | None = None) -> Signature:
-    """``definition``: named in the message too, as for a step (``step_signature``)."""
+    """``definition``: named in the message too (``names_of``)."""
     from .tasks import compensate_step
 
-    known = {"saga_type": definition.name, "version": definition.version} if definition is not None else {}
-    return compensate_step.si(str(saga_id), index, retry=step.compensation_retry.as_dict(), **known).set(
+    return compensate_step.si(str(saga_id), index, retry=step.compensation_retry.as_dict(),
+                              **names_of(definition)).set(
         soft_time_limit=effective_timeout(step, compensation=True),
         time_limit=hard_time_limit(step, compensation=True),
     )

@@ -141,10 +141,8 @@ def _run_one(name: str, fail: bool, created: list) -> tuple[list[str], list[str]
 
 
 def _as_named(name: str) -> dict:
-    """What a step's or a compensation's message names besides its saga's id (see ``canvas.step_signature``),
-    as its task passes it."""
-    definition = registry.get(name)
-    return {"saga_type": definition.name, "version": definition.version}
+    """What a step's or a compensation's message names besides its saga's id, as its task passes it."""
+    return canvas.names_of(registry.get(name))
 
 
 def start_saga_for_bench(name: str, fail: bool, i: int = 0) -> SagaInstance:

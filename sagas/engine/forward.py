@@ -65,7 +65,6 @@ from .core import (
     save_saga_if_unchanged,
     save_step,
     save_step_if_unchanged,
-    stall_deadline,
     stall_length,
     started_detail,
     steps_of,

@@ -271,6 +271,10 @@ _STEP_SUCCEEDS = """
       AND EXISTS (SELECT 1 FROM saga)"""
 
 
+def _detail(value: dict):
+    """An event's detail as the statements below pass it (``SagaEvent.detail`` prepared for the database)."""
+    return SagaEvent._meta.get_field("detail").get_db_prep_save(value, connections[DB])
+
 
 def _step_succeeds(saga_id, index: int, attempt: int, began_at, result: Any, running: str, succeeded: str) -> list:
     """The values of ``_STEP_SUCCEEDS``, in its order."""
@@ -307,25 +311,27 @@ def succeed_step_if_running(*, saga_id, index: int, attempt: int, began_at, resu
     finishes and the events are dated on the database's clock (``started``
     at ``began_at``). True if it was recorded.
     """
-    connection = connections[DB]
-    detail_field = SagaEvent._meta.get_field("detail")
     params = [saga_id, saga_id, running, due_after,
               *_step_succeeds(saga_id, index, attempt, began_at, result, running, succeeded),
-              started[0], detail_field.get_db_prep_save(started[1], connection), began_at,
-              ended[0], detail_field.get_db_prep_save(ended[1], connection)]
+              started[0], _detail(started[1]), began_at,
+              ended[0], _detail(ended[1])]
     with cursor() as cur:
         cur.execute(_SUCCEED_STEP, params)
         return cur.rowcount > 0
 
+
+# What the claim of a step's first attempt writes on its row: its status, one attempt begun now, and the
+# holder with its lease (times on the database's clock). Its values: status, lease length, holder.
+_FIRST_ATTEMPT_HELD = """
+    SET status = %s, attempts = 1, started_at = STATEMENT_TIMESTAMP(), attempt_started_at = STATEMENT_TIMESTAMP(),
+        lease_expires_at = STATEMENT_TIMESTAMP() + %s, next_attempt_at = NULL, held_by = %s"""
 
 _CLAIM_PENDING_STEP = """
 WITH saga AS (
     SELECT input FROM sagas_sagainstance
     WHERE id = %s AND status = %s AND saga_type = %s AND version = %s AND due_at >= STATEMENT_TIMESTAMP() + %s
 ), claimed AS (
-    UPDATE sagas_steprecord AS step
-    SET status = %s, attempts = 1, started_at = STATEMENT_TIMESTAMP(), attempt_started_at = STATEMENT_TIMESTAMP(),
-        lease_expires_at = STATEMENT_TIMESTAMP() + %s, next_attempt_at = NULL, held_by = %s
+    UPDATE sagas_steprecord AS step""" + _FIRST_ATTEMPT_HELD + """
     WHERE step.saga_id = %s AND step.index = %s AND step.name = %s AND step.status = %s AND step.attempts = 0
       AND EXISTS (SELECT 1 FROM saga)
       AND NOT EXISTS (SELECT 1 FROM sagas_steprecord AS earlier
@@ -376,9 +382,7 @@ WITH first_step AS (
     WHERE id = %s AND status = %s AND saga_type = %s AND version = %s AND EXISTS (SELECT 1 FROM first_step)
     RETURNING id, input
 ), claimed AS (
-    UPDATE sagas_steprecord
-    SET status = %s, attempts = 1, started_at = STATEMENT_TIMESTAMP(), attempt_started_at = STATEMENT_TIMESTAMP(),
-        lease_expires_at = STATEMENT_TIMESTAMP() + %s, next_attempt_at = NULL, held_by = %s
+    UPDATE sagas_steprecord""" + _FIRST_ATTEMPT_HELD + """
     WHERE id IN (SELECT id FROM first_step) AND EXISTS (SELECT 1 FROM started)
     RETURNING attempt_started_at
 ), logged AS (
@@ -404,13 +408,11 @@ def claim_first_step(*, saga_id, saga_type: str, version: int, name: str, lease,
     is left to the other claims: nothing is written. Returns (when the
     attempt began, the saga's input as stored) or None.
     """
-    detail_field = SagaEvent._meta.get_field("detail")
-    connection = connections[DB]
     params = [saga_id, name, pending,
               saga_running, due_after, stall_after,
               saga_id, saga_pending, saga_type, version,
               running, lease, holder,
-              saga_started[0], detail_field.get_db_prep_save(saga_started[1], connection)]
+              saga_started[0], _detail(saga_started[1])]
     with cursor() as cur:
         cur.execute(_CLAIM_FIRST_STEP, params)
         return cur.fetchone()
@@ -457,19 +459,13 @@ def succeed_last_step_if_running(*, saga_id, index: int, attempt: int, began_at,
     outputs of its steps, as ``results_of`` gathers them) and its event.
     True if it was recorded.
     """
-    connection = connections[DB]
-    detail_field = SagaEvent._meta.get_field("detail")
-
-    def detail(value):
-        return detail_field.get_db_prep_save(value, connection)
-
     params = [saga_id, saga_id, saga_running,
               *_step_succeeds(saga_id, index, attempt, began_at, result, running, succeeded),
               saga_id, index, succeeded,
               saga_succeeded, index,
-              started[0], detail(started[1]), began_at,
-              ended[0], detail(ended[1]),
-              saga_ended[0], detail(saga_ended[1])]
+              started[0], _detail(started[1]), began_at,
+              ended[0], _detail(ended[1]),
+              saga_ended[0], _detail(saga_ended[1])]
     with cursor() as cur:
         cur.execute(_SUCCEED_LAST_STEP, params)
         return cur.rowcount > 0
@@ -522,13 +518,12 @@ def claim_compensation(*, saga_id, index: int, saga_type: str, version: int, nam
     earlier stages' outputs: those ``forward_done`` with no effects left in
     doubt), each as stored, or None.
     """
-    detail_field = SagaEvent._meta.get_field("detail")
     params = [saga_id,
               saga_id, saga_compensating, saga_type, version, due_after,
               compensating, lease, holder,
               saga_id, index, succeeded,
               names, running, undo_pending, failed,
-              started[0], detail_field.get_db_prep_save(started[1], connections[DB]),
+              started[0], _detail(started[1]),
               forward_done]
     with cursor() as cur:
         cur.execute(_CLAIM_COMPENSATION, params)
@@ -584,18 +579,12 @@ def compensated_if_compensating(*, saga_id, index: int, attempt: int, due_after,
     ``forward_done``, as ``results_of`` gathers them) and its event
     ``saga_ended``. True if it was recorded.
     """
-    connection = connections[DB]
-    detail_field = SagaEvent._meta.get_field("detail")
-
-    def detail(value):
-        return detail_field.get_db_prep_save(value, connection)
-
     params = [saga_id,
               saga_id, saga_compensating, due_after,
               compensated, saga_id, index, compensating, attempt,
               saga_compensated, forward_done,
               index, running, undo_pending, failed,
-              ended[0], detail(ended[1]), saga_ended[0], detail(saga_ended[1])]
+              ended[0], _detail(ended[1]), saga_ended[0], _detail(saga_ended[1])]
     with cursor() as cur:
         cur.execute(_COMPENSATED, params)
         return cur.rowcount > 0

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from sagas import PermanentError, Saga, Step, registry
+from sagas import PermanentError, Saga, Step, canvas, registry
 from sagas.engine import execute_compensation, execute_step, start_saga
 from sagas.models import SagaInstance
 
@@ -439,8 +439,7 @@ def test_with_prepared_statements_off_nothing_is_prepared(transactional_db, sent
 
 
 def _named():
-    definition = registry.get(SAGA)
-    return {"saga_type": definition.name, "version": definition.version}
+    return canvas.names_of(registry.get(SAGA))
 
 
 def test_a_middle_step_whose_message_names_its_saga_costs_two_statements_on_postgresql(running_saga):

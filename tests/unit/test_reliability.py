@@ -12,7 +12,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from sagas import InvalidSagaInput, Saga, Step, cancel, registry, resubmit, start_saga
-from sagas import engine
+from sagas import canvas, engine
 from sagas.engine import Decision, Report, execute_compensation, execute_step, sweep
 from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus, WorkerBeat
 from tests.helpers import compensations_due, make_due
@@ -456,11 +456,40 @@ def test_the_api_answers_the_same_400_on_every_database_for_input_none_stores(db
     assert SagaInstance.objects.count() == 0
 
 
-@pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite has one writer at a time and no row locks")
-def test_a_transition_that_waited_for_the_saga_lock_sees_what_the_one_before_it_wrote(transactional_db, sent):
+def _started_in_thread(target):
+    """``target`` in a thread of its own (its database connections closed when it ends), started and given a
+    second to reach a lock and wait there. Returns the thread: still alive if it waits."""
     import threading
 
-    from django.db import connections, transaction
+    from django.db import connections
+
+    def run():
+        try:
+            target()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=1.0)
+    return thread
+
+
+def _noting(statement):
+    """Patches the engine's one-statement ``sql.<statement>`` to note what each call returned: (that list, the patch)."""
+    real = getattr(engine.sql, statement)
+    tried = []
+
+    def noting(**values):
+        tried.append(real(**values))
+        return tried[-1]
+
+    return tried, mock.patch.object(engine.sql, statement, noting)
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite has one writer at a time and no row locks")
+def test_a_transition_that_waited_for_the_saga_lock_sees_what_the_one_before_it_wrote(transactional_db, sent):
+    from django.db import transaction
 
     saga = start_saga(PARALLEL, input={})
     execute_step(saga.id, A)
@@ -471,18 +500,13 @@ def test_a_transition_that_waited_for_the_saga_lock_sees_what_the_one_before_it_
     outcome = {}
 
     def b2_reports():
-        try:
-            outcome["b2"] = engine.record_step(saga.id, B2, Report(b2.attempt, ok=True, result={}), None)
-        finally:
-            connections.close_all()
+        outcome["b2"] = engine.record_step(saga.id, B2, Report(b2.attempt, ok=True, result={}), None)
 
     with transaction.atomic():  # b1's report, holding the saga's lock while b2's report arrives
         SagaInstance.objects.select_for_update().get(pk=saga.pk)
         StepRecord.objects.filter(saga=saga, index=B1).update(status=StepStatus.SUCCEEDED, lease_expires_at=None,
                                                               held_by=None, result={})
-        waiting = threading.Thread(target=b2_reports)
-        waiting.start()
-        waiting.join(timeout=1.0)
+        waiting = _started_in_thread(b2_reports)
         assert waiting.is_alive()  # b2's report waits for the lock
     waiting.join(timeout=30)
 
@@ -495,9 +519,7 @@ def test_a_transition_that_waited_for_the_saga_lock_sees_what_the_one_before_it_
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["first step", "middle step", "last step"])
 def test_a_success_recorded_in_one_statement_waits_for_a_cancel_holding_the_lock_then_undoes_the_step(
         transactional_db, sent, index):
-    import threading
-
-    from django.db import connections, transaction
+    from django.db import transaction
 
     saga = start_saga(SAGA, input={})
     for earlier in range(index):
@@ -506,27 +528,16 @@ def test_a_success_recorded_in_one_statement_waits_for_a_cancel_holding_the_lock
     outcome = {}
 
     # The last step's success also ends the saga: a statement of its own.
-    statement = "succeed_last_step_if_running" if index == 2 else "succeed_step_if_running"
-    real = getattr(engine.forward.sql, statement)
-    tried = []
+    tried, patched = _noting("succeed_last_step_if_running" if index == 2 else "succeed_step_if_running")
 
     def b_reports():  # as execute_step records its own attempt: the one-statement way first
-        def one_statement(**values):
-            tried.append(real(**values))
-            return tried[-1]
-
-        try:
-            with mock.patch.object(engine.forward.sql, statement, one_statement):
-                outcome["b"] = engine.record_step(saga.id, index, Report(claim.attempt, ok=True, result={"b": 1}), None,
-                                                  claim=claim)
-        finally:
-            connections.close_all()
+        with patched:
+            outcome["b"] = engine.record_step(saga.id, index, Report(claim.attempt, ok=True, result={"b": 1}), None,
+                                              claim=claim)
 
     with transaction.atomic():  # a cancel, holding the saga's lock while b's report arrives
         cancel(saga, reason="stop")
-        reporting = threading.Thread(target=b_reports)
-        reporting.start()
-        reporting.join(timeout=1.0)
+        reporting = _started_in_thread(b_reports)
         assert reporting.is_alive()  # the report waits for the lock (and the cancel never waits for it)
     reporting.join(timeout=30)
 
@@ -647,7 +658,7 @@ def test_a_one_statement_claim_that_finds_anything_different_leaves_the_decision
     definition = registry.get(SAGA)
     saga = start_saga(SAGA, input={})
     execute_step(saga.id, 0)
-    named = {"saga_type": definition.name, "version": definition.version}
+    named = canvas.names_of(definition)
     if case == "cancelled":
         cancel(saga, reason="stop")
     elif case == "other version":
@@ -679,24 +690,12 @@ def test_a_one_statement_claim_that_finds_anything_different_leaves_the_decision
 # --- PostgreSQL: the first claim of a saga, which also starts it, in one statement ---------------------
 
 
-def _first_claim_tried():
-    """Patches the one-statement first claim to note what it returned; yields that list."""
-    real = engine.forward.sql.claim_first_step
-    tried = []
-
-    def noting(**values):
-        tried.append(real(**values))
-        return tried[-1]
-
-    return tried, mock.patch.object(engine.forward.sql, "claim_first_step", noting)
-
-
 @pytest.mark.parametrize("case", ["cancelled", "other version", "started by another delivery", "step renamed"])
 def test_a_one_statement_first_claim_that_finds_anything_different_writes_nothing_and_leaves_it_to_the_others(
         db, sent, case):
     definition = registry.get(SAGA)
     saga = start_saga(SAGA, input={})
-    named = {"saga_type": definition.name, "version": definition.version}
+    named = canvas.names_of(definition)
     if case == "cancelled":
         cancel(saga, reason="stop")
     elif case == "other version":
@@ -707,7 +706,7 @@ def test_a_one_statement_first_claim_that_finds_anything_different_writes_nothin
         StepRecord.objects.filter(saga=saga, index=0).update(name="renamed")
     before = SagaInstance.objects.values("status", "started_at", "updated_at", "due_at").get(pk=saga.pk)
     events_before = saga.events.count()
-    tried, patched = _first_claim_tried()
+    tried, patched = _noting("claim_first_step")
 
     with patched:
         if case == "step renamed":  # the usual claim then says what is wrong
@@ -739,27 +738,20 @@ def test_a_one_statement_first_claim_that_finds_anything_different_writes_nothin
 @pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite has one writer at a time and no row locks")
 def test_a_one_statement_first_claim_waits_for_a_cancel_holding_the_lock_and_then_starts_nothing(
         transactional_db, sent):
-    import threading
-
-    from django.db import connections, transaction
+    from django.db import transaction
 
     definition = registry.get(SAGA)
     saga = start_saga(SAGA, input={})
     outcome = {}
-    tried, patched = _first_claim_tried()
+    tried, patched = _noting("claim_first_step")
 
     def a_claims():
-        try:
-            with patched:
-                outcome["a"] = engine.claim_step(saga.id, 0, None, definition=definition)
-        finally:
-            connections.close_all()
+        with patched:
+            outcome["a"] = engine.claim_step(saga.id, 0, None, definition=definition)
 
     with transaction.atomic():  # a cancel, holding the saga's lock while a's message arrives
         cancel(saga, reason="stop")
-        claiming = threading.Thread(target=a_claims)
-        claiming.start()
-        claiming.join(timeout=1.0)
+        claiming = _started_in_thread(a_claims)
         assert claiming.is_alive()  # the claim waits for the first step's row lock
     claiming.join(timeout=30)
 
@@ -775,25 +767,18 @@ def test_a_one_statement_first_claim_waits_for_a_cancel_holding_the_lock_and_the
 def test_a_cancel_arriving_while_the_one_statement_first_claim_runs_waits_for_it_and_undoes_the_step(
         transactional_db, sent):
     """The other order: the claim holds the first step's row, the cancel waits, then sees the saga running."""
-    import threading
-
-    from django.db import connections, transaction
+    from django.db import transaction
 
     definition = registry.get(SAGA)
     saga = start_saga(SAGA, input={})
     done = {}
 
     def cancels():
-        try:
-            done["cancel"] = cancel(saga, reason="stop")
-        finally:
-            connections.close_all()
+        done["cancel"] = cancel(saga, reason="stop")
 
     with transaction.atomic():  # the claim's statement, kept open: its locks held until commit
         claim = engine.claim_step(saga.id, 0, None, definition=definition)
-        cancelling = threading.Thread(target=cancels)
-        cancelling.start()
-        cancelling.join(timeout=1.0)
+        cancelling = _started_in_thread(cancels)
         assert cancelling.is_alive()  # the cancel waits for the claim's locks
     cancelling.join(timeout=30)
 
@@ -810,25 +795,12 @@ def test_a_cancel_arriving_while_the_one_statement_first_claim_runs_waits_for_it
 
 def _compensating_saga():
     """tests.three_steps with c refusing for good: a and b are to be undone, b first."""
-    definition = registry.get(SAGA)
     saga = start_saga(SAGA, input={"fail": {"c": "permanent"}})
-    named = {"saga_type": definition.name, "version": definition.version}
+    named = canvas.names_of(registry.get(SAGA))
     for index in range(3):
         execute_step(saga.id, index, **named)
     assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.COMPENSATING
     return saga, named
-
-
-def _noting(name):
-    """Patches ``sql.<name>`` to note what each call returned; (that list, the patch)."""
-    real = getattr(engine.compensation.sql, name)
-    tried = []
-
-    def noting(**values):
-        tried.append(real(**values))
-        return tried[-1]
-
-    return tried, mock.patch.object(engine.compensation.sql, name, noting)
 
 
 @pytest.mark.parametrize("case", ["a later step not undone yet", "already claimed", "other version",
@@ -869,10 +841,6 @@ def test_a_one_statement_compensation_waits_for_a_transition_holding_the_lock_an
         transactional_db, sent, statement):
     """While it waits, a transition under the lock moves the saga close to due (as the sweeper may): the one
     statement then finds the saga changed, writes nothing, and the locked way records the same outcome."""
-    import threading
-
-    from django.db import connections
-
     saga, named = _compensating_saga()
     claim = None
     if statement == "compensated_if_compensating":
@@ -881,20 +849,15 @@ def test_a_one_statement_compensation_waits_for_a_transition_holding_the_lock_an
     outcome = {}
 
     def b_undone():
-        try:
-            with patched:
-                if claim is None:
-                    outcome["b"] = execute_compensation(saga.id, 1, **named)
-                else:
-                    outcome["b"] = engine.compensation.record_compensation(
-                        saga.id, 1, Report(claim.attempt, ok=True), None, claim=claim)
-        finally:
-            connections.close_all()
+        with patched:
+            if claim is None:
+                outcome["b"] = execute_compensation(saga.id, 1, **named)
+            else:
+                outcome["b"] = engine.compensation.record_compensation(
+                    saga.id, 1, Report(claim.attempt, ok=True), None, claim=claim)
 
     with engine.core.locked_saga(saga.id) as locked:
-        undoing = threading.Thread(target=b_undone)
-        undoing.start()
-        undoing.join(timeout=1.0)
+        undoing = _started_in_thread(b_undone)
         assert undoing.is_alive()  # it waits for the lock
         locked.due_at = locked.db_now + timedelta(seconds=1)
     undoing.join(timeout=30)
