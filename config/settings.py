@@ -228,6 +228,8 @@ SAGAS_HARD_TIMEOUT_GRACE = env_float("SAGAS_HARD_TIMEOUT_GRACE", 5.0)
 SAGAS_STALL_AFTER = env_float("SAGAS_STALL_AFTER", 15.0)
 # Beat runs the sweeper this often (one indexed query when nothing is due).
 SAGAS_SWEEP_INTERVAL = env_float("SAGAS_SWEEP_INTERVAL", 5.0)
+# One sweep at a time: a sweep that dies holds the sweeper's lease this long at most (seconds).
+SAGAS_SWEEP_LEASE = env_float("SAGAS_SWEEP_LEASE", 60.0)
 # Every worker process that runs steps heartbeats this often (0: never); an
 # attempt whose worker has not for SAGAS_WORKER_DEAD_AFTER seconds is lost at once.
 SAGAS_HEARTBEAT_INTERVAL = env_float("SAGAS_HEARTBEAT_INTERVAL", 2.0)
@@ -280,7 +282,9 @@ CACHES = {"default": (
           "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "sagas")})}
 
 CELERY_BEAT_SCHEDULE = {
-    "sagas-sweep": {"task": "sagas.sweep", "schedule": SAGAS_SWEEP_INTERVAL},
+    # A sweep message not taken before the next one is due is dropped: they never pile up.
+    "sagas-sweep": {"task": "sagas.sweep", "schedule": SAGAS_SWEEP_INTERVAL,
+                    "options": {"expires": SAGAS_SWEEP_INTERVAL}},
 }
 
 LOGGING = {

@@ -24,7 +24,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import close_old_connections, connection
 from django.db.models.functions import Now
 
 logger = logging.getLogger(__name__)
@@ -98,15 +98,19 @@ def beat_once() -> None:
                                   started_at=Now(), beat_at=Now())
 
 
-def _beat_forever(stop: threading.Event) -> None:
-    interval = settings.SAGAS_HEARTBEAT_INTERVAL
+def _beat_forever(stop: threading.Event, interval: float | None = None) -> None:
+    interval = settings.SAGAS_HEARTBEAT_INTERVAL if interval is None else interval
     while not stop.is_set():
         try:
             close_old_connections()
             beat_once()
-        except DatabaseError as exc:  # the next beat tries again; a long silence is what others judge
+        except Exception as exc:  # noqa: BLE001 - any error (InterfaceError is no DatabaseError): the
+            # next beat tries again on a new connection; this thread must never end while its process runs
             logger.warning("heartbeat of %s failed: %s", identity(), exc)
-            connection.close()
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001 - a connection that cannot even close is dropped all the same
+                logger.warning("heartbeat of %s: could not close its connection", identity())
         stop.wait(interval)
 
 

@@ -184,6 +184,10 @@ class StepRecord(models.Model):
     waiting_since = models.DateTimeField(null=True, blank=True)
     signal_deadline = models.DateTimeField(null=True, blank=True)
     signal_token_hash = models.CharField(max_length=64, null=True, blank=True, editable=False)
+    # A token callback that arrived while the action was still running (the other system answered
+    # fast): ``{"signal": "complete" | "fail", "result" | "error": ..., "by": ...}``, taken up when the
+    # action's success is recorded; it dies with its attempt.
+    early_signal = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["index"]
@@ -236,6 +240,17 @@ class WorkerBeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} (last beat {self.beat_at:%H:%M:%S})"
+
+
+class SweeperLease(models.Model):
+    """Who is sweeping, until when (the database's clock): at most one sweep runs at a time."""
+
+    id = models.CharField(primary_key=True, max_length=20)
+    holder = models.CharField(max_length=200)
+    until = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.id} held by {self.holder} until {self.until:%H:%M:%S}"
 
 
 class ChaosEffect(models.Model):

@@ -20,7 +20,12 @@ INFRASTRUCTURE_RETRIES = 20
 
 def _follow(task, outcome: Outcome, failure: type[Exception]) -> str:
     if outcome.decision is Decision.RETRY:
-        kwargs = {**task.request.kwargs, "infra": 0, "report": None}
+        # A step's own retry starts the infrastructure count again; an attempt rolled back by the
+        # database (not counted as the step's) adds to it, so a database that never comes back ends it.
+        infra = task.request.kwargs.get("infra", 0) + 1 if outcome.infrastructure else 0
+        if infra > INFRASTRUCTURE_RETRIES:
+            raise failure(f"infrastructure retries exhausted: {outcome.reason}")
+        kwargs = {**task.request.kwargs, "infra": infra, "report": None}
         raise task.retry(countdown=outcome.countdown, kwargs=kwargs, max_retries=None)
     if outcome.decision is Decision.FAILED:
         raise failure(outcome.reason)

@@ -101,3 +101,22 @@ def pass_gates(saga, *, by, reject: dict | None = None, timeout: float = 60.0) -
             steps = list(saga.steps.values_list("name", "status", "attempts"))
             raise AssertionError(f"saga {saga.id} still {saga.status} after {timeout}s; steps {steps}")
         time.sleep(0.1)
+
+
+def started_in_thread(target, *, settle: float = 1.0):
+    """``target`` in a thread of its own (its database connections closed when it ends), started and given
+    ``settle`` seconds to finish or to reach a lock and wait there. Returns the thread: still alive if it waits."""
+    import threading
+
+    from django.db import connections
+
+    def run():
+        try:
+            target()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=settle)
+    return thread

@@ -30,7 +30,7 @@ from .core import (
     dead_holders,
     definition_of,
     dispatch_compensation,
-    due_margin,
+    due_range,
     end_wait,
     event,
     fail_record,
@@ -40,7 +40,7 @@ from .core import (
     lease_length,
     lease_until,
     locked_saga,
-    log_attempt_start,
+    lose_attempt,
     make_claim,
     move_saga,
     move_step,
@@ -49,6 +49,7 @@ from .core import (
     record_at,
     release,
     retry_is_due,
+    retry_wait,
     save_step,
     stall_deadline,
     steps_of,
@@ -114,8 +115,7 @@ def continue_compensation(saga: SagaInstance, records: list[StepRecord]) -> None
 
 def fail_lost_attempt(saga: SagaInstance, record: StepRecord, *, blame: bool) -> None:
     """An attempt that never reported (killed at its hard time limit, or its worker died): it may have done its work."""
-    log_attempt_start(saga, record)
-    event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts)
+    lose_attempt(saga, record)
     fail_record(saga, record, f"attempt {record.attempts} did not finish (hard time limit, or its worker died)",
               blame=blame, effects=True)
 
@@ -226,7 +226,7 @@ def _claim_in_one_statement(saga_id, index: int, definition: Saga | None) -> Cla
     found = sql.claim_compensation(
         saga_id=saga_id, index=index, saga_type=definition.name, version=definition.version,
         names=[s.name for s in definition.steps], lease=lease_length(step, compensation=True),
-        holder=liveness.identity(), due_after=due_margin(), compensating=StepStatus.COMPENSATING,
+        holder=liveness.identity(), due_kept=due_range(), compensating=StepStatus.COMPENSATING,
         succeeded=StepStatus.SUCCEEDED, **_STATUSES,
         started=(EventKind.COMPENSATION_STARTED, moved_detail(StepStatus.SUCCEEDED, StepStatus.COMPENSATING, attempt=1)))
     if found is None:
@@ -248,7 +248,7 @@ def _compensated_unlocked(claim: Claim, report: Report) -> bool:
     if connection.vendor != "postgresql" or claim.definition.is_parallel(claim.index):
         return False
     return sql.compensated_if_compensating(
-        saga_id=claim.saga_id, index=claim.index, attempt=report.attempt, due_after=due_margin(),
+        saga_id=claim.saga_id, index=claim.index, attempt=report.attempt, due_kept=due_range(),
         compensating=StepStatus.COMPENSATING, compensated=StepStatus.COMPENSATED, **_STATUSES,
         saga_compensated=SagaStatus.COMPENSATED,
         ended=(EventKind.STEP_COMPENSATED,
@@ -287,7 +287,7 @@ def _claim_compensation(saga_id, index: int, policy: Retry | None) -> Claim | Ou
             if in_flight(record, now, dead):
                 return Outcome(Decision.STOP, reason="another attempt holds the compensation")
             if record.lease_expires_at is None and not retry_is_due(record, now):
-                return Outcome(Decision.STOP, reason="retry not due yet")
+                return Outcome(Decision.RETRY, countdown=retry_wait(record, now), reason="retry not due yet")
             if record.lease_expires_at is not None:
                 event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.compensation_attempts,
                       compensation=True)

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator
 
 from django.conf import settings
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Q, Subquery
 from django.db.models.functions import Now
 
@@ -88,6 +88,9 @@ class Outcome:
     decision: Decision
     countdown: float = 0.0
     reason: str = ""
+    # A RETRY for a passing infrastructure problem (the attempt rolled back, not counted): the task
+    # counts it with its infrastructure retries, not the step's.
+    infrastructure: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,9 @@ class Report:
     effects: bool = False
     # A waiting step's action returned ``SkipWait``: it succeeds without waiting.
     skip_wait: bool = False
+    # A transactional attempt rolled back by a passing database error: nothing of it stays, and it
+    # uses none of the step's attempts.
+    infrastructure: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -146,8 +152,13 @@ class UnstorableResult(PermanentError):
 _SAVED = ("status", "error", "results", "started_at", "finished_at", "cancel_requested_at", "due_at", "sweeps")
 
 
+class SagaBusy(Exception):
+    """Another transaction holds the saga's lock, and the caller asked not to wait (``nowait``)."""
+
+
 @contextmanager
-def locked_saga(saga_id, *, step: int | None = None, undoing: int | None = None) -> Iterator[SagaInstance | None]:
+def locked_saga(saga_id, *, step: int | None = None, undoing: int | None = None,
+                nowait: bool = False) -> Iterator[SagaInstance | None]:
     """The saga's row, locked, with ``db_now`` and its step records; written back in two statements at most.
 
     With ``step``, only that step's record and those of the earlier stages
@@ -155,16 +166,25 @@ def locked_saga(saga_id, *, step: int | None = None, undoing: int | None = None)
     belongs to); with ``undoing``, every record but those of the step's
     ``Parallel`` siblings (a compensation needs the later stages, and to know
     whether anything is left to undo). ``steps_of`` reads the rest if a
-    transition needs them.
+    transition needs them. ``nowait`` (every record is read): on
+    PostgreSQL, ``SagaBusy`` at once if another transaction holds them (the
+    sweeper moves on to the next saga rather than wait).
     """
     with transaction.atomic():
         # Every row read is locked (on PostgreSQL FOR UPDATE of both tables): a
         # transaction that waited for the lock then reads each row as the one
         # before it left it, not as it was when this statement began.
         if step is not None:
-            records = _LOCKED_UP_TO(saga_id=saga_id, step=step)
+            records = _LOCKED_UP_TO(saga_id=saga_id, step=step, first=0)
         elif undoing is not None:
-            records = _LOCKED_BUT_SIBLINGS(saga_id=saga_id, step=undoing)
+            records = _LOCKED_BUT_SIBLINGS(saga_id=saga_id, step=undoing, first=0)
+        elif nowait and connection.vendor == "postgresql":
+            try:
+                records = _LOCKED_ALL_NOWAIT(saga_id=saga_id)
+            except OperationalError as exc:
+                if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                    raise SagaBusy(f"saga {saga_id} is locked by another transaction") from exc
+                raise
         else:
             records = _LOCKED_ALL(saga_id=saga_id)
         saga = _as_saga(records, complete=step is None and undoing is None)
@@ -185,7 +205,7 @@ def read_saga(saga_id, *, step: int) -> SagaInstance | None:
     For a claim made by conditional UPDATEs (``save_step_if_unchanged``,
     ``save_saga_if_unchanged``): nothing read here is written back otherwise.
     """
-    saga = _as_saga(_READ_UP_TO(saga_id=saga_id, step=step), complete=False)
+    saga = _as_saga(_READ_UP_TO(saga_id=saga_id, step=step, first=0), complete=False)
     if saga is not None:
         saga.read_as = [getattr(saga, name) for name in _SAVED]  # see save_saga_if_unchanged
     return saga
@@ -205,29 +225,42 @@ def _as_saga(records: list[StepRecord], *, complete: bool) -> SagaInstance | Non
     return saga
 
 
-def _steps_with_saga(saga_id, *, lock: bool = True):
+def _steps_with_saga(saga_id, *, lock: bool = True, nowait: bool = False):
     rows = StepRecord.objects.select_related("saga").annotate(db_now=Now()).filter(saga_id=saga_id).order_by("index")
-    return rows.select_for_update() if lock else rows
+    return rows.select_for_update(nowait=nowait) if lock else rows
 
 
 def _own_stage(saga_id, step):
     return StepRecord.objects.filter(saga_id=saga_id, index=step).order_by().values("stage")[:1]
 
 
-def _steps_up_to(saga_id, step, *, lock: bool = True):
-    return _steps_with_saga(saga_id, lock=lock).filter(Q(index=step) | Q(stage__lt=Subquery(_own_stage(saga_id, step))))
+# The first step's row is always among those read (and locked first, rows being locked in index order):
+# every transition under the saga's lock, and every one-statement transition that must not interleave
+# with one, takes it first, so two of them never each wait for the other (a member of a first-stage
+# Parallel included).
 
 
-def _steps_but_siblings(saga_id, step):
-    return _steps_with_saga(saga_id).filter(Q(index=step) | ~Q(stage=Subquery(_own_stage(saga_id, step))))
+# (``first`` is that index, 0: a prepared read's values are all keywords.)
+
+
+def _steps_up_to(saga_id, step, first, *, lock: bool = True):
+    return _steps_with_saga(saga_id, lock=lock).filter(
+        Q(index=step) | Q(index=first) | Q(stage__lt=Subquery(_own_stage(saga_id, step))))
+
+
+def _steps_but_siblings(saga_id, step, first):
+    return _steps_with_saga(saga_id).filter(
+        Q(index=step) | Q(index=first) | ~Q(stage=Subquery(_own_stage(saga_id, step))))
 
 
 # The read of a transition: all the saga's steps, or one step's and its earlier stages'.
 _LOCKED_ALL = sql.PreparedRead(_steps_with_saga, saga_id=uuid.UUID)
-_LOCKED_UP_TO = sql.PreparedRead(_steps_up_to, saga_id=uuid.UUID, step=int)
-_LOCKED_BUT_SIBLINGS = sql.PreparedRead(_steps_but_siblings, saga_id=uuid.UUID, step=int)
-_READ_UP_TO = sql.PreparedRead(lambda saga_id, step: _steps_up_to(saga_id, step, lock=False),
-                               saga_id=uuid.UUID, step=int)
+_LOCKED_ALL_NOWAIT = sql.PreparedRead(lambda saga_id: _steps_with_saga(saga_id, nowait=True), saga_id=uuid.UUID)
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a NOWAIT lock that is held
+_LOCKED_UP_TO = sql.PreparedRead(_steps_up_to, saga_id=uuid.UUID, step=int, first=int)
+_LOCKED_BUT_SIBLINGS = sql.PreparedRead(_steps_but_siblings, saga_id=uuid.UUID, step=int, first=int)
+_READ_UP_TO = sql.PreparedRead(lambda saga_id, step, first: _steps_up_to(saga_id, step, first, lock=False),
+                               saga_id=uuid.UUID, step=int, first=int)
 
 
 _STEP_FIELDS = [f.attname for f in StepRecord._meta.concrete_fields if not f.primary_key]
@@ -265,8 +298,14 @@ def steps_of(saga: SagaInstance) -> list[StepRecord]:
     if not saga.complete and len(saga.records) == len(definition_of(saga).steps):
         saga.complete = True  # the last stage's step read them all
     if not saga.complete:
+        # Locked too: a claim of one of these steps (a Parallel sibling's,
+        # which takes no lock of the saga's) either committed before, and is
+        # read here, or waits for this transition and then finds the row it
+        # left (skipped, say) and changes nothing. Read unlocked, a claim
+        # committed meanwhile would be overwritten by this transition's write.
         have = {r.index for r in saga.records}
-        rest = list(StepRecord.objects.filter(saga_id=saga.pk).exclude(index__in=have))
+        rest = list(StepRecord.objects.select_for_update().filter(saga_id=saga.pk).exclude(index__in=have)
+                    .order_by("index"))
         for record in rest:
             record.saga = saga
             record.loaded = _values(record)
@@ -309,6 +348,18 @@ def log_attempt_start(saga: SagaInstance, record: StepRecord) -> None:
         return
     event(saga, EventKind.STEP_STARTED, step=record, at=record.attempt_started_at, **started_detail(record.attempts))
     record.attempt_started_at = None
+
+
+def lose_attempt(saga: SagaInstance, record: StepRecord, **detail: Any) -> None:
+    """The attempt holding forward step ``record`` never reported (its worker died, or it was killed).
+
+    Its action may have applied effects, whatever happens next: the step is
+    compensated if its saga is undone, even when a later attempt of it fails
+    without effects (a later success makes its output known, and clears it).
+    """
+    log_attempt_start(saga, record)
+    record.may_have_effects = True
+    event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts, **detail)
 
 
 def started_detail(attempt: int) -> dict:
@@ -364,8 +415,20 @@ def moved_detail(previous: str, target: str, **detail: Any) -> dict:
 
 
 def describe_error(exc: BaseException) -> str:
+    """An exception as its step's error: its type and text, made storable on every database.
+
+    A NUL character (PostgreSQL refuses it in text) and a lone surrogate
+    (not UTF-8) are written as escapes: an action's error is data, and one
+    the database refuses would leave its step unrecorded.
+    """
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return storable_text(described)
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what no database stores as given (NUL, lone surrogates) written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 # --- definitions ----------------------------------------------------------------------
@@ -435,15 +498,31 @@ def in_flight(record: StepRecord, now: datetime, dead: set[str]) -> bool:
 
 
 def keep_due(saga: SagaInstance) -> None:
-    """Keep the saga at least half a stall time from due, moving ``due_at`` only when it came closer.
+    """Keep the saga due between half a stall time and a stall time from now, moving ``due_at`` only
+    when it left that range.
 
     So most transitions of a saga that moves along write nothing to its row;
     one that stops moving is due ``SAGAS_STALL_AFTER`` seconds at most after
     its last transition. (A step running longer makes the sweeper look once,
-    find its attempt live, and set the saga due at the attempt's lease.)
+    find its attempt live, and set the saga due at the attempt's lease; the
+    transition that ends the attempt brings that far due time back, so a
+    message lost after a long step is resent a stall time later, not when
+    the old lease would have ended.) ``due_kept`` is the same condition, for
+    the one-statement transitions.
     """
-    if saga.due_at is None or saga.due_at < saga.db_now + due_margin():
+    if not due_kept(saga.due_at, saga.db_now):
         saga.due_at = stall_deadline(saga)
+
+
+def due_kept(due_at: datetime | None, now: datetime) -> bool:
+    """``keep_due`` leaves this due time as it is (``sql.DUE_KEPT`` says the same in SQL)."""
+    least, most = due_range()
+    return due_at is not None and now + least <= due_at <= now + most
+
+
+def due_range() -> tuple[timedelta, timedelta]:
+    """How far from now a due time ``keep_due`` leaves as it is lies: at least, at most (``sql.DUE_KEPT``)."""
+    return due_margin(), stall_length()
 
 
 def due_margin() -> timedelta:
@@ -457,6 +536,7 @@ def begin_attempt(saga: SagaInstance, record: StepRecord, lease: datetime) -> No
         raise InvalidTransition(f"step {record.name} of saga {saga.id} cannot move from {record.status} to running")
     record.status = StepStatus.RUNNING
     record.attempts += 1
+    record.early_signal = None  # a callback for an earlier attempt's token died with that attempt
     record.started_at = record.started_at or saga.db_now
     record.attempt_started_at = saga.db_now
     hold(record, saga, lease)
@@ -489,6 +569,7 @@ def end_wait(record: StepRecord) -> None:
     """The wait is over (signal, timeout or undoing): its token dies, its deadline no longer counts."""
     record.signal_token_hash = None
     record.signal_deadline = None
+    record.early_signal = None
 
 
 def release(record: StepRecord) -> None:
@@ -620,6 +701,11 @@ def claim_of(saga_id: uuid.UUID, definition: Saga, index: int, attempt: int, *, 
         signal_token=signal_token,
     )
     return Claim(saga_id, index, attempt, step, context, definition, began_at)
+
+
+def retry_wait(record: StepRecord, now: datetime) -> float:
+    """Seconds until the retry of ``record``, not due yet, is (the message that came early waits so long)."""
+    return max((record.next_attempt_at - now).total_seconds(), 0.1)
 
 
 def retry_is_due(record: StepRecord, now: datetime) -> bool:

@@ -42,13 +42,15 @@ from .core import (
     claim_of,
     dead_holders,
     definition_of,
+    describe_error,
     dispatch_forward,
-    due_margin,
+    due_range,
     event,
     fail_record,
     in_flight,
     keep_due,
     lease_length,
+    lose_attempt,
     lease_until,
     locked_saga,
     log_attempt_start,
@@ -62,6 +64,7 @@ from .core import (
     read_saga,
     release,
     retry_is_due,
+    retry_wait,
     save_saga_if_unchanged,
     save_step,
     save_step_if_unchanged,
@@ -69,7 +72,7 @@ from .core import (
     started_detail,
     steps_of,
 )
-from .running import INFRASTRUCTURE_ERRORS, attempt_error, invoke, record_or_pending, success_report
+from .running import DATABASE_PASSING, attempt_error, invoke, record_or_pending, success_report
 from . import sql
 from .waiting import begin_wait
 
@@ -130,10 +133,13 @@ def _run_transactional(claim: Claim, policy: Retry | None) -> Outcome:
             return record_step(claim.saga_id, claim.index, success_report(claim, result), policy, must_own=True)
     except _NotOwner as refused:
         return refused.outcome
+    except DATABASE_PASSING as exc:
+        # Rolled back by the database (a dropped connection, a lock), whether in the action or in
+        # recording its success: nothing of it stays, and it is no fault of the step's.
+        logger.warning("saga %s step %s attempt %s rolled back: %s", claim.saga_id, claim.step.name,
+                       claim.attempt, exc)
+        report = Report(claim.attempt, ok=False, error=describe_error(exc), infrastructure=True)
     except Exception as exc:  # rolled back: nothing of the action stays
-        if isinstance(exc, INFRASTRUCTURE_ERRORS):
-            logger.warning("saga %s step %s attempt %s rolled back: %s", claim.saga_id, claim.step.name,
-                           claim.attempt, exc)
         report = failure_report(claim, exc, rolled_back=True)
     return record_or_pending(record_step, claim, report, policy)
 
@@ -176,7 +182,7 @@ def _claim_in_one_statement(saga_id, index: int, definition: Saga | None) -> Cla
     found = sql.claim_pending_step(
         saga_id=saga_id, index=index, saga_type=definition.name, version=definition.version,
         names=[s.name for s in definition.steps], holder=liveness.identity(),
-        lease=lease_length(definition.step_at(index)), due_after=due_margin(),
+        lease=lease_length(definition.step_at(index)), due_kept=due_range(),
         pending=StepStatus.PENDING, running=StepStatus.RUNNING, succeeded=StepStatus.SUCCEEDED,
         saga_running=SagaStatus.RUNNING)
     if found is None:
@@ -194,7 +200,7 @@ def _start_in_one_statement(saga_id: uuid.UUID, definition: Saga) -> Claim | Non
     step = definition.step_at(0)
     found = sql.claim_first_step(
         saga_id=saga_id, saga_type=definition.name, version=definition.version, name=step.name,
-        lease=lease_length(step), holder=liveness.identity(), stall_after=stall_length(), due_after=due_margin(),
+        lease=lease_length(step), holder=liveness.identity(), stall_after=stall_length(), due_kept=due_range(),
         pending=StepStatus.PENDING, running=StepStatus.RUNNING,
         saga_pending=SagaStatus.PENDING, saga_running=SagaStatus.RUNNING,
         saga_started=(EventKind.SAGA_STARTED, moved_detail(SagaStatus.PENDING, SagaStatus.RUNNING)))
@@ -268,14 +274,15 @@ def _claim_locked(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
             if in_flight(record, now, dead_holders([record], now)):
                 return Outcome(Decision.STOP, reason="another attempt holds the step")
             if record.lease_expires_at is None and not retry_is_due(record, now):
-                return Outcome(Decision.STOP, reason="retry not due yet")
+                # Early by the database's clock (another machine's clock, or a sweeper's resend):
+                # wait for the retry's time rather than drop the message.
+                return Outcome(Decision.RETRY, countdown=retry_wait(record, now), reason="retry not due yet")
             if record.lease_expires_at is not None:
                 # The attempt that held the step never reported: its worker died or it was killed.
                 if not policy.allows_another(record.attempts):
                     fail_lost_attempt(saga, record, blame=True)
                     return Outcome(Decision.FAILED, reason="attempts exhausted")
-                log_attempt_start(saga, record)
-                event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts)
+                lose_attempt(saga, record)
         if saga.status == SagaStatus.PENDING:
             move_saga(saga, SagaStatus.RUNNING, EventKind.SAGA_STARTED)
         begin_attempt(saga, record, lease_until(saga, step))
@@ -358,7 +365,7 @@ def _succeed_unlocked(claim: Claim, report: Report) -> bool:
             saga_ended=(EventKind.SAGA_SUCCEEDED, moved_detail(SagaStatus.RUNNING, SagaStatus.SUCCEEDED)))
     return sql.succeed_step_if_running(
         saga_id=claim.saga_id, index=index, attempt=report.attempt, began_at=claim.began_at, result=report.result,
-        running=StepStatus.RUNNING, succeeded=StepStatus.SUCCEEDED, due_after=due_margin(),
+        running=StepStatus.RUNNING, succeeded=StepStatus.SUCCEEDED, due_kept=due_range(),
         started=(EventKind.STEP_STARTED, started_detail(report.attempt)),
         ended=(EventKind.STEP_SUCCEEDED,
                moved_detail(StepStatus.RUNNING, StepStatus.SUCCEEDED, attempt=report.attempt)))
@@ -375,6 +382,7 @@ def _succeed(saga: SagaInstance, records: list[StepRecord], record: StepRecord, 
     record.result = result
     record.error = ""
     record.finished_at = saga.db_now
+    record.may_have_effects = False  # what its action did is now known: its output, undone by its compensation
     release(record)
     move_step(saga, record, StepStatus.SUCCEEDED, EventKind.STEP_SUCCEEDED, attempt=record.attempts, **detail)
     if saga.status != SagaStatus.RUNNING:
@@ -411,6 +419,8 @@ def _stage_done(saga: SagaInstance, definition: Saga, record: StepRecord) -> boo
 
 def _fail_attempt(saga: SagaInstance, records: list[StepRecord], record: StepRecord, definition: Saga,
                   report: Report, policy: Retry) -> Outcome:
+    if report.infrastructure and saga.status == SagaStatus.RUNNING:
+        return _attempt_not_counted(saga, record, report)
     if saga.status != SagaStatus.RUNNING:
         # Cancelled, or a Parallel sibling failed: no retry, the saga is being undone.
         fail_record(saga, record, report.error, blame=False, effects=report.effects, permanent=report.permanent,
@@ -428,11 +438,32 @@ def _fail_attempt(saga: SagaInstance, records: list[StepRecord], record: StepRec
         start_compensating(saga, steps_of(saga), saga.error)
         return Outcome(Decision.STOP, reason=f"failed for good, compensating: {report.error}")
     delay = policy.delay_after(report.attempt)
+    detail = {"early_signal_discarded": True} if record.early_signal else {}
     record.error = report.error
+    record.early_signal = None  # it answered this attempt's token; the retry hands out a new one
     release(record)
     record.next_attempt_at = saga.db_now + timedelta(seconds=delay)
     save_step(record)
     saga.due_at = record.next_attempt_at + timedelta(seconds=settings.SAGAS_STALL_AFTER)
     event(saga, EventKind.STEP_ATTEMPT_FAILED, step=record, attempt=report.attempt, error=report.error,
-          timeout=report.timeout, retry_in=delay)
+          timeout=report.timeout, retry_in=delay, **detail)
     return Outcome(Decision.RETRY, countdown=delay, reason=report.error)
+
+
+# A transactional attempt rolled back by a passing database error is tried again this soon.
+_NOT_COUNTED_RETRY = 1.0
+
+
+def _attempt_not_counted(saga: SagaInstance, record: StepRecord, report: Report) -> Outcome:
+    """A transactional attempt that rolled back for a passing reason: nothing of it stays, so it is
+    tried again at once and its number is given again (the task counts it with its infrastructure retries)."""
+    log_attempt_start(saga, record)
+    record.attempts -= 1
+    record.error = report.error
+    release(record)
+    record.next_attempt_at = saga.db_now
+    save_step(record)
+    keep_due(saga)
+    event(saga, EventKind.STEP_ATTEMPT_FAILED, step=record, attempt=report.attempt, error=report.error,
+          infrastructure=True, counted=False, retry_in=_NOT_COUNTED_RETRY)
+    return Outcome(Decision.RETRY, countdown=_NOT_COUNTED_RETRY, reason=report.error, infrastructure=True)

@@ -16,14 +16,28 @@ whose steps changed under the same version) is recorded on it, as a
 from __future__ import annotations
 
 import logging
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
+from typing import Iterator
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
 from .. import liveness
-from ..models import ACTIVE_SAGA_STATUSES, EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus, WorkerBeat
+from ..models import (
+    ACTIVE_SAGA_STATUSES,
+    EventKind,
+    SagaInstance,
+    SagaStatus,
+    StepRecord,
+    StepStatus,
+    SweeperLease,
+    WorkerBeat,
+)
 from .compensation import (
     compensation_order,
     fail_compensation,
@@ -40,8 +54,9 @@ from .core import (
     dispatch_steps,
     event,
     in_flight,
+    SagaBusy,
     locked_saga,
-    log_attempt_start,
+    lose_attempt,
     move_saga,
     release,
     save_step,
@@ -56,12 +71,16 @@ logger = logging.getLogger("sagas.engine")
 
 @dataclass
 class SweepReport:
+    # Another sweep held the sweeper's lease: this one did nothing.
+    skipped: bool = False
     examined: int = 0
     resumed_forward: int = 0
     resumed_compensation: int = 0
     compensation_started: int = 0
     waits_timed_out: int = 0
     postponed: int = 0
+    # Sagas another transaction held locked: left for the next sweep, not waited for.
+    busy: int = 0
     held: list[str] = field(default_factory=list)
 
     @property
@@ -80,14 +99,54 @@ def due_saga_ids(limit: int) -> list:
     return list(dict.fromkeys([*due, *orphaned]))
 
 
+SWEEPER = "sweeper"
+
+
+@contextmanager
+def sweeping() -> Iterator[bool]:
+    """Hold the sweeper's lease (``SweeperLease``, on the database's clock) while sweeping.
+
+    Yields True if this sweep got it, False if another one runs: then it
+    does nothing, so sweeps that beat queued while one was slow never pile
+    up, each holding a worker process. A sweep that dies holding the lease
+    holds it ``SAGAS_SWEEP_LEASE`` seconds at most.
+    """
+    holder = f"{liveness.identity()}|{uuid.uuid4().hex[:8]}"
+    until = Now() + timedelta(seconds=settings.SAGAS_SWEEP_LEASE)
+    got = bool(SweeperLease.objects.filter(pk=SWEEPER, until__lt=Now()).update(holder=holder, until=until))
+    if not got:
+        try:
+            with transaction.atomic():
+                SweeperLease.objects.create(id=SWEEPER, holder=holder, until=until)
+            got = True
+        except IntegrityError:
+            got = False  # another sweep holds it
+    try:
+        yield got
+    finally:
+        if got:  # ended at once (a second back: SQLite's clock reads to the millisecond)
+            SweeperLease.objects.filter(pk=SWEEPER, holder=holder).update(until=Now() - timedelta(seconds=1))
+
+
 def sweep(*, limit: int = 500) -> SweepReport:
-    """Move on every saga that is due: lost messages, dead workers, lost error callbacks, waits past their deadline."""
+    """Move on every saga that is due: lost messages, dead workers, lost error callbacks, waits past their deadline.
+
+    One sweep at a time (``sweeping``); a saga another transaction holds is
+    not waited for (``busy``): it is still due, and the next sweep looks again.
+    """
+    with sweeping() as mine:
+        if not mine:
+            return SweepReport(skipped=True)
+        return _sweep(limit)
+
+
+def _sweep(limit: int) -> SweepReport:
     report = SweepReport()
     for saga_id in expired_wait_saga_ids(limit):
         # On a passing error the deadline stays passed: the next sweep tries again.
-        report.waits_timed_out += _guarded(report, saga_id, expire_waits, postpone=False) or 0
+        report.waits_timed_out += _guarded(report, saga_id, partial(expire_waits, nowait=True), postpone=False) or 0
     for saga_id in due_saga_ids(limit):
-        action = _guarded(report, saga_id, resume, postpone=True)
+        action = _guarded(report, saga_id, partial(resume, nowait=True), postpone=True)
         if action == "forward":
             report.resumed_forward += 1
         elif action == "compensation":
@@ -111,6 +170,8 @@ def _guarded(report: SweepReport, saga_id, move, *, postpone: bool):
     report.examined += 1
     try:
         return move(saga_id)
+    except SagaBusy:
+        report.busy += 1  # whoever holds it is moving it; still due, so the next sweep looks again
     except INFRASTRUCTURE_ERRORS as exc:
         logger.warning("sweeper: saga %s postponed: %s", saga_id, exc)
         report.postponed += 1
@@ -145,20 +206,25 @@ def _hold_for_person(saga_id, exc: Exception) -> None:
         logger.warning("sweeper: could not hold saga %s: %s", saga_id, again)
 
 
-def resume(saga_id) -> str | None:
+def resume(saga_id, *, nowait: bool = False) -> str | None:
     """Send again whatever a stalled saga waits for, judged from its stored state.
 
     Returns what it did (``forward``, ``compensation``, ``compensation_started``,
     ``finished``) or None when the saga is not stalled (it then becomes due at
-    the next moment that matters).
+    the next moment that matters), or no longer due: another sweep, which
+    found it due at the same time, resumed it first (its resend stands, and
+    its backoff is not doubled again). ``nowait``: see ``locked_saga``.
     """
-    with locked_saga(saga_id) as saga:
+    with locked_saga(saga_id, nowait=nowait) as saga:
         if saga is None or saga.status not in ACTIVE_SAGA_STATUSES:
             return None
         records = steps_of(saga)
-        definition = definition_of(saga, records)
         now = saga.db_now
         dead = dead_holders(records, now)
+        orphaned = any(r.held_by in dead for r in records if r.lease_expires_at)
+        if saga.due_at is None or (saga.due_at > now and not orphaned):
+            return None  # held for a person, or moved since it was found due
+        definition = definition_of(saga, records)
         live = [r.lease_expires_at for r in records if in_flight(r, now, dead)]
         if live:
             saga.due_at = min(live)
@@ -198,8 +264,7 @@ def _free_lost_attempts(saga: SagaInstance, records: list[StepRecord], definitio
             fail_lost_attempt(saga, record, blame=not saga.error)
             continue
         else:
-            log_attempt_start(saga, record)
-            event(saga, EventKind.STEP_ATTEMPT_LOST, step=record, attempt=record.attempts)
+            lose_attempt(saga, record)
         release(record)
         record.next_attempt_at = saga.db_now  # the next delivery makes a new attempt at once
         save_step(record)
@@ -241,4 +306,4 @@ def _resume(saga: SagaInstance, records: list[StepRecord], definition) -> str:
     return "forward"
 
 
-__all__ = ["SweepReport", "due_saga_ids", "resume", "stall_deadline", "sweep"]
+__all__ = ["SweepReport", "due_saga_ids", "resume", "stall_deadline", "sweep", "sweeping"]

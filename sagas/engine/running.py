@@ -1,6 +1,7 @@
 """Running an attempt's code and handing its report to the transaction that records it."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -16,6 +17,8 @@ from .core import Claim, Outcome, Report, ReportPending, UnstorableResult, descr
 # connection, the soft time limit firing while the engine (not the action)
 # was at work. The task retries; claims keep the action from running twice.
 INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, SoftTimeLimitExceeded)
+# The database's passing errors alone (a transactional attempt they roll back is not counted).
+DATABASE_PASSING = (OperationalError, InterfaceError)
 
 
 def invoke(fn: Callable, claim: Claim, *, phase: str) -> Any:
@@ -57,10 +60,15 @@ def record_or_pending(record: RecordFn, claim: Claim, report: Report, policy: Re
     except INFRASTRUCTURE_ERRORS as exc:
         raise ReportPending(report, exc) from exc
     except DatabaseError as exc:
-        if not report.ok or claim.context.is_compensation:
+        if claim.context.is_compensation:
             raise
-        refused = Report(claim.attempt, ok=False, permanent=True, effects=not claim.step.transactional,
-                         error=f"its output could not be stored: {describe_error(exc)}")
+        if not report.ok:
+            # Its error text is what the database refused (``describe_error`` makes it storable; this
+            # is for what it missed): the attempt failed all the same, recorded with a plain error.
+            refused = replace(report, error=f"the attempt failed; its error could not be stored ({describe_error(exc)})")
+        else:
+            refused = Report(claim.attempt, ok=False, permanent=True, effects=not claim.step.transactional,
+                             error=f"its output could not be stored: {describe_error(exc)}")
     try:
         return record(claim.saga_id, claim.index, refused, policy)
     except INFRASTRUCTURE_ERRORS as exc:

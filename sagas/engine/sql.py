@@ -261,11 +261,15 @@ WITH first_step AS (
     FOR KEY SHARE
 )"""
 
+# ``core.due_kept`` in SQL: the saga's due time is one ``keep_due`` would leave as it is (between half a
+# stall time and a stall time from now). Its values: ``core.due_range()``, the margin and the stall length.
+DUE_KEPT = "due_at BETWEEN STATEMENT_TIMESTAMP() + %s AND STATEMENT_TIMESTAMP() + %s"
+
 # What a step's success writes on its row (its attempt's, if the attempt still holds it), given a ``saga``
 # part that says the saga may move on.
 _STEP_SUCCEEDS = """
     UPDATE sagas_steprecord
-    SET status = %s, result = %s, error = '', finished_at = STATEMENT_TIMESTAMP(),
+    SET status = %s, result = %s, error = '', finished_at = STATEMENT_TIMESTAMP(), may_have_effects = FALSE,
         lease_expires_at = NULL, next_attempt_at = NULL, held_by = NULL, attempt_started_at = NULL
     WHERE saga_id = %s AND index = %s AND status = %s AND attempts = %s AND attempt_started_at = %s
       AND EXISTS (SELECT 1 FROM saga)"""
@@ -284,7 +288,7 @@ def _step_succeeds(saga_id, index: int, attempt: int, began_at, result: Any, run
 
 _SUCCEED_STEP = _WITH_FIRST_STEP_LOCKED + """, saga AS (
     SELECT id FROM sagas_sagainstance
-    WHERE id = %s AND status = %s AND sweeps = 0 AND due_at >= STATEMENT_TIMESTAMP() + %s
+    WHERE id = %s AND status = %s AND sweeps = 0 AND """ + DUE_KEPT + """
       AND EXISTS (SELECT 1 FROM first_step)
     FOR KEY SHARE
 ), done AS (""" + _STEP_SUCCEEDS + """
@@ -298,12 +302,12 @@ FROM done CROSS JOIN (VALUES (%s::varchar, %s::jsonb, %s::timestamptz), (%s::var
 
 
 def succeed_step_if_running(*, saga_id, index: int, attempt: int, began_at, result: Any, running: str,
-                            succeeded: str, due_after, started: tuple[str, dict], ended: tuple[str, dict]) -> bool:
+                            succeeded: str, due_kept, started: tuple[str, dict], ended: tuple[str, dict]) -> bool:
     """PostgreSQL: one statement that records a step's success and its two events, if all still hold.
 
     The step is at ``attempt``, ``running`` and its attempt began at
-    ``began_at``; its saga is ``running``, counts no sweeps and is due no
-    sooner than ``due_after`` from now. Meanwhile the rows a transition
+    ``began_at``; its saga is ``running``, counts no sweeps and is due as
+    ``keep_due`` would leave it (``due_kept``, ``DUE_KEPT``). Meanwhile the rows a transition
     under the saga's lock locks first, the first step's and the saga's, are
     locked in KEY SHARE mode, in the same order: it waits for every such
     transition, and one that committed first is seen (then nothing is
@@ -311,7 +315,7 @@ def succeed_step_if_running(*, saga_id, index: int, attempt: int, began_at, resu
     finishes and the events are dated on the database's clock (``started``
     at ``began_at``). True if it was recorded.
     """
-    params = [saga_id, saga_id, running, due_after,
+    params = [saga_id, saga_id, running, *due_kept,
               *_step_succeeds(saga_id, index, attempt, began_at, result, running, succeeded),
               started[0], _detail(started[1]), began_at,
               ended[0], _detail(ended[1])]
@@ -329,7 +333,7 @@ _FIRST_ATTEMPT_HELD = """
 _CLAIM_PENDING_STEP = """
 WITH saga AS (
     SELECT input FROM sagas_sagainstance
-    WHERE id = %s AND status = %s AND saga_type = %s AND version = %s AND due_at >= STATEMENT_TIMESTAMP() + %s
+    WHERE id = %s AND status = %s AND saga_type = %s AND version = %s AND """ + DUE_KEPT + """
 ), claimed AS (
     UPDATE sagas_steprecord AS step""" + _FIRST_ATTEMPT_HELD + """
     WHERE step.saga_id = %s AND step.index = %s AND step.name = %s AND step.status = %s AND step.attempts = 0
@@ -347,11 +351,11 @@ FROM claimed, saga
 
 
 def claim_pending_step(*, saga_id, index: int, saga_type: str, version: int, names: list[str], lease, holder: str,
-                       due_after, pending: str, running: str, succeeded: str, saga_running: str):
+                       due_kept, pending: str, running: str, succeeded: str, saga_running: str):
     """PostgreSQL: one statement that claims a pending step of a running saga, if all still hold.
 
     The saga is ``saga_type`` v``version``, running and due no sooner than
-    ``due_after`` from now; the step (named ``names[index]``) is pending and
+    ``due_kept`` (as ``keep_due`` would leave it) from now; the step (named ``names[index]``) is pending and
     every step of the earlier stages succeeded (named as ``names`` says).
     The step is then held by ``holder`` for ``lease`` on the database's
     clock. The same conditional UPDATE as ``save_step_if_unchanged`` makes
@@ -359,7 +363,7 @@ def claim_pending_step(*, saga_id, index: int, saga_type: str, version: int, nam
     attempt needs comes back with it. Returns (when the attempt began, the
     saga's input as stored, the earlier steps' outputs as stored) or None.
     """
-    params = [saga_id, saga_running, saga_type, version, due_after,
+    params = [saga_id, saga_running, saga_type, version, *due_kept,
               running, lease, holder,
               saga_id, index, names[index], pending,
               succeeded, names,
@@ -377,8 +381,8 @@ WITH first_step AS (
 ), started AS (
     UPDATE sagas_sagainstance
     SET status = %s, started_at = COALESCE(started_at, STATEMENT_TIMESTAMP()), updated_at = STATEMENT_TIMESTAMP(),
-        sweeps = 0, due_at = CASE WHEN due_at IS NULL OR due_at < STATEMENT_TIMESTAMP() + %s
-                                  THEN STATEMENT_TIMESTAMP() + %s ELSE due_at END
+        sweeps = 0, due_at = CASE WHEN due_at IS NOT NULL AND """ + DUE_KEPT + """ THEN due_at
+                                  ELSE STATEMENT_TIMESTAMP() + %s END
     WHERE id = %s AND status = %s AND saga_type = %s AND version = %s AND EXISTS (SELECT 1 FROM first_step)
     RETURNING id, input
 ), claimed AS (
@@ -394,7 +398,7 @@ SELECT claimed.attempt_started_at, started.input FROM claimed, started
 
 
 def claim_first_step(*, saga_id, saga_type: str, version: int, name: str, lease, holder: str, stall_after,
-                     due_after, pending: str, running: str, saga_pending: str, saga_running: str,
+                     due_kept, pending: str, running: str, saga_pending: str, saga_running: str,
                      saga_started: tuple[str, dict]):
     """PostgreSQL: one statement that claims the first step of a saga not yet started, and starts the saga.
 
@@ -403,13 +407,13 @@ def claim_first_step(*, saga_id, saga_type: str, version: int, name: str, lease,
     saga's lock takes them; then the saga, if still ``saga_pending`` and of
     ``saga_type`` v``version``, moves to ``saga_running`` (its event
     ``saga_started`` written, ``due_at`` moved ``stall_after`` away if
-    closer than ``due_after``), and only then is the step held by
+    closer than ``due_kept`` (as ``keep_due`` would leave it)), and only then is the step held by
     ``holder`` for ``lease``. A saga started by another delivery meanwhile
     is left to the other claims: nothing is written. Returns (when the
     attempt began, the saga's input as stored) or None.
     """
     params = [saga_id, name, pending,
-              saga_running, due_after, stall_after,
+              saga_running, *due_kept, stall_after,
               saga_id, saga_pending, saga_type, version,
               running, lease, holder,
               saga_started[0], _detail(saga_started[1])]
@@ -474,7 +478,7 @@ def succeed_last_step_if_running(*, saga_id, index: int, attempt: int, began_at,
 _CLAIM_COMPENSATION = _WITH_FIRST_STEP_LOCKED + """, saga AS (
     SELECT input FROM sagas_sagainstance
     WHERE id = %s AND status = %s AND saga_type = %s AND version = %s AND sweeps = 0
-      AND due_at >= STATEMENT_TIMESTAMP() + %s AND EXISTS (SELECT 1 FROM first_step)
+      AND """ + DUE_KEPT + """ AND EXISTS (SELECT 1 FROM first_step)
     FOR KEY SHARE
 ), claimed AS (
     UPDATE sagas_steprecord AS step
@@ -501,14 +505,14 @@ FROM claimed, saga
 
 
 def claim_compensation(*, saga_id, index: int, saga_type: str, version: int, names: list[str], lease, holder: str,
-                       due_after, compensating: str, succeeded: str, running: str, failed: str,
+                       due_kept, compensating: str, succeeded: str, running: str, failed: str,
                        undo_pending: list[str], forward_done: list[str], saga_compensating: str,
                        started: tuple[str, dict]):
     """PostgreSQL: one statement that claims the first attempt of a step's compensation, if all still hold.
 
     The saga is ``saga_compensating``, of ``saga_type`` v``version`` (its
     steps named as ``names``), counts no sweeps and is due no sooner than
-    ``due_after``; the step ``succeeded`` and has a compensation never
+    ``due_kept`` (as ``keep_due`` would leave it); the step ``succeeded`` and has a compensation never
     attempted; no step of a later stage is ``running`` or left to undo
     (``undo_pending``, or ``failed`` with effects: as ``to_undo`` says). The
     first step's row and the saga's are locked in ``KEY SHARE`` mode
@@ -519,7 +523,7 @@ def claim_compensation(*, saga_id, index: int, saga_type: str, version: int, nam
     doubt), each as stored, or None.
     """
     params = [saga_id,
-              saga_id, saga_compensating, saga_type, version, due_after,
+              saga_id, saga_compensating, saga_type, version, *due_kept,
               compensating, lease, holder,
               saga_id, index, succeeded,
               names, running, undo_pending, failed,
@@ -532,7 +536,7 @@ def claim_compensation(*, saga_id, index: int, saga_type: str, version: int, nam
 
 _COMPENSATED = _WITH_FIRST_STEP_LOCKED + """, saga AS (
     SELECT id FROM sagas_sagainstance
-    WHERE id = %s AND status = %s AND sweeps = 0 AND due_at >= STATEMENT_TIMESTAMP() + %s
+    WHERE id = %s AND status = %s AND sweeps = 0 AND """ + DUE_KEPT + """
       AND EXISTS (SELECT 1 FROM first_step)
     FOR NO KEY UPDATE
 ), done AS (
@@ -563,7 +567,7 @@ SELECT finished.id, NULL, %s, %s::jsonb, STATEMENT_TIMESTAMP() FROM finished
 """
 
 
-def compensated_if_compensating(*, saga_id, index: int, attempt: int, due_after, compensating: str,
+def compensated_if_compensating(*, saga_id, index: int, attempt: int, due_kept, compensating: str,
                                 compensated: str, running: str, failed: str, undo_pending: list[str],
                                 forward_done: list[str], saga_compensating: str, saga_compensated: str,
                                 ended: tuple[str, dict], saga_ended: tuple[str, dict]) -> bool:
@@ -572,7 +576,7 @@ def compensated_if_compensating(*, saga_id, index: int, attempt: int, due_after,
     The step is ``compensating`` at ``attempt``; the saga, locked after the
     first step's row as every transition takes them, is
     ``saga_compensating``, counts no sweeps and is due no sooner than
-    ``due_after``. The step moves to ``compensated`` with its event
+    ``due_kept`` (as ``keep_due`` would leave it). The step moves to ``compensated`` with its event
     ``ended``; if no other step is ``running`` or left to undo (as
     ``claim_compensation`` reads it), the saga moves to
     ``saga_compensated`` too, with its results (the outputs of the steps
@@ -580,7 +584,7 @@ def compensated_if_compensating(*, saga_id, index: int, attempt: int, due_after,
     ``saga_ended``. True if it was recorded.
     """
     params = [saga_id,
-              saga_id, saga_compensating, due_after,
+              saga_id, saga_compensating, *due_kept,
               compensated, saga_id, index, compensating, attempt,
               saga_compensated, forward_done,
               index, running, undo_pending, failed,

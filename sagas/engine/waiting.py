@@ -39,6 +39,7 @@ from .core import (
     move_step,
     no_such_saga,
     release,
+    save_step,
     saga_id_of,
     stall_deadline,
     steps_of,
@@ -56,11 +57,19 @@ BY_TOKEN = "token"
 
 
 def begin_wait(saga: SagaInstance, record: StepRecord, definition: Saga, result: Any) -> Outcome:
-    """Record the action's output and make the step wait; the chain stops here (the signal goes on)."""
+    """Record the action's output and make the step wait; the chain stops here (the signal goes on).
+
+    A token callback that came while the action ran (``early_signal``) is
+    applied now instead, as if it had come the moment the step began to wait.
+    """
     step = definition.step_at(record.index)
+    early = record.early_signal
     record.result = result
     record.error = ""
+    record.may_have_effects = False
     release(record)
+    if early:
+        return _apply_early(saga, record, definition, early)
     record.waiting_since = saga.db_now
     record.signal_deadline = (saga.db_now + timedelta(seconds=step.signal_timeout)) if step.signal_timeout else None
     move_step(saga, record, StepStatus.WAITING, EventKind.STEP_WAITING, attempt=record.attempts,
@@ -71,6 +80,17 @@ def begin_wait(saga: SagaInstance, record: StepRecord, definition: Saga, result:
     else:
         saga.due_at = record.signal_deadline or saga.db_now + WAIT_HORIZON
     return Outcome(Decision.STOP, reason=f"step {record.name} waits for a signal")
+
+
+def _apply_early(saga: SagaInstance, record: StepRecord, definition: Saga, early: dict) -> Outcome:
+    end_wait(record)
+    if early["signal"] == "complete":
+        _complete(saga, saga.records, record, definition, _merged(record.result, early.get("result")))
+        return Outcome(Decision.STOP, reason=f"step {record.name} completed by a signal that came early")
+    record.finished_at = saga.db_now
+    fail_record(saga, record, early["error"], effects=True, permanent=True, signalled=True)
+    start_compensating(saga, steps_of(saga), saga.error)
+    return Outcome(Decision.STOP, reason=f"step {record.name} failed by a signal that came early")
 
 
 def wait_due(saga: SagaInstance, waiting: list[StepRecord]) -> None:
@@ -191,6 +211,9 @@ def _signal(saga_id, step_name: str, *, by: Any, result: Any = None, error: str 
         step = definition.step_at(record.index)
         if _is_user(by) and not may_signal(by, step.signal_permission):
             raise SignalNotAllowed(f"signalling {step_name} needs the permission {step.signal_permission}")
+        if hashed is not None and record.status == StepStatus.RUNNING and saga.status == SagaStatus.RUNNING:
+            _keep_early(saga, record, by=by, result=result, error=error)
+            return SagaInstance.objects.get(pk=saga.pk)
         if record.status != StepStatus.WAITING or saga.status != SagaStatus.RUNNING:
             raise InvalidTransition(
                 f"step {step_name} of saga {saga.id} is {record.status} (saga {saga.status}); only a waiting "
@@ -205,6 +228,21 @@ def _signal(saga_id, step_name: str, *, by: Any, result: Any = None, error: str 
             fail_record(saga, record, error, effects=True, permanent=True, signalled=True)
             start_compensating(saga, steps_of(saga), saga.error)
     return SagaInstance.objects.get(pk=saga.pk)
+
+
+def _keep_early(saga: SagaInstance, record: StepRecord, *, by: Any, result: Any, error: str | None) -> None:
+    """A token callback for a step whose action still runs (the other system answered fast): kept on
+    the step, and applied when the action's success is recorded (``begin_wait``). Its token is used:
+    a second callback is refused as for a step that was signalled."""
+    who = signaller(by)
+    record.signal_token_hash = None
+    if error is None:
+        record.early_signal = {"signal": "complete", "result": result, **who}
+        event(saga, EventKind.STEP_SIGNALLED, step=record, signal="complete", result=result, early=True, **who)
+    else:
+        record.early_signal = {"signal": "fail", "error": error, **who}
+        event(saga, EventKind.STEP_SIGNALLED, step=record, signal="fail", error=error, early=True, **who)
+    save_step(record)
 
 
 def _complete(saga: SagaInstance, records: list[StepRecord], record: StepRecord, definition: Saga,
@@ -237,9 +275,11 @@ def expired_wait_saga_ids(limit: int) -> list:
     return list(dict.fromkeys(expired_waits(limit)))
 
 
-def expire_waits(saga_id) -> int:
-    """Fail the saga's waits whose deadline passed (no signal came): the saga compensates. How many timed out."""
-    with locked_saga(saga_id) as saga:
+def expire_waits(saga_id, *, nowait: bool = False) -> int:
+    """Fail the saga's waits whose deadline passed (no signal came): the saga compensates. How many timed out.
+
+    ``nowait``: see ``locked_saga``."""
+    with locked_saga(saga_id, nowait=nowait) as saga:
         if saga is None:
             return 0
         records = steps_of(saga)

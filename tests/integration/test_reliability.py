@@ -197,6 +197,28 @@ def test_a_step_held_by_a_killed_worker_moves_again_long_before_its_lease_ends(w
     assert slow.status == StepStatus.SUCCEEDED
 
 
+def test_a_step_whose_worker_was_killed_and_whose_retry_is_refused_is_compensated(worker):
+    # Attempt 1 of "slow" began its work (it may have charged a card) when its worker died; attempt 2
+    # is refused for good. The saga is undone, "slow" included: its first attempt may have had effects.
+    queue = f"kill-{uuid.uuid4().hex[:6]}"
+    with start_worker(queue=queue, concurrency=1) as doomed:
+        saga = start_saga("tests.slow", input={"sleep_first": {"slow": 600}, "fail": {"slow": "permanent"}})
+        wait_until(lambda: "slow" in calls(saga), timeout=60)
+        _kill_whole_worker(doomed["process"])
+    with start_worker(queue=queue, concurrency=1):
+        def finished():
+            sweep()
+            return SagaInstance.objects.get(pk=saga.pk).status in (SagaStatus.COMPENSATED, SagaStatus.FAILED)
+
+        wait_until(finished, timeout=90, interval=1.0)
+
+    saga.refresh_from_db()
+    slow = saga.steps.get(name="slow")
+    assert saga.status == SagaStatus.COMPENSATED
+    assert (slow.attempts, slow.status, slow.may_have_effects) == (2, StepStatus.COMPENSATED, True)
+    assert calls(saga, "compensation") == ["slow", "a"]
+
+
 @postgres_only
 def test_a_worker_keeps_its_database_connections_from_one_step_to_the_next(worker):
     import time

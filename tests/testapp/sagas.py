@@ -188,3 +188,28 @@ registry.register(Saga(name="tests.parallel_gate", steps=[
     ),
     Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
 ]))
+
+
+# --- sagas whose steps leave real effects (``ChaosEffect`` rows), for the interleaving harness ------------
+# Input ``fail``: the name of the step that refuses for good.
+
+from sagas.chaos import apply_effect, undo_effect  # noqa: E402
+
+registry.register(Saga(name="tests.effects_line", steps=[
+    Step("a", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP),
+    Step("b", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP),
+    Step("c", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP),
+]))
+
+registry.register(Saga(name="tests.effects_fanout", steps=[
+    Step("a", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP),
+    Parallel("fan", *[Step(f"b{i}", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP)
+                      for i in range(1, 5)]),
+    Step("c", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP),
+]))
+
+registry.register(Saga(name="tests.effects_first_fanout", steps=[
+    Parallel("fan", *[Step(f"b{i}", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP)
+                      for i in range(1, 4)]),
+    Step("c", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP),
+]))
