@@ -264,9 +264,11 @@ def problems(saga_id, ledger: Ledger | None = None, *, must_finish: bool = True)
 
 
 def rows(saga_id) -> dict:
-    """What a differential check compares: the saga's and its steps' final state, times left out."""
+    """What a differential check compares: the saga's and its steps' final state, times and its id left out."""
+    import json
+
     saga = SagaInstance.objects.get(pk=saga_id)
-    return {
+    found = {
         "status": saga.status,
         "results": saga.results,
         "steps": [(s.name, s.status, s.attempts, s.compensation_attempts, s.result, s.may_have_effects)
@@ -274,6 +276,7 @@ def rows(saga_id) -> dict:
         "effects": sorted((e.step, e.applied, e.undone_at is not None)
                           for e in ChaosEffect.objects.filter(saga_id=saga_id)),
     }
+    return json.loads(json.dumps(found, default=str).replace(str(saga_id), "<saga>"))
 
 
 @dataclass

@@ -213,3 +213,10 @@ registry.register(Saga(name="tests.effects_first_fanout", steps=[
                       for i in range(1, 4)]),
     Step("c", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP),
 ]))
+
+registry.register(Saga(name="tests.effects_gated", steps=[
+    Step("a", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP),
+    Step("gate", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP, wait_for_signal=True,
+         signal_timeout=3600),
+    Step("c", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP),
+]))
