@@ -228,6 +228,9 @@ SAGAS_HARD_TIMEOUT_GRACE = env_float("SAGAS_HARD_TIMEOUT_GRACE", 5.0)
 SAGAS_STALL_AFTER = env_float("SAGAS_STALL_AFTER", 15.0)
 # Beat runs the sweeper this often (one indexed query when nothing is due).
 SAGAS_SWEEP_INTERVAL = env_float("SAGAS_SWEEP_INTERVAL", 5.0)
+# A forward or compensation chain holds at most this many steps; a task at its end sends the next
+# segment (every message carries the rest of its chain: a longer one costs bytes with every step).
+SAGAS_CHAIN_SEGMENT = int(env_float("SAGAS_CHAIN_SEGMENT", 20))
 # One sweep at a time: a sweep that dies holds the sweeper's lease this long at most (seconds).
 SAGAS_SWEEP_LEASE = env_float("SAGAS_SWEEP_LEASE", 60.0)
 # Every worker process that runs steps heartbeats this often (0: never); an

@@ -57,6 +57,12 @@ def forward_chain(saga_id, definition: Saga, from_index: int = 0) -> Signature:
     ``from_index`` on): there is no chord, because the join needs no result
     backend. The member whose success completes the stage has the engine
     send what follows. Every task carries the error callback compensate_saga.
+
+    A chain holds ``SAGAS_CHAIN_SEGMENT`` steps at most, then a
+    ``sagas.send_forward`` task that sends the next segment: every message
+    carries the rest of its chain, so a saga of a thousand steps in one
+    chain would send the thousand signatures with every step (quadratic in
+    bytes through the broker, and in the time to read each message).
     """
     from .tasks import compensate_saga
 
@@ -67,8 +73,18 @@ def forward_chain(saga_id, definition: Saga, from_index: int = 0) -> Signature:
             members = [step_signature(saga_id, i, definition.step_at(i), definition) for i in indices if i >= from_index]
             signatures.append(group(*members))
             break
+        if len(signatures) == settings.SAGAS_CHAIN_SEGMENT:
+            signatures.append(signature_of("sagas.send_forward", str(saga_id), indices[0]))
+            break
         signatures.append(step_signature(saga_id, indices[0], definition.step_at(indices[0]), definition))
     return chain(*signatures).on_error(compensate_saga.si(str(saga_id)))
+
+
+def signature_of(task: str, *args) -> Signature:
+    """An immutable signature of one of the orchestrator's tasks, by its registered name."""
+    from config.celery import app
+
+    return app.signature(task, args=args, immutable=True)
 
 
 def steps_group(saga_id, definition: Saga, indices: list[int]) -> Signature:
@@ -80,8 +96,13 @@ def steps_group(saga_id, definition: Saga, indices: list[int]) -> Signature:
 
 
 def compensation_chain(saga_id, definition: Saga, indices: list[int]) -> Signature:
-    """compensate_step for each index, in the order given (latest step first)."""
-    return chain(*[compensation_signature(saga_id, i, definition.step_at(i), definition) for i in indices])
+    """compensate_step for each index, in the order given (latest step first); in segments as
+    ``forward_chain``'s, the rest sent by a ``sagas.send_compensation`` task."""
+    segment, rest = indices[:settings.SAGAS_CHAIN_SEGMENT], indices[settings.SAGAS_CHAIN_SEGMENT:]
+    signatures = [compensation_signature(saga_id, i, definition.step_at(i), definition) for i in segment]
+    if rest:
+        signatures.append(signature_of("sagas.send_compensation", str(saga_id), rest))
+    return chain(*signatures)
 
 
 def _definition_for(saga_id) -> Saga:

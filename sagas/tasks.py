@@ -7,7 +7,7 @@ from celery import shared_task
 from celery.signals import task_prerun, worker_process_init, worker_ready
 from django.db import connections
 
-from . import engine, liveness
+from . import canvas, engine, liveness
 from .definitions import Retry
 from .engine import INFRASTRUCTURE_ERRORS, Decision, Outcome, ReportPending
 from .errors import CompensationFailed, StepFailed
@@ -86,6 +86,20 @@ def compensate_saga(self, saga_id: str) -> str:
     except INFRASTRUCTURE_ERRORS as exc:
         _retry_infrastructure(self, exc, self.request.retries)
     return "already handled" if indices is None else f"compensating steps {indices}"
+
+
+# The next segment of a long chain (``canvas.forward_chain``): the step before it succeeded and let
+# its chain go on. Sending twice is harmless: a step's claim takes it once.
+@shared_task(name="sagas.send_forward", acks_late=True)
+def send_forward(saga_id: str, from_index: int) -> str:
+    canvas.dispatch_forward(saga_id, from_index)
+    return f"sent the chain from step {from_index}"
+
+
+@shared_task(name="sagas.send_compensation", acks_late=True)
+def send_compensation(saga_id: str, indices: list[int]) -> str:
+    canvas.dispatch_compensation(saga_id, indices)
+    return f"sent the compensation of steps {indices}"
 
 
 @shared_task(name="sagas.sweep", acks_late=True)

@@ -268,3 +268,17 @@ def test_transactional_step_compensation_nets_to_zero(worker):
 
     assert saga.status == SagaStatus.COMPENSATED
     assert sorted(Ledger.objects.filter(saga_id=saga.id).values_list("amount", flat=True)) == [-5, 5]
+
+
+def test_a_saga_longer_than_a_chain_segment_runs_every_step_once_forward_and_back(worker):
+    from sagas.models import ChaosEffect
+
+    done = wait_for_saga(start_saga("tests.long_line", input={}), timeout=120)
+    undone = wait_for_saga(start_saga("tests.long_line", input={"fail": "s44"}), timeout=120)
+
+    assert done.status == SagaStatus.SUCCEEDED and len(done.results) == 45
+    assert [s.attempts for s in done.steps.all()] == [1] * 45
+    assert undone.status == SagaStatus.COMPENSATED
+    effects = ChaosEffect.objects.filter(saga_id=undone.id)
+    assert effects.count() == 44 and not effects.filter(undone_at__isnull=True).exists()
+    assert all(e.undo_runs == 1 for e in effects)

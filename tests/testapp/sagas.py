@@ -220,3 +220,8 @@ registry.register(Saga(name="tests.effects_gated", steps=[
          signal_timeout=3600),
     Step("c", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP),
 ]))
+
+# Longer than one chain segment (SAGAS_CHAIN_SEGMENT, 20): sent in three segments forward and back.
+registry.register(Saga(name="tests.long_line", steps=[
+    Step(f"s{i:02d}", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP) for i in range(45)
+]))

@@ -67,3 +67,42 @@ def test_step_and_compensation_messages_name_the_sagas_type_and_version():
     assert [(t.task, t.args[1]) for t in backward] == [("sagas.compensate_step", 1), ("sagas.compensate_step", 0)]
     for task in (*forward, *backward):
         assert {k: task.kwargs[k] for k in named} == named
+
+
+def _long_line(n):
+    from sagas import Saga, Step
+
+    return Saga(f"tests.line{n}", steps=[Step(f"s{i}", lambda ctx: None, compensation=lambda ctx: None)
+                                         for i in range(n)])
+
+
+def test_a_long_saga_is_sent_in_segments_each_ending_with_the_task_that_sends_the_next(settings):
+    settings.SAGAS_CHAIN_SEGMENT = 20
+    definition = _long_line(1000)
+
+    first = flatten(canvas.forward_chain(SAGA_ID, definition, 0))
+    later = flatten(canvas.forward_chain(SAGA_ID, definition, 980))
+
+    assert first == [("sagas.run_step", i) for i in range(20)] + [("sagas.send_forward", 20)]
+    assert later == [("sagas.run_step", i) for i in range(980, 1000)]  # the last segment: nothing after
+
+
+def test_a_long_compensation_is_sent_in_segments_too(settings):
+    settings.SAGAS_CHAIN_SEGMENT = 20
+    signature = canvas.compensation_chain(SAGA_ID, _long_line(50), list(range(49, -1, -1)))
+
+    tasks = signature.tasks
+    assert [t.args[1] for t in tasks[:20]] == list(range(49, 29, -1))
+    assert (tasks[20].task, tasks[20].args[1]) == ("sagas.send_compensation", list(range(29, -1, -1)))
+
+
+def test_the_first_message_of_a_thousand_step_saga_stays_small(settings):
+    import json
+
+    settings.SAGAS_CHAIN_SEGMENT = 20
+    signature = canvas.forward_chain(SAGA_ID, _long_line(1000), 0)
+    first, rest = signature.tasks[0], signature.tasks[1:]
+
+    # What the first message carries: its own task and the rest of its chain (the segment).
+    size = len(json.dumps([dict(first), [dict(t) for t in rest]], default=str))
+    assert size < 30_000
