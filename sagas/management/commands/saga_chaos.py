@@ -26,14 +26,17 @@ Each long-step saga gets one of two faults of its own, in turn, both of
 which lose the message that carries the saga on after its long step:
 
 - **lost message** (own Redis only): Redis is killed (-9) shortly before
-  the long step ends and started again, empty, a few seconds after its
-  success is recorded. The worker records the success in the database, but
-  the next step's message cannot be published (the publish fails for good
-  after Celery's few retries) and the message it ran is gone with the
-  broker's memory: nothing but the sweeper can move the saga on. This is the
-  faithful form: killing a worker in the milliseconds between the recorded
-  success and the publish cannot be timed from outside. The fault is dated
-  when the success was recorded (when the lost message would have been sent).
+  the long step ends. The worker records the step's success in the
+  database, but cannot publish the next step's message (Celery gives up
+  after its few retries); 2 s later that whole worker (main process and
+  children) is SIGKILLed, taking with it the copy of the message it ran
+  that it would have put back on the broker once reconnected, and Redis
+  is started again, empty. Nothing but the sweeper can move the saga on.
+  Killing a worker right after the recorded success is the faithful fault;
+  the broker outage is what makes that moment last long enough to hit it
+  (the publish otherwise follows the commit within milliseconds). The fault
+  is dated when the success was recorded (when the next message would have
+  been sent).
 - **long-step kill**: the whole worker running the long step (main process
   and children) SIGKILLed halfway through it, as in *whole worker*: the next
   message is never sent, and the one it ran stays unacknowledged (on Redis,
@@ -551,8 +554,7 @@ class Command(BaseCommand):
                 at, what, cut = cluster.kill_worker(slot, cluster.busy(), self._held)
                 what = f"saga {record.saga_id} halfway through its long step; {what}"
             elif kind == LOST_MESSAGE and now >= near_end:
-                at, what = self._lose_next_message(cluster, record)
-                cut = frozenset()
+                at, what, cut = self._lose_next_message(cluster, record)
             else:
                 continue
             del self.long_faults[record.saga_id]
@@ -560,8 +562,14 @@ class Command(BaseCommand):
             self._say(t0, f"FAULT {kind}: {what}", at=at)
         return notes
 
-    def _lose_next_message(self, cluster: Cluster, record: StepRecord) -> tuple[datetime, str]:
-        """Redis down from just before the long step ends until a few seconds after its success is recorded."""
+    def _lose_next_message(self, cluster: Cluster, record: StepRecord) -> tuple[datetime, str, frozenset]:
+        """Redis down over the long step's end; once its success is recorded, the worker that ran it killed.
+
+        The worker cannot publish the next step while Redis is down, and the
+        copy of the message it ran, which it would put back once reconnected,
+        dies with it: Redis comes back empty, and no message moves the saga.
+        """
+        slot = cluster.slot_of(int(record.held_by.split("|")[2]))
         down_at = cluster.stop_broker()
         give_up = time.monotonic() + self.options["long_seconds"] / 2 + 10
         while time.monotonic() < give_up:
@@ -570,16 +578,20 @@ class Command(BaseCommand):
                 break
             time.sleep(0.1)
         succeeded = record.status == StepStatus.SUCCEEDED and record.finished_at is not None
-        time.sleep(3.0)  # the worker's publish of the next step retries a few times, then gives up
+        cut, killed = frozenset(), "its worker was gone already"
+        if slot is not None:
+            time.sleep(2.0)  # the worker's publish of the next step retries a few times, then gives up
+            _, killed, cut = cluster.kill_worker(slot, {}, self._held)
         cluster.start_broker()
         up = (timezone.now() - down_at).total_seconds()
         if succeeded:
             return record.finished_at, (
                 f"saga {record.saga_id}: Redis on port {cluster.port} killed (-9) before its long step ended, "
-                f"its success recorded {(record.finished_at - down_at).total_seconds():.1f}s later, "
-                f"Redis started again empty after {up:.1f}s: the next step's message was never sent")
+                f"its success recorded {(record.finished_at - down_at).total_seconds():.1f}s later, then the "
+                f"worker that ran it killed ({killed}), Redis started again empty after {up:.1f}s: "
+                f"the next step's message was never sent"), cut
         return down_at, (f"saga {record.saga_id}: Redis on port {cluster.port} down {up:.1f}s but its long step "
-                         f"did not succeed meanwhile (it is {record.status})")
+                         f"did not succeed meanwhile (it is {record.status}); {killed}"), cut
 
     def _running_at_end(self, ids: list) -> dict:
         """Step id -> when its attempt began, for attempts a live process still holds at the end of the run."""
