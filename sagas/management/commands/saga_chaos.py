@@ -527,7 +527,10 @@ class Command(BaseCommand):
                          if holder.split("|")[2:3] and holder.split("|")[2] in wanted)
 
     def _long_step_faults(self, cluster: Cluster, t0: float) -> list[str]:
-        """Each long-step saga's own fault, once its long step's first attempt has run long enough."""
+        """Each long-step saga's own fault, once an attempt of its long step has run long enough.
+
+        (An attempt lost to another fault is followed by another: the fault waits for that one.)
+        """
         if not self.long_faults:
             return []
         o = self.options
@@ -536,7 +539,7 @@ class Command(BaseCommand):
         records = StepRecord.objects.filter(saga_id__in=list(self.long_faults), name=LONG_STEP)
         for record in records:
             kind = self.long_faults[record.saga_id]
-            if record.status != StepStatus.RUNNING or record.attempts > 1:
+            if record.status != StepStatus.RUNNING:
                 if record.status != StepStatus.PENDING:
                     # Lost to another fault, refused, or over already: its own fault has nothing to hit.
                     del self.long_faults[record.saga_id]
