@@ -1,6 +1,10 @@
-"""The saga ``saga_chaos`` runs, the effects its steps leave, and how a run is judged.
+"""The sagas ``saga_chaos`` runs, the effects their steps leave, and how a run is judged.
 
-Every action applies a real effect in this database (a ``ChaosEffect`` row
+Three workloads, one saga type each: ``sagas.chaos`` (the plain one: a step,
+a Parallel of two, a step), ``sagas.chaos.fanout`` (a step, a Parallel of 24
+members one of which may refuse while its siblings are claimed, a step) and
+``sagas.chaos.long`` (a step, a step that works for tens of seconds, two
+steps). Every action applies a real effect in this database (a ``ChaosEffect`` row
 keyed by the step's idempotency key) and every compensation marks it undone,
 so a run can tell from the rows alone whether an effect was applied twice,
 is missing after success, or was left in place after compensation.
@@ -8,6 +12,12 @@ is missing after success, or was left in place after compensation.
 Recovery is read from the audit trail: for a fault at time T, every saga
 still active at T is caught by it, and its recovery time is the time from T
 to its first ``SagaEvent`` after T.
+
+Stand-still is read from the audit trail too, per saga, fault or no fault:
+the longest stretch of its active life (from ``saga_created`` to its final
+event, or to the end of the run) in which no event was written and no live
+attempt worked for it (see ``measure_stand_stills``). A step's own work,
+however long, is not standing still; a saga whose next message was lost is.
 """
 from __future__ import annotations
 
@@ -23,9 +33,11 @@ from .analytics import percentile
 from .definitions import Parallel, Retry, Saga, Step
 from .errors import PermanentError
 from .invariants import FINAL_EVENT, Check
-from .models import ChaosEffect, SagaInstance, SagaStatus, StepStatus
+from .models import ChaosEffect, EventKind, SagaInstance, SagaStatus, StepStatus
 
 CHAOS_SAGA = "sagas.chaos"
+FANOUT_SAGA = "sagas.chaos.fanout"
+LONG_SAGA = "sagas.chaos.long"
 
 # --- the saga ----------------------------------------------------------------------
 #
@@ -49,6 +61,10 @@ def apply_effect(ctx) -> dict:
     """An idempotent action: the effect exists once per idempotency key, however often this runs."""
     _work(ctx)
     _refuse_if_asked(ctx)
+    return _apply_once_per_key(ctx)
+
+
+def _apply_once_per_key(ctx) -> dict:
     effect, _ = ChaosEffect.objects.get_or_create(
         key=ctx.idempotency_key, defaults={"saga_id": ctx.saga_id, "step": ctx.step, "applied": 1})
     ChaosEffect.objects.filter(pk=effect.pk).update(runs=F("runs") + 1)
@@ -95,6 +111,70 @@ chaos_saga = Saga(
 REFUSING_STEPS = ("s1b", "s2")
 
 
+# --- the fan-out saga ------------------------------------------------------------------
+#
+# Input: ``sleep`` (seconds the first and last steps work), ``member_sleep``
+# (seconds each member works), ``fail`` (the member that refuses for good, or
+# none) and ``fail_after`` (seconds it works before refusing: short, so that
+# its siblings are being claimed and run, on every worker process, while its
+# failure is recorded). Every member applies an effect; a compensated saga
+# must leave none of them in place, whichever members had been claimed.
+
+FANOUT_MEMBERS = tuple(f"m{i:02d}" for i in range(24))
+
+
+def apply_member_effect(ctx) -> dict:
+    if ctx.input.get("fail") == ctx.step:
+        time.sleep(float(ctx.input.get("fail_after") or 0))
+        raise PermanentError(f"chaos: member {ctx.step} refuses")
+    seconds = float(ctx.input.get("member_sleep") or 0)
+    if seconds:
+        time.sleep(seconds)
+    return _apply_once_per_key(ctx)
+
+
+fanout_saga = Saga(
+    name=FANOUT_SAGA,
+    description="Fan-out chaos saga used by `manage.py saga_chaos --workload fanout`: "
+                "a Parallel of 24 members, each leaving a checkable effect.",
+    steps=[
+        Step("f0", apply_effect, compensation=undo_effect, retry=RETRY),
+        Parallel("fan", *[Step(name, apply_member_effect, compensation=undo_effect, retry=RETRY)
+                          for name in FANOUT_MEMBERS]),
+        Step("f2", apply_effect, compensation=undo_effect, retry=RETRY),
+    ],
+)
+
+
+# --- the long-step saga ----------------------------------------------------------------
+#
+# Input: ``sleep`` (seconds the short steps work), ``long_seconds`` (seconds
+# the long step works: tens of them, within the default step timeout),
+# ``fail`` (``l3`` to have the last step refuse, or none). ``saga_chaos``
+# loses the message that carries the saga on after the long step.
+
+LONG_STEP = "long"
+
+
+def apply_long_effect(ctx) -> dict:
+    time.sleep(float(ctx.input.get("long_seconds") or 0))
+    return _apply_once_per_key(ctx)
+
+
+long_saga = Saga(
+    name=LONG_SAGA,
+    description="Long-step chaos saga used by `manage.py saga_chaos --workload long`: "
+                "one step works for tens of seconds, every step leaves a checkable effect.",
+    steps=[
+        Step("l0", apply_effect, compensation=undo_effect, retry=RETRY),
+        Step(LONG_STEP, apply_long_effect, compensation=undo_effect, retry=RETRY),
+        Step("l2", apply_effect, compensation=undo_effect, retry=RETRY),
+        Step("l3", apply_effect, compensation=undo_effect, retry=RETRY),
+    ],
+)
+LONG_REFUSING_STEPS = ("l3",)
+
+
 # --- effects -------------------------------------------------------------------------
 
 
@@ -135,6 +215,12 @@ def effect_problems(saga: SagaInstance, effects: dict[str, ChaosEffect]) -> list
     return problems
 
 
+def effects_left_behind(sagas: QuerySet[SagaInstance]) -> list[ChaosEffect]:
+    """Effect rows of compensated sagas still in place (``undone_at`` empty): whatever their step records say."""
+    compensated = sagas.filter(status=SagaStatus.COMPENSATED).values("id")
+    return list(ChaosEffect.objects.filter(saga_id__in=compensated, undone_at__isnull=True).order_by("id"))
+
+
 def check_effects(sagas: QuerySet[SagaInstance]) -> list[Check]:
     """The run's effects against the finished sagas' outcomes, as checks to print."""
     by_saga: dict = defaultdict(dict)
@@ -166,6 +252,8 @@ class Fault:
     kind: str
     at: datetime
     what: str = ""
+    # The steps (``StepRecord`` pks) whose attempt a process this fault killed was holding.
+    cut: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -232,6 +320,132 @@ def longest(recoveries: list[Recovery]) -> Recovery | None:
     if not recoveries:
         return None
     return max(recoveries, key=lambda r: float("inf") if r.seconds is None else r.seconds)
+
+
+# --- stand-still -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrailEvent:
+    at: datetime
+    kind: str
+    step_id: int | None = None
+
+
+@dataclass(frozen=True)
+class StandStill:
+    saga_id: object
+    seconds: float
+    start: datetime | None  # the longest stretch: from, to (None: the saga has no events)
+    end: datetime | None
+
+
+# The start of an attempt: ``step_started`` is dated when the attempt began
+# (written when it ends); ``compensation_started`` is written when it begins.
+ATTEMPT_STARTS = {EventKind.STEP_STARTED, EventKind.COMPENSATION_STARTED}
+# What ends an attempt of the same step: its report, or its loss.
+ATTEMPT_ENDS = {
+    EventKind.STEP_SUCCEEDED, EventKind.STEP_WAITING, EventKind.STEP_ATTEMPT_FAILED, EventKind.STEP_FAILED,
+    EventKind.STEP_ATTEMPT_LOST, EventKind.STEP_COMPENSATED, EventKind.COMPENSATION_ATTEMPT_FAILED,
+    EventKind.COMPENSATION_FAILED,
+}
+
+
+def work_spans(trail: list[TrailEvent], faults: list[Fault], ended: datetime,
+               running_at_end: dict | None = None) -> list[tuple[datetime, datetime]]:
+    """When a live attempt worked for the saga of ``trail`` (its events, oldest first).
+
+    An attempt works from its start event to the next event of the same
+    step that ends an attempt (its report or its loss). A fault that killed
+    the process holding that step meanwhile (``Fault.cut``) ends it there:
+    after it no one works, whatever the loss event says later.
+    ``running_at_end``: step id -> when the attempt that holds it at the end
+    of the run began (None: from its start event), for attempts a live
+    process still runs; they work until ``ended``.
+    """
+    running_at_end = running_at_end or {}
+    spans = []
+    for i, start in enumerate(trail):
+        if start.kind not in ATTEMPT_STARTS or start.step_id is None:
+            continue
+        end = next((e.at for e in trail[i + 1:] if e.step_id == start.step_id and e.kind in ATTEMPT_ENDS), None)
+        if end is None:
+            end = ended if start.step_id in running_at_end else start.at
+        spans.append((start.step_id, start.at, end))
+    spans += [(step_id, began, ended) for step_id, began in running_at_end.items() if began is not None]
+    cut_spans = []
+    for step_id, begin, end in spans:
+        killed = [f.at for f in faults if step_id in f.cut and begin <= f.at < end]
+        cut_spans.append((begin, min(killed, default=end)))
+    return cut_spans
+
+
+def longest_stand_still(trail: list[TrailEvent], spans: list[tuple[datetime, datetime]],
+                        ended: datetime) -> tuple[float, datetime | None, datetime | None]:
+    """The longest stretch of the saga's active life with no event and no working attempt: seconds, from, to.
+
+    Its life runs from its first event (``saga_created``) to its final one,
+    or to ``ended`` if it has none; events after the final one do not count.
+    """
+    if not trail:
+        return 0.0, None, None
+    life_start = trail[0].at
+    life_end = next((e.at for e in trail if e.kind in FINAL_KINDS), ended)
+    marks = sorted({e.at for e in trail if life_start <= e.at <= life_end})
+    covered = sorted((max(b, life_start), min(e, life_end)) for b, e in spans if e > b)
+    # The uncovered stretches of its life, then each cut at every event inside it.
+    free, cursor = [], life_start
+    for begin, end in covered:
+        if begin > cursor:
+            free.append((cursor, begin))
+        cursor = max(cursor, end)
+    if life_end > cursor:
+        free.append((cursor, life_end))
+    best = (0.0, None, None)
+    for begin, end in free:
+        points = [begin, *[m for m in marks if begin < m < end], end]
+        for a, b in zip(points, points[1:]):
+            if (b - a).total_seconds() > best[0]:
+                best = ((b - a).total_seconds(), a, b)
+    return best
+
+
+def measure_stand_stills(trails: dict, faults: list[Fault], ended: datetime,
+                         running_at_end: dict | None = None) -> list[StandStill]:
+    """One ``StandStill`` per saga: the longest time it stood still.
+
+    ``trails``: saga id -> its ``TrailEvent``s, oldest first.
+    ``running_at_end``: step id -> when its live attempt began (see ``work_spans``).
+    The rule: its active life, less the time a live attempt worked for it (a
+    long step's own work is not standing still, but the time after a fault
+    killed its process is), cut at every event; the longest piece. So a
+    lost message counts from the last thing that happened (the step's
+    recorded success) to the first thing that moves the saga again.
+    """
+    stills = []
+    for saga_id, trail in trails.items():
+        spans = work_spans(trail, faults, ended, running_at_end)
+        seconds, start, end = longest_stand_still(trail, spans, ended)
+        stills.append(StandStill(saga_id, seconds, start, end))
+    return stills
+
+
+@dataclass(frozen=True)
+class StandStillFigures:
+    sagas: int
+    max_seconds: float | None
+    p95_seconds: float | None
+    over: int  # sagas that stood still longer than the limit
+
+    def as_dict(self) -> dict:
+        return {"sagas": self.sagas, "max_s": _round(self.max_seconds), "p95_s": _round(self.p95_seconds),
+                "over_limit": self.over}
+
+
+def stand_still_figures(stills: list[StandStill], limit: float) -> StandStillFigures:
+    seconds = [s.seconds for s in stills]
+    return StandStillFigures(sagas=len(stills), max_seconds=max(seconds) if seconds else None,
+                             p95_seconds=percentile(seconds, 0.95), over=sum(1 for s in seconds if s > limit))
 
 
 def _round(value: float | None) -> float | None:

@@ -1,4 +1,5 @@
-"""saga_chaos end to end at the settings in force: killed pool children and workers, a restarted broker.
+"""saga_chaos end to end at the settings in force: killed pool children and workers, a restarted broker,
+and the fan-out and long-step workloads.
 
 The command runs in a process of its own (it points its Celery app at a
 private broker and queue) on the test database, with workers and a beat of
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 from django.conf import settings
 
-from sagas.chaos import CHAOS_SAGA, check_effects
+from sagas.chaos import CHAOS_SAGA, FANOUT_SAGA, LONG_SAGA, check_effects, effects_left_behind
 from sagas.invariants import check_sagas
 from sagas.models import FINAL_SAGA_STATUSES, SagaInstance
 from sagas.workers import database_url
@@ -43,10 +44,10 @@ def answers(url: str) -> bool:
         return False
 
 
-def run_chaos(*extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+def run_chaos(*extra: str, base: list[str] = SMALL_RUN) -> tuple[subprocess.CompletedProcess, dict]:
     # The deployment's settings, not the test suite's: only the database is the test one.
     env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "config.settings"}
-    run = subprocess.run([sys.executable, "manage.py", "saga_chaos", *SMALL_RUN, *extra],
+    run = subprocess.run([sys.executable, "manage.py", "saga_chaos", *base, *extra],
                          cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=330)
     lines = run.stdout.strip().splitlines()
     figures = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
@@ -82,3 +83,55 @@ def test_chaos_run_through_rabbitmq_loses_no_saga_and_recovers_in_time(transacti
     assert_passed(run, figures)
     assert "broker restart skipped: an external broker" in run.stdout
     assert figures["faults"]["broker restart"]["faults"] == 0
+
+
+ON_POSTGRES = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+# Eight fan-out sagas (24 members of 0.05 s each, one refusing in most of them)
+# under a pool-child kill and a whole-worker kill: about 40 s.
+FANOUT_RUN = ["--workload", "fanout", "--fanout-sagas", "8", "--workers", "2", "--concurrency", "2",
+              "--kills", "1", "--broker-restarts", "0", "--fault-interval", "6", "--max-recovery", "30",
+              "--timeout", "120", "--seed", "7", "--json"]
+# Two long-step sagas (a 25 s step: longer than the stall time and a sweep, so
+# the sweeper looks at it while it runs), 17.5 s apart: the first's next message
+# lost with the broker, the second's worker killed halfway through its long
+# step. About 75 s when each moves again within 30 s; --timeout 90 stops a saga
+# that waits for its old lease (about 310 s).
+LONG_RUN = ["--workload", "long", "--long-sagas", "2", "--long-seconds", "25", "--workers", "2",
+            "--concurrency", "2", "--kills", "0", "--broker-restarts", "0", "--max-recovery", "30",
+            "--timeout", "90", "--seed", "7", "--json"]
+
+
+def assert_workload_passed(run: subprocess.CompletedProcess, figures: dict, saga_type: str, count: int) -> None:
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-3000:]
+    assert figures["passed"] and figures["lost"] == 0 and figures["effects_left"] == 0
+    assert figures["stand_still"]["max_s"] <= 30
+    sagas = SagaInstance.objects.filter(saga_type=saga_type)
+    assert sagas.count() == count
+    assert effects_left_behind(sagas) == []
+    assert all(check.passed for check in check_sagas(sagas) + check_effects(sagas))
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="saga_chaos runs a redis-server of its own")
+@pytest.mark.xfail(ON_POSTGRES, strict=False, reason=(
+    "engine fault on PostgreSQL: a Parallel member claimed while a sibling's permanent failure is being "
+    "recorded is marked skipped and its effects are left in place (the saga ends compensated with effects left)"))
+def test_chaos_fanout_run_leaves_no_effect_of_a_compensated_saga_in_place(transactional_db):
+    run, figures = run_chaos(base=FANOUT_RUN)
+
+    assert_workload_passed(run, figures, FANOUT_SAGA, 8)
+    assert figures["faults"]["pool child"]["faults"] == 1 and figures["faults"]["whole worker"]["faults"] == 1
+    assert figures["statuses"].get("compensated", 0) > 0
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="saga_chaos runs a redis-server of its own")
+@pytest.mark.xfail(strict=False, reason=(
+    "engine fault: after a long step whose next message is lost the saga waits for the attempt's old lease "
+    "(the step timeout, about 310 s at the defaults) instead of SAGAS_STALL_AFTER (15 s)"))
+def test_chaos_long_step_run_moves_again_within_30s_of_a_lost_message(transactional_db):
+    run, figures = run_chaos(base=LONG_RUN)
+
+    assert figures["faults"]["lost message"]["faults"] == 1, run.stdout[-5000:]
+    assert figures["faults"]["long-step kill"]["faults"] == 1, run.stdout[-5000:]
+    assert_workload_passed(run, figures, LONG_SAGA, 2)

@@ -1,16 +1,24 @@
-"""How saga_chaos judges a run: the effects its saga leaves, and recovery read from audit trails."""
+"""How saga_chaos judges a run: the effects its sagas leave, recovery and stand-still read from audit trails."""
 import uuid
 from datetime import datetime, timedelta, timezone
 
 from sagas import start_saga
 from sagas.chaos import (
     CHAOS_SAGA,
+    FANOUT_MEMBERS,
+    FANOUT_SAGA,
+    LONG_SAGA,
     Fault,
+    StandStill,
+    TrailEvent,
     check_effects,
     effect_problems,
+    effects_left_behind,
     figures_by_kind,
     longest,
     measure_recoveries,
+    measure_stand_stills,
+    stand_still_figures,
 )
 from sagas.engine import execute_compensation, execute_step
 from sagas.models import ChaosEffect, EventKind, SagaInstance, SagaStatus
@@ -183,3 +191,144 @@ def test_a_step_lost_before_it_applied_anything_may_be_compensated_without_an_ef
     problems = effect_problems(saga, {})
 
     assert [p.text for p in problems] == ["s1a was compensated but its effect never existed"]
+
+
+# --- the fan-out and long-step sagas ---------------------------------------------------
+
+
+def test_a_fanout_saga_whose_member_refuses_undoes_every_member_that_ran(db, sent):
+    saga = start_saga(FANOUT_SAGA, input={"sleep": 0, "member_sleep": 0, "fail": "m05"})
+    for index in range(0, 1 + len(FANOUT_MEMBERS)):  # f0 and the members, in order; m05 refuses
+        execute_step(saga.id, index)
+    for index in compensations_due(saga):
+        execute_compensation(saga.id, index)
+    saga.refresh_from_db()
+
+    assert saga.status == SagaStatus.COMPENSATED
+    effects = effects_of(saga)
+    assert sorted(effects) == ["f0", *[m for m in FANOUT_MEMBERS[:5]]]
+    assert all(e.undone_at is not None for e in effects.values())
+    assert effect_problems(saga, effects) == []
+    assert effects_left_behind(SagaInstance.objects.filter(pk=saga.pk)) == []
+
+
+def test_a_fanout_saga_applies_one_effect_per_step_and_member(db, sent):
+    saga = start_saga(FANOUT_SAGA, input={"sleep": 0, "member_sleep": 0})
+    for index in range(len(FANOUT_MEMBERS) + 2):
+        execute_step(saga.id, index)
+    saga.refresh_from_db()
+
+    assert saga.status == SagaStatus.SUCCEEDED
+    assert len(effects_of(saga)) == len(FANOUT_MEMBERS) + 2
+    assert all(check.passed for check in check_effects(SagaInstance.objects.filter(pk=saga.pk)))
+
+
+def test_a_skipped_member_whose_effect_stays_is_an_effect_left_behind(db, sent):
+    """What a member claimed while its sibling's failure was recorded leaves when it is skipped, not undone."""
+    from sagas.models import StepRecord, StepStatus
+
+    saga = SagaInstance.objects.create(saga_type=FANOUT_SAGA, status=SagaStatus.COMPENSATED)
+    StepRecord.objects.create(saga=saga, index=1, name="m00", status=StepStatus.FAILED)
+    StepRecord.objects.create(saga=saga, index=2, name="m01", status=StepStatus.SKIPPED)
+    ChaosEffect.objects.create(key=f"{saga.id}:m01", saga_id=saga.id, step="m01", applied=1, runs=1)
+
+    left = effects_left_behind(SagaInstance.objects.filter(pk=saga.pk))
+
+    assert [e.step for e in left] == ["m01"]
+    assert [p.text for p in effect_problems(saga, effects_of(saga))] == ["m01 is skipped but its effect is in place"]
+
+
+def test_a_long_step_saga_runs_its_long_step_and_leaves_each_effect_once(db, sent):
+    saga = run_forward(start_saga(LONG_SAGA, input={"sleep": 0, "long_seconds": 0.01}))
+
+    assert saga.status == SagaStatus.SUCCEEDED
+    assert sorted(effects_of(saga)) == ["l0", "l2", "l3", "long"]
+    assert effect_problems(saga, effects_of(saga)) == []
+
+
+# --- stand-still -------------------------------------------------------------------------
+
+
+def long_step_trail(after_success: float) -> list:
+    """A long-step saga: its 40 s step succeeds at 41 s, and the next event comes ``after_success`` later."""
+    nxt = 41 + after_success
+    return [
+        TrailEvent(at(0), EventKind.SAGA_CREATED),
+        TrailEvent(at(0.2), EventKind.STEP_STARTED, 1),  # dated when the attempt began
+        TrailEvent(at(0.2), EventKind.SAGA_STARTED),
+        TrailEvent(at(1), EventKind.STEP_SUCCEEDED, 1),
+        TrailEvent(at(1), EventKind.STEP_STARTED, 2),
+        TrailEvent(at(41), EventKind.STEP_SUCCEEDED, 2),
+        TrailEvent(at(nxt), EventKind.STEP_STARTED, 3),
+        TrailEvent(at(nxt + 1), EventKind.STEP_SUCCEEDED, 3),
+        TrailEvent(at(nxt + 1), EventKind.SAGA_SUCCEEDED),
+    ]
+
+
+def stand_still_of(trail, faults=(), ended=None, running_at_end=None) -> StandStill:
+    saga_id = uuid.uuid4()
+    [still] = measure_stand_stills({saga_id: trail}, list(faults), ended or at(1000), running_at_end)
+    return still
+
+
+def test_a_long_steps_own_work_is_not_standing_still():
+    still = stand_still_of(long_step_trail(after_success=0.5))
+
+    assert still.seconds == 0.5  # from the long step's success to the next step's start
+
+
+def test_a_message_lost_after_a_long_step_stands_the_saga_still_until_it_moves_again():
+    still = stand_still_of(long_step_trail(after_success=269))
+
+    assert (still.seconds, still.start, still.end) == (269.0, at(41), at(310))
+
+
+def test_an_attempt_stops_working_when_a_fault_kills_its_process():
+    trail = [
+        TrailEvent(at(0), EventKind.SAGA_CREATED),
+        TrailEvent(at(1), EventKind.STEP_STARTED, 7),
+        TrailEvent(at(24), EventKind.STEP_ATTEMPT_LOST, 7),  # the sweeper notices the dead worker
+        TrailEvent(at(25), EventKind.STEP_STARTED, 7),
+        TrailEvent(at(26), EventKind.STEP_SUCCEEDED, 7),
+        TrailEvent(at(26), EventKind.SAGA_SUCCEEDED),
+    ]
+    killed = Fault("long-step kill", at(11), cut=frozenset({7}))
+    elsewhere = Fault("pool child", at(5), cut=frozenset({8}))
+
+    assert stand_still_of(trail, [elsewhere, killed]).seconds == 13.0  # from the kill at 11 s to the loss at 24 s
+    assert stand_still_of(trail, [elsewhere]).seconds == 1.0  # no fault cut it: its whole span was work
+
+
+def test_a_compensation_attempt_is_work_from_its_start_to_its_end():
+    trail = [
+        TrailEvent(at(0), EventKind.SAGA_CREATED),
+        TrailEvent(at(0), EventKind.STEP_STARTED, 1),
+        TrailEvent(at(2), EventKind.STEP_FAILED, 1),
+        TrailEvent(at(2), EventKind.SAGA_COMPENSATING),
+        TrailEvent(at(3), EventKind.COMPENSATION_STARTED, 0),  # written when it begins
+        TrailEvent(at(20), EventKind.STEP_COMPENSATED, 0),
+        TrailEvent(at(20), EventKind.SAGA_COMPENSATED),
+        TrailEvent(at(90), EventKind.REPORT_DROPPED, 1),  # after its end: not part of its life
+    ]
+
+    assert stand_still_of(trail).seconds == 1.0
+
+
+def test_an_unfinished_saga_stands_still_until_the_end_of_the_run_unless_a_live_attempt_works():
+    trail = long_step_trail(after_success=0)[:6]  # the long step succeeded at 41 s, nothing since
+    assert stand_still_of(trail, ended=at(100)).seconds == 59.0
+
+    running = [*trail[:4]]  # the long step's attempt still runs at the end (its event not written yet)
+    # only the 0.2 s its first message waited in the queue
+    assert stand_still_of(running, ended=at(30), running_at_end={2: at(1)}).seconds == 0.2
+    assert stand_still_of(running, ended=at(30)).seconds == 29.0
+
+
+def test_stand_still_figures_give_the_longest_the_p95_and_how_many_are_over_the_limit():
+    stills = [StandStill(uuid.uuid4(), float(s), None, None) for s in range(1, 21)]
+
+    figures = stand_still_figures(stills, limit=18)
+
+    assert (figures.sagas, figures.max_seconds, figures.over) == (20, 20.0, 2)
+    assert round(figures.p95_seconds, 2) == 19.05
+    assert figures.as_dict()["over_limit"] == 2

@@ -2,8 +2,17 @@
 
 The command runs what a deployment runs, on a queue of its own: prefork
 workers and one ``celery beat`` (the sweeper's clock), with no setting
-shortened or overridden, and nothing swept from here. While ``sagas.chaos``
-sagas run it injects faults, each timestamped:
+shortened or overridden, and nothing swept from here. ``--workload`` picks
+what runs (see ``sagas.chaos``), any of:
+
+- **plain** (the default): ``sagas.chaos`` sagas, a step, a Parallel of two, a step;
+- **fanout**: ``sagas.chaos.fanout`` sagas, a Parallel of 24 members with real
+  effects, in most of which one member refuses for good after a short while,
+  as its siblings are being claimed and run on every worker process;
+- **long**: ``sagas.chaos.long`` sagas, whose second step works for
+  ``--long-seconds``; each one's next message is lost (below).
+
+While they run it injects faults, each timestamped:
 
 - **pool child**: one prefork child SIGKILLed (its worker re-queues the task);
 - **whole worker**: a worker's main process and its pool children SIGKILLed
@@ -13,12 +22,38 @@ sagas run it injects faults, each timestamped:
   every message it held. An external broker (``--broker-url``) is never
   restarted: that fault is skipped, and the run says so.
 
+Each long-step saga gets one of two faults of its own, in turn, both of
+which lose the message that carries the saga on after its long step:
+
+- **lost message** (own Redis only): Redis is killed (-9) shortly before
+  the long step ends. The worker records the step's success in the
+  database, but cannot publish the next step's message (Celery gives up
+  after its few retries); 2 s later that whole worker (main process and
+  children) is SIGKILLed, taking with it the copy of the message it ran
+  that it would have put back on the broker once reconnected, and Redis
+  is started again, empty. Nothing but the sweeper can move the saga on.
+  Killing a worker right after the recorded success is the faithful fault;
+  the broker outage is what makes that moment last long enough to hit it
+  (the publish otherwise follows the commit within milliseconds). The fault
+  is dated when the success was recorded (when the next message would have
+  been sent).
+- **long-step kill**: the whole worker running the long step (main process
+  and children) SIGKILLed halfway through it, as in *whole worker*: the next
+  message is never sent, and the one it ran stays unacknowledged (on Redis,
+  for ``visibility_timeout``). With an external broker every long-step saga
+  gets this one.
+
 A worker or beat that exits on its own is started again too (counted apart).
 Then it reads the rows: sagas lost, effects applied twice or left in place
-(see ``sagas.chaos``), the saga invariants, and per fault the recovery time
-of every saga in flight at it (from the fault to the saga's next audit
-event). It exits 1 if any of those fails or a recovery exceeds
-``--max-recovery``.
+(see ``sagas.chaos``; among them, effect rows of compensated sagas still in
+place), the saga invariants, per fault the recovery time of every saga in
+flight at it (from the fault to the saga's next audit event), and per saga
+the longest time it stood still: the longest stretch of its active life
+with no audit event and no live attempt working for it. An attempt works
+from its start to its report, or until a fault killed its process (the
+command notes which steps the killed processes held): a long step's own
+duration is not standing still, a lost message after it is. It exits 1 if
+any of those fails, or a recovery or a stand-still exceeds ``--max-recovery``.
 """
 from __future__ import annotations
 
@@ -32,8 +67,9 @@ import subprocess
 import tempfile
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Callable
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -41,24 +77,38 @@ from django.db import connection
 from django.utils import timezone
 
 from config.celery import app
+from sagas import liveness
 from sagas.chaos import (
     CHAOS_SAGA,
+    FANOUT_MEMBERS,
+    FANOUT_SAGA,
+    LONG_REFUSING_STEPS,
+    LONG_SAGA,
+    LONG_STEP,
     REFUSING_STEPS,
     Fault,
+    TrailEvent,
     check_effects,
+    effects_left_behind,
     figures_by_kind,
     longest,
     measure_recoveries,
+    measure_stand_stills,
+    stand_still_figures,
 )
 from sagas.engine import start_saga
-from sagas.invariants import check_sagas
-from sagas.models import FINAL_SAGA_STATUSES, EventKind, SagaEvent, SagaInstance
+from sagas.invariants import Check, check_sagas
+from sagas.models import FINAL_SAGA_STATUSES, EventKind, SagaEvent, SagaInstance, StepRecord, StepStatus
 from sagas.workers import free_port, spawn_beat, spawn_worker, stop_workers, wait_for_workers, worker_name
 
 POOL_CHILD = "pool child"
 WHOLE_WORKER = "whole worker"
 BROKER_RESTART = "broker restart"
-KINDS = [POOL_CHILD, WHOLE_WORKER, BROKER_RESTART]
+LOST_MESSAGE = "lost message"
+LONG_STEP_KILL = "long-step kill"
+KINDS = [POOL_CHILD, WHOLE_WORKER, BROKER_RESTART, LOST_MESSAGE, LONG_STEP_KILL]
+
+WORKLOADS = {"plain": CHAOS_SAGA, "fanout": FANOUT_SAGA, "long": LONG_SAGA}
 
 
 def children_of(pid: int) -> list[int]:
@@ -185,7 +235,9 @@ class Cluster:
                     busy[n] = sorted(pids)
         return busy
 
-    def kill_pool_child(self, rng: random.Random, busy: dict[int, list[int]]) -> tuple[datetime, str] | None:
+    def kill_pool_child(self, rng: random.Random, busy: dict[int, list[int]],
+                        held: Callable[[list[int]], frozenset]) -> tuple[datetime, str, frozenset] | None:
+        """``held(pids)``: the steps those processes hold, read just before they die."""
         if busy:
             n = rng.choice(sorted(busy))
             pid, running = rng.choice(busy[n]), "running a task"
@@ -195,16 +247,22 @@ class Cluster:
                 return None
             n, pid = rng.choice(candidates)
             running = "idle"
+        cut = held([pid])
         at = timezone.now()
         _signal(pid, signal.SIGKILL)
-        return at, f"pid {pid} of {self.names[n]} ({running})"
+        return at, f"pid {pid} of {self.names[n]} ({running})", cut
 
-    def kill_whole_worker(self, rng: random.Random, busy: dict[int, list[int]]) -> tuple[datetime, str]:
-        n = rng.choice(sorted(busy) or list(self.slots))
+    def kill_whole_worker(self, rng: random.Random, busy: dict[int, list[int]],
+                          held: Callable[[list[int]], frozenset]) -> tuple[datetime, str, frozenset]:
+        return self.kill_worker(rng.choice(sorted(busy) or list(self.slots)), busy, held)
+
+    def kill_worker(self, n: int, busy: dict[int, list[int]],
+                    held: Callable[[list[int]], frozenset]) -> tuple[datetime, str, frozenset]:
         proc, name = self.workers[n], self.names[n]
         # Frozen first, so that it cannot replace or reap its children while they die.
         _signal(proc.pid, signal.SIGSTOP)
         children = children_of(proc.pid)
+        cut = held([proc.pid, *children])
         at = timezone.now()
         for pid in children:
             _signal(pid, signal.SIGKILL)
@@ -212,15 +270,28 @@ class Cluster:
         proc.wait()
         self._start_worker(n)
         return at, (f"{name}: main pid {proc.pid} and children {children} "
-                    f"({len(busy.get(n, []))} running a task); replacement started")
+                    f"({len(busy.get(n, []))} running a task); replacement started"), cut
+
+    def slot_of(self, pid: int) -> int | None:
+        """The worker slot whose pool child (or main process) ``pid`` is."""
+        return next((n for n, proc in self.workers.items() if pid == proc.pid or pid in children_of(proc.pid)),
+                    None)
 
     def restart_broker(self, down_seconds: float) -> tuple[datetime, str]:
+        at = self.stop_broker()
+        time.sleep(down_seconds)
+        self.start_broker()
+        return at, f"Redis on port {self.port} killed (-9), started again empty after {down_seconds:g}s"
+
+    def stop_broker(self) -> datetime:
+        """Its own Redis killed (-9): every message it held is gone."""
         at = timezone.now()
         self.redis.kill()
         self.redis.wait()
-        time.sleep(down_seconds)
+        return at
+
+    def start_broker(self) -> None:
         self._start_redis()
-        return at, f"Redis on port {self.port} killed (-9), started again empty after {down_seconds:g}s"
 
 
 class Command(BaseCommand):
@@ -228,10 +299,23 @@ class Command(BaseCommand):
             "reports lost sagas, invariants and the longest recovery time.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--sagas", type=int, default=40, help="sagas to start, spread over the faults")
+        parser.add_argument("--workload", default="plain",
+                            help="comma-separated workloads to run together: plain, fanout, long (default plain)")
+        parser.add_argument("--sagas", type=int, default=40,
+                            help="plain sagas to start, spread over the faults")
         parser.add_argument("--failure-share", type=float, default=0.3,
-                            help="share of sagas in which one step refuses for good (they are compensated)")
+                            help="share of plain and long-step sagas in which one step refuses for good "
+                                 "(they are compensated)")
         parser.add_argument("--step-seconds", type=float, default=1.0, help="how long each step works")
+        parser.add_argument("--fanout-sagas", type=int, default=6, help="fan-out sagas (24 members each)")
+        parser.add_argument("--fanout-failure-share", type=float, default=0.75,
+                            help="share of fan-out sagas in which one member refuses for good")
+        parser.add_argument("--member-seconds", type=float, default=0.05, help="how long each fan-out member works")
+        parser.add_argument("--long-sagas", type=int, default=2,
+                            help="long-step sagas, started half a long step (and 5 s) apart")
+        parser.add_argument("--long-seconds", type=float, default=40.0,
+                            help="how long the long step works (longer than SAGAS_STALL_AFTER and a sweep, "
+                                 "so that the sweeper looks at it while it runs)")
         parser.add_argument("--workers", type=int, default=2)
         parser.add_argument("--concurrency", type=int, default=2, help="prefork children per worker")
         parser.add_argument("--kills", type=int, default=3,
@@ -243,7 +327,8 @@ class Command(BaseCommand):
                             help="use this broker (Redis or RabbitMQ) and a private queue on it, instead of "
                                  "a Redis of its own; it is never restarted")
         parser.add_argument("--max-recovery", type=float, default=30.0,
-                            help="longest acceptable time from a fault to the next event of a saga it caught")
+                            help="longest acceptable time from a fault to the next event of a saga it caught, "
+                                 "and longest acceptable stand-still of any saga")
         parser.add_argument("--timeout", type=float, default=600.0,
                             help="seconds from the first saga's start; a saga unfinished by then is lost")
         parser.add_argument("--seed", type=int, default=None)
@@ -254,8 +339,20 @@ class Command(BaseCommand):
         parser.add_argument("--kill-every", type=float, default=None, help="deprecated: use --fault-interval")
 
     def handle(self, *args, **o):
-        if o["sagas"] < 1 or o["workers"] < 1 or o["concurrency"] < 1:
-            raise CommandError("--sagas, --workers and --concurrency must be at least 1")
+        workloads = [w.strip() for w in o["workload"].split(",") if w.strip()]
+        unknown = sorted(set(workloads) - set(WORKLOADS))
+        if unknown or not workloads:
+            raise CommandError(f"--workload: unknown {', '.join(unknown) or '(none given)'}; "
+                               f"choose from {', '.join(WORKLOADS)}")
+        o["workloads"] = [w for w in WORKLOADS if w in workloads]
+        counts = {"plain": o["sagas"], "fanout": o["fanout_sagas"], "long": o["long_sagas"]}
+        if o["workers"] < 1 or o["concurrency"] < 1 or any(counts[w] < 1 for w in o["workloads"]):
+            raise CommandError("--workers, --concurrency and the saga count of every chosen workload "
+                               "(--sagas, --fanout-sagas, --long-sagas) must be at least 1")
+        if "long" in o["workloads"] and o["long_seconds"] < 5:
+            raise CommandError("--long-seconds must be at least 5 (the lost message is timed from its end)")
+        if not 0 <= o["fanout_failure_share"] <= 1 or o["member_seconds"] < 0:
+            raise CommandError("0 <= --fanout-failure-share <= 1 and --member-seconds >= 0, please")
         if o["kills"] < 0 or o["broker_restarts"] < 0:
             raise CommandError("--kills and --broker-restarts cannot be negative")
         if o["step_seconds"] < 0 or o["fault_interval"] <= 0 or not 0 <= o["failure_share"] <= 1:
@@ -275,23 +372,32 @@ class Command(BaseCommand):
         cluster = Cluster(tmp=tmp, broker_url=o["broker_url"], queue=queue,
                           workers=o["workers"], concurrency=o["concurrency"])
         # This process publishes to the chaos broker and queue for good: run the
-        # command in a process of its own (the tests do).
+        # command in a process of its own (the tests do). Celery reads the broker
+        # from CELERY_BROKER_URL before its configuration, so a deployment's
+        # variable would keep this process on the deployment's broker: it is
+        # replaced too (the processes started here are given theirs explicitly).
         app.conf.broker_url = cluster.broker_url
+        if "CELERY_BROKER_URL" in os.environ:
+            os.environ["CELERY_BROKER_URL"] = cluster.broker_url
         app.conf.task_default_queue = queue
+        self.own_broker = cluster.own_broker
         plan = self._plan(cluster.own_broker)
         self._describe(cluster, plan)
         self.faults: list[Fault] = []
         self.queue = queue
+        # Long-step sagas whose own fault is still to come: saga id -> its fault kind.
+        self.long_faults: dict = {}
         try:
             cluster.start()
             ids, ended = self._run(cluster, plan)
+            running_at_end = self._running_at_end(ids)
         finally:
             cluster.stop()
             if o["keep_logs"]:
                 self.stdout.write(f"logs of workers, beat and Redis kept in {tmp}")
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
-        self._report(cluster, ids, ended)
+        self._report(cluster, ids, ended, running_at_end)
 
     # --- the run -----------------------------------------------------------------------
 
@@ -307,9 +413,21 @@ class Command(BaseCommand):
         o = self.options
         broker = (f"its own Redis {cluster.broker_url}" if cluster.own_broker
                   else f"{cluster.broker_url.split('@')[-1]} (external)")
+        sizes = {"plain": f"{o['sagas']} plain", "fanout": f"{o['fanout_sagas']} fan-out",
+                 "long": f"{o['long_sagas']} long-step"}
         self.stdout.write(
-            f"saga_chaos: {o['sagas']} sagas, {o['workers']} workers x {o['concurrency']} children + beat, "
-            f"broker {broker}, queue {cluster.queue}, database {connection.vendor}")
+            f"saga_chaos: {' + '.join(sizes[w] for w in o['workloads'])} sagas, {o['workers']} workers x "
+            f"{o['concurrency']} children + beat, broker {broker}, queue {cluster.queue}, "
+            f"database {connection.vendor}")
+        if "fanout" in o["workloads"]:
+            self.stdout.write(
+                f"  fan-out: {len(FANOUT_MEMBERS)} members of {o['member_seconds']:g}s, one refusing after "
+                f"{o['member_seconds'] / 2:g}s in {o['fanout_failure_share']:.0%} of them")
+        if "long" in o["workloads"]:
+            ways = (f"{LOST_MESSAGE} (Redis down over the step's end) and {LONG_STEP_KILL} (its worker killed "
+                    "halfway), in turn" if cluster.own_broker else
+                    f"{LONG_STEP_KILL} (its worker killed halfway): an external broker is not stopped")
+            self.stdout.write(f"  long step: {o['long_seconds']:g}s, then its next message lost: {ways}")
         visibility = (f", visibility timeout {settings.CELERY_BROKER_TRANSPORT_OPTIONS.get('visibility_timeout')}s"
                       if cluster.broker_url.startswith("redis") else "")
         self.stdout.write(
@@ -317,7 +435,9 @@ class Command(BaseCommand):
             f"(+{settings.SAGAS_HARD_TIMEOUT_GRACE:g}s hard), stall after {settings.SAGAS_STALL_AFTER:g}s, "
             f"sweep every {settings.SAGAS_SWEEP_INTERVAL:g}s{visibility}")
         counts = ", ".join(f"{plan.count(k)} {k}" for k in KINDS if plan.count(k))
-        self.stdout.write(f"  faults: {counts or 'none'}, one every {o['fault_interval']:g}s, seed {o['seed']}")
+        own = " (and one per long-step saga)" if "long" in o["workloads"] else ""
+        self.stdout.write(f"  faults: {counts or 'none'}{own}, one every {o['fault_interval']:g}s, "
+                          f"seed {o['seed']}")
         if not cluster.own_broker and o["broker_restarts"]:
             self.stdout.write(f"  broker restart skipped: an external broker ({broker}) is not restarted by this "
                               f"command ({o['broker_restarts']} asked)")
@@ -328,9 +448,18 @@ class Command(BaseCommand):
         t0 = time.monotonic()
         self.started_at = timezone.now()
         # Sagas start at a steady pace over the fault window, so that every
-        # fault finds some in flight.
+        # fault finds some in flight. Long-step sagas start half a long step (and 5 s)
+        # apart: one's broker outage (over its step's end) is over before the
+        # next one's worker is killed (halfway through its step).
         window = interval * len(plan)
-        starts = [t0 + window * j / o["sagas"] for j in range(o["sagas"])]
+        starts = []
+        for workload in o["workloads"]:
+            if workload == "long":
+                starts += [(t0 + (o["long_seconds"] / 2 + 5) * j, workload, j) for j in range(o["long_sagas"])]
+            else:
+                n = o["sagas"] if workload == "plain" else o["fanout_sagas"]
+                starts += [(t0 + window * j / n, workload, j) for j in range(n)]
+        starts.sort(key=lambda start: start[0])
         faults_due = [t0 + interval * (i + 1) for i in range(len(plan))]
         deadline = t0 + o["timeout"]
         ids: list = []
@@ -339,9 +468,11 @@ class Command(BaseCommand):
             now = time.monotonic()
             for note in cluster.supervise():
                 self._say(t0, note)
-            while starts and starts[0] <= now:
-                starts.pop(0)
-                ids.append(self._start_one(t0, len(ids)))
+            while starts and starts[0][0] <= now:
+                _, workload, j = starts.pop(0)
+                ids.append(self._start_one(t0, workload, j))
+            for note in self._long_step_faults(cluster, t0):
+                self._say(t0, note)
             if plan and faults_due[0] <= now:
                 if self._inject(cluster, plan[0], t0, late=now - faults_due[0] > interval / 2):
                     plan.pop(0)
@@ -353,9 +484,9 @@ class Command(BaseCommand):
                 last_check = now
                 done = SagaInstance.objects.filter(id__in=ids, status__in=FINAL_SAGA_STATUSES).count()
                 if done != finished or now - last_print >= 30:
-                    self._say(t0, f"finished {done}/{o['sagas']} (started {len(ids)})")
+                    self._say(t0, f"finished {done}/{len(ids) + len(starts)} (started {len(ids)})")
                     finished, last_print = done, now
-                if not starts and not plan and done == len(ids):
+                if not starts and not plan and not self.long_faults and done == len(ids):
                     break
             if now >= deadline:
                 self._say(t0, f"--timeout {o['timeout']:g}s reached")
@@ -363,33 +494,133 @@ class Command(BaseCommand):
             time.sleep(0.2)
         return ids, timezone.now()
 
-    def _start_one(self, t0: float, i: int):
+    def _start_one(self, t0: float, workload: str, i: int):
         o = self.options
-        fail = self.rng.choice(REFUSING_STEPS) if self.rng.random() < o["failure_share"] else None
-        key = f"{self.queue}-{i}"
+        saga_type = WORKLOADS[workload]
+        if workload == "fanout":
+            fail = self.rng.choice(FANOUT_MEMBERS) if self.rng.random() < o["fanout_failure_share"] else None
+            data = {"i": i, "sleep": o["step_seconds"], "member_sleep": o["member_seconds"], "fail": fail,
+                    "fail_after": o["member_seconds"] / 2}
+        elif workload == "long":
+            fail = self.rng.choice(LONG_REFUSING_STEPS) if self.rng.random() < o["failure_share"] else None
+            data = {"i": i, "sleep": o["step_seconds"], "long_seconds": o["long_seconds"], "fail": fail}
+        else:
+            fail = self.rng.choice(REFUSING_STEPS) if self.rng.random() < o["failure_share"] else None
+            data = {"i": i, "sleep": o["step_seconds"], "fail": fail}
+        key = f"{self.queue}-{workload}-{i}"
         try:
-            return start_saga(CHAOS_SAGA, input={"i": i, "sleep": o["step_seconds"], "fail": fail},
-                              idempotency_key=key).id
+            saga_id = start_saga(saga_type, input=data, idempotency_key=key).id
         except Exception as exc:  # the row is committed; its first message is what did not go out
-            self._say(t0, f"saga {i}: first message not sent ({exc}); left to the sweeper")
-            return SagaInstance.objects.get(saga_type=CHAOS_SAGA, idempotency_key=key).id
+            self._say(t0, f"{workload} saga {i}: first message not sent ({exc}); left to the sweeper")
+            saga_id = SagaInstance.objects.get(saga_type=saga_type, idempotency_key=key).id
+        if workload == "long":
+            # In turn: the broker down over the long step's end, or its worker killed halfway.
+            lose = self.own_broker and i % 2 == 0
+            self.long_faults[saga_id] = LOST_MESSAGE if lose else LONG_STEP_KILL
+        return saga_id
+
+    def _held(self, pids: list[int]) -> frozenset:
+        """The steps of this run's sagas held by processes ``pids`` (read from ``held_by``)."""
+        wanted = {str(pid) for pid in pids}
+        rows = StepRecord.objects.filter(held_by__isnull=False, saga__idempotency_key__startswith=self.queue)
+        return frozenset(pk for pk, holder in rows.values_list("pk", "held_by")
+                         if holder.split("|")[2:3] and holder.split("|")[2] in wanted)
+
+    def _long_step_faults(self, cluster: Cluster, t0: float) -> list[str]:
+        """Each long-step saga's own fault, once an attempt of its long step has run long enough.
+
+        (An attempt lost to another fault is followed by another: the fault waits for that one.)
+        """
+        if not self.long_faults:
+            return []
+        o = self.options
+        notes = []
+        now = timezone.now()
+        records = StepRecord.objects.filter(saga_id__in=list(self.long_faults), name=LONG_STEP)
+        for record in records:
+            kind = self.long_faults[record.saga_id]
+            if record.status != StepStatus.RUNNING:
+                if record.status != StepStatus.PENDING:
+                    # Lost to another fault, refused, or over already: its own fault has nothing to hit.
+                    del self.long_faults[record.saga_id]
+                    notes.append(f"{kind} of saga {record.saga_id} not injected: its long step is "
+                                 f"{record.status} (attempt {record.attempts})")
+                continue
+            if record.attempt_started_at is None or not record.held_by:
+                continue
+            halfway = record.attempt_started_at + timedelta(seconds=o["long_seconds"] / 2)
+            near_end = record.attempt_started_at + timedelta(seconds=o["long_seconds"] - 1.5)
+            if kind == LONG_STEP_KILL and now >= halfway:
+                slot = cluster.slot_of(int(record.held_by.split("|")[2]))
+                if slot is None:
+                    continue
+                at, what, cut = cluster.kill_worker(slot, cluster.busy(), self._held)
+                what = f"saga {record.saga_id} halfway through its long step; {what}"
+            elif kind == LOST_MESSAGE and now >= near_end:
+                at, what, cut = self._lose_next_message(cluster, record)
+            else:
+                continue
+            del self.long_faults[record.saga_id]
+            self.faults.append(Fault(kind, at, what, cut))
+            self._say(t0, f"FAULT {kind}: {what}", at=at)
+        return notes
+
+    def _lose_next_message(self, cluster: Cluster, record: StepRecord) -> tuple[datetime, str, frozenset]:
+        """Redis down over the long step's end; once its success is recorded, the worker that ran it killed.
+
+        The worker cannot publish the next step while Redis is down, and the
+        copy of the message it ran, which it would put back once reconnected,
+        dies with it: Redis comes back empty, and no message moves the saga.
+        """
+        slot = cluster.slot_of(int(record.held_by.split("|")[2]))
+        down_at = cluster.stop_broker()
+        give_up = time.monotonic() + self.options["long_seconds"] / 2 + 10
+        while time.monotonic() < give_up:
+            record.refresh_from_db(fields=["status", "finished_at"])
+            if record.status != StepStatus.RUNNING:
+                break
+            time.sleep(0.1)
+        succeeded = record.status == StepStatus.SUCCEEDED and record.finished_at is not None
+        cut, killed = frozenset(), "its worker was gone already"
+        if slot is not None:
+            time.sleep(2.0)  # the worker's publish of the next step retries a few times, then gives up
+            _, killed, cut = cluster.kill_worker(slot, {}, self._held)
+        cluster.start_broker()
+        up = (timezone.now() - down_at).total_seconds()
+        if succeeded:
+            return record.finished_at, (
+                f"saga {record.saga_id}: Redis on port {cluster.port} killed (-9) before its long step ended, "
+                f"its success recorded {(record.finished_at - down_at).total_seconds():.1f}s later, then the "
+                f"worker that ran it killed ({killed}), Redis started again empty after {up:.1f}s: "
+                f"the next step's message was never sent"), cut
+        return down_at, (f"saga {record.saga_id}: Redis on port {cluster.port} down {up:.1f}s but its long step "
+                         f"did not succeed meanwhile (it is {record.status}); {killed}"), cut
+
+    def _running_at_end(self, ids: list) -> dict:
+        """Step id -> when its attempt began, for attempts a live process still holds at the end of the run."""
+        now = timezone.now()
+        held = list(StepRecord.objects.filter(saga_id__in=ids, held_by__isnull=False,
+                                              lease_expires_at__gt=now))
+        dead = liveness.dead_holders({r.held_by for r in held}, now) if held else set()
+        return {r.pk: r.attempt_started_at for r in held if r.held_by not in dead}
 
     def _inject(self, cluster: Cluster, kind: str, t0: float, late: bool) -> bool:
         """Inject one fault; a kill waits (a while) for a process that is running a task."""
         if kind == BROKER_RESTART:
             at, what = cluster.restart_broker(down_seconds=1.0)
+            cut = frozenset()
         else:
             busy = cluster.busy()
             if not busy and not late:
                 return False
             if kind == POOL_CHILD:
-                done = cluster.kill_pool_child(self.rng, busy)
+                done = cluster.kill_pool_child(self.rng, busy, self._held)
                 if done is None:
                     return False
-                at, what = done
+                at, what, cut = done
             else:
-                at, what = cluster.kill_whole_worker(self.rng, busy)
-        self.faults.append(Fault(kind, at, what))
+                at, what, cut = cluster.kill_whole_worker(self.rng, busy, self._held)
+        self.faults.append(Fault(kind, at, what, cut))
         self._say(t0, f"FAULT {kind}: {what}", at=at)
         return True
 
@@ -400,7 +631,7 @@ class Command(BaseCommand):
 
     # --- the verdict ---------------------------------------------------------------------
 
-    def _report(self, cluster: Cluster, ids: list, ended: datetime) -> None:
+    def _report(self, cluster: Cluster, ids: list, ended: datetime, running_at_end: dict) -> None:
         o = self.options
         sagas = SagaInstance.objects.filter(id__in=ids)
         statuses: dict[str, int] = {}
@@ -416,6 +647,10 @@ class Command(BaseCommand):
                           f"on their own, each started again")
 
         effects = check_effects(sagas)
+        left = effects_left_behind(sagas)
+        effects.append(Check("no effect row of a compensated saga left in place", not left,
+                             f"{len(left)} ({'; '.join(f'saga {e.saga_id} step {e.step}' for e in left[:3])})"
+                             if left else ""))
         invariants = check_sagas(sagas)
         self.stdout.write("checks")
         for check in effects + invariants:
@@ -423,10 +658,14 @@ class Command(BaseCommand):
             self.stdout.write(f"  {'PASS' if check.passed else 'FAIL'}  {check.name}{detail}")
 
         trails: dict = {}
-        for saga_id, at, kind in events.order_by("created_at", "id").values_list("saga_id", "created_at", "kind"):
+        stand_trails: dict = {}
+        rows = events.order_by("created_at", "id").values_list("saga_id", "created_at", "kind", "step_id")
+        for saga_id, at, kind, step_id in rows:
             trails.setdefault(saga_id, []).append((at, kind))
+            stand_trails.setdefault(saga_id, []).append(TrailEvent(at, kind, step_id))
         recoveries = measure_recoveries(self.faults, trails)
-        figures = figures_by_kind(self.faults, recoveries, KINDS)
+        kinds = KINDS if "long" in o["workloads"] else [k for k in KINDS if k not in (LOST_MESSAGE, LONG_STEP_KILL)]
+        figures = figures_by_kind(self.faults, recoveries, kinds)
         worst = longest(recoveries)
         self.stdout.write("recovery: from each fault to the next audit event of every saga in flight at it")
         self.stdout.write(f"  {'fault kind':<16}{'faults':>7}{'affected':>10}{'never':>7}{'max s':>9}{'p95 s':>9}")
@@ -441,6 +680,25 @@ class Command(BaseCommand):
                 f"+{(worst.fault.at - self.started_at).total_seconds():.1f}s "
                 f"({worst.fault.what}); limit {o['max_recovery']:g}s")
 
+        stills = measure_stand_stills(stand_trails, self.faults, ended, running_at_end)
+        type_of = dict(sagas.values_list("id", "saga_type"))
+        types = [WORKLOADS[w] for w in o["workloads"]]
+        overall = stand_still_figures(stills, o["max_recovery"])
+        by_type = {t: stand_still_figures([s for s in stills if type_of.get(s.saga_id) == t], o["max_recovery"])
+                   for t in types}
+        still_worst = max(stills, key=lambda s: s.seconds, default=None)
+        self.stdout.write("stand-still: per saga, the longest stretch with no audit event and no live attempt "
+                          "working for it")
+        self.stdout.write(f"  {'saga type':<20}{'sagas':>7}{'max s':>9}{'p95 s':>9}{'over':>6}")
+        for t, f in [*by_type.items(), ("all", overall)]:
+            self.stdout.write(f"  {t:<20}{f.sagas:>7}{_seconds(f.max_seconds):>9}{_seconds(f.p95_seconds):>9}"
+                              f"{f.over:>6}")
+        if still_worst is not None and still_worst.start is not None:
+            self.stdout.write(
+                f"  longest: {still_worst.seconds:.1f}s, {type_of.get(still_worst.saga_id)} saga "
+                f"{still_worst.saga_id}, from +{(still_worst.start - self.started_at).total_seconds():.1f}s "
+                f"to +{(still_worst.end - self.started_at).total_seconds():.1f}s; limit {o['max_recovery']:g}s")
+
         reasons = []
         if lost:
             reasons.append(f"{lost} sagas lost (unfinished after {o['timeout']:g}s)")
@@ -449,18 +707,24 @@ class Command(BaseCommand):
         if slow:
             reasons.append(f"{len(slow)} recoveries over {o['max_recovery']:g}s "
                            f"(longest {_seconds(worst.seconds) + 's' if worst.seconds is not None else 'never'})")
+        if overall.over:
+            reasons.append(f"{overall.over} sagas stood still over {o['max_recovery']:g}s "
+                           f"(longest {_seconds(overall.max_seconds)}s)")
         reasons += [f"no saga was in flight at any {f.kind} fault: nothing measured for it"
                     for f in figures if f.faults and not f.affected]
         passed = not reasons
         verdict = ("saga_chaos: PASS: no saga lost, no effect applied twice or left in place, every invariant "
-                   f"holds, every recovery within {o['max_recovery']:g}s" if passed
+                   f"holds, every recovery within {o['max_recovery']:g}s, no saga stood still longer" if passed
                    else "saga_chaos: FAIL: " + "; ".join(reasons))
         self.stdout.write(verdict)
         if o["json"]:
             self.stdout.write(json.dumps({
                 "passed": passed,
+                "workloads": o["workloads"],
                 "sagas": len(ids),
                 "lost": lost,
+                "effects_left": len(left),
+                "stand_still": {**overall.as_dict(), "by_type": {t: f.as_dict() for t, f in by_type.items()}},
                 "statuses": statuses,
                 "database": connection.vendor,
                 "broker": "own redis" if cluster.own_broker else "external",
