@@ -231,6 +231,10 @@ SAGAS_SWEEP_INTERVAL = env_float("SAGAS_SWEEP_INTERVAL", 5.0)
 # A forward or compensation chain holds at most this many steps; a task at its end sends the next
 # segment (every message carries the rest of its chain: a longer one costs bytes with every step).
 SAGAS_CHAIN_SEGMENT = int(env_float("SAGAS_CHAIN_SEGMENT", 20))
+# A key a user sends with a start (Idempotency-Key) answers that user's saga for this long (seconds).
+SAGAS_IDEMPOTENCY_TTL = env_float("SAGAS_IDEMPOTENCY_TTL", 24 * 3600)
+# A waiting step's token works this long at most, deadline or not (seconds).
+SAGAS_SIGNAL_TOKEN_TTL = env_float("SAGAS_SIGNAL_TOKEN_TTL", 30 * 24 * 3600)
 # One sweep at a time: a sweep that dies holds the sweeper's lease this long at most (seconds).
 SAGAS_SWEEP_LEASE = env_float("SAGAS_SWEEP_LEASE", 60.0)
 # Every worker process that runs steps heartbeats this often (0: never); an

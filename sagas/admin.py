@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any
 
 from django.contrib import admin, messages
@@ -20,7 +21,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from . import engine
+from . import access, engine
 from .errors import InvalidSignal, SagaError
 from .models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 from .selectors import with_current_step
@@ -50,7 +51,7 @@ def _as_uuid(term: str) -> uuid.UUID | None:
 
 
 def _pretty_json(value: Any) -> SafeString:
-    return format_html("<pre style='margin:0'>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
+    return format_html("<pre style='margin:0'>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False))
 
 
 def _saga_link(saga: SagaInstance) -> SafeString:
@@ -76,8 +77,49 @@ class ReadOnlyMixin:
         return False
 
 
+# Who is looking, while one of these admins renders a page: what its fields show (sensitive values
+# masked) depends on it, and display methods are not handed the request.
+_VIEWER: ContextVar[Any] = ContextVar("sagas_admin_viewer", default=None)
+
+
+def shown(saga_type: str, value: Any) -> Any:
+    """``value`` as the user looking at the page may see it (``sagas.access``; masked when no one is known)."""
+    return access.shown(_VIEWER.get(), saga_type, value)
+
+
 class ReadOnlyAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    pass
+    """Read-only, and showing only the sagas (and their steps and events) the user may read.
+
+    ``saga_path``: the lookup from the model to its saga ("" for the saga itself).
+    """
+
+    saga_path = "saga__"
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        saga = (obj if self.saga_path == "" else obj.saga) if obj is not None else None
+        return access.may(request.user, "view", saga) if saga is not None else access.may(request.user, "view")
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return access.may(request.user, "view")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return access.visible(request.user, super().get_queryset(request), prefix=self.saga_path)
+
+    def changeform_view(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        token = _VIEWER.set(request.user)
+        try:
+            response = super().changeform_view(request, *args, **kwargs)
+            return response.render() if hasattr(response, "render") else response
+        finally:
+            _VIEWER.reset(token)
+
+    def changelist_view(self, request: HttpRequest, extra_context=None) -> HttpResponse:
+        token = _VIEWER.set(request.user)
+        try:
+            response = super().changelist_view(request, extra_context)
+            return response.render() if hasattr(response, "render") else response
+        finally:
+            _VIEWER.reset(token)
 
 
 class SagaIdSearchMixin:
@@ -101,32 +143,33 @@ class SagaIdSearchMixin:
 
 
 def _resubmit(saga: SagaInstance, request: HttpRequest) -> str:
-    new = engine.resubmit(saga)
+    new = engine.resubmit(saga, by=request.user)
     return f"resubmitted as {new.pk}"
 
 
 def _cancel(saga: SagaInstance, request: HttpRequest) -> str:
-    saga = engine.cancel(saga, reason=f"cancelled in the admin by {request.user.get_username()}")
+    saga = engine.cancel(saga, reason=f"cancelled in the admin by {request.user.get_username()}", by=request.user)
     return f"cancel requested; it is now {saga.status}"
 
 
 def _retry_compensation(saga: SagaInstance, request: HttpRequest) -> str:
-    saga = engine.retry_compensation(saga)
+    saga = engine.retry_compensation(saga, by=request.user)
     return f"compensation retried; it is now {saga.status}"
 
 
 def _release(saga: SagaInstance, request: HttpRequest) -> str:
-    engine.release_held(saga, note=f"released in the admin by {request.user.get_username()}")
+    engine.release_held(saga, note=f"released in the admin by {request.user.get_username()}", by=request.user)
     return "released to the sweeper"
 
 
 Intervention = Callable[[SagaInstance, HttpRequest], str]
 
-INTERVENTIONS: dict[str, tuple[str, Intervention]] = {
-    "resubmit": ("Resubmit", _resubmit),
-    "cancel": ("Cancel", _cancel),
-    "retry-compensation": ("Retry compensation", _retry_compensation),
-    "release": ("Release to the sweeper", _release),
+# name -> (button label, what it calls, the move it is in ``sagas.access``)
+INTERVENTIONS: dict[str, tuple[str, Intervention, str]] = {
+    "resubmit": ("Resubmit", _resubmit, "resubmit"),
+    "cancel": ("Cancel", _cancel, "cancel"),
+    "retry-compensation": ("Retry compensation", _retry_compensation, "retry_compensation"),
+    "release": ("Release to the sweeper", _release, "release"),
 }
 
 
@@ -151,9 +194,17 @@ def applicable_interventions(saga: SagaInstance) -> list[str]:
 
 def intervene(
     model_admin: admin.ModelAdmin, request: HttpRequest, sagas: Iterable[SagaInstance], run: Intervention,
+    move: str | None = None,
 ) -> None:
-    """Call the engine once per saga and report each outcome; one refusal does not stop the others."""
+    """Call the engine once per saga and report each outcome; one refusal does not stop the others.
+
+    ``move``: checked for each saga (``sagas.access``: a saga type's own permission too).
+    """
     for saga in sagas:
+        if move is not None and not access.may(request.user, move, saga):
+            model_admin.message_user(request, f"Saga {saga.pk}: you may not {move.replace('_', ' ')} it.",
+                                     messages.ERROR)
+            continue
         try:
             outcome = run(saga, request)
         except (SagaError, SagaInstance.DoesNotExist) as exc:
@@ -168,6 +219,11 @@ def intervene(
 class StepRecordInline(ReadOnlyMixin, admin.TabularInline):
     model = StepRecord
     extra = 0
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Whoever may read the saga (``obj``) sees its steps."""
+        return access.may(request.user, "view", obj) if obj is not None else access.may(request.user, "view")
+
     can_delete = False
     show_change_link = True
     fields = ("index", "name", "parallel", "status", "attempts", "compensation", "error_excerpt", "started_at",
@@ -299,13 +355,34 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
         "timeline",
     )
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[SagaInstance]:
-        """The current step comes in the list's own query (a subquery), not one query per row."""
-        return with_current_step(super().get_queryset(request))
+    saga_path = ""
 
-    def has_intervene_permission(self, request: HttpRequest) -> bool:
-        """Who may use the actions: whoever holds the model's change permission."""
-        return request.user.has_perm("sagas.change_sagainstance")
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SagaInstance]:
+        """The sagas this user may read or signal; the current step comes in the list's own query (a
+        subquery), not one query per row."""
+        rows = access.visible_or_signallable(request.user, admin.ModelAdmin.get_queryset(self, request))
+        return with_current_step(rows)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and access.may_signal_in(request.user, obj):
+            return True
+        return super().has_view_permission(request, obj)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return super().has_module_permission(request) or access.may_signal_in_any(request.user)
+
+    # Who may use each action: the move's permission (``sagas.access``), asked again per saga.
+    def has_resubmit_permission(self, request: HttpRequest) -> bool:
+        return access.may(request.user, "resubmit")
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return access.may(request.user, "cancel")
+
+    def has_retry_compensation_permission(self, request: HttpRequest) -> bool:
+        return access.may(request.user, "retry_compensation")
+
+    def has_release_permission(self, request: HttpRequest) -> bool:
+        return access.may(request.user, "release")
 
     # --- columns and fields ---
 
@@ -350,11 +427,11 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
 
     @admin.display(description="input")
     def input_pretty(self, saga: SagaInstance) -> SafeString:
-        return _pretty_json(saga.input)
+        return _pretty_json(shown(saga.saga_type, saga.input))
 
     @admin.display(description="results")
     def results_pretty(self, saga: SagaInstance) -> SafeString:
-        return _pretty_json(saga.current_results)
+        return _pretty_json(shown(saga.saga_type, saga.current_results))
 
     @admin.display(description="picture")
     def timeline_chart(self, saga: SagaInstance) -> SafeString:
@@ -367,6 +444,8 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     def timeline(self, saga: SagaInstance) -> SafeString:
         """The audit trail as sentences: every transition, in the order it happened."""
         events = list(saga.events.select_related("step").order_by("created_at", "id")[: TIMELINE_LIMIT + 1])
+        for event in events:  # as this user may see them (never saved)
+            event.detail = shown(saga.saga_type, event.detail)
         rows = format_html_join(
             "\n", '<tr><td style="white-space:nowrap">{}</td><td>{}</td><td><small><code>{}</code></small></td></tr>',
             (
@@ -384,22 +463,22 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
 
     # --- actions ---
 
-    @admin.action(description="Resubmit selected sagas (new instances, same input)", permissions=["intervene"])
+    @admin.action(description="Resubmit selected sagas (new instances, same input)", permissions=["resubmit"])
     def resubmit_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
-        intervene(self, request, queryset.order_by("created_at"), _resubmit)
+        intervene(self, request, queryset.order_by("created_at"), _resubmit, "resubmit")
 
-    @admin.action(description="Cancel selected sagas (compensate what ran)", permissions=["intervene"])
+    @admin.action(description="Cancel selected sagas (compensate what ran)", permissions=["cancel"])
     def cancel_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
-        intervene(self, request, queryset.order_by("created_at"), _cancel)
+        intervene(self, request, queryset.order_by("created_at"), _cancel, "cancel")
 
-    @admin.action(description="Retry compensation of selected failed sagas", permissions=["intervene"])
+    @admin.action(description="Retry compensation of selected failed sagas", permissions=["retry_compensation"])
     def retry_compensation_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
-        intervene(self, request, queryset.order_by("created_at"), _retry_compensation)
+        intervene(self, request, queryset.order_by("created_at"), _retry_compensation, "retry_compensation")
 
     @admin.action(description="Release selected sagas the sweeper held back to it (once their cause is fixed)",
-                  permissions=["intervene"])
+                  permissions=["release"])
     def release_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
-        intervene(self, request, queryset.order_by("created_at"), _release)
+        intervene(self, request, queryset.order_by("created_at"), _release, "release")
 
     # --- the same actions as buttons on one saga's page ---
 
@@ -416,15 +495,15 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
         """POST from a button on the saga's page: run one intervention, go back to the page."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        saga_id = _as_uuid(object_id)
-        saga = SagaInstance.objects.filter(pk=saga_id).first() if saga_id else None
+        saga = self._saga_for(request, object_id)
         if saga is None:
             self.message_user(request, f"No saga {object_id}.", messages.ERROR)
             return HttpResponseRedirect(reverse("admin:sagas_sagainstance_changelist"))
-        if name not in INTERVENTIONS or not self.has_intervene_permission(request):
+        if name not in INTERVENTIONS:
             self.message_user(request, "You may not do that.", messages.ERROR)
         else:
-            intervene(self, request, [saga], INTERVENTIONS[name][1])
+            _, run, move = INTERVENTIONS[name]
+            intervene(self, request, [saga], run, move)
         return HttpResponseRedirect(reverse("admin:sagas_sagainstance_change", args=[saga.pk]))
 
     def signal_view(self, request: HttpRequest, object_id: str, step: str, signal: str) -> HttpResponse:
@@ -436,7 +515,7 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         saga_id = _as_uuid(object_id)
-        saga = SagaInstance.objects.filter(pk=saga_id).first() if saga_id else None
+        saga = SagaInstance.objects.filter(pk=saga_id).first() if saga_id else None  # signals: their own permission
         if saga is None:
             self.message_user(request, f"No saga {object_id}.", messages.ERROR)
             return HttpResponseRedirect(reverse("admin:sagas_sagainstance_changelist"))
@@ -449,9 +528,9 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
         """The saga's page shows only the buttons whose intervention applies to it now."""
-        saga_id = _as_uuid(object_id)
-        saga = SagaInstance.objects.filter(pk=saga_id).first() if saga_id else None
-        names = applicable_interventions(saga) if saga and self.has_intervene_permission(request) else []
+        saga = self._saga_for(request, object_id)
+        names = [name for name in applicable_interventions(saga)
+                 if access.may(request.user, INTERVENTIONS[name][2], saga)] if saga else []
         waiting = signallable_steps(saga, request.user) if saga else []
         extra_context = {
             **(extra_context or {}),
@@ -471,6 +550,14 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     def changelist_view(self, request: HttpRequest, extra_context=None):
         return super().changelist_view(request, {**(extra_context or {}),
                                                  "live_url": reverse("sagas-live")})
+
+    def _saga_for(self, request: HttpRequest, object_id: str) -> SagaInstance | None:
+        """The saga ``object_id`` names, if this user may read it (else as unknown as a missing one)."""
+        saga_id = _as_uuid(object_id)
+        saga = SagaInstance.objects.filter(pk=saga_id).first() if saga_id else None
+        if saga is None or not (access.may(request.user, "view", saga) or access.may_signal_in(request.user, saga)):
+            return None
+        return saga
 
 
 # --- step records and events ------------------------------------------------------------
@@ -503,7 +590,7 @@ class StepRecordAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
 
     @admin.display(description="result")
     def result_pretty(self, record: StepRecord) -> SafeString:
-        return _pretty_json(record.result)
+        return _pretty_json(shown(record.saga.saga_type, record.result))
 
 
 @admin.register(SagaEvent)
@@ -526,8 +613,9 @@ class SagaEventAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
 
     @admin.display(description="what happened")
     def sentence(self, event: SagaEvent) -> str:
+        event.detail = shown(event.saga.saga_type, event.detail)  # as this user may see it (never saved)
         return describe_event(event)
 
     @admin.display(description="detail")
     def detail_pretty(self, event: SagaEvent) -> SafeString:
-        return _pretty_json(event.detail)
+        return _pretty_json(shown(event.saga.saga_type, event.detail))

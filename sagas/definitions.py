@@ -194,6 +194,12 @@ class Saga:
     version: int = 1
     input_schema: Any = None
     description: str = ""
+    # The Django permission ("app_label.codename") a user also needs for anything on sagas of this
+    # type, reading included (``sagas.access``); None: the general permissions suffice.
+    permission: str | None = None
+    # Input fields (and the same keys in step outputs and signals) shown masked to users without
+    # ``sagas.view_sensitive_data``; stored as given.
+    sensitive: tuple = ()
     layout: list = field(init=False, repr=False, compare=False)
     stages: list = field(init=False, repr=False, compare=False)
     _stage_of: list = field(init=False, repr=False, compare=False)
@@ -247,6 +253,14 @@ class Saga:
                 f"saga {self.name!r}: {sorted(clash)[0]!r} names both a Parallel and a step")
         if self.input_schema is not None and not callable(self.input_schema):
             raise SagaDefinitionError(f"saga {self.name!r}: input_schema must be a serializer class or callable")
+        if self.permission is not None and (not isinstance(self.permission, str)
+                                            or not _PERMISSION_RE.match(self.permission)):
+            raise SagaDefinitionError(
+                f"saga {self.name!r}: permission must be 'app_label.codename', got {self.permission!r}")
+        if isinstance(self.sensitive, str) or not all(isinstance(k, str) and k for k in self.sensitive):
+            raise SagaDefinitionError(
+                f"saga {self.name!r}: sensitive must be a tuple of field names, got {self.sensitive!r}")
+        self.sensitive = tuple(self.sensitive)
 
     def step_at(self, index: int) -> Step:
         return self.steps[index]

@@ -5,6 +5,7 @@ Rows hold data and constraints only; every change of status goes through
 """
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -59,6 +60,7 @@ class EventKind(models.TextChoices):
     SAGA_STUCK = "saga_stuck"
     ERROR_CALLBACK_IGNORED = "error_callback_ignored"
     REPORT_DROPPED = "report_dropped"
+    IDEMPOTENCY_KEY_EXPIRED = "idempotency_key_expired"
 
 
 ACTIVE_SAGA_STATUSES = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
@@ -82,6 +84,12 @@ class SagaInstance(models.Model):
     results = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True, default="")
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # Whose key it is: "" for code (``start_saga(idempotency_key=...)``), "user:<id>" for a key a user
+    # sent to the API (``Idempotency-Key``): one user's key never answers another's saga.
+    idempotency_scope = models.CharField(max_length=60, default="", blank=True)
+    # The user who started it (API, admin, command line); null for sagas started by code.
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
     resubmitted_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resubmissions"
     )
@@ -100,11 +108,21 @@ class SagaInstance(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # Who may do what (``sagas.access``): ``view_sagainstance`` is Django's own.
+        permissions = [
+            ("start_saga", "Can start sagas"),
+            ("cancel_saga", "Can cancel sagas"),
+            ("pause_saga", "Can pause, resume and skip steps of sagas"),
+            ("resubmit_saga", "Can resubmit sagas"),
+            ("retry_compensation", "Can retry compensation and release held sagas"),
+            ("run_bulk_actions", "Can run bulk actions over sagas"),
+            ("view_sensitive_data", "Can see sensitive saga fields unmasked"),
+        ]
         constraints = [
             models.UniqueConstraint(
-                fields=["saga_type", "idempotency_key"],
+                fields=["saga_type", "idempotency_scope", "idempotency_key"],
                 condition=Q(idempotency_key__isnull=False),
-                name="saga_unique_idempotency_key_per_type",
+                name="saga_unique_idempotency_key_per_scope",
             ),
             models.CheckConstraint(
                 condition=Q(status__in=SagaStatus.values), name="saga_status_valid"

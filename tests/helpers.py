@@ -120,3 +120,17 @@ def started_in_thread(target, *, settle: float = 1.0):
     thread.start()
     thread.join(timeout=settle)
     return thread
+
+
+SAGA_PERMISSIONS = ("view_sagainstance", "start_saga", "cancel_saga", "pause_saga", "resubmit_saga",
+                    "retry_compensation", "run_bulk_actions", "view_sensitive_data")
+
+
+def saga_user(username: str = "operator", permissions=SAGA_PERMISSIONS, *, password: str = "secret-pass", **fields):
+    """A user holding these ``sagas.*`` permissions (all of them by default: an operator)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user(username, password=password, **fields)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=permissions, content_type__app_label="sagas"))
+    return get_user_model().objects.get(pk=user.pk)  # a fresh object: no stale permission cache

@@ -153,7 +153,7 @@ class SagaInstanceOutputSerializer(ModelOutputSerializer):
         model = SagaInstance
         fields = [
             "id", "saga_type", "version", "status", "input", "results", "error", "idempotency_key",
-            "resubmitted_from", "created_at", "started_at", "finished_at", "updated_at", "cancel_requested_at",
+            "resubmitted_from", "started_by", "created_at", "started_at", "finished_at", "updated_at", "cancel_requested_at",
             "steps",
         ]
         read_only_fields = fields

@@ -15,12 +15,13 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import analytics, engine
+from .. import access, analytics, engine
 from ..definitions import registry
 from ..models import SagaEvent, SagaInstance, StepRecord
 from ..selectors import waiting_steps_for
@@ -73,6 +74,40 @@ def saga_get(saga_id: str) -> SagaInstance:
     return saga_instances().get(pk=pk)
 
 
+def saga_for(request: Request, saga_id: str, move: str = "view") -> SagaInstance:
+    """The saga ``saga_id`` names, if ``request.user`` may make ``move`` on it (``sagas.access``).
+
+    A saga the user may not read at all is as unknown as a missing one (404);
+    one they may read but not move answers 403.
+    """
+    saga = saga_get(saga_id)
+    if not access.may(request.user, "view", saga):
+        raise SagaInstance.DoesNotExist(f"no saga {saga_id}")
+    if move != "view" and not access.may(request.user, move, saga):
+        raise PermissionDenied(f"{move.replace('_', ' ')} needs the permission {access.MOVES[move]}"
+                               + _type_permission_note(saga.saga_type))
+    return saga
+
+
+def _type_permission_note(saga_type: str) -> str:
+    definition = access.definition_named(saga_type)
+    return f" and {definition.permission}" if definition and definition.permission else ""
+
+
+def shown(request: Request, data: dict) -> dict:
+    """A saga's answer (``SagaInstanceOutputSerializer``) with its sensitive fields masked for this user."""
+    if access.sees_sensitive(request.user):
+        return data
+    fields = access.sensitive_fields(data["saga_type"])
+    if not fields:
+        return data
+    data["input"] = access.masked(data["input"], fields)
+    data["results"] = access.masked(data["results"], fields)
+    for step in data.get("steps", []):
+        step["result"] = access.masked(step["result"], fields)
+    return data
+
+
 def saga_url(request: Request, saga: SagaInstance) -> str:
     return request.build_absolute_uri(reverse("sagas_api:saga-detail", kwargs={"saga_id": saga.pk}))
 
@@ -80,7 +115,8 @@ def saga_url(request: Request, saga: SagaInstance) -> str:
 def accepted(request: Request, saga: SagaInstance, *, location: bool = False) -> Response:
     """202 with the instance: the work goes on in the workers."""
     headers = {"Location": saga_url(request, saga)} if location else None
-    return Response(SagaInstanceOutputSerializer(saga).data, status=status.HTTP_202_ACCEPTED, headers=headers)
+    return Response(shown(request, SagaInstanceOutputSerializer(saga).data), status=status.HTTP_202_ACCEPTED,
+                    headers=headers)
 
 
 class SagaTypeListApi(APIView):
@@ -89,8 +125,8 @@ class SagaTypeListApi(APIView):
     @extend_schema(tags=[TAG], summary="List registered saga types",
                    responses={200: SagaTypeOutputSerializer(many=True)})
     def get(self, request: Request) -> Response:
-        data = SagaTypeOutputSerializer([saga.describe() for saga in registry], many=True).data
-        return Response(data)
+        usable = [saga.describe() for saga in registry if access.may_use_type(request.user, saga.name)]
+        return Response(SagaTypeOutputSerializer(usable, many=True).data)
 
 
 class SagaListCreateApi(GenericAPIView):
@@ -101,7 +137,7 @@ class SagaListCreateApi(GenericAPIView):
     serializer_class = SagaInstanceOutputSerializer
 
     def get_queryset(self) -> QuerySet[SagaInstance]:
-        return saga_instances()
+        return access.visible(self.request.user, saga_instances())
 
     @extend_schema(
         tags=[TAG], summary="List saga instances",
@@ -115,7 +151,8 @@ class SagaListCreateApi(GenericAPIView):
     )
     def get(self, request: Request) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        return self.get_paginated_response(SagaInstanceOutputSerializer(page, many=True).data)
+        data = [shown(request, saga) for saga in SagaInstanceOutputSerializer(page, many=True).data]
+        return self.get_paginated_response(data)
 
     @extend_schema(
         tags=[TAG],
@@ -146,11 +183,16 @@ class SagaListCreateApi(GenericAPIView):
     def post(self, request: Request) -> Response:
         params = SagaStartInputSerializer(data=request.data)
         params.is_valid(raise_exception=True)
+        saga_type = params.validated_data["saga_type"]
+        if not access.may(request.user, "start", saga_type=saga_type):
+            raise PermissionDenied(f"starting needs the permission {access.MOVES['start']}"
+                                   + _type_permission_note(saga_type))
         saga = engine.start_saga(
-            params.validated_data["saga_type"],
+            saga_type,
             input=params.validated_data["input"],
             idempotency_key=idempotency_key_from(request.headers),
             version=params.validated_data.get("version"),
+            by=request.user,
         )
         if not saga.created_now:
             response = accepted(request, saga_get(saga.pk), location=True)
@@ -163,7 +205,7 @@ class SagaDetailApi(APIView):
     @extend_schema(tags=[TAG], summary="One saga instance with its steps", parameters=[SAGA_ID],
                    responses={200: SagaInstanceOutputSerializer, 404: NOT_FOUND})
     def get(self, request: Request, saga_id: str) -> Response:
-        return Response(SagaInstanceOutputSerializer(saga_get(saga_id)).data)
+        return Response(shown(request, SagaInstanceOutputSerializer(saga_for(request, saga_id)).data))
 
 
 class SagaEventListApi(GenericAPIView):
@@ -173,14 +215,17 @@ class SagaEventListApi(GenericAPIView):
     serializer_class = SagaEventOutputSerializer
 
     def get_queryset(self) -> QuerySet[SagaEvent]:
-        saga = saga_get(self.kwargs["saga_id"])
-        return SagaEvent.objects.filter(saga=saga).select_related("step").order_by("created_at", "id")
+        self.saga = saga_for(self.request, self.kwargs["saga_id"])
+        return SagaEvent.objects.filter(saga=self.saga).select_related("step").order_by("created_at", "id")
 
     @extend_schema(tags=[TAG], summary="The audit trail of a saga", parameters=[SAGA_ID],
                    responses={200: SagaEventOutputSerializer(many=True), 404: NOT_FOUND_OR_NO_SUCH_PAGE})
     def get(self, request: Request, saga_id: str) -> Response:
         page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(SagaEventOutputSerializer(page, many=True).data)
+        data = SagaEventOutputSerializer(page, many=True).data
+        for event in data:
+            event["detail"] = access.shown(request.user, self.saga.saga_type, event["detail"])
+        return self.get_paginated_response(data)
 
 
 class SagaResubmitApi(APIView):
@@ -191,7 +236,7 @@ class SagaResubmitApi(APIView):
                    400: BAD_REQUEST, 404: NOT_FOUND, 409: CONFLICT},
     )
     def post(self, request: Request, saga_id: str) -> Response:
-        new = engine.resubmit(saga_get(saga_id))
+        new = engine.resubmit(saga_for(request, saga_id, "resubmit"), by=request.user)
         return accepted(request, saga_get(new.pk), location=True)
 
 
@@ -207,7 +252,8 @@ class SagaCancelApi(APIView):
         params.is_valid(raise_exception=True)
         reason = params.validated_data.get("reason")
         # Blank is "no reason": the engine's default one is recorded.
-        saga = engine.cancel(saga_get(saga_id), **({"reason": reason} if reason else {}))
+        saga = engine.cancel(saga_for(request, saga_id, "cancel"), by=request.user,
+                             **({"reason": reason} if reason else {}))
         return accepted(request, saga_get(saga.pk))
 
 
@@ -218,7 +264,7 @@ class SagaRetryCompensationApi(APIView):
         responses={202: SagaInstanceOutputSerializer, 404: NOT_FOUND, 409: CONFLICT},
     )
     def post(self, request: Request, saga_id: str) -> Response:
-        saga = engine.retry_compensation(saga_get(saga_id))
+        saga = engine.retry_compensation(saga_for(request, saga_id, "retry_compensation"), by=request.user)
         return accepted(request, saga_get(saga.pk))
 
 
@@ -331,17 +377,23 @@ class AnalyticsApi(APIView):
         responses={200: AnalyticsOutputSerializer, 400: BAD_REQUEST},
     )
     def get(self, request: Request) -> Response:
+        if not access.may(request.user, "view"):
+            raise PermissionDenied(f"analytics need the permission {access.MOVES['view']}")
         query = AnalyticsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         until = query.validated_data.get("until")
+        saga_type = query.validated_data.get("saga_type")
         window = {
             "since": query.validated_data.get("since") or analytics.default_since(until, timezone.now()),
             "until": until,
-            "saga_type": query.validated_data.get("saga_type"),
+            "saga_type": saga_type,
         }
+        readable = access.readable_types(request.user)  # None: every type
+        counted = {**window, "saga_type": saga_type if readable is None
+                   else [t for t in readable if saga_type in (None, t)]}
         return Response(AnalyticsOutputSerializer({
             "window": window,
-            "overall": analytics.overall_stats(**window).as_dict(),
-            "saga_types": [s.as_dict() for s in analytics.saga_type_stats(**window)],
-            "steps": [s.as_dict() for s in analytics.step_stats(**window)],
+            "overall": analytics.overall_stats(**counted).as_dict(),
+            "saga_types": [s.as_dict() for s in analytics.saga_type_stats(**counted)],
+            "steps": [s.as_dict() for s in analytics.step_stats(**counted)],
         }).data)

@@ -409,6 +409,20 @@ def move_step(saga: SagaInstance, step: StepRecord, target: str, kind: str, **de
     event(saga, kind, step=step, **moved_detail(previous, target, **detail))
 
 
+def is_user(by: Any) -> bool:
+    return hasattr(by, "has_perm") and hasattr(by, "get_username")
+
+
+def actor(by: Any) -> dict:
+    """Who made a move, as its event records it: a user's username and id (``by``, ``by_user_id``), a
+    name (``token``, a command's), or nothing for code that passes no one."""
+    if is_user(by):
+        return {"by": by.get_username(), "by_user_id": by.pk}
+    if by is None:
+        return {}
+    return {"by": str(by)[:200]}
+
+
 def moved_detail(previous: str, target: str, **detail: Any) -> dict:
     """The detail of a step's move from ``previous`` to ``target``."""
     return {"from": previous, "to": target, **detail}

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from ..errors import InvalidTransition
 from ..models import ACTIVE_SAGA_STATUSES, EventKind, SagaInstance, SagaStatus, StepStatus
 from .compensation import compensation_order, start_compensating
 from .core import (
+    actor,
     dispatch_compensation,
     event,
     locked_saga,
@@ -22,12 +24,12 @@ from .core import (
 from .start import start_saga
 
 
-def cancel(saga: SagaInstance | uuid.UUID | str, *, reason: str = "cancelled") -> SagaInstance:
+def cancel(saga: SagaInstance | uuid.UUID | str, *, reason: str = "cancelled", by: Any = None) -> SagaInstance:
     """Stop a pending or running saga and compensate what it did.
 
     The saga moves to ``compensating`` at once. A step attempt in progress
     finishes; its effects are then compensated too, before the earlier steps'.
-    The saga's error keeps ``reason``.
+    The saga's error keeps ``reason``; its event, who (``by``: the user).
     """
     reason = (reason or "").strip() or "cancelled"
     with locked_saga(saga_id_of(saga)) as instance:
@@ -37,21 +39,21 @@ def cancel(saga: SagaInstance | uuid.UUID | str, *, reason: str = "cancelled") -
             raise InvalidTransition(
                 f"saga {instance.id} is {instance.status}; only a pending or running saga can be cancelled")
         instance.cancel_requested_at = instance.db_now
-        event(instance, EventKind.CANCEL_REQUESTED, reason=reason)
+        event(instance, EventKind.CANCEL_REQUESTED, reason=reason, **actor(by))
         instance.error = reason
         start_compensating(instance, steps_of(instance), reason)
     return SagaInstance.objects.get(pk=instance.pk)
 
 
-def retry_compensation(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
-    """Re-run the compensations that failed, with a fresh retry budget."""
+def retry_compensation(saga: SagaInstance | uuid.UUID | str, *, by: Any = None) -> SagaInstance:
+    """Re-run the compensations that failed, with a fresh retry budget (``by``: who asked)."""
     with locked_saga(saga_id_of(saga)) as instance:
         if instance is None:
             raise no_such_saga(saga)
         if instance.status != SagaStatus.FAILED:
             raise InvalidTransition(
                 f"saga {instance.id} is {instance.status}; only a failed saga can retry compensation")
-        event(instance, EventKind.COMPENSATION_RETRY_REQUESTED)
+        event(instance, EventKind.COMPENSATION_RETRY_REQUESTED, **actor(by))
         records = steps_of(instance)
         for record in records:
             if record.status == StepStatus.COMPENSATION_FAILED:
@@ -64,7 +66,7 @@ def retry_compensation(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
     return SagaInstance.objects.get(pk=instance.pk)
 
 
-def resubmit(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
+def resubmit(saga: SagaInstance | uuid.UUID | str, *, by: Any = None) -> SagaInstance:
     """Start a new instance of the latest version with the same input, linked to this one.
 
     Idempotent: a saga already resubmitted answers the instance it started
@@ -80,12 +82,12 @@ def resubmit(saga: SagaInstance | uuid.UUID | str) -> SagaInstance:
         if earlier is not None:
             earlier.created_now = False
             return earlier
-        new = start_saga(original.saga_type, input=original.input, resubmitted_from=original)
-        event(original, EventKind.RESUBMITTED, new_saga=str(new.id))
+        new = start_saga(original.saga_type, input=original.input, resubmitted_from=original, by=by)
+        event(original, EventKind.RESUBMITTED, new_saga=str(new.id), **actor(by))
     return new
 
 
-def release_held(saga: SagaInstance | uuid.UUID | str, *, note: str = "") -> SagaInstance:
+def release_held(saga: SagaInstance | uuid.UUID | str, *, note: str = "", by: Any = None) -> SagaInstance:
     """Give a saga the sweeper held for a person back to the sweeper, once its cause is fixed."""
     with locked_saga(saga_id_of(saga)) as instance:
         if instance is None:
@@ -94,5 +96,6 @@ def release_held(saga: SagaInstance | uuid.UUID | str, *, note: str = "") -> Sag
             raise InvalidTransition(f"saga {instance.id} is not held by the sweeper")
         # Due now (a millisecond back: SQLite's clock reads to the millisecond only).
         instance.due_at = instance.db_now - timedelta(milliseconds=1)
-        event(instance, EventKind.SAGA_RESUMED, phase="released", note=note or "released for the sweeper")
+        event(instance, EventKind.SAGA_RESUMED, phase="released", note=note or "released for the sweeper",
+              **actor(by))
     return SagaInstance.objects.get(pk=instance.pk)

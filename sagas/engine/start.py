@@ -9,13 +9,14 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from .. import canvas
 from ..definitions import Saga, registry
 from ..errors import IdempotencyConflict, InvalidSagaInput
 from ..models import EventKind, SagaEvent, SagaInstance, StepRecord
 from . import sql
-from .core import json_problem, send_after_commit
+from .core import actor, is_user, json_problem, send_after_commit
 
 
 def validate_input(definition: Saga, data: Any) -> dict:
@@ -81,17 +82,22 @@ def start_saga(
     *,
     version: int | None = None,
     resubmitted_from: SagaInstance | None = None,
+    by: Any = None,
 ) -> SagaInstance:
     """Create a saga instance and its step records; enqueue it once the transaction commits.
 
     With an ``idempotency_key`` already used for this saga type, return that
     instance and start nothing (``IdempotencyConflict`` if the input differs).
+    ``by``: the user who starts it (``started_by``, and its event). A key is
+    scoped to who starts: code's keys (no ``by``) keep their saga for good; a
+    user's key answers only that user, for ``SAGAS_IDEMPOTENCY_TTL`` seconds.
     """
     definition = registry.get(saga_type, version)
     data = validate_input(definition, input)
     idempotency_key = _clean_key(idempotency_key)
+    scope = f"user:{by.pk}" if is_user(by) else ""
     if idempotency_key is not None:
-        existing = _existing_for_key(saga_type, idempotency_key, data)
+        existing = _existing_for_key(saga_type, scope, idempotency_key, data)
         if existing is not None:
             return existing
     try:
@@ -102,6 +108,8 @@ def start_saga(
                 version=definition.version,
                 input=data,
                 idempotency_key=idempotency_key,
+                idempotency_scope=scope,
+                started_by=by if is_user(by) else None,
                 resubmitted_from=resubmitted_from,
                 due_at=Now() + timedelta(seconds=settings.SAGAS_STALL_AFTER),
             )
@@ -112,12 +120,12 @@ def start_saga(
             sql.insert_rows(steps)
             sql.insert_rows([SagaEvent(saga=saga, kind=EventKind.SAGA_CREATED, created_at=Now(), detail={
                 "version": definition.version, "idempotency_key": idempotency_key,
-                "resubmitted_from": str(resubmitted_from.pk) if resubmitted_from else None,
+                "resubmitted_from": str(resubmitted_from.pk) if resubmitted_from else None, **actor(by),
             })])
             send_after_commit(canvas.dispatch_forward, saga.id, 0, definition=definition)
     except IntegrityError:
         # Another process inserted the same key between our look-up and insert.
-        existing = _existing_for_key(saga_type, idempotency_key, data) if idempotency_key else None
+        existing = _existing_for_key(saga_type, scope, idempotency_key, data) if idempotency_key else None
         if existing is None:
             raise
         return existing
@@ -127,12 +135,28 @@ def start_saga(
     return saga
 
 
-def _existing_for_key(saga_type: str, key: str, data: dict) -> SagaInstance | None:
-    existing = SagaInstance.objects.filter(saga_type=saga_type, idempotency_key=key).first()
+def _existing_for_key(saga_type: str, scope: str, key: str, data: dict) -> SagaInstance | None:
+    existing = SagaInstance.objects.filter(saga_type=saga_type, idempotency_scope=scope, idempotency_key=key).first()
+    if existing is not None and scope and _expired(existing):
+        _forget_key(existing)
+        return None
     if existing is not None and existing.input != data:
-        raise IdempotencyConflict(
-            f"idempotency key {key!r} was already used for saga {existing.id} with another input"
-        )
+        # Not naming the other saga: a key guessed with another body must learn nothing of it.
+        raise IdempotencyConflict(f"idempotency key {key!r} was already used with another input")
     if existing is not None:
         existing.created_now = False
     return existing
+
+
+def _expired(saga: SagaInstance) -> bool:
+    return saga.created_at < timezone.now() - timedelta(seconds=settings.SAGAS_IDEMPOTENCY_TTL)
+
+
+def _forget_key(saga: SagaInstance) -> None:
+    """A user's key past its lifetime: taken off its saga (with an event), free for a new start."""
+    with transaction.atomic():
+        if SagaInstance.objects.filter(pk=saga.pk, idempotency_key=saga.idempotency_key).update(
+                idempotency_key=None):
+            SagaEvent.objects.create(saga=saga, kind=EventKind.IDEMPOTENCY_KEY_EXPIRED, created_at=Now(),
+                                     detail={"idempotency_key": saga.idempotency_key,
+                                             "ttl_seconds": settings.SAGAS_IDEMPOTENCY_TTL})

@@ -17,7 +17,8 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import QuerySet
+from django.conf import settings
+from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 
 from ..definitions import Saga
@@ -27,6 +28,8 @@ from . import forward
 from .compensation import continue_compensation, start_compensating
 from .core import (
     Decision,
+    actor,
+    is_user,
     Outcome,
     definition_of,
     dispatch_forward,
@@ -102,17 +105,12 @@ def wait_due(saga: SagaInstance, waiting: list[StepRecord]) -> None:
 # --- signals ------------------------------------------------------------------------------------
 
 
-def _is_user(by: Any) -> bool:
-    return hasattr(by, "has_perm") and hasattr(by, "get_username")
+_is_user = is_user
 
 
 def signaller(by: Any) -> dict:
-    """Who sent a signal, as its event records it: a user's id and username, ``token``, or a name."""
-    if _is_user(by):
-        return {"by": by.get_username(), "by_user_id": by.pk}
-    if by is None:
-        return {"by": "system"}
-    return {"by": str(by)[:200]}
+    """Who sent a signal, as its event records it: ``actor``, and ``system`` for code that names no one."""
+    return actor(by) or {"by": "system"}
 
 
 def may_signal(user: Any, permission: str | None) -> bool:
@@ -189,7 +187,11 @@ def _token_owner(token: Any) -> tuple[Any, str, str]:
     if not isinstance(token, str) or not token or len(token) > TOKEN_MAX_LENGTH:
         raise UnknownSignalToken("unknown or used signal token")
     hashed = token_hash(token)
+    # A token lives as long as its wait, and never longer than SAGAS_SIGNAL_TOKEN_TTL (a wait with no
+    # deadline too): counted from the wait's start, or the attempt's while its action still runs.
+    born_after = Now() - timedelta(seconds=settings.SAGAS_SIGNAL_TOKEN_TTL)
     owner = (StepRecord.objects.filter(signal_token_hash=hashed, status__in=(StepStatus.WAITING, StepStatus.RUNNING))
+             .filter(Q(waiting_since__gte=born_after) | Q(waiting_since__isnull=True, started_at__gte=born_after))
              .values_list("saga_id", "name").first())
     if owner is None:
         raise UnknownSignalToken("unknown or used signal token")

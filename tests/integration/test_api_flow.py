@@ -7,6 +7,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from sagas.models import FINAL_SAGA_STATUSES, EventKind, SagaStatus, StepStatus
+from tests.helpers import saga_user
 
 pytestmark = pytest.mark.integration
 
@@ -15,7 +16,7 @@ SAGA = "tests.three_steps"
 
 @pytest.fixture
 def api(worker):
-    user = get_user_model().objects.create_user("api-flow", password="secret-pass")
+    user = saga_user("api-flow")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
     return client

@@ -17,6 +17,7 @@ from rest_framework.authtoken.models import Token
 
 from sagas.models import SagaInstance, SagaStatus, StepRecord, StepStatus
 from sagas.workers import delete_queue, free_port, spawn_web, stop_workers, wait_for_http
+from tests.helpers import saga_user
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +93,7 @@ def waiting_row(token: str) -> SagaInstance:
 
 
 def test_api_answers_as_its_schema_says_under_fuzzing(api_server, tmp_path):
-    user = get_user_model().objects.create_user("fuzzer", password="fuzz-pass-1")
+    user = saga_user("fuzzer", password="fuzz-pass-1")
     user.user_permissions.add(Permission.objects.get(codename="change_call", content_type__app_label="testapp"))
     token = Token.objects.create(user=user).key
     signal_token = "fuzz-signal-token-" + uuid.uuid4().hex

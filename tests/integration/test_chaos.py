@@ -85,7 +85,6 @@ def test_chaos_run_through_rabbitmq_loses_no_saga_and_recovers_in_time(transacti
     assert figures["faults"]["broker restart"]["faults"] == 0
 
 
-ON_POSTGRES = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
 # Eight fan-out sagas (24 members of 0.05 s each, one refusing in most of them)
 # under a pool-child kill and a whole-worker kill: about 40 s.
 FANOUT_RUN = ["--workload", "fanout", "--fanout-sagas", "8", "--workers", "2", "--concurrency", "2",
@@ -113,9 +112,6 @@ def assert_workload_passed(run: subprocess.CompletedProcess, figures: dict, saga
 
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="saga_chaos runs a redis-server of its own")
-@pytest.mark.xfail(ON_POSTGRES, strict=False, reason=(
-    "engine fault on PostgreSQL: a Parallel member claimed while a sibling's permanent failure is being "
-    "recorded is marked skipped and its effects are left in place (the saga ends compensated with effects left)"))
 def test_chaos_fanout_run_leaves_no_effect_of_a_compensated_saga_in_place(transactional_db):
     run, figures = run_chaos(base=FANOUT_RUN)
 
@@ -126,9 +122,6 @@ def test_chaos_fanout_run_leaves_no_effect_of_a_compensated_saga_in_place(transa
 
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="saga_chaos runs a redis-server of its own")
-@pytest.mark.xfail(strict=False, reason=(
-    "engine fault: after a long step whose next message is lost the saga waits for the attempt's old lease "
-    "(the step timeout, about 310 s at the defaults) instead of SAGAS_STALL_AFTER (15 s)"))
 def test_chaos_long_step_run_moves_again_within_30s_of_a_lost_message(transactional_db):
     run, figures = run_chaos(base=LONG_RUN)
 

@@ -19,7 +19,7 @@ from sagas.engine import sweep
 from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepStatus
 from sagas.tasks import compensate_saga
 from sagas.workers import database_url
-from tests.helpers import make_due, wait_for_saga, wait_until
+from tests.helpers import make_due, saga_user, wait_for_saga, wait_until
 from tests.integration.conftest import start_worker
 from tests.testapp.models import Call, Ledger
 
@@ -93,7 +93,7 @@ print(json.dumps({"status": response.status_code, "body": response.json()}))
 
 
 def test_a_saga_accepted_while_the_broker_is_down_answers_202_and_the_sweeper_sends_it(worker):
-    user = get_user_model().objects.create_user("operator", password="secret-pass")
+    user = saga_user("operator")
     token = Token.objects.create(user=user).key
     # The API in a process of its own whose broker does not answer (nothing listens on port 1).
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings_test", "DATABASE_URL": database_url(),

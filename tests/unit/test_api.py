@@ -15,17 +15,18 @@ from rest_framework.test import APIClient
 from sagas import Saga, Step, cancel, registry, start_saga
 from sagas.api.exceptions import input_errors
 from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
+from tests.helpers import saga_user
 
 SAGA = "tests.three_steps"
 SAGAS_URL = "/api/sagas/"
-# The token's user (1), then counts, top errors and two percentiles over sagas per
+# The token's user (1), the user's permissions and its groups' (2: who may read what), then counts, top errors and two percentiles over sagas per
 # type (4) and over all types (4), counts, top errors twice and two percentiles per step (5).
-ANALYTICS_QUERIES = 14
+ANALYTICS_QUERIES = 16
 
 
 @pytest.fixture
 def user(db):
-    return get_user_model().objects.create_user("operator", password="secret-pass")
+    return saga_user("operator")  # every sagas.* permission: an operator
 
 
 @pytest.fixture
@@ -118,7 +119,8 @@ def test_a_started_saga_is_answered_as_stored_without_reading_it_back(api):
     # The token and its user, then start_saga's transaction: the instance, its steps, its first event.
     statements = [q["sql"].split()[0] for q in captured.captured_queries
                   if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
-    assert statements == ["SELECT", "INSERT", "INSERT", "INSERT"], captured.captured_queries
+    # The token's user, its permissions and its groups' (read once per request), then the three rows.
+    assert statements == ["SELECT", "SELECT", "SELECT", "INSERT", "INSERT", "INSERT"], captured.captured_queries
     assert api.get(f"{SAGAS_URL}{body['id']}/").json() == body
 
 
@@ -127,7 +129,8 @@ def test_instance_answer_has_every_documented_field(api):
 
     assert set(body) == {
         "id", "saga_type", "version", "status", "input", "results", "error", "idempotency_key",
-        "resubmitted_from", "created_at", "started_at", "finished_at", "updated_at", "cancel_requested_at", "steps",
+        "resubmitted_from", "started_by", "created_at", "started_at", "finished_at", "updated_at",
+        "cancel_requested_at", "steps",
     }
     assert set(body["steps"][0]) == {
         "index", "name", "status", "has_compensation", "attempts", "result", "error", "started_at",

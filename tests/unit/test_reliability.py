@@ -15,7 +15,7 @@ from sagas import InvalidSagaInput, Saga, Step, cancel, registry, resubmit, star
 from sagas import canvas, engine
 from sagas.engine import Decision, Report, execute_compensation, execute_step, sweep
 from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus, WorkerBeat
-from tests.helpers import compensations_due, make_due, started_in_thread
+from tests.helpers import compensations_due, make_due, saga_user, started_in_thread
 
 SAGA = "tests.three_steps"
 PARALLEL = "tests.parallel"  # a -> Parallel("fanout", b1, b2, b3) -> c
@@ -448,7 +448,7 @@ def test_the_api_answers_the_same_400_on_every_database_for_input_none_stores(db
     from rest_framework.test import APIClient
 
     client = APIClient()
-    user = get_user_model().objects.create_user("operator", password="secret-pass")
+    user = saga_user("operator")
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
 
     response = client.post("/api/sagas/", body, content_type="application/json")
