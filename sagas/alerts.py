@@ -22,8 +22,15 @@ logger = logging.getLogger("sagas.alerts")
 
 
 def saga_failed(saga) -> None:
-    """Alert about ``saga`` (its status just became failed) once the surrounding transaction commits."""
-    transaction.on_commit(partial(alert_failed, str(saga.pk), saga.saga_type, saga.error), robust=True)
+    """Alert about ``saga`` (its status just became failed) once the surrounding transaction commits.
+
+    Its error goes out with the values of its sensitive input fields masked
+    (``Saga(..., sensitive=...)``): logs and mails reach people of every role.
+    """
+    from .access import masked_text
+
+    error = masked_text(saga.error, saga.saga_type, saga.input)
+    transaction.on_commit(partial(alert_failed, str(saga.pk), saga.saga_type, error), robust=True)
 
 
 def _keys(saga_type: str) -> tuple[str, str]:

@@ -40,6 +40,7 @@ from .core import (
     lease_length,
     lease_until,
     locked_saga,
+    loggable,
     lose_attempt,
     make_claim,
     move_saga,
@@ -196,7 +197,7 @@ def execute_compensation(saga_id, index: int, policy: Retry | None = None, repor
         invoke(claim.step.compensation, claim, phase="compensation")
     except Exception as exc:  # recorded and retried, or the saga is left to a person
         logger.warning("saga %s compensation of %s attempt %s failed: %s",
-                       saga_id, claim.step.name, claim.attempt, exc)
+                       saga_id, claim.step.name, claim.attempt, loggable(claim, exc))
         error, timed_out = attempt_error(claim, exc)
         outcome = Report(claim.attempt, ok=False, error=error, timeout=timed_out)
     else:

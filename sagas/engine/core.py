@@ -428,6 +428,13 @@ def moved_detail(previous: str, target: str, **detail: Any) -> dict:
     return {"from": previous, "to": target, **detail}
 
 
+def loggable(claim: Claim, exc: BaseException) -> str:
+    """An attempt's error as a log line may show it: the saga's sensitive input values masked."""
+    from ..access import masked_text
+
+    return masked_text(str(exc), claim.definition.name, claim.context.input)
+
+
 def describe_error(exc: BaseException) -> str:
     """An exception as its step's error: its type and text, made storable on every database.
 

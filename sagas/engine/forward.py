@@ -50,10 +50,11 @@ from .core import (
     in_flight,
     keep_due,
     lease_length,
-    lose_attempt,
     lease_until,
     locked_saga,
     log_attempt_start,
+    loggable,
+    lose_attempt,
     make_claim,
     record_at,
     move_saga,
@@ -98,7 +99,8 @@ def execute_step(saga_id, index: int, policy: Retry | None = None, report: dict 
     try:
         result = invoke(claim.step.action, claim, phase="action")
     except Exception as exc:  # the action's failure is data: record it and decide
-        logger.info("saga %s step %s attempt %s failed: %s", saga_id, claim.step.name, claim.attempt, exc)
+        logger.info("saga %s step %s attempt %s failed: %s", saga_id, claim.step.name, claim.attempt,
+                    loggable(claim, exc))
         outcome = failure_report(claim, exc)
     else:
         outcome = success_report(claim, result)

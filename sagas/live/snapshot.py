@@ -44,8 +44,13 @@ def _saga_row(saga: SagaInstance) -> dict[str, Any]:
     }
 
 
-def _counts(since: datetime) -> list[dict[str, Any]]:
-    rows = (SagaInstance.objects.filter(created_at__gte=since).order_by()
+def _sagas(exclude: tuple[str, ...]):
+    """The sagas a page shows: all, but the types its user may not read."""
+    return SagaInstance.objects.exclude(saga_type__in=exclude) if exclude else SagaInstance.objects.all()
+
+
+def _counts(since: datetime, exclude: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    rows = (_sagas(exclude).filter(created_at__gte=since).order_by()
             .values("saga_type", "status").annotate(n=Count("id")))
     by_type: dict[str, dict[str, int]] = {}
     for row in rows:
@@ -59,8 +64,8 @@ def _current(records: list[StepRecord]) -> StepRecord | None:
     return next((r for r in records if r.status in CURRENT_STEP_STATUSES), None)
 
 
-def _in_flight(limit: int) -> list[dict[str, Any]]:
-    sagas = (SagaInstance.objects.filter(status__in=ACTIVE_SAGA_STATUSES).order_by("created_at")
+def _in_flight(limit: int, exclude: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    sagas = (_sagas(exclude).filter(status__in=ACTIVE_SAGA_STATUSES).order_by("created_at")
              .prefetch_related("steps")[:limit])
     rows = []
     for saga in sagas:
@@ -77,36 +82,39 @@ def _in_flight(limit: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _waiting(limit: int) -> list[dict[str, Any]]:
+def _waiting(limit: int, exclude: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Steps waiting for a signal, oldest wait first, with the deadline stored on each (an index keeps it short)."""
-    records = (StepRecord.objects.filter(status=StepStatus.WAITING).select_related("saga")
+    records = StepRecord.objects.filter(status=StepStatus.WAITING)
+    if exclude:
+        records = records.exclude(saga__saga_type__in=exclude)
+    records = (records.select_related("saga")
                .order_by("waiting_since", "id")[:limit])
     return [{**_saga_row(record.saga), "step": record.name, "since": _iso(record.waiting_since),
              "deadline": _iso(record.signal_deadline)} for record in records]
 
 
-def _failures(statuses: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
-    sagas = SagaInstance.objects.filter(status__in=statuses).order_by("-updated_at")[:limit]
+def _failures(statuses: tuple[str, ...], limit: int, exclude: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    sagas = _sagas(exclude).filter(status__in=statuses).order_by("-updated_at")[:limit]
     return [{**_saga_row(s), "error": s.error[:300], "since": _iso(s.finished_at or s.updated_at)} for s in sagas]
 
 
-def build_snapshot() -> dict[str, Any]:
-    """Everything the live page shows, as JSON-ready data."""
+def build_snapshot(exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Everything the live page shows, as JSON-ready data (``exclude``: saga types its user may not read)."""
     now = timezone.now()
     rows = settings.SAGAS_LIVE_ROWS
     return {
         "generated_at": _iso(now),
         "window_seconds": settings.SAGAS_LIVE_WINDOW,
         "statuses": list(SagaStatus.values),
-        "counts": _counts(now - timedelta(seconds=settings.SAGAS_LIVE_WINDOW)),
-        "in_flight": _in_flight(rows),
+        "counts": _counts(now - timedelta(seconds=settings.SAGAS_LIVE_WINDOW), exclude),
+        "in_flight": _in_flight(rows, exclude),
         "waiting_supported": True,
-        "waiting": _waiting(rows),
+        "waiting": _waiting(rows, exclude),
         # Failed sagas stay here until a person acts (retry compensation moves them on).
-        "needs_person": _failures((SagaStatus.FAILED,), rows),
-        "latest_failures": _failures((SagaStatus.COMPENSATED, SagaStatus.FAILED), 10),
+        "needs_person": _failures((SagaStatus.FAILED,), rows, exclude),
+        "latest_failures": _failures((SagaStatus.COMPENSATED, SagaStatus.FAILED), 10, exclude),
     }
 
 
-def snapshot_json() -> str:
-    return json.dumps(build_snapshot(), separators=(",", ":"))
+def snapshot_json(exclude: tuple[str, ...] = ()) -> str:
+    return json.dumps(build_snapshot(exclude), separators=(",", ":"))

@@ -25,6 +25,9 @@ logger = logging.getLogger("sagas.live")
 
 
 class Page(Protocol):
+    # The saga types its user may not read: pages with the same get the same snapshot.
+    exclude: tuple[str, ...]
+
     async def push(self, text: str) -> None: ...
 
 
@@ -33,14 +36,17 @@ class Watcher:
         self.pages: set[Page] = set()
         self.task: asyncio.Task | None = None
         self.seen: tuple | None = None
-        self.latest: str | None = None
+        self.latest: dict[tuple[str, ...], str] = {}  # the last snapshot sent, per ``Page.exclude``
         self.snapshots = 0  # built since the process started (tests read it)
 
     async def join(self, page: Page) -> None:
         """A page connected: give it the latest snapshot at once and keep it informed."""
         self.pages.add(page)
-        if self.latest is not None:
-            await page.push(self.latest)
+        exclude = getattr(page, "exclude", ())
+        if exclude not in self.latest and self.latest:
+            self.latest[exclude] = await database_sync_to_async(snapshot.snapshot_json)(exclude)
+        if exclude in self.latest:
+            await page.push(self.latest[exclude])
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self.run())
 
@@ -57,17 +63,20 @@ class Watcher:
                     logger.exception("live page: could not read the database")
                 await asyncio.sleep(settings.SAGAS_LIVE_INTERVAL)
         finally:
-            self.seen = self.latest = None  # a later page starts from a fresh snapshot
+            self.seen, self.latest = None, {}  # a later page starts from a fresh snapshot
 
     async def tick(self) -> None:
         seen = await database_sync_to_async(snapshot.fingerprint)()
-        if seen == self.seen and self.latest is not None:
+        if seen == self.seen and self.latest:
             return
-        text = await database_sync_to_async(snapshot.snapshot_json)()
-        self.seen, self.latest = seen, text
-        self.snapshots += 1
         pages = list(self.pages)
-        results = await asyncio.gather(*(page.push(text) for page in pages), return_exceptions=True)
+        texts = {}
+        for exclude in sorted({getattr(page, "exclude", ()) for page in pages}):
+            texts[exclude] = await database_sync_to_async(snapshot.snapshot_json)(exclude)
+            self.snapshots += 1
+        self.seen, self.latest = seen, texts
+        results = await asyncio.gather(*(page.push(texts[getattr(page, "exclude", ())]) for page in pages),
+                                       return_exceptions=True)
         for page, result in zip(pages, results):
             if isinstance(result, Exception):  # a page that went away: forget it
                 self.pages.discard(page)

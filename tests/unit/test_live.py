@@ -12,6 +12,7 @@ from sagas.live import snapshot
 from sagas.live.consumers import FORBIDDEN, LivePageConsumer
 from sagas.live.watcher import Watcher
 from sagas.models import SagaStatus
+from tests.helpers import saga_user
 
 SAGA = "tests.three_steps"
 
@@ -95,7 +96,7 @@ def _connect(user):
 
 def test_staff_get_a_snapshot_as_soon_as_they_connect(transactional_db, settings):
     settings.SAGAS_LIVE_INTERVAL = 0.05
-    staff = get_user_model().objects.create_user("ops", password="pw", is_staff=True)
+    staff = saga_user("ops", ["view_sagainstance"], is_staff=True)
 
     connected, _, message = _connect(staff)
 
@@ -103,10 +104,52 @@ def test_staff_get_a_snapshot_as_soon_as_they_connect(transactional_db, settings
     assert set(json.loads(message)) >= {"counts", "in_flight", "waiting", "needs_person", "latest_failures"}
 
 
-@pytest.mark.parametrize("who", ["anonymous", "not staff"])
+@pytest.mark.parametrize("who", ["anonymous", "not staff", "staff without the view permission"])
 def test_others_are_refused(transactional_db, who):
-    user = AnonymousUser() if who == "anonymous" else get_user_model().objects.create_user("bob", password="pw")
+    user = {
+        "anonymous": lambda: AnonymousUser(),
+        "not staff": lambda: saga_user("bob", ["view_sagainstance"]),
+        "staff without the view permission": lambda: get_user_model().objects.create_user("eve", is_staff=True),
+    }[who]()
 
     connected, code, _ = _connect(user)
 
     assert not connected and code == FORBIDDEN
+
+
+def test_a_page_whose_user_lost_the_permission_stops_receiving(transactional_db):
+    from django.contrib.auth.models import Permission
+
+    staff = saga_user("ops", ["view_sagainstance"], is_staff=True)
+    page = LivePageConsumer()
+    page.user_id = staff.pk
+    sent, closed = [], []
+
+    async def send(text_data=None, **_):
+        sent.append(text_data)
+
+    async def close(code=None):
+        closed.append(code)
+
+    page.send, page.close = send, close
+    asyncio.run(page.push("first"))
+    staff.user_permissions.remove(Permission.objects.get(codename="view_sagainstance"))
+    asyncio.run(page.push("second"))
+
+    assert sent == ["first"] and closed == [FORBIDDEN]
+
+
+def test_a_page_sees_only_the_types_its_user_may_read(transactional_db):
+    from sagas import Saga, Step, registry
+
+    registry.register(Saga("tests.secret_live", steps=[Step("a", lambda ctx: None)], permission="testapp.change_call"))
+    try:
+        start_saga("tests.secret_live", input={})
+        start_saga(SAGA, input={})
+
+        shown = snapshot.build_snapshot(exclude=("tests.secret_live",))
+
+        assert [row["saga_type"] for row in shown["in_flight"]] == [SAGA]
+        assert [row["saga_type"] for row in shown["counts"]] == [SAGA]
+    finally:
+        registry.unregister("tests.secret_live")
