@@ -41,8 +41,6 @@ from .models import (
     Service,
 )
 from .sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, GATED_TYPES, ORDER_FULFILLMENT, SYSTEM_DEPLOYMENT
-from .workflows.budget_approval import EXECUTIVE_THRESHOLD
-from .workflows.common import money
 
 MAX_EXAMPLES = 3
 
@@ -195,11 +193,15 @@ def _gates(saga_type: str, version: int) -> dict[str, str | None]:
     return {step.name: step.signal_permission for step in definition.steps if step.wait_for_signal}
 
 
-def _may_skip(gate: str, saga_input: dict, amount) -> bool:
-    """Only the executive sign-off may be skipped, and only at or below the threshold."""
-    if gate != "executive_signoff" or amount is None:
+def _may_skip(gate: str, request: tuple | None) -> bool:
+    """Only the executive sign-off may be skipped, and only at or below its department's threshold.
+
+    ``request``: the saga's budget request, as (amount, the department's threshold).
+    """
+    if gate != "executive_signoff" or request is None:
         return False
-    return amount <= money(saga_input.get("executive_threshold") or EXECUTIVE_THRESHOLD)
+    amount, threshold = request
+    return amount <= threshold
 
 
 def gates_passed_with_a_permitted_signal(saga_ids: Iterable | None = None) -> Invariant:
@@ -209,24 +211,25 @@ def gates_passed_with_a_permitted_signal(saga_ids: Iterable | None = None) -> In
     if saga_ids is not None:
         sagas = sagas.filter(pk__in=list(saga_ids))
     passed = list(SagaEvent.objects.filter(saga__in=sagas, kind=EventKind.STEP_SUCCEEDED).values_list(
-        "saga_id", "saga__saga_type", "saga__version", "saga__input", "step__name", "detail"))
+        "saga_id", "saga__saga_type", "saga__version", "step__name", "detail"))
     signals: dict = defaultdict(list)
     for saga_id, step, detail in SagaEvent.objects.filter(saga__in=sagas, kind=EventKind.STEP_SIGNALLED).values_list(
             "saga_id", "step__name", "detail"):
         if (detail or {}).get("signal") == "complete":
             signals[(saga_id, step)].append(detail)
-    amounts = dict(BudgetRequest.objects.filter(saga_id__in=sagas.values("pk")).values_list("saga_id", "amount"))
+    requests = {saga_id: (amount, threshold) for saga_id, amount, threshold in BudgetRequest.objects.filter(
+        saga_id__in=sagas.values("pk")).values_list("saga_id", "amount", "department__executive_threshold")}
     users = {u.pk: u for u in get_user_model().objects.filter(pk__in={
         d.get("by_user_id") for details in signals.values() for d in details if d.get("by_user_id")})}
     problems, gates_passed = [], 0
-    for saga_id, saga_type, version, saga_input, step, detail in passed:
+    for saga_id, saga_type, version, step, detail in passed:
         permission = _gates(saga_type, version).get(step, False)
         if permission is False:
             continue  # not a gate
         gates_passed += 1
         detail = detail or {}
         if detail.get("wait_skipped"):
-            if not _may_skip(step, saga_input or {}, amounts.get(saga_id)):
+            if not _may_skip(step, requests.get(saga_id)):
                 problems.append(f"saga {saga_id}: {step} skipped its wait")
             continue
         allowed = [d for d in signals[(saga_id, step)]

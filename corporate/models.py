@@ -6,6 +6,8 @@ rolled back), so the history stays readable in the admin. Domain rows point
 at their saga by ``saga_id`` (a plain UUID, not a foreign key): business
 records outlive the orchestrator's bookkeeping.
 """
+from decimal import Decimal
+
 from django.db import models
 from django.db.models import F, Q
 
@@ -24,6 +26,10 @@ class Department(models.Model):
         max_digits=12, decimal_places=2, default=200000, help_text="payroll refuses salaries above this band"
     )
     frozen = models.BooleanField(default=False, help_text="a frozen department accepts no new budget requests")
+    executive_threshold = models.DecimalField(
+        max_digits=14, decimal_places=2, default=Decimal("10000.00"),
+        help_text="budget requests above this amount need an executive's sign-off (set by finance, never by "
+                  "the request)")
 
     class Meta:
         ordering = ["code"]

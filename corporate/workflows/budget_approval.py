@@ -55,9 +55,16 @@ class BudgetInput(serializers.Serializer):
     department = serializers.PrimaryKeyRelatedField(queryset=Department.objects.all())
     amount = positive_amount_field()
     purpose = serializers.CharField(max_length=200)
-    executive_threshold = positive_amount_field(required=False,
-                                                help_text=f"default {EXECUTIVE_THRESHOLD}")
+    # Refused: the threshold is the department's (``Department.executive_threshold``, set by finance).
+    # A request that named its own could skip the executive (240 000 with a threshold of 249 999).
+    executive_threshold = serializers.CharField(required=False, write_only=True, help_text=(
+        "no longer accepted: the threshold is the department's, set by finance"))
     reference = reference_field()
+
+    def validate_executive_threshold(self, value):
+        raise serializers.ValidationError(
+            "the executive threshold is set per department by finance (Department.executive_threshold), "
+            "not by the request")
 
 
 def _request(ctx) -> BudgetRequest:
@@ -146,7 +153,7 @@ def release_funds(ctx) -> None:
 def ask_executive(ctx) -> dict | SkipWait:
     """Above the threshold, ask an executive; at or below it nobody needs to sign (no wait)."""
     request = _request(ctx)
-    threshold = money(ctx.input.get("executive_threshold") or EXECUTIVE_THRESHOLD)
+    threshold = request.department.executive_threshold  # never the requester's input
     if request.amount <= threshold:
         return SkipWait({"executive_required": False})
     if request.amount > EXECUTIVE_LIMIT:
@@ -203,7 +210,8 @@ def build_saga(*, version: int, manager_deadline: float, executive_deadline: flo
                              "reservation, revoke the approval."),
             Step("executive_signoff", ask_executive, retry=STEP_RETRY, timeout=STEP_TIMEOUT,
                  wait_for_signal=True, signal_timeout=executive_deadline, signal_permission=EXECUTIVE_PERMISSION,
-                 description=f"Gate: above the threshold (default {EXECUTIVE_THRESHOLD}) an executive signs "
+                 description=f"Gate: above the department's threshold (default {EXECUTIVE_THRESHOLD}) an "
+                             f"executive signs "
                              f"(complete) or refuses (fail); needs {EXECUTIVE_PERMISSION}; always refused above "
                              f"{EXECUTIVE_LIMIT}. At or below the threshold no wait (SkipWait). Nothing to undo."),
             Step("approve_request", approve_request, compensation=unapprove_request, transactional=True,

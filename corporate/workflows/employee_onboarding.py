@@ -214,6 +214,8 @@ def build_saga(*, version: int, contract_deadline: float) -> Saga:
         version=version,
         description="Hire someone: employee record, signed contract, IT accounts and laptop, payroll, a desk.",
         input_schema=OnboardingInput,
+        # Personal data: shown masked to whoever lacks sagas.view_sensitive_data.
+        sensitive=("salary", "email", "sent_to"),
         steps=[
             Step("create_employee_record", create_employee_record, compensation=withdraw_offer, transactional=True,
                  retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,

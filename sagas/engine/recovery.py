@@ -108,10 +108,12 @@ def sweeping() -> Iterator[bool]:
 
     Yields True if this sweep got it, False if another one runs: then it
     does nothing, so sweeps that beat queued while one was slow never pile
-    up, each holding a worker process. A sweep that dies holding the lease
-    holds it ``SAGAS_SWEEP_LEASE`` seconds at most.
+    up, each holding a worker process. A lease whose process is known dead
+    (``liveness``: gone from this machine, or silent) is taken over at once;
+    a process that hangs holding it keeps it ``SAGAS_SWEEP_LEASE`` seconds
+    at most.
     """
-    holder = f"{liveness.identity()}|{uuid.uuid4().hex[:8]}"
+    holder = f"{liveness.identity()}#{uuid.uuid4().hex[:8]}"
     until = Now() + timedelta(seconds=settings.SAGAS_SWEEP_LEASE)
     got = bool(SweeperLease.objects.filter(pk=SWEEPER, until__lt=Now()).update(holder=holder, until=until))
     if not got:
@@ -120,12 +122,23 @@ def sweeping() -> Iterator[bool]:
                 SweeperLease.objects.create(id=SWEEPER, holder=holder, until=until)
             got = True
         except IntegrityError:
-            got = False  # another sweep holds it
+            got = _take_over_from_the_dead(holder, until)
     try:
         yield got
     finally:
         if got:  # ended at once (a second back: SQLite's clock reads to the millisecond)
             SweeperLease.objects.filter(pk=SWEEPER, holder=holder).update(until=Now() - timedelta(seconds=1))
+
+
+def _take_over_from_the_dead(holder: str, until) -> bool:
+    """The sweeper's lease is held: take it if its holder's process is known dead (killed mid-sweep)."""
+    found = SweeperLease.objects.filter(pk=SWEEPER).annotate(db_now=Now()).values_list("holder", "db_now").first()
+    if found is None:
+        return False
+    held, now = found
+    if not liveness.dead_holders({held.split("#")[0]}, now):
+        return False  # another sweep runs
+    return bool(SweeperLease.objects.filter(pk=SWEEPER, holder=held).update(holder=holder, until=until))
 
 
 def sweep(*, limit: int = 500) -> SweepReport:

@@ -174,14 +174,18 @@ def test_the_contract_gate_passes_through_its_token(db):
     assert invariants.gates_passed_with_a_permitted_signal().passed
 
 
-@pytest.mark.parametrize("amount, saga_input, passes", [
-    ("900", {}, True),
-    ("10000", {}, True),
-    ("20000", {}, False),
-    ("900", {"executive_threshold": "500"}, False),
+@pytest.mark.parametrize("amount, threshold, saga_input, passes", [
+    ("900", None, {}, True),
+    ("10000", None, {}, True),
+    ("20000", None, {}, False),
+    ("900", "500", {}, False),  # the department's threshold
+    ("240000", None, {"executive_threshold": "249999"}, False),  # a requester's own never counts
 ])
-def test_only_the_executive_may_be_skipped_and_only_at_or_below_the_threshold(db, amount, saga_input, passes):
+def test_only_the_executive_may_be_skipped_and_only_at_or_below_the_threshold(db, amount, threshold, saga_input,
+                                                                              passes):
     passed_gate(BUDGET_APPROVAL, "executive_signoff", amount=amount, skipped=True, saga_input=saga_input)
+    if threshold:
+        models.Department.objects.update(executive_threshold=threshold)
     assert invariants.gates_passed_with_a_permitted_signal().passed is passes
 
 

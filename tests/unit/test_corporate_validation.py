@@ -73,6 +73,7 @@ def test_onboarding_of_an_existing_employee_is_refused(db, sent):
     ({"department": MISSING}, "department"),
     ({"purpose": ""}, "purpose"),
     ({"executive_threshold": "0"}, "executive_threshold"),
+    ({"executive_threshold": "249999"}, "executive_threshold"),  # the department's, never the requester's
 ])
 def test_budget_request_with_bad_field_is_refused(db, sent, change, field):
     errors = refused(BUDGET_APPROVAL, {**Inputs.budget(), **change}, sent)

@@ -418,7 +418,12 @@ def test_gates_wait_with_a_permission_and_a_deadline_in_both_versions(db, saga_t
     assert max(s.signal_timeout for s in registry.get(saga_type, version=2).steps if s.wait_for_signal) <= 10
 
 
-def test_executive_threshold_may_come_with_the_input(db):
-    run = Run(BUDGET_APPROVAL, Inputs.budget(amount="900", executive_threshold="500")).forward()
+def test_the_executive_threshold_is_the_departments(db):
+    department = fixtures.department()
+    department.executive_threshold = "500"
+    department.save()
+
+    run = Run(BUDGET_APPROVAL, Inputs.budget(department_=department, amount="900")).forward()
+
     assert run.results["executive_signoff"]["executive_required"] is True
     assert run.skipped == set()

@@ -147,6 +147,22 @@ def test_a_sweep_started_while_another_runs_does_nothing(db, sent):
     assert sweep().resumed_forward == 1  # once the other has ended
 
 
+def test_a_sweepers_lease_left_by_a_process_that_died_mid_sweep_is_taken_over_at_once(db, sent):
+    from sagas.models import SweeperLease
+
+    # A pool child killed while it swept: its process is gone from this machine, its lease a minute long.
+    from sagas import liveness
+
+    dead = liveness.identity().rsplit("|", 2)[0] + "|999999|deadbeef"
+    SweeperLease.objects.create(id="sweeper", holder=f"{dead}#0a1b2c3d", until=Now() + timedelta(seconds=60))
+    saga = start_saga(LINE, input={})
+    make_due(saga)
+
+    report = sweep()
+
+    assert not report.skipped and report.resumed_forward == 1
+
+
 def test_a_saga_resumed_by_an_overlapping_sweep_is_not_resent_again(db, sent, django_capture_on_commit_callbacks):
     saga = start_saga(LINE, input={})
     make_due(saga)
