@@ -12,3 +12,6 @@ class SagasConfig(AppConfig):
 
         autodiscover_modules("sagas")
         from . import checks  # noqa: F401  (registers the system checks)
+        from . import redaction
+
+        redaction.install()  # signal tokens never reach an access log
