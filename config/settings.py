@@ -235,6 +235,8 @@ SAGAS_CHAIN_SEGMENT = int(env_float("SAGAS_CHAIN_SEGMENT", 20))
 SAGAS_IDEMPOTENCY_TTL = env_float("SAGAS_IDEMPOTENCY_TTL", 24 * 3600)
 # A waiting step's token works this long at most, deadline or not (seconds).
 SAGAS_SIGNAL_TOKEN_TTL = env_float("SAGAS_SIGNAL_TOKEN_TTL", 30 * 24 * 3600)
+# Beat's sweep messages expire if no worker takes them within this many seconds.
+SAGAS_SWEEP_EXPIRES = env_float("SAGAS_SWEEP_EXPIRES", 60.0)
 # One sweep at a time: a sweep that dies holds the sweeper's lease this long at most (seconds).
 SAGAS_SWEEP_LEASE = env_float("SAGAS_SWEEP_LEASE", 60.0)
 # Every worker process that runs steps heartbeats this often (0: never); an
@@ -289,9 +291,11 @@ CACHES = {"default": (
           "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "sagas")})}
 
 CELERY_BEAT_SCHEDULE = {
-    # A sweep message not taken before the next one is due is dropped: they never pile up.
+    # A sweep message not taken within SAGAS_SWEEP_EXPIRES is dropped: while no worker takes them (all
+    # down, or busy behind a backlog) they never pile up by more than a few; a shorter expiry would
+    # drop every sweep while the queue is backed up, just when lost messages need one.
     "sagas-sweep": {"task": "sagas.sweep", "schedule": SAGAS_SWEEP_INTERVAL,
-                    "options": {"expires": SAGAS_SWEEP_INTERVAL}},
+                    "options": {"expires": SAGAS_SWEEP_EXPIRES}},
 }
 
 LOGGING = {
