@@ -82,7 +82,9 @@ class StepCompleteInputSerializer(serializers.Serializer):
 
 
 class StepFailInputSerializer(serializers.Serializer):
-    error = TextField(max_length=2000, help_text="Why the step fails; recorded as its error. The saga compensates.")
+    # Kept as given (not trimmed): what the schema calls a non-empty string is one.
+    error = TextField(min_length=1, max_length=2000, trim_whitespace=False,
+                      help_text="Why the step fails; recorded as its error. The saga compensates.")
 
 
 IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
@@ -219,8 +221,19 @@ class SagaTypeOutputSerializer(serializers.Serializer):
 
 
 class ErrorOutputSerializer(serializers.Serializer):
+    """Every error of the API: what went wrong, and a stable code to branch on."""
+
     detail = serializers.CharField()
-    code = serializers.CharField(required=False)
+    code = serializers.CharField(help_text="e.g. `not_found`, `invalid_transition`, `throttled`, "
+                                           "`request_too_large`, `unsupported_media_type`")
+
+
+class FieldErrorsOutputSerializer(serializers.Serializer):
+    """A 400: ``detail`` and ``code``, and beside them each field's errors (field name -> list of messages)."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField(help_text="`invalid`, or what the engine refused: `unknown_saga_type`, "
+                                           "`unknown_version`, `invalid_input`, `invalid_signal`")
 
 
 class AnalyticsQuerySerializer(serializers.Serializer):
