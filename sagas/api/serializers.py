@@ -25,7 +25,13 @@ NO_NUL_PATTERN = r"^[^\x00]*$"
 BLANK_PARAMETER_ERROR = "may not be blank; leave it out instead"
 
 
-@extend_schema_field(OpenApiTypes.OBJECT)
+# What the engine stores is free of NUL characters (no database column keeps them): the schema
+# says so of an object's keys; text values holding one are refused too (400), at any depth.
+JSON_OBJECT_SCHEMA = {"type": "object", "additionalProperties": {}, "propertyNames": {"pattern": NO_NUL_PATTERN},
+                      "description": "A JSON object; no NUL character in its keys or text (400)."}
+
+
+@extend_schema_field(JSON_OBJECT_SCHEMA)
 class JSONObjectField(serializers.JSONField):
     """Any JSON value on the wire, documented as an object: the engine rejects the rest with a field error."""
 

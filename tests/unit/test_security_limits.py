@@ -334,3 +334,32 @@ def test_the_prune_task_removes_what_saga_prune_would(db):
 
     assert report["sagas"] == 1
     assert list(SagaInstance.objects.values_list("pk", flat=True)) == [recent.pk]
+
+
+# --- the schema and the validation agree --------------------------------------------------------
+
+
+def openapi(api) -> dict:
+    return api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+
+def test_a_fail_signal_needs_a_non_empty_error_as_the_schema_says(api):
+    error = openapi(api)["components"]["schemas"]["StepFailInput"]["properties"]["error"]
+
+    assert error["minLength"] == 1
+    assert_error(api.post("/api/signals/no-such-token/fail/", {"error": ""}, format="json"), 400, "invalid")
+
+
+def test_json_object_keys_with_nul_are_refused_as_the_schema_says(api):
+    result = openapi(api)["components"]["schemas"]["StepCompleteInput"]["properties"]["result"]
+
+    assert result["propertyNames"]["pattern"] == r"^[^\x00]*$"
+    response = api.post(SAGAS_URL, {"saga_type": SAGA, "input": {"a\x00b": 1}}, format="json")
+    assert_error(response, 400, "invalid_input")
+
+
+def test_a_version_the_type_does_not_have_is_an_error_on_version(api):
+    body = assert_error(api.post(SAGAS_URL, {"saga_type": SAGA, "version": 99}, format="json"), 400,
+                        "unknown_version")
+
+    assert list(body) == ["version", "detail", "code"]
