@@ -92,6 +92,7 @@ class RateLimitedAdminEmailHandler(AdminEmailHandler):
         others = may_mail(f"django:{record.name}:{exc_type or record.msg}")
         if others is None:
             return
-        if others:
-            record.msg = f"{record.msg} ({others} more like it since the last mail)"
+        if others:  # on a copy: the log's other handlers print the record as it was
+            record = logging.makeLogRecord({**record.__dict__,
+                                            "msg": f"{record.msg} ({others} more like it since the last mail)"})
         super().emit(record)

@@ -136,7 +136,10 @@ DJANGO_CODES = {
 
 def plain_error(status_code: int) -> JsonResponse:
     """The API's error shape for a status Django answered on its own."""
-    detail = HTTPStatus(status_code).phrase if status_code in HTTPStatus._value2member_map_ else "Error"
+    try:
+        detail = HTTPStatus(status_code).phrase
+    except ValueError:
+        detail = "Error"
     return JsonResponse({"detail": f"{detail}.", "code": DJANGO_CODES.get(status_code, "error")},
                         status=status_code)
 
