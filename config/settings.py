@@ -3,8 +3,10 @@
 Every environment variable the project reads is read here, once, with an
 embedded default that works on a laptop: SQLite in ``var/`` and Redis on
 localhost. Production sets ``DATABASE_URL``, ``CELERY_BROKER_URL``,
-``SECRET_KEY``, ``ALLOWED_HOSTS`` and ``DEBUG=0`` (which turns on HTTPS-only
-defaults, see "HTTPS" below).
+``SECRET_KEY`` and ``ALLOWED_HOSTS``. ``DEBUG`` is off unless set: a laptop
+sets ``DEBUG=1`` (``make run`` and ``make demo`` do), a deployment that forgets
+it gets the HTTPS-only defaults (see "HTTPS" below), no development key, no
+``*`` hosts, no failure injection and no open ``/metrics``.
 """
 import json
 import os
@@ -45,6 +47,12 @@ def secret_key_problem(key: str) -> str | None:
     return None
 
 
+def env_rate(name: str, default: str) -> str | None:
+    """A DRF throttle rate (``"120/minute"``); ``off`` (or ``0``, ``none``) turns that throttle off."""
+    value = os.environ.get(name, "").strip() or default
+    return None if value.lower() in {"off", "0", "none"} else value
+
+
 def proxy_ssl_header(value: str) -> tuple[str, str] | None:
     """``X-Forwarded-Proto=https`` -> ``("HTTP_X_FORWARDED_PROTO", "https")``; blank -> None."""
     if not value.strip():
@@ -58,7 +66,7 @@ def proxy_ssl_header(value: str) -> tuple[str, str] | None:
     return (meta if meta.startswith("HTTP_") else f"HTTP_{meta}", expected)
 
 
-DEBUG = env_bool("DEBUG", True)
+DEBUG = env_bool("DEBUG", False)
 
 # --- Secret key ---------------------------------------------------------------
 # Production (DEBUG off) refuses to start with the development key or a weak
@@ -105,6 +113,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Errors Django answers itself under /api/ get the API's JSON shape (sagas.api.exceptions).
+    "sagas.api.exceptions.ApiErrorMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -174,6 +184,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only: any other body answers 415 (sagas.api.parsers bounds its size and depth).
+    "DEFAULT_PARSER_CLASSES": ["sagas.api.parsers.BoundedJSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": ["sagas.api.throttles.ApiUserThrottle"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # Proxies in front whose X-Forwarded-For is trusted for the client address (throttles).
+    "NUM_PROXIES": int(env_float("SAGAS_NUM_PROXIES", 0)),
     "DEFAULT_PAGINATION_CLASS": "sagas.api.pagination.SagaPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
@@ -189,6 +205,28 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+
+# --- Limits: what one request may cost ------------------------------------------
+# A request body over this many bytes answers 413 before it is parsed; JSON nested deeper
+# than SAGAS_MAX_INPUT_DEPTH answers 400.
+SAGAS_MAX_INPUT_BYTES = int(env_float("SAGAS_MAX_INPUT_BYTES", 1024 * 1024))
+SAGAS_MAX_INPUT_DEPTH = int(env_float("SAGAS_MAX_INPUT_DEPTH", 32))
+# Throttles (DRF rates, "N/second|minute|hour|day"; "off" turns one off), answering 429 with
+# Retry-After, counted in the shared cache: per user on the authenticated API, per client
+# address on the token endpoints (/api/signals/{token}/...), which need no credentials.
+SAGAS_API_THROTTLE_RATE = env_rate("SAGAS_API_THROTTLE_RATE", "1200/minute")
+SAGAS_SIGNAL_THROTTLE_RATE = env_rate("SAGAS_SIGNAL_THROTTLE_RATE", "60/minute")
+# The analytics API answers for a window of at most this many seconds (31 days).
+SAGAS_ANALYTICS_MAX_WINDOW = env_float("SAGAS_ANALYTICS_MAX_WINDOW", 31 * 24 * 3600)
+# The saga types of saga_bench (sagas.bench*) and saga_chaos (sagas.chaos*) exist only in
+# processes that set these (the commands set them for themselves and the workers they start):
+# one request to sagas.bench.p1000 would write a thousand step rows.
+SAGAS_BENCH_SAGAS = env_bool("SAGAS_BENCH_SAGAS", False)
+SAGAS_CHAOS_SAGAS = env_bool("SAGAS_CHAOS_SAGAS", False)
+# Retention: beat runs saga_prune's work every SAGAS_PRUNE_INTERVAL seconds for the sagas
+# finished (failed ones kept) more than SAGAS_PRUNE_AFTER_DAYS days ago; 0: never.
+SAGAS_PRUNE_AFTER_DAYS = env_float("SAGAS_PRUNE_AFTER_DAYS", 0)
+SAGAS_PRUNE_INTERVAL = env_float("SAGAS_PRUNE_INTERVAL", 3600)
 
 # --- Celery -------------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
@@ -264,8 +302,11 @@ SAGAS_LIVE_ROWS = int(env_float("SAGAS_LIVE_ROWS", 50))
 # /metrics: a scraper sends "Authorization: Bearer <token>". Without a token
 # only loopback clients are answered, and only with DEBUG on.
 SAGAS_METRICS_TOKEN = os.environ.get("SAGAS_METRICS_TOKEN", "")
+# A scrape's figures are computed at most once per this many seconds (kept in the shared cache); 0: every scrape.
+SAGAS_METRICS_CACHE_SECONDS = env_float("SAGAS_METRICS_CACHE_SECONDS", 15.0)
 # A saga that becomes failed is logged at ERROR and mailed to ADMINS, at most
 # one mail per saga type per this many seconds (the others are counted in the next).
+# Django's own error mails (a 500) follow the same limit, per kind of error.
 SAGAS_ALERT_MAIL_INTERVAL = env_float("SAGAS_ALERT_MAIL_INTERVAL", 15 * 60)
 # ADMINS="Ops <ops@example.com>,dev@example.com"
 ADMINS = [(a.partition("<")[0].strip() or a.strip(), a.partition("<")[2].rstrip(">").strip() or a.strip())
@@ -297,10 +338,20 @@ CELERY_BEAT_SCHEDULE = {
     "sagas-sweep": {"task": "sagas.sweep", "schedule": SAGAS_SWEEP_INTERVAL,
                     "options": {"expires": SAGAS_SWEEP_EXPIRES}},
 }
+if SAGAS_PRUNE_AFTER_DAYS > 0:
+    CELERY_BEAT_SCHEDULE["sagas-prune"] = {"task": "sagas.prune", "schedule": SAGAS_PRUNE_INTERVAL,
+                                           "options": {"expires": SAGAS_PRUNE_INTERVAL}}
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"require_debug_false": {"()": "django.utils.log.RequireDebugFalse"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler"},
+        # Django's error mails (ADMINS), rate-limited as the failure alerts are.
+        "mail_admins": {"level": "ERROR", "filters": ["require_debug_false"],
+                        "class": "sagas.alerts.RateLimitedAdminEmailHandler"},
+    },
+    "loggers": {"django": {"handlers": ["mail_admins"], "level": "INFO"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }

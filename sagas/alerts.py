@@ -7,6 +7,9 @@ saga type per ``SAGAS_ALERT_MAIL_INTERVAL`` seconds, counted in the shared
 cache so the limit holds across worker processes; the mail names how many
 failures of that type were held back since the last one. An alert that
 cannot be sent is logged, never raised: the transition has happened.
+
+Django's own error mails (``RateLimitedAdminEmailHandler``, set in
+``LOGGING``) are held to the same limit, per kind of error.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.mail import mail_admins
 from django.db import transaction
+from django.utils.log import AdminEmailHandler
 
 logger = logging.getLogger("sagas.alerts")
 
@@ -33,26 +37,39 @@ def saga_failed(saga) -> None:
     transaction.on_commit(partial(alert_failed, str(saga.pk), saga.saga_type, error), robust=True)
 
 
-def _keys(saga_type: str) -> tuple[str, str]:
-    return f"sagas:alert:mailed:{saga_type}", f"sagas:alert:held:{saga_type}"
+def _keys(kind: str) -> tuple[str, str]:
+    return f"sagas:alert:mailed:{kind}", f"sagas:alert:held:{kind}"
+
+
+def may_mail(kind: str, marker: str = "1") -> int | None:
+    """Whether a mail of ``kind`` may go out now: the number of mails of that kind held back since
+    the last one, or None (hold this one back, and count it).
+
+    At most one per ``SAGAS_ALERT_MAIL_INTERVAL`` seconds per kind, counted in
+    the shared cache; without a cache, always (better too many than none).
+    """
+    mailed, held = _keys(kind)
+    try:
+        if not cache.add(mailed, marker, timeout=settings.SAGAS_ALERT_MAIL_INTERVAL):
+            try:
+                cache.incr(held)
+            except ValueError:  # the first one held back since the last mail
+                cache.set(held, 1, timeout=None)
+            return None
+        others = cache.get(held) or 0
+        cache.delete(held)
+    except Exception:
+        logger.exception("alerts: the cache did not answer; mailing without a rate limit")
+        others = 0
+    return others
 
 
 def alert_failed(saga_id: str, saga_type: str, error: str) -> bool:
     """Log the failure; mail it unless a mail for this saga type went out recently. True if a mail was sent."""
     logger.error("saga %s (%s) failed and needs a person: %s", saga_id, saga_type, error)
-    mailed, held = _keys(saga_type)
-    try:
-        if not cache.add(mailed, saga_id, timeout=settings.SAGAS_ALERT_MAIL_INTERVAL):
-            try:
-                cache.incr(held)
-            except ValueError:  # the first one held back since the last mail
-                cache.set(held, 1, timeout=None)
-            return False
-        others = cache.get(held) or 0
-        cache.delete(held)
-    except Exception:  # no cache: mail anyway, better too many than none
-        logger.exception("alerts: the cache did not answer; mailing without a rate limit")
-        others = 0
+    others = may_mail(saga_type, saga_id)
+    if others is None:
+        return False
     more = (f"\n\n{others} other saga(s) of this type failed since the last mail about it; "
             "they are on the live page.") if others else ""
     try:
@@ -67,3 +84,22 @@ def alert_failed(saga_id: str, saga_type: str, error: str) -> bool:
         logger.exception("alerts: could not mail the failure of saga %s", saga_id)
         return False
     return True
+
+
+class RateLimitedAdminEmailHandler(AdminEmailHandler):
+    """Django's error mails (a 500 and the like) under the same limit: one per kind of error per interval.
+
+    The kind is the logger and the exception's type (or the message's
+    template): a flood of one error sends one mail, and the next one says how
+    many were held back; the log still has each.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc_type = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else None
+        others = may_mail(f"django:{record.name}:{exc_type or record.msg}")
+        if others is None:
+            return
+        if others:  # on a copy: the log's other handlers print the record as it was
+            record = logging.makeLogRecord({**record.__dict__,
+                                            "msg": f"{record.msg} ({others} more like it since the last mail)"})
+        super().emit(record)

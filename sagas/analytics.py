@@ -109,6 +109,16 @@ def default_since(until: datetime | None, now: datetime) -> datetime:
     return (until or now) - DEFAULT_WINDOW
 
 
+def capped_since(since: datetime, until: datetime | None, now: datetime, limit: float) -> datetime:
+    """``since``, moved up so that [since, ``until`` or now) spans ``limit`` seconds at most.
+
+    The cost of the figures grows with the sagas in the window, so a request
+    from outside gets a bounded one (``SAGAS_ANALYTICS_MAX_WINDOW``); the
+    answer's ``window`` says which was used.
+    """
+    return max(since, (until or now) - timedelta(seconds=limit))
+
+
 def _sagas(since: datetime | None, until: datetime | None, saga_type: str | Iterable[str] | None) -> QuerySet:
     rows = SagaInstance.objects.all()
     if since is not None:

@@ -351,6 +351,13 @@ class Registry:
                     return True
         return False
 
+    def unregister_family(self, prefix: str) -> None:
+        self._families.pop(prefix, None)
+
+    def families(self) -> set[str]:
+        """The prefixes of the registered families."""
+        return set(self._families)
+
     def unregister(self, name: str, version: int | None = None) -> None:
         for key in [k for k in self._sagas if k[0] == name and (version is None or k[1] == version)]:
             del self._sagas[key]

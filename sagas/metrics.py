@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db.models import Count, F, FloatField, Func, Q, Sum
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
@@ -157,11 +158,31 @@ class SagaCollector:
         yield _duration_family()
 
 
-def exposition() -> bytes:
-    """The figures in Prometheus's text format."""
+def compute_exposition() -> bytes:
+    """The figures in Prometheus's text format, read from the database now."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SagaCollector())
     return generate_latest(registry)
+
+
+CACHE_KEY = "sagas:metrics:exposition"
+
+
+def exposition() -> bytes:
+    """The figures, computed at most once per ``SAGAS_METRICS_CACHE_SECONDS`` for every web process.
+
+    Computing them reads every saga and step record (2.5 s at 100 000 sagas
+    on SQLite): kept in the shared cache, however many scrapers ask (several
+    Prometheus servers, a scraper retrying), one computation per interval.
+    """
+    seconds = settings.SAGAS_METRICS_CACHE_SECONDS
+    if seconds <= 0:
+        return compute_exposition()
+    body = cache.get(CACHE_KEY)
+    if body is None:
+        body = compute_exposition()
+        cache.set(CACHE_KEY, body, timeout=seconds)
+    return body
 
 
 LOOPBACK = {"127.0.0.1", "::1"}
@@ -171,7 +192,9 @@ def scrape_allowed(request: HttpRequest) -> bool:
     """A scraper showing the bearer token; with DEBUG on, also any client on this machine."""
     token = settings.SAGAS_METRICS_TOKEN
     header = request.headers.get("Authorization", "")
-    if token and header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip(), token):
+    # Compared as bytes: compare_digest refuses str holding anything but ASCII (a 500 before).
+    if token and header.startswith("Bearer ") and hmac.compare_digest(
+            header[7:].strip().encode("utf-8", "replace"), token.encode("utf-8")):
         return True
     return settings.DEBUG and request.META.get("REMOTE_ADDR") in LOOPBACK
 

@@ -1,16 +1,19 @@
 """Celery tasks: thin wrappers that call the engine and turn its decision into Celery terms."""
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import partial
 
 from celery import shared_task
 from celery.signals import task_prerun, worker_process_init, worker_ready
+from django.conf import settings
 from django.db import connections
 
 from . import canvas, engine, liveness
 from .definitions import Retry
 from .engine import INFRASTRUCTURE_ERRORS, Decision, Outcome, ReportPending
 from .errors import CompensationFailed, StepFailed
+from .retention import prune_finished_sagas
 
 # Retries for a passing infrastructure problem (the database or the soft time
 # limit while the engine was at work), counted apart from the step's own
@@ -106,6 +109,13 @@ def send_compensation(saga_id: str, indices: list[int]) -> str:
 def sweep() -> dict:
     report = engine.sweep()
     return vars(report)
+
+
+@shared_task(name="sagas.prune")
+def prune() -> dict:
+    """Retention, when beat schedules it (``SAGAS_PRUNE_AFTER_DAYS``): what ``saga_prune --older-than`` removes."""
+    report = prune_finished_sagas(older_than=timedelta(days=settings.SAGAS_PRUNE_AFTER_DAYS))
+    return {"sagas": report.total_sagas, "steps": report.steps, "events": report.events}
 
 
 # --- liveness: every process that runs steps heartbeats ------------------------------

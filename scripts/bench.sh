@@ -5,6 +5,8 @@
 #   bash scripts/bench.sh --sagas 500 --json
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# This process on a laptop's settings; saga_bench runs its workers at production's (DEBUG off).
+export DEBUG="${DEBUG:-1}"
 
 bash scripts/setup.sh
 bash scripts/services.sh redis postgres

@@ -5,6 +5,9 @@
 #            exit 0 only if every example ended as expected.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A laptop: DEBUG on (the development key, * hosts, failure injection, /metrics on localhost).
+# Settings default to production's, DEBUG off.
+export DEBUG="${DEBUG:-1}"
 
 MODE=serve
 [ "${1:-}" = "--demo" ] && MODE=demo

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install requirements.txt into it (again only when it changed).
+# Create .venv and install requirements.txt (the runtime and what the tests need) into it,
+# again only when it or requirements-runtime.txt changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ if [ ! -x .venv/bin/python ]; then
         fi
     fi
 fi
-wanted="$(sha256sum requirements.txt | cut -d' ' -f1)"
+wanted="$(cat requirements.txt requirements-runtime.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat .venv/.requirements.sha 2>/dev/null || true)" != "$wanted" ]; then
     echo "setup: installing requirements.txt into .venv"
     .venv/bin/python -m pip install -q --upgrade pip

@@ -14,3 +14,41 @@ def sent(monkeypatch):
     monkeypatch.setattr(canvas, "dispatch_compensation",
                         lambda saga_id, indices, **_: messages.append(("compensate", saga_id, indices)))
     return messages
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Each test starts with an empty shared cache: no throttle counts or alert marks from earlier tests."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+def _registering(register):
+    """Run ``register`` (sagas.sagas.register_*_sagas) for one test, then forget what it registered."""
+    from sagas.definitions import registry
+
+    sagas, families = {s.key for s in registry}, registry.families()
+    register()
+    yield
+    for saga in list(registry):
+        if saga.key not in sagas:
+            registry.unregister(saga.name, saga.version)
+    for prefix in registry.families() - families:
+        registry.unregister_family(prefix)
+
+
+@pytest.fixture
+def bench_sagas():
+    """The benchmark's saga types, registered as saga_bench registers them."""
+    from sagas.sagas import register_bench_sagas
+
+    yield from _registering(register_bench_sagas)
+
+
+@pytest.fixture
+def chaos_sagas():
+    """The chaos saga types, registered as saga_chaos registers them."""
+    from sagas.sagas import register_chaos_sagas
+
+    yield from _registering(register_chaos_sagas)

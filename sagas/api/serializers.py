@@ -25,7 +25,13 @@ NO_NUL_PATTERN = r"^[^\x00]*$"
 BLANK_PARAMETER_ERROR = "may not be blank; leave it out instead"
 
 
-@extend_schema_field(OpenApiTypes.OBJECT)
+# What the engine stores is free of NUL characters (no database column keeps them): the schema
+# says so of an object's keys; text values holding one are refused too (400), at any depth.
+JSON_OBJECT_SCHEMA = {"type": "object", "additionalProperties": {}, "propertyNames": {"pattern": NO_NUL_PATTERN},
+                      "description": "A JSON object; no NUL character in its keys or text (400)."}
+
+
+@extend_schema_field(JSON_OBJECT_SCHEMA)
 class JSONObjectField(serializers.JSONField):
     """Any JSON value on the wire, documented as an object: the engine rejects the rest with a field error."""
 
@@ -82,7 +88,9 @@ class StepCompleteInputSerializer(serializers.Serializer):
 
 
 class StepFailInputSerializer(serializers.Serializer):
-    error = TextField(max_length=2000, help_text="Why the step fails; recorded as its error. The saga compensates.")
+    # Kept as given (not trimmed): what the schema calls a non-empty string is one.
+    error = TextField(min_length=1, max_length=2000, trim_whitespace=False,
+                      help_text="Why the step fails; recorded as its error. The saga compensates.")
 
 
 IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
@@ -219,8 +227,19 @@ class SagaTypeOutputSerializer(serializers.Serializer):
 
 
 class ErrorOutputSerializer(serializers.Serializer):
+    """Every error of the API: what went wrong, and a stable code to branch on."""
+
     detail = serializers.CharField()
-    code = serializers.CharField(required=False)
+    code = serializers.CharField(help_text="e.g. `not_found`, `invalid_transition`, `throttled`, "
+                                           "`request_too_large`, `unsupported_media_type`")
+
+
+class FieldErrorsOutputSerializer(serializers.Serializer):
+    """A 400: ``detail`` and ``code``, and beside them each field's errors (field name -> list of messages)."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField(help_text="`invalid`, or what the engine refused: `unknown_saga_type`, "
+                                           "`unknown_version`, `invalid_input`, `invalid_signal`")
 
 
 class AnalyticsQuerySerializer(serializers.Serializer):

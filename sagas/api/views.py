@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
@@ -27,12 +28,14 @@ from ..models import SagaEvent, SagaInstance, StepRecord
 from ..selectors import waiting_steps_for
 from .exceptions import IDEMPOTENCY_HEADER
 from .filters import SagaInstanceFilter
+from .pagination import SagaCursorPagination
 from .serializers import (
     IDEMPOTENCY_KEY_SCHEMA,
     NO_NUL_PATTERN,
     AnalyticsOutputSerializer,
     AnalyticsQuerySerializer,
     ErrorOutputSerializer,
+    FieldErrorsOutputSerializer,
     SagaCancelInputSerializer,
     SagaEventOutputSerializer,
     SagaInstanceOutputSerializer,
@@ -43,8 +46,10 @@ from .serializers import (
     WaitingStepOutputSerializer,
     idempotency_key_from,
 )
+from .throttles import SignalTokenThrottle
 
 TAG = "sagas"
+
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 NOT_FOUND = OpenApiResponse(ErrorOutputSerializer, description="No saga with this id.")
@@ -54,7 +59,8 @@ NOT_FOUND_OR_NO_SUCH_PAGE = OpenApiResponse(
     ErrorOutputSerializer, description="No saga with this id, or no such page (see the saga list).")
 CONFLICT = OpenApiResponse(ErrorOutputSerializer,
                            description="The saga's state does not allow this (code `invalid_transition`).")
-BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Field errors: field name -> list of messages.")
+BAD_REQUEST = OpenApiResponse(FieldErrorsOutputSerializer, description=(
+    "`detail` and `code`, and the field errors beside them: field name -> list of messages."))
 SAGA_ID = OpenApiParameter("saga_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The saga instance's id.")
 LOCATION = OpenApiParameter("Location", OpenApiTypes.URI, OpenApiParameter.HEADER, response=[202],
                             description="URL of the saga instance.")
@@ -135,6 +141,7 @@ class SagaListCreateApi(GenericAPIView):
     queryset = SagaInstance.objects.none()  # for the schema generator; get_queryset is what runs
     filterset_class = SagaInstanceFilter
     serializer_class = SagaInstanceOutputSerializer
+    pagination_class = SagaCursorPagination
 
     def get_queryset(self) -> QuerySet[SagaInstance]:
         return access.visible(self.request.user, saga_instances())
@@ -143,11 +150,14 @@ class SagaListCreateApi(GenericAPIView):
         tags=[TAG], summary="List saga instances",
         description=(
             "Newest first. `status` may be repeated (`?status=failed&status=compensating`); "
-            "`created_after` is inclusive, `created_before` exclusive (ISO 8601 date-times)."
+            "`created_after` is inclusive, `created_before` exclusive (ISO 8601 date-times). "
+            "Pages are cursors: follow `next` (and `previous`); `count` is always null, since counting "
+            "every matching saga for each page is what made a page cost as much as the table."
         ),
         parameters=[OpenApiParameter("saga_type", {"type": "string", "minLength": 1, "pattern": NO_NUL_PATTERN},
                                      OpenApiParameter.QUERY, description="Only this saga type.")],
-        responses={200: SagaInstanceOutputSerializer(many=True), 400: BAD_REQUEST, 404: NO_SUCH_PAGE},
+        responses={200: SagaInstanceOutputSerializer(many=True), 400: BAD_REQUEST,
+                   404: OpenApiResponse(ErrorOutputSerializer, description="A cursor this list did not give out.")},
     )
     def get(self, request: Request) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
@@ -330,6 +340,7 @@ class TokenSignalApi(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    throttle_classes = [SignalTokenThrottle]
 
 
 class SignalCompleteApi(TokenSignalApi):
@@ -371,6 +382,8 @@ class AnalyticsApi(APIView):
             "rates, p50/p95 duration (seconds) and the most frequent errors, for sagas created in "
             "[`since`, `until`) (ISO 8601), optionally for one `saga_type`. Without `since` the window "
             "is the 24 hours before `until` (or before now); `window` in the answer says which one was used. "
+            "A window longer than `SAGAS_ANALYTICS_MAX_WINDOW` (31 days by default) is cut to that length, "
+            "ending at `until` (or now): `window.since` in the answer is then later than the one asked for. "
             "Computed in the database: the cost does not grow with what it returns."
         ),
         parameters=[AnalyticsQuerySerializer],
@@ -381,13 +394,14 @@ class AnalyticsApi(APIView):
             raise PermissionDenied(f"analytics need the permission {access.MOVES['view']}")
         query = AnalyticsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        until = query.validated_data.get("until")
+        until, now = query.validated_data.get("until"), timezone.now()
         saga_type = query.validated_data.get("saga_type")
         window = {
-            "since": query.validated_data.get("since") or analytics.default_since(until, timezone.now()),
+            "since": query.validated_data.get("since") or analytics.default_since(until, now),
             "until": until,
             "saga_type": saga_type,
         }
+        window["since"] = analytics.capped_since(window["since"], until, now, settings.SAGAS_ANALYTICS_MAX_WINDOW)
         readable = access.readable_types(request.user)  # None: every type
         counted = {**window, "saga_type": saga_type if readable is None
                    else [t for t in readable if saga_type in (None, t)]}

@@ -23,6 +23,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
 from ..models import SagaInstance
+from ..sagas import BENCH_ENV
 from ..workers import delete_queue, free_port, production_env, spawn_web, stop_workers, wait_for_http
 from .runs import delete_sagas
 
@@ -58,7 +59,8 @@ def run_api_load(*, saga_type: str, users: int, spawn_rate: float, seconds: floa
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = spawn_web(port=port, queue=queue, workers=web_workers, log=tmp / "gunicorn.log",
-                       env={**production_env(), "LOG_LEVEL": "WARNING"})
+                       env={**production_env(), **BENCH_ENV, "SAGAS_API_THROTTLE_RATE": "off",
+                            "LOG_LEVEL": "WARNING"})
     dropped = 0
     try:
         wait_for_http(f"{base}/api/saga-types/", server, tmp / "gunicorn.log")

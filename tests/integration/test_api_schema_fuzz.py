@@ -63,7 +63,10 @@ def api_server(transactional_db, tmp_path):
     """gunicorn on a free port, on the test database and a queue nobody consumes; its base URL."""
     port, queue = free_port(), f"fuzz-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "server.log"
-    proc = spawn_web(port=port, queue=queue, log=log, env={"DJANGO_SETTINGS_MODULE": "config.settings_test"})
+    # The throttles off: the fuzzer sends thousands of requests a minute as one user, from one address.
+    proc = spawn_web(port=port, queue=queue, log=log, env={
+        "DJANGO_SETTINGS_MODULE": "config.settings_test", "SAGAS_API_THROTTLE_RATE": "off",
+        "SAGAS_SIGNAL_THROTTLE_RATE": "off"})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/api/schema/", proc, log)

@@ -7,6 +7,9 @@ from sagas.bench import inprocess
 from sagas.bench.workload import BENCH_SAGA, BENCH_STEPS, build_variant, saga_name
 from sagas.models import SagaInstance
 
+# The saga types exist only where their command (or its setting) registers them.
+pytestmark = pytest.mark.usefixtures("bench_sagas")
+
 
 def test_the_default_bench_saga_has_four_steps_and_its_first_version_stays():
     assert BENCH_STEPS == 4

@@ -2,6 +2,8 @@
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from sagas import start_saga
 from sagas.chaos import (
     CHAOS_SAGA,
@@ -23,6 +25,9 @@ from sagas.chaos import (
 from sagas.engine import execute_compensation, execute_step
 from sagas.models import ChaosEffect, EventKind, SagaInstance, SagaStatus
 from tests.helpers import compensations_due
+
+# The saga types exist only where their command (or its setting) registers them.
+pytestmark = pytest.mark.usefixtures("chaos_sagas")
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -67,8 +67,18 @@ def test_debug_off_defaults_to_https_only():
                       "SECURE_HSTS_PRELOAD": True, "SECURE_PROXY_SSL_HEADER": None}
 
 
+def test_debug_is_off_unless_set():
+    unset = run(["manage.py", "check"])
+    values = settings_of(["DEBUG", "ALLOWED_HOSTS", "SAGAS_FAILURE_INJECTION_ENABLED"],
+                         SECRET_KEY=secrets.token_urlsafe(50))
+
+    assert unset.returncode != 0 and "SECRET_KEY is not set" in unset.stderr  # no development key
+    assert values == {"DEBUG": False, "ALLOWED_HOSTS": [], "SAGAS_FAILURE_INJECTION_ENABLED": False}
+
+
 def test_debug_on_keeps_plain_http_and_the_development_key():
-    values = settings_of(["SECRET_KEY", "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "SECURE_HSTS_SECONDS"])
+    values = settings_of(["SECRET_KEY", "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "SECURE_HSTS_SECONDS"],
+                         DEBUG="1")
 
     assert values == {"SECRET_KEY": settings.DEV_SECRET_KEY, "SECURE_SSL_REDIRECT": False,
                       "SESSION_COOKIE_SECURE": False, "SECURE_HSTS_SECONDS": 0}
@@ -84,7 +94,7 @@ def test_each_https_setting_can_be_overridden_and_a_proxy_header_named():
 
 
 def test_a_malformed_proxy_header_is_refused_with_the_expected_form():
-    done = run(["manage.py", "check"], SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto")
+    done = run(["manage.py", "check"], DEBUG="1", SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto")
 
     assert done.returncode != 0
     assert "X-Forwarded-Proto=https" in done.stderr

@@ -20,6 +20,7 @@ from sagas.bench import inprocess, report, runs
 from sagas.bench.api_load import run_api_load
 from sagas.bench.report import BARE, COMPENSATED, SAGA, Results
 from sagas.bench.workload import BENCH_STEPS, MAX_SIZE, saga_name
+from sagas.sagas import BENCH_ENV, register_bench_sagas
 from sagas.workers import delete_queue, production_env, spawn_worker, stop_workers, wait_for_workers, worker_name
 
 WARM_UP = 5
@@ -59,6 +60,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **o):
         self._check(o)
+        register_bench_sagas()  # here, and in the workers through BENCH_ENV
         name = saga_name(steps=o["steps"], parallel=o["parallel"])
         if o["timeout"] is None:
             o["timeout"] = max(MIN_TIMEOUT, TIMEOUT_PER_STEP * o["sagas"] * (o["parallel"] or o["steps"]))
@@ -167,7 +169,7 @@ class Command(BaseCommand):
 
     def _start_workers(self, queue: str, count: int, concurrency: int) -> list[subprocess.Popen]:
         names = [worker_name(queue) for _ in range(count)]
-        procs = [spawn_worker(queue=queue, name=name, concurrency=concurrency, env=production_env())
+        procs = [spawn_worker(queue=queue, name=name, concurrency=concurrency, env={**production_env(), **BENCH_ENV})
                  for name in names]
         try:
             wait_for_workers(set(names), procs)

@@ -99,6 +99,7 @@ from sagas.chaos import (
 from sagas.engine import start_saga
 from sagas.invariants import Check, check_sagas
 from sagas.models import FINAL_SAGA_STATUSES, EventKind, SagaEvent, SagaInstance, StepRecord, StepStatus
+from sagas.sagas import CHAOS_ENV, register_chaos_sagas
 from sagas.workers import free_port, spawn_beat, spawn_worker, stop_workers, wait_for_workers, worker_name
 
 POOL_CHILD = "pool child"
@@ -189,12 +190,12 @@ class Cluster:
         # Only the wiring: its broker and queue. Every other setting is the one in force.
         self.names[n] = worker_name(f"{self.queue}-{n}")
         self.workers[n] = spawn_worker(queue=self.queue, name=self.names[n], concurrency=self.concurrency,
-                                       env={"CELERY_BROKER_URL": self.broker_url},
+                                       env={"CELERY_BROKER_URL": self.broker_url, **CHAOS_ENV},
                                        log=self.tmp / f"worker-{n}.log", loglevel="info")
 
     def _start_beat(self) -> None:
         self.beat = spawn_beat(queue=self.queue, schedule=self.tmp / "celerybeat-schedule",
-                               env={"CELERY_BROKER_URL": self.broker_url}, log=self.tmp / "beat.log")
+                               env={"CELERY_BROKER_URL": self.broker_url, **CHAOS_ENV}, log=self.tmp / "beat.log")
 
     def _delete_queue(self) -> None:
         try:
@@ -339,6 +340,7 @@ class Command(BaseCommand):
         parser.add_argument("--kill-every", type=float, default=None, help="deprecated: use --fault-interval")
 
     def handle(self, *args, **o):
+        register_chaos_sagas()  # here, and in the workers and beat through CHAOS_ENV
         workloads = [w.strip() for w in o["workload"].split(",") if w.strip()]
         unknown = sorted(set(workloads) - set(WORKLOADS))
         if unknown or not workloads:
