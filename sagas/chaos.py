@@ -280,12 +280,15 @@ class KindFigures:
 FINAL_KINDS = set(FINAL_EVENT.values())
 
 
-def measure_recoveries(faults: list[Fault], trails: dict) -> list[Recovery]:
+def measure_recoveries(faults: list[Fault], trails: dict, work: dict | None = None) -> list[Recovery]:
     """One ``Recovery`` per fault and saga active at it.
 
     ``trails``: saga id -> its events as ``(created_at, kind)``, oldest first.
     A saga is active at T if it has an event at or before T and none of them
     finished it; its recovery is the time to its first event after T.
+    ``work``: saga id -> its ``work_spans``: a saga whose live attempt, one
+    the fault did not kill, was at work across T was not stopped by it (a
+    long step of its own): its recovery counts from the end of that work.
     """
     recoveries = []
     for fault in faults:
@@ -293,8 +296,10 @@ def measure_recoveries(faults: list[Fault], trails: dict) -> list[Recovery]:
             before = [kind for at, kind in trail if at <= fault.at]
             if not before or FINAL_KINDS & set(before):
                 continue
-            after = next((at for at, _ in trail if at > fault.at), None)
-            seconds = None if after is None else (after - fault.at).total_seconds()
+            since = max([fault.at, *[end for begin, end in (work or {}).get(saga_id, [])
+                                      if begin <= fault.at < end]])
+            after = next((at for at, _ in trail if at > fault.at and at >= since), None)
+            seconds = None if after is None else (after - since).total_seconds()
             recoveries.append(Recovery(fault, saga_id, seconds))
     return recoveries
 

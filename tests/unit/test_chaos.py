@@ -337,3 +337,20 @@ def test_stand_still_figures_give_the_longest_the_p95_and_how_many_are_over_the_
     assert (figures.sagas, figures.max_seconds, figures.over) == (20, 20.0, 2)
     assert round(figures.p95_seconds, 2) == 19.05
     assert figures.as_dict()["over_limit"] == 2
+
+
+def test_a_saga_at_work_across_a_fault_that_did_not_touch_it_recovers_from_the_end_of_its_work():
+    from datetime import datetime, timedelta, timezone
+
+    from sagas.chaos import Fault, measure_recoveries
+
+    t0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    at = lambda s: t0 + timedelta(seconds=s)  # noqa: E731
+    fault = Fault("pool child", at(10))
+    # A long step of its own ran from 5 s to 40 s (another process's), then it moved on at 40 s.
+    trail = [(at(0), "saga_created"), (at(5), "step_started"), (at(40), "step_succeeded")]
+
+    naive = measure_recoveries([fault], {"s": trail})
+    knowing = measure_recoveries([fault], {"s": trail}, work={"s": [(at(5), at(40))]})
+
+    assert naive[0].seconds == 30.0 and knowing[0].seconds == 0.0

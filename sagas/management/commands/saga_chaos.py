@@ -95,6 +95,7 @@ from sagas.chaos import (
     measure_recoveries,
     measure_stand_stills,
     stand_still_figures,
+    work_spans,
 )
 from sagas.engine import start_saga
 from sagas.invariants import Check, check_sagas
@@ -665,7 +666,9 @@ class Command(BaseCommand):
         for saga_id, at, kind, step_id in rows:
             trails.setdefault(saga_id, []).append((at, kind))
             stand_trails.setdefault(saga_id, []).append(TrailEvent(at, kind, step_id))
-        recoveries = measure_recoveries(self.faults, trails)
+        work = {saga_id: work_spans(trail, self.faults, ended, running_at_end)
+                for saga_id, trail in stand_trails.items()}
+        recoveries = measure_recoveries(self.faults, trails, work)
         kinds = KINDS if "long" in o["workloads"] else [k for k in KINDS if k not in (LOST_MESSAGE, LONG_STEP_KILL)]
         figures = figures_by_kind(self.faults, recoveries, kinds)
         worst = longest(recoveries)
