@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from . import access
 from .models import ACTIVE_SAGA_STATUSES, FINAL_SAGA_STATUSES, FORWARD_DONE_STATUSES, SagaInstance, StepRecord, \
     StepStatus
 
@@ -199,11 +200,25 @@ def scrape_allowed(request: HttpRequest) -> bool:
     return settings.DEBUG and request.META.get("REMOTE_ADDR") in LOOPBACK
 
 
+def without_types(body: bytes, saga_types: list[str]) -> bytes:
+    """The exposition less every sample of these saga types (their ``saga_type`` label)."""
+    if not saga_types:
+        return body
+    marks = [f'saga_type="{t}"'.encode() for t in saga_types]
+    return b"\n".join(line for line in body.split(b"\n") if not any(mark in line for mark in marks))
+
+
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    if not scrape_allowed(request):
-        response = HttpResponse("metrics need a bearer token (SAGAS_METRICS_TOKEN)\n", status=401,
-                                content_type="text/plain")
-        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
-        return response
-    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
+    """For a scraper with the token: every figure. For a signed-in user who may read sagas (the admin's
+    session): the figures of the saga types they may read (``sagas.access``)."""
+    if scrape_allowed(request):
+        return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
+    user = getattr(request, "user", None)
+    if user is not None and access.may(user, "view"):
+        return HttpResponse(without_types(exposition(), access.forbidden_types(user)),
+                            content_type=CONTENT_TYPE_LATEST)
+    response = HttpResponse("metrics need a bearer token (SAGAS_METRICS_TOKEN)\n", status=401,
+                            content_type="text/plain")
+    response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response

@@ -124,3 +124,29 @@ def test_localhost_is_open_in_development_only(client, db, settings):
 
     settings.DEBUG = False
     assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 401
+
+
+def test_a_signed_in_user_who_may_read_sagas_gets_the_figures_of_the_types_they_may_read(client, db, sent):
+    from sagas import Saga, Step, registry, start_saga
+    from tests.helpers import saga_user
+
+    registry.register(Saga("tests.secret_metrics", steps=[Step("a", lambda ctx: None)],
+                           permission="testapp.change_call"))
+    try:
+        start_saga("tests.secret_metrics", input={})
+        start_saga("tests.three_steps", input={})
+        client.force_login(saga_user("watcher", ["view_sagainstance"]))
+
+        body = client.get("/metrics").content.decode()
+
+        assert 'saga_type="tests.three_steps"' in body and "tests.secret_metrics" not in body
+    finally:
+        registry.unregister("tests.secret_metrics")
+
+
+def test_a_signed_in_user_without_the_view_permission_gets_401(client, db):
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_user("nobody"))
+
+    assert client.get("/metrics").status_code == 401
