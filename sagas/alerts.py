@@ -103,3 +103,13 @@ class RateLimitedAdminEmailHandler(AdminEmailHandler):
             record = logging.makeLogRecord({**record.__dict__,
                                             "msg": f"{record.msg} ({others} more like it since the last mail)"})
         super().emit(record)
+
+
+def late_compensation_failed(saga, step: str, error: str) -> None:
+    """A late success could not be undone (its compensation kept failing): a person must look."""
+    from .access import masked_text
+
+    error = masked_text(error, saga.saga_type, saga.input)
+    transaction.on_commit(partial(
+        alert_failed, str(saga.pk), saga.saga_type,
+        f"step {step}: a late success of an attempt judged dead could not be compensated: {error}"), robust=True)

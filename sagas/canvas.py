@@ -128,3 +128,12 @@ def dispatch_steps(saga_id, indices: list[int], *, definition: Saga | None = Non
 def dispatch_compensation(saga_id, indices: list[int], *, definition: Saga | None = None) -> None:
     if indices:
         compensation_chain(saga_id, definition or _definition_for(saga_id), indices).apply_async()
+
+
+def dispatch_late_compensation(saga_id, index: int, attempt: int, result, *, definition: Saga | None = None) -> None:
+    """Undo again what a late success of step ``index`` applied (``engine.compensate_late_success``)."""
+    definition = definition or _definition_for(saga_id)
+    step = definition.step_at(index)
+    signature_of("sagas.compensate_late_success", str(saga_id), index, attempt, result).set(
+        soft_time_limit=effective_timeout(step, compensation=True),
+        time_limit=hard_time_limit(step, compensation=True)).apply_async()

@@ -61,6 +61,9 @@ class EventKind(models.TextChoices):
     ERROR_CALLBACK_IGNORED = "error_callback_ignored"
     REPORT_DROPPED = "report_dropped"
     IDEMPOTENCY_KEY_EXPIRED = "idempotency_key_expired"
+    # A success reported late by an attempt judged dead, after its step was undone: undone again.
+    LATE_SUCCESS_COMPENSATED = "late_success_compensated"
+    LATE_COMPENSATION_FAILED = "late_compensation_failed"
 
 
 ACTIVE_SAGA_STATUSES = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)

@@ -113,6 +113,11 @@ _WRITERS: dict[str, Writer] = {
     EventKind.REPORT_DROPPED: lambda step, d: (
         f"A late report of {'compensation ' if d.get('compensation') else ''}attempt {_attempt(d)} of {step} "
         f"was dropped{_note(d)}."),
+    EventKind.LATE_SUCCESS_COMPENSATED: lambda step, d: (
+        f"{step} compensated again: attempt {_attempt(d)}, judged dead, reported a success after the step was "
+        f"undone."),
+    EventKind.LATE_COMPENSATION_FAILED: lambda step, d: (
+        f"Compensating the late success of attempt {_attempt(d)} of {step} failed: {_error(d)}{_retry(d)}."),
 }
 
 

@@ -91,6 +91,17 @@ def compensate_saga(self, saga_id: str) -> str:
     return "already handled" if indices is None else f"compensating steps {indices}"
 
 
+@shared_task(bind=True, name="sagas.compensate_late_success", acks_late=True, reject_on_worker_lost=True,
+             max_retries=None, throws=(CompensationFailed,))
+def compensate_late_success(self, saga_id: str, index: int, attempt: int, result=None) -> str:
+    outcome = engine.compensate_late_success(saga_id, index, attempt, result, retries=self.request.retries)
+    if outcome.decision is Decision.RETRY:
+        raise self.retry(countdown=outcome.countdown, max_retries=None)
+    if outcome.decision is Decision.FAILED:
+        raise CompensationFailed(outcome.reason)
+    return "compensated again"
+
+
 # The next segment of a long chain (``canvas.forward_chain``): the step before it succeeded and let
 # its chain go on. Sending twice is harmless: a step's claim takes it once.
 @shared_task(name="sagas.send_forward", acks_late=True)

@@ -13,6 +13,9 @@ def sent(monkeypatch):
                         lambda saga_id, indices, **_: messages.append(("steps", saga_id, indices)))
     monkeypatch.setattr(canvas, "dispatch_compensation",
                         lambda saga_id, indices, **_: messages.append(("compensate", saga_id, indices)))
+    monkeypatch.setattr(canvas, "dispatch_late_compensation",
+                        lambda saga_id, index, attempt, result, **_: messages.append(
+                            ("late", saga_id, (index, attempt, result))))
     return messages
 
 

@@ -204,6 +204,9 @@ def deliver(sent: list, saga_id, definition, ledger: Ledger, *, named: bool = Tr
                 deliver_step(saga_id, index, definition, ledger, named=named)
         elif kind == "compensate":
             deliver_compensations(saga_id, what, definition, ledger, named=named)
+        elif kind == "late":
+            index, attempt, result = what
+            engine.compensate_late_success(saga_id, index, attempt, result)
 
 
 def lose_attempts(saga_id) -> None:

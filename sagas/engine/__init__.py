@@ -14,7 +14,7 @@ Tasks, views, admin actions and the sweeper call these functions and never
 set a status themselves. Messages are sent only after the transaction that
 decided them commits, and a send that fails then is left to the sweeper.
 """
-from .compensation import begin_compensation, execute_compensation, record_compensation
+from .compensation import begin_compensation, compensate_late_success, execute_compensation, record_compensation
 from .core import (
     SAGA_MOVES,
     STEP_MOVES,
@@ -37,6 +37,7 @@ from .waiting import complete_step, complete_step_by_token, fail_step, fail_step
 __all__ = [
     "SAGA_MOVES", "STEP_MOVES", "Claim", "Decision", "INFRASTRUCTURE_ERRORS", "Outcome", "Report", "ReportPending",
     "SweepReport", "begin_compensation", "can_move_saga", "can_move_step", "cancel", "claim_step",
+    "compensate_late_success",
     "complete_step", "complete_step_by_token", "definition_of", "execute_compensation", "execute_step",
     "fail_step", "fail_step_by_token", "may_signal", "record_compensation", "record_step",
     "release_held", "resubmit", "resume", "retry_compensation", "start_saga", "sweep", "validate_input",

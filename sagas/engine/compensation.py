@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 
-from .. import liveness
+from .. import alerts, liveness
 from ..definitions import Retry, Saga
 from ..models import FORWARD_DONE_STATUSES, EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
 from . import sql
@@ -350,7 +350,54 @@ def record_compensation(saga_id, index: int, report: Report, policy: Retry | Non
     return Outcome(Decision.RETRY, countdown=delay, reason=report.error)
 
 
+# --- a late success of an attempt judged dead -------------------------------------------------------
+
+
+def late_success_to_undo(record: StepRecord) -> bool:
+    """A success reported by an attempt that lost the step, after the step was undone (or while it is):
+    what that attempt applied may be in place now, so the step's compensation runs again."""
+    return record.has_compensation and record.status in (StepStatus.COMPENSATING, StepStatus.COMPENSATED)
+
+
+def compensate_late_success(saga_id, index: int, attempt: int, result, *, retries: int = 0) -> Outcome:
+    """Run step ``index``'s compensation once more, for the success attempt ``attempt`` reported late.
+
+    A worker judged dead may still be alive (a long pause, a stopped
+    process): its attempt's report comes after the step was taken over and
+    undone. The state machine does not move (the step stays compensated);
+    compensations are idempotent and keyed, so running it again undoes what
+    the late attempt applied, or finds nothing to do. Each run leaves an
+    event; a compensation that keeps failing is retried as the step's
+    compensations are, then alerts a person.
+    """
+    with locked_saga(saga_id, undoing=index) as saga:
+        if saga is None:
+            return Outcome(Decision.STOP, reason="saga does not exist")
+        definition = definition_of(saga)
+        claim = claim_of(saga.id, definition, index, attempt, input=saga.input, results={}, began_at=None,
+                         compensation=True, output=result)
+    try:
+        invoke(claim.step.compensation, claim, phase="compensation")
+    except Exception as exc:  # recorded; retried like the step's compensation
+        error, _ = attempt_error(claim, exc)
+        policy = claim.step.compensation_retry
+        more = policy.allows_another(retries + 1)
+        delay = policy.delay_after(retries + 1) if more else 0.0
+        with locked_saga(saga_id, undoing=index) as saga:
+            record = record_at(saga, index)
+            event(saga, EventKind.LATE_COMPENSATION_FAILED, step=record, attempt=attempt, error=error,
+                  **({"retry_in": delay} if more else {}))
+            if not more:
+                alerts.late_compensation_failed(saga, record.name, error)
+        return Outcome(Decision.RETRY, countdown=delay, reason=error) if more else \
+            Outcome(Decision.FAILED, reason=error)
+    with locked_saga(saga_id, undoing=index) as saga:
+        event(saga, EventKind.LATE_SUCCESS_COMPENSATED, step=record_at(saga, index), attempt=attempt)
+    return Outcome(Decision.CONTINUE)
+
+
 __all__ = [
-    "begin_compensation", "compensation_order", "continue_compensation", "execute_compensation",
+    "begin_compensation",
+    "compensate_late_success", "compensation_order", "continue_compensation", "execute_compensation",
     "fail_compensation", "finish_if_compensated", "start_compensating", "to_undo",
 ]

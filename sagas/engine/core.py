@@ -665,6 +665,11 @@ def dispatch_steps(saga: SagaInstance, indices: list[int]) -> None:
     send_after_commit(canvas.dispatch_steps, saga.id, indices, definition=definition_of(saga))
 
 
+def dispatch_late_compensation(saga: SagaInstance, index: int, attempt: int, result: Any) -> None:
+    send_after_commit(canvas.dispatch_late_compensation, saga.id, index, attempt, result,
+                      definition=definition_of(saga))
+
+
 def dispatch_compensation(saga: SagaInstance, indices: list[int]) -> None:
     send_after_commit(canvas.dispatch_compensation, saga.id, indices, definition=definition_of(saga))
 

@@ -31,7 +31,7 @@ from .. import liveness
 from ..definitions import Retry, Saga
 from ..errors import PermanentError, SagaDefinitionError
 from ..models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
-from .compensation import continue_compensation, fail_lost_attempt, start_compensating
+from .compensation import continue_compensation, fail_lost_attempt, late_success_to_undo, start_compensating
 from .core import (
     Claim,
     Decision,
@@ -44,6 +44,7 @@ from .core import (
     definition_of,
     describe_error,
     dispatch_forward,
+    dispatch_late_compensation,
     due_range,
     event,
     fail_record,
@@ -324,9 +325,13 @@ def record_step(saga_id, index: int, report: Report, policy: Retry | None, *, mu
         if record.status != StepStatus.RUNNING or record.attempts != report.attempt:
             if must_own:
                 raise _NotOwner(Outcome(Decision.STOP, reason="another attempt owns the step"))
+            again = report.ok and late_success_to_undo(record)
             event(saga, EventKind.REPORT_DROPPED, step=record, attempt=report.attempt, ok=report.ok,
-                  error=report.error,
-                  note=f"the step had moved on to {record.status} (attempt {record.attempts}); not recorded")
+                  error=report.error, compensated_again=again,
+                  note=f"the step had moved on to {record.status} (attempt {record.attempts}); not recorded"
+                       + ("; its effects are undone again" if again else ""))
+            if again:
+                dispatch_late_compensation(saga, index, report.attempt, report.result)
             return Outcome(Decision.STOP, reason="another attempt owns the step")
         log_attempt_start(saga, record)
         definition = definition_of(saga)

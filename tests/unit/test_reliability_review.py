@@ -333,3 +333,46 @@ def test_the_heartbeat_goes_on_after_an_interface_error(db):
         liveness._beat_forever(stop, interval=0.01)
 
     assert len(beats) == 2
+
+
+# --- fencing: a late success of an attempt judged dead, after its step was undone ---------------------------
+
+
+def test_a_late_success_of_an_attempt_judged_dead_after_its_step_was_undone_undoes_it_again(
+        db, sent, django_capture_on_commit_callbacks):
+    saga = start_saga(LINE, input={})
+    execute_step(saga.id, 0)
+    stalled = engine.claim_step(saga.id, 1, None)  # attempt 1: its worker stops answering (a long pause)
+    StepRecord.objects.filter(saga=saga, index=1).update(lease_expires_at=Now() - timedelta(seconds=1))
+    cancel(saga, reason="stop")  # b's attempt is judged lost: b is undone with a
+    saga = _undo_all(saga)
+    assert saga.status == SagaStatus.COMPENSATED
+    sent.clear()
+
+    # The paused process wakes: its action applied its effect, and it reports success.
+    from sagas.chaos import apply_effect
+    output = apply_effect(stalled.context)
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.record_step(saga.id, 1, Report(stalled.attempt, ok=True, result=output), None, claim=stalled)
+
+    dropped = saga.events.get(kind=EventKind.REPORT_DROPPED)
+    assert dropped.detail["compensated_again"] is True
+    assert sent == [("late", saga.id, (1, stalled.attempt, output))]
+    assert engine.compensate_late_success(saga.id, 1, stalled.attempt, output).decision is Decision.CONTINUE
+    effect = ChaosEffect.objects.get(saga_id=saga.id, step="b")
+    assert effect.undone_at is not None and effect.undo_runs == 1  # the first undo found nothing yet
+    assert saga.events.filter(kind=EventKind.LATE_SUCCESS_COMPENSATED).count() == 1
+    assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.COMPENSATED  # the state machine did not move
+
+
+def test_a_late_failure_report_is_only_dropped(db, sent):
+    saga = start_saga(LINE, input={})
+    stalled = engine.claim_step(saga.id, 0, None)
+    StepRecord.objects.filter(saga=saga, index=0).update(lease_expires_at=Now() - timedelta(seconds=1))
+    cancel(saga, reason="stop")
+    _undo_all(saga)
+    sent.clear()
+
+    engine.record_step(saga.id, 0, Report(stalled.attempt, ok=False, error="boom"), None, claim=stalled)
+
+    assert sent == [] and saga.events.get(kind=EventKind.REPORT_DROPPED).detail["compensated_again"] is False
