@@ -252,3 +252,41 @@ def test_a_worker_whose_database_connections_were_cut_moves_the_next_saga_on(wor
 
     assert saga.status == SagaStatus.SUCCEEDED
     assert calls(saga) == ["a", "b", "c"]
+
+
+def test_a_worker_judged_dead_that_wakes_and_reports_success_after_the_undo_has_its_effect_undone_again(worker):
+    # A pool child stopped (SIGSTOP: a long pause, a frozen VM) mid-step goes silent and is judged dead;
+    # the saga is cancelled and undone meanwhile; then the child wakes, its action applies its effect and
+    # reports success. The late success must be undone too.
+    from sagas.models import ChaosEffect, StepRecord
+
+    queue = f"pause-{uuid.uuid4().hex[:6]}"
+    with start_worker(queue=queue, concurrency=1), start_worker(queue=queue, concurrency=1):
+        saga = start_saga("tests.effects_line", input={"sleep": 4})
+        holder = wait_until(lambda: StepRecord.objects.filter(saga=saga, index=0).values_list(
+            "held_by", flat=True).first(), timeout=60)
+        paused = int(holder.split("|")[2])
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            wait_until(lambda: SagaEvent.objects.filter(saga=saga).exists() and _silent(holder), timeout=60,
+                       interval=0.5)
+            cancel(saga, reason="stop")
+            wait_until(lambda: SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.COMPENSATED, timeout=60)
+        finally:
+            os.kill(paused, signal.SIGCONT)
+        wait_until(lambda: SagaEvent.objects.filter(saga=saga, kind=EventKind.LATE_SUCCESS_COMPENSATED).exists(),
+                   timeout=60)
+
+    effect = ChaosEffect.objects.get(saga_id=saga.id, step="a")
+    assert effect.undone_at is not None
+    assert SagaEvent.objects.get(saga=saga, kind=EventKind.REPORT_DROPPED).detail["compensated_again"] is True
+    assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.COMPENSATED
+
+
+def _silent(holder: str) -> bool:
+    """The holder has not heartbeaten for SAGAS_WORKER_DEAD_AFTER: judged dead."""
+    from django.utils import timezone
+
+    from sagas import liveness
+
+    return bool(liveness.dead_holders({holder}, timezone.now()))
