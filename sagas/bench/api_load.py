@@ -20,6 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 
 from ..models import SagaInstance
@@ -54,6 +55,9 @@ def run_api_load(*, saga_type: str, users: int, spawn_rate: float, seconds: floa
     run_id = uuid.uuid4().hex[:12]
     queue = f"api-bench-{run_id[:8]}"
     user = get_user_model().objects.create_user(f"saga-bench-{run_id}")
+    # What a client that starts sagas holds (``sagas.access``): starting them, and reading them.
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="sagas",
+                                                         codename__in=("start_saga", "view_sagainstance")))
     token = Token.objects.create(user=user).key
     tmp = Path(log_dir or tempfile.mkdtemp(prefix="saga-bench-api-"))
     port = free_port()
