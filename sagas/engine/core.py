@@ -34,7 +34,16 @@ from . import sql
 from ..canvas import hard_time_limit
 from ..definitions import Saga, Step, StepContext, registry
 from ..errors import InvalidTransition, PermanentError, SagaDefinitionError, UnknownSagaType
-from ..models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus, results_of
+from ..models import (
+    ACTIVE_SAGA_STATUSES,
+    EventKind,
+    SagaEvent,
+    SagaInstance,
+    SagaStatus,
+    StepRecord,
+    StepStatus,
+    results_of,
+)
 
 logger = logging.getLogger("sagas.engine")
 
@@ -312,6 +321,22 @@ def steps_of(saga: SagaInstance) -> list[StepRecord]:
         saga.records = sorted([*saga.records, *rest], key=lambda r: r.index)
         saga.complete = True
     return saga.records
+
+
+def hold_for_person(saga_id, error: str) -> None:
+    """Hold an active saga for a person: nothing moves it (``due_at`` empty) until ``release_held``.
+
+    For what no retry can mend (a version no longer registered, a definition
+    whose steps changed under the same version): the error says why, in the
+    saga's error and a ``saga_stuck`` event.
+    """
+    with locked_saga(saga_id) as saga:
+        if saga is None or saga.status not in ACTIVE_SAGA_STATUSES:
+            return
+        saga.error = error
+        saga.due_at = None
+        event(saga, EventKind.SAGA_STUCK, error=error,
+              note="held for a person: fix the cause, then release it to the sweeper")
 
 
 def saga_id_of(saga: SagaInstance | uuid.UUID | str):

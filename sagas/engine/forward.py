@@ -48,6 +48,7 @@ from .core import (
     due_range,
     event,
     fail_record,
+    hold_for_person,
     in_flight,
     keep_due,
     lease_length,
@@ -90,6 +91,17 @@ def execute_step(saga_id, index: int, policy: Retry | None = None, report: dict 
     saga; an older message without them, or a version no longer
     registered, is claimed the usual way).
     """
+    try:
+        return _execute_step(saga_id, index, policy, report, saga_type=saga_type, version=version)
+    except SagaDefinitionError as exc:
+        # Steps changed under the same version: no path may go on with it, the one-statement ones
+        # included (they check the stored names and fall back to the checks that raise this).
+        hold_for_person(saga_id, f"this saga cannot go on: {exc}")
+        return Outcome(Decision.STOP, reason=str(exc))
+
+
+def _execute_step(saga_id, index: int, policy: Retry | None, report: dict | None, *,
+                  saga_type: str | None, version: int | None) -> Outcome:
     if report is not None:
         return record_step(saga_id, index, Report(**report), policy)
     claim = claim_step(saga_id, index, policy, definition=named_definition(saga_type, version))
@@ -334,7 +346,7 @@ def record_step(saga_id, index: int, report: Report, policy: Retry | None, *, mu
                 dispatch_late_compensation(saga, index, report.attempt, report.result)
             return Outcome(Decision.STOP, reason="another attempt owns the step")
         log_attempt_start(saga, record)
-        definition = definition_of(saga)
+        definition = definition_of(saga, records)  # still the steps it was started with
         if report.ok:
             if definition.step_at(index).wait_for_signal:
                 if not report.skip_wait and saga.status == SagaStatus.RUNNING:

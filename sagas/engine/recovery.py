@@ -55,6 +55,7 @@ from .core import (
     event,
     in_flight,
     SagaBusy,
+    hold_for_person,
     locked_saga,
     lose_attempt,
     move_saga,
@@ -206,15 +207,8 @@ def _postpone(saga_id) -> None:
 
 
 def _hold_for_person(saga_id, exc: Exception) -> None:
-    error = f"the sweeper could not move this saga: {describe_error(exc)}"
     try:
-        with locked_saga(saga_id) as saga:
-            if saga is None or saga.status not in ACTIVE_SAGA_STATUSES:
-                return
-            saga.error = error
-            saga.due_at = None
-            event(saga, EventKind.SAGA_STUCK, error=error,
-                  note="held for a person: fix the cause, then release it to the sweeper")
+        hold_for_person(saga_id, f"the sweeper could not move this saga: {describe_error(exc)}")
     except INFRASTRUCTURE_ERRORS as again:
         logger.warning("sweeper: could not hold saga %s: %s", saga_id, again)
 

@@ -376,3 +376,22 @@ def test_a_late_failure_report_is_only_dropped(db, sent):
     engine.record_step(saga.id, 0, Report(stalled.attempt, ok=False, error="boom"), None, claim=stalled)
 
     assert sent == [] and saga.events.get(kind=EventKind.REPORT_DROPPED).detail["compensated_again"] is False
+
+
+# --- a definition whose steps changed under the same version: every path holds the saga ------------------
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["messages naming the saga", "older messages"])
+def test_a_saga_whose_steps_changed_under_its_version_is_held_for_a_person_on_every_path(db, sent, named):
+    definition = registry.get(LINE)
+    names = {"saga_type": definition.name, "version": definition.version} if named else {}
+    saga = start_saga(LINE, input={})
+    StepRecord.objects.filter(saga=saga, index=2).update(name="c_before_the_edit")  # the code now says "c"
+
+    outcomes = [execute_step(saga.id, index, **names).decision for index in range(3)]
+
+    saga.refresh_from_db()
+    assert outcomes == [Decision.CONTINUE, Decision.CONTINUE, Decision.STOP]
+    assert saga.status == SagaStatus.RUNNING and saga.due_at is None and "new version" in saga.error
+    assert saga.events.filter(kind=EventKind.SAGA_STUCK).count() == 1
+    assert saga.steps.get(index=2).attempts == 0  # nothing ran with the edited definition
