@@ -157,31 +157,36 @@ def deliver_forward(saga_id, from_index: int, definition, ledger: Ledger, *, nam
             return
 
 
-def deliver_step(saga_id, index: int, definition, ledger: Ledger, *, named: bool = True):
-    """One run_step task, with its retries (their countdown waited) and its error callback."""
-    names = {"saga_type": definition.name, "version": definition.version} if named else {}
+def _names(definition, named: bool) -> dict:
+    return {"saga_type": definition.name, "version": definition.version} if named else {}
+
+
+def _with_retries(run: Callable[[], Outcome], kind: str, index: int, ledger: Ledger) -> Outcome:
+    """One task: ``run`` again while it answers RETRY (its countdown waited), as Celery would."""
     for _ in range(20):
-        outcome = engine.execute_step(saga_id, index, **names)
-        ledger.outcomes.append(("step", index, outcome.decision, outcome.reason))
-        if outcome.decision is Decision.RETRY:
-            time.sleep(min(outcome.countdown, 0.3))
-            continue
-        if outcome.decision is Decision.FAILED:
-            engine.begin_compensation(saga_id, reason="error callback")
-        return outcome.decision
-    raise AssertionError(f"step {index} retried 20 times")
+        outcome = run()
+        ledger.outcomes.append((kind, index, outcome.decision, outcome.reason))
+        if outcome.decision is not Decision.RETRY:
+            return outcome
+        time.sleep(min(outcome.countdown, 0.3))
+    raise AssertionError(f"{kind} {index} retried 20 times")
+
+
+def deliver_step(saga_id, index: int, definition, ledger: Ledger, *, named: bool = True):
+    """One run_step task, with its retries and its error callback."""
+    names = _names(definition, named)
+    outcome = _with_retries(lambda: engine.execute_step(saga_id, index, **names), "step", index, ledger)
+    if outcome.decision is Decision.FAILED:
+        engine.begin_compensation(saga_id, reason="error callback")
+    return outcome.decision
 
 
 def deliver_compensations(saga_id, indices: list[int], definition, ledger: Ledger, *, named: bool = True) -> None:
-    names = {"saga_type": definition.name, "version": definition.version} if named else {}
+    """A compensation chain: each compensate_step task with its retries; the chain stops at one that does not go on."""
+    names = _names(definition, named)
     for index in indices:
-        for _ in range(20):
-            outcome = engine.execute_compensation(saga_id, index, **names)
-            ledger.outcomes.append(("compensation", index, outcome.decision, outcome.reason))
-            if outcome.decision is Decision.RETRY:
-                time.sleep(min(outcome.countdown, 0.3))
-                continue
-            break
+        outcome = _with_retries(lambda: engine.execute_compensation(saga_id, index, **names), "compensation",
+                                index, ledger)
         if outcome.decision is not Decision.CONTINUE:
             return
 

@@ -475,8 +475,8 @@ _NOT_COUNTED_RETRY = 1.0
 
 def _attempt_not_counted(saga: SagaInstance, record: StepRecord, report: Report) -> Outcome:
     """A transactional attempt that rolled back for a passing reason: nothing of it stays, so it is
-    tried again at once and its number is given again (the task counts it with its infrastructure retries)."""
-    log_attempt_start(saga, record)
+    tried again at once and its number is given again (the task counts it with its infrastructure retries).
+    (``record_step`` has written the attempt's start already.)"""
     record.attempts -= 1
     record.error = report.error
     release(record)

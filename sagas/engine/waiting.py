@@ -86,14 +86,9 @@ def begin_wait(saga: SagaInstance, record: StepRecord, definition: Saga, result:
 
 
 def _apply_early(saga: SagaInstance, record: StepRecord, definition: Saga, early: dict) -> Outcome:
-    end_wait(record)
-    if early["signal"] == "complete":
-        _complete(saga, saga.records, record, definition, _merged(record.result, early.get("result")))
-        return Outcome(Decision.STOP, reason=f"step {record.name} completed by a signal that came early")
-    record.finished_at = saga.db_now
-    fail_record(saga, record, early["error"], effects=True, permanent=True, signalled=True)
-    start_compensating(saga, steps_of(saga), saga.error)
-    return Outcome(Decision.STOP, reason=f"step {record.name} failed by a signal that came early")
+    _take_signal(saga, record, definition, result=early.get("result"), error=early.get("error"))
+    done = "completed" if early["signal"] == "complete" else "failed"
+    return Outcome(Decision.STOP, reason=f"step {record.name} {done} by a signal that came early")
 
 
 def wait_due(saga: SagaInstance, waiting: list[StepRecord]) -> None:
@@ -103,9 +98,6 @@ def wait_due(saga: SagaInstance, waiting: list[StepRecord]) -> None:
 
 
 # --- signals ------------------------------------------------------------------------------------
-
-
-_is_user = is_user
 
 
 def signaller(by: Any) -> dict:
@@ -211,7 +203,7 @@ def _signal(saga_id, step_name: str, *, by: Any, result: Any = None, error: str 
             raise UnknownSignalToken("unknown or used signal token")  # used by a signal that won the lock first
         definition = definition_of(saga, records)
         step = definition.step_at(record.index)
-        if _is_user(by) and not may_signal(by, step.signal_permission):
+        if is_user(by) and not may_signal(by, step.signal_permission):
             raise SignalNotAllowed(f"signalling {step_name} needs the permission {step.signal_permission}")
         if hashed is not None and record.status == StepStatus.RUNNING and saga.status == SagaStatus.RUNNING:
             _keep_early(saga, record, by=by, result=result, error=error)
@@ -220,31 +212,37 @@ def _signal(saga_id, step_name: str, *, by: Any, result: Any = None, error: str 
             raise InvalidTransition(
                 f"step {step_name} of saga {saga.id} is {record.status} (saga {saga.status}); only a waiting "
                 f"step can be signalled")
-        who = signaller(by)
-        end_wait(record)
-        if error is None:
-            event(saga, EventKind.STEP_SIGNALLED, step=record, signal="complete", result=result, **who)
-            _complete(saga, records, record, definition, _merged(record.result, result))
-        else:
-            event(saga, EventKind.STEP_SIGNALLED, step=record, signal="fail", error=error, **who)
-            fail_record(saga, record, error, effects=True, permanent=True, signalled=True)
-            start_compensating(saga, steps_of(saga), saga.error)
+        event(saga, EventKind.STEP_SIGNALLED, step=record, **_signal_detail(result, error), **signaller(by))
+        _take_signal(saga, record, definition, result=result, error=error)
     return SagaInstance.objects.get(pk=saga.pk)
+
+
+def _signal_detail(result: Any, error: str | None) -> dict:
+    """What a signal says, as its event (and a kept early signal) records it."""
+    return {"signal": "complete", "result": result} if error is None else {"signal": "fail", "error": error}
+
+
+def _take_signal(saga: SagaInstance, record: StepRecord, definition: Saga, *, result: Any,
+                 error: str | None) -> None:
+    """The wait ends by the signal: completed (the action's output merged with ``result``) or failed for
+    good with ``error`` (the saga compensates, this step included)."""
+    end_wait(record)
+    if error is None:
+        _complete(saga, saga.records, record, definition, _merged(record.result, result))
+    else:
+        fail_record(saga, record, error, effects=True, permanent=True, signalled=True)
+        start_compensating(saga, steps_of(saga), saga.error)
 
 
 def _keep_early(saga: SagaInstance, record: StepRecord, *, by: Any, result: Any, error: str | None) -> None:
     """A token callback for a step whose action still runs (the other system answered fast): kept on
     the step, and applied when the action's success is recorded (``begin_wait``). Its token is used:
     a second callback is refused as for a step that was signalled."""
-    who = signaller(by)
+    said = {**_signal_detail(result, error), **signaller(by)}
     record.signal_token_hash = None
-    if error is None:
-        record.early_signal = {"signal": "complete", "result": result, **who}
-        event(saga, EventKind.STEP_SIGNALLED, step=record, signal="complete", result=result, early=True, **who)
-    else:
-        record.early_signal = {"signal": "fail", "error": error, **who}
-        event(saga, EventKind.STEP_SIGNALLED, step=record, signal="fail", error=error, early=True, **who)
+    record.early_signal = said
     save_step(record)
+    event(saga, EventKind.STEP_SIGNALLED, step=record, early=True, **said)
 
 
 def _complete(saga: SagaInstance, records: list[StepRecord], record: StepRecord, definition: Saga,
