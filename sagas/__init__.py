@@ -17,7 +17,8 @@ from .errors import (
     UnknownStep,
 )
 
-_ENGINE_FUNCTIONS = {"start_saga", "resubmit", "cancel", "retry_compensation", "complete_step", "fail_step"}
+_ENGINE_FUNCTIONS = {"start_saga", "resubmit", "cancel", "retry_compensation", "complete_step", "fail_step",
+                     "pause", "resume", "skip_step"}
 
 __all__ = [
     "Parallel", "Retry", "Saga", "SkipWait", "Step", "StepContext", "registry",

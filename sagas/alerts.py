@@ -37,6 +37,14 @@ def saga_failed(saga) -> None:
     transaction.on_commit(partial(alert_failed, str(saga.pk), saga.saga_type, error), robust=True)
 
 
+def saga_paused(saga) -> None:
+    """Alert about ``saga``, which paused on its own (a step after its pivot failed for good), as for a failure."""
+    from .access import masked_text
+
+    error = masked_text(saga.error, saga.saga_type, saga.input)
+    transaction.on_commit(partial(alert_paused, str(saga.pk), saga.saga_type, error), robust=True)
+
+
 def _keys(kind: str) -> tuple[str, str]:
     return f"sagas:alert:mailed:{kind}", f"sagas:alert:held:{kind}"
 
@@ -82,6 +90,28 @@ def alert_failed(saga_id: str, saga_type: str, error: str) -> bool:
         )
     except Exception:
         logger.exception("alerts: could not mail the failure of saga %s", saga_id)
+        return False
+    return True
+
+
+def alert_paused(saga_id: str, saga_type: str, error: str) -> bool:
+    """Log the pause; mail it under the same limit as failures. True if a mail was sent."""
+    logger.error("saga %s (%s) paused past its pivot and needs a person: %s", saga_id, saga_type, error)
+    others = may_mail(saga_type, saga_id)
+    if others is None:
+        return False
+    try:
+        mail_admins(
+            f"saga {saga_type} paused: a person must act",
+            f"Saga {saga_id} ({saga_type}) paused: a step after its point of no return (its pivot) failed "
+            f"for good, so it is not undone.\n\nError: {error}\n\nOpen it in the admin "
+            f"(/admin/sagas/sagainstance/{saga_id}/change/): resume it once the cause is fixed (with corrected "
+            f"input if need be), or skip the step with the result of doing it by hand."
+            + (f"\n\n{others} other alert(s) about this type were held back since the last mail." if others else ""),
+            fail_silently=False,
+        )
+    except Exception:
+        logger.exception("alerts: could not mail the pause of saga %s", saga_id)
         return False
     return True
 

@@ -111,6 +111,9 @@ class Step:
     wait_for_signal: bool = False
     signal_timeout: float | None = None
     signal_permission: str | None = None
+    # The saga's point of no return: once this step has succeeded, a later step that fails for good
+    # pauses the saga for a person instead of compensating (``sagas.engine.compensation.forward_failed``).
+    pivot: bool = False
 
     @property
     def has_compensation(self) -> bool:
@@ -125,6 +128,8 @@ class Step:
         if self.action is not None and not callable(self.action):
             raise SagaDefinitionError(f"{where}: action must be callable, got {self.action!r}")
         self._validate_wait(where)
+        if not isinstance(self.pivot, bool):
+            raise SagaDefinitionError(f"{where}: pivot must be True or False, got {self.pivot!r}")
         if self.compensation is not None and not callable(self.compensation):
             raise SagaDefinitionError(f"{where}: compensation must be callable or None, got {self.compensation!r}")
         for label, policy in (("retry", self.retry), ("compensation_retry", self.compensation_retry)):
@@ -176,6 +181,9 @@ class Parallel:
                 raise SagaDefinitionError(f"{where}: Parallel({member.name!r}) is nested; Parallel members must be Steps")
             if not isinstance(member, Step):
                 raise SagaDefinitionError(f"{where}: {member!r} is not a Step")
+            if member.pivot:
+                raise SagaDefinitionError(
+                    f"{where}: step {member.name!r} is a pivot; a pivot must be a plain Step, not a Parallel member")
 
 
 @dataclass
@@ -251,6 +259,7 @@ class Saga:
         if clash:
             raise SagaDefinitionError(
                 f"saga {self.name!r}: {sorted(clash)[0]!r} names both a Parallel and a step")
+        self._validate_pivot()
         if self.input_schema is not None and not callable(self.input_schema):
             raise SagaDefinitionError(f"saga {self.name!r}: input_schema must be a serializer class or callable")
         if self.permission is not None and (not isinstance(self.permission, str)
@@ -261,6 +270,27 @@ class Saga:
             raise SagaDefinitionError(
                 f"saga {self.name!r}: sensitive must be a tuple of field names, got {self.sensitive!r}")
         self.sensitive = tuple(self.sensitive)
+
+    def _validate_pivot(self) -> None:
+        pivots = [s.name for s in self.steps if s.pivot]
+        if len(pivots) > 1:
+            raise SagaDefinitionError(f"saga {self.name!r}: at most one pivot step, got {pivots}")
+        after = self.steps[self.pivot_index + 1:] if self.pivot_index is not None else []
+        undoable = [s.name for s in after if s.has_compensation]
+        if undoable:
+            raise SagaDefinitionError(
+                f"saga {self.name!r}: step {undoable[0]!r} comes after the pivot "
+                f"{pivots[0]!r} and may not declare a compensation (past the pivot the saga only goes forward)")
+
+    @property
+    def pivot_index(self) -> int | None:
+        """The index of the pivot step, or None: a saga without a point of no return."""
+        return next((i for i, s in enumerate(self.steps) if s.pivot), None)
+
+    def after_pivot(self, index: int) -> bool:
+        """Step ``index`` comes after the pivot (a failure of it, once the pivot succeeded, pauses the saga)."""
+        pivot = self.pivot_index
+        return pivot is not None and index > pivot
 
     def step_at(self, index: int) -> Step:
         return self.steps[index]
@@ -303,6 +333,7 @@ class Saga:
                     "wait_for_signal": s.wait_for_signal,
                     "signal_timeout": s.signal_timeout,
                     "signal_permission": s.signal_permission,
+                    "pivot": s.pivot,
                     "stage": self.stage_of(i),
                     "parallel_group": self.group_of(i),
                 }

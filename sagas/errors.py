@@ -68,6 +68,15 @@ class InvalidSignal(SagaError):
         super().__init__(f"invalid signal: {errors}")
 
 
+class InvalidRequest(SagaError):
+    """A person's move was given values it cannot take (a reason missing, a result not an object);
+    ``errors`` maps field -> messages. Nothing changed."""
+
+    def __init__(self, errors: dict):
+        self.errors = errors
+        super().__init__(f"invalid request: {errors}")
+
+
 class StepFailed(SagaError):
     """Raised by the ``run_step`` task when a step failed for good, so the chain's error callback runs."""
 

@@ -18,6 +18,8 @@ class SagaStatus(models.TextChoices):
     COMPENSATING = "compensating", "compensating"
     COMPENSATED = "compensated", "compensated"
     FAILED = "failed", "failed (needs a person)"
+    # A person paused it, or a step after its pivot failed for good: nothing moves it until ``resume``.
+    PAUSED = "paused", "paused"
 
 
 class StepStatus(models.TextChoices):
@@ -44,6 +46,7 @@ class EventKind(models.TextChoices):
     RESUBMITTED = "resubmitted"
     COMPENSATION_RETRY_REQUESTED = "compensation_retry_requested"
     SAGA_RESUMED = "saga_resumed"
+    SAGA_PAUSED = "saga_paused"
     STEP_STARTED = "step_started"
     STEP_ATTEMPT_FAILED = "step_attempt_failed"
     STEP_ATTEMPT_LOST = "step_attempt_lost"
@@ -52,6 +55,8 @@ class EventKind(models.TextChoices):
     STEP_SIGNALLED = "step_signalled"
     STEP_FAILED = "step_failed"
     STEP_SKIPPED = "step_skipped"
+    # A step after the pivot that failed for good, run again with a fresh retry budget (``resume``).
+    STEP_RETRIED = "step_retried"
     COMPENSATION_STARTED = "compensation_started"
     COMPENSATION_ATTEMPT_FAILED = "compensation_attempt_failed"
     STEP_COMPENSATED = "step_compensated"
@@ -66,15 +71,20 @@ class EventKind(models.TextChoices):
     LATE_COMPENSATION_FAILED = "late_compensation_failed"
 
 
-ACTIVE_SAGA_STATUSES = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+# Not finished. (A paused saga is active too, though nothing moves it until it is resumed.)
+ACTIVE_SAGA_STATUSES = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.PAUSED)
 # A step whose action succeeded, whatever happened to it afterwards.
 FORWARD_DONE_STATUSES = (StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATED,
                          StepStatus.COMPENSATION_FAILED)
+# A step the forward run has gone past: it succeeded, or it was skipped (by a person, after the pivot).
+FORWARD_PASSED_STATUSES = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
 
 
 def results_of(records) -> dict:
-    """Step name -> output of every step whose action succeeded, from its records."""
-    return {r.name: r.result for r in records if r.status in FORWARD_DONE_STATUSES and not r.may_have_effects}
+    """Step name -> output of every step whose action succeeded (or a person gave when skipping it), from its records."""
+    return {r.name: r.result for r in records
+            if (r.status in FORWARD_DONE_STATUSES and not r.may_have_effects)
+            or (r.status == StepStatus.SKIPPED and r.result is not None)}
 FINAL_SAGA_STATUSES = (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
 
 
@@ -108,6 +118,10 @@ class SagaInstance(models.Model):
     # Times the sweeper re-sent work without the saga moving since: each
     # resend waits twice as long as the one before.
     sweeps = models.PositiveSmallIntegerField(default=0)
+    # A paused saga: the status it was paused from (what ``resume`` goes back to), and why it paused
+    # (``person``, or ``after_pivot``: a step after its pivot failed for good). Empty otherwise.
+    paused_from = models.CharField(max_length=20, blank=True, default="")
+    pause_cause = models.CharField(max_length=20, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]
@@ -175,6 +189,9 @@ class StepRecord(models.Model):
     status = models.CharField(max_length=20, choices=StepStatus.choices, default=StepStatus.PENDING)
     has_compensation = models.BooleanField(default=True)
     attempts = models.PositiveIntegerField(default=0)
+    # Attempts made before a person resumed the step with a fresh retry budget (after its pivot):
+    # its retry policy counts only ``attempts - retry_base``; attempt numbers keep growing.
+    retry_base = models.PositiveIntegerField(default=0)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     started_at = models.DateTimeField(null=True, blank=True)

@@ -27,6 +27,7 @@ from ..definitions import registry
 from ..errors import (
     IdempotencyConflict,
     InvalidSagaInput,
+    InvalidRequest,
     InvalidSignal,
     InvalidTransition,
     SignalNotAllowed,
@@ -98,6 +99,8 @@ def as_api_exception(exc: Exception) -> Exception:
         return PermissionDenied(str(exc), code="signal_not_allowed")
     if isinstance(exc, InvalidSignal):
         return FieldErrors(exc.errors, code="invalid_signal")
+    if isinstance(exc, InvalidRequest):
+        return FieldErrors(exc.errors, code="invalid_request")
     return exc
 
 

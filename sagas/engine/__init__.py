@@ -7,7 +7,7 @@ Split by phase, behind these names:
 - ``forward``: claiming, running and recording one attempt of one step, and the join of a ``Parallel``;
 - ``compensation``: moving to ``compensating`` and undoing one step;
 - ``waiting``: waiting steps: the wait, the signals that end it (``complete_step``, ``fail_step``), deadlines;
-- ``intervention``: cancel, retry compensation, resubmit, release a held saga;
+- ``intervention``: cancel, pause, resume, skip a step, retry compensation, resubmit, release a held saga;
 - ``recovery``: the sweeper.
 
 Tasks, views, admin actions and the sweeper call these functions and never
@@ -28,8 +28,8 @@ from .core import (
     definition_of,
 )
 from .forward import claim_step, execute_step, record_step
-from .intervention import cancel, release_held, resubmit, retry_compensation
-from .recovery import SweepReport, resume, sweep
+from .intervention import cancel, pause, release_held, resubmit, resume, retry_compensation, skip_step
+from .recovery import SweepReport, resume_stalled, sweep
 from .running import INFRASTRUCTURE_ERRORS
 from .start import start_saga, validate_input
 from .waiting import complete_step, complete_step_by_token, fail_step, fail_step_by_token, may_signal
@@ -39,6 +39,7 @@ __all__ = [
     "SweepReport", "begin_compensation", "can_move_saga", "can_move_step", "cancel", "claim_step",
     "compensate_late_success",
     "complete_step", "complete_step_by_token", "definition_of", "execute_compensation", "execute_step",
-    "fail_step", "fail_step_by_token", "may_signal", "record_compensation", "record_step",
-    "release_held", "resubmit", "resume", "retry_compensation", "start_saga", "sweep", "validate_input",
+    "fail_step", "fail_step_by_token", "may_signal", "pause", "record_compensation", "record_step",
+    "release_held", "resubmit", "resume", "resume_stalled", "retry_compensation", "skip_step", "start_saga",
+    "sweep", "validate_input",
 ]

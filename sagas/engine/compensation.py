@@ -36,6 +36,7 @@ from .core import (
     fail_record,
     hold,
     in_flight,
+    is_paused,
     keep_due,
     lease_length,
     lease_until,
@@ -149,6 +150,36 @@ def start_compensating(saga: SagaInstance, records: list[StepRecord], reason: st
     return compensation_order(records)
 
 
+AFTER_PIVOT = "after_pivot"  # a saga's ``pause_cause`` when it paused on its own
+
+
+def forward_failed(saga: SagaInstance, records: list[StepRecord], reason: str = "") -> str:
+    """A forward step failed for good (already recorded): undo the saga, or, once its pivot has
+    succeeded, pause it for a person (it only goes forward from there). A paused saga decides
+    nothing: ``resume`` judges its records. ``records``: all of them (``steps_of``). Says what it did.
+    """
+    if is_paused(saga):
+        return "recorded while paused"
+    definition = definition_of(saga)
+    if past_pivot(definition, records):
+        failed = [r for r in records if r.status == StepStatus.FAILED and definition.after_pivot(r.index)]
+        saga.pause_cause = AFTER_PIVOT
+        move_saga(saga, SagaStatus.PAUSED, EventKind.SAGA_PAUSED, cause=AFTER_PIVOT,
+                  failed_steps=[r.name for r in failed], error=saga.error,
+                  reason=f"step {failed[0].name if failed else '?'} failed for good after the pivot "
+                         f"{definition.step_at(definition.pivot_index).name}: a person decides")
+        alerts.saga_paused(saga)
+        return "paused after the pivot"
+    start_compensating(saga, records, reason or saga.error)
+    return "compensating"
+
+
+def past_pivot(definition: Saga, records: list[StepRecord]) -> bool:
+    """The saga's pivot has succeeded: from here on it only goes forward (no cancel, no compensation)."""
+    pivot = definition.pivot_index
+    return pivot is not None and any(r.index == pivot and r.status == StepStatus.SUCCEEDED for r in records)
+
+
 def begin_compensation(saga_id, reason: str = "") -> list[int] | None:
     """The chain's error callback: compensate a saga whose forward run really ended in failure.
 
@@ -167,14 +198,17 @@ def begin_compensation(saga_id, reason: str = "") -> list[int] | None:
         grace = timedelta(seconds=settings.SAGAS_HARD_TIMEOUT_GRACE)
         over = [r for r in records if r.status == StepStatus.RUNNING and r.lease_expires_at is not None
                 and (not in_flight(r, now, dead) or r.lease_expires_at - grace <= now)]
-        failed = any(r.status in (StepStatus.FAILED, StepStatus.SKIPPED) for r in records)
+        failed = any(r.status == StepStatus.FAILED for r in records)
         if not (failed or over or saga.cancel_requested_at):
             event(saga, EventKind.ERROR_CALLBACK_IGNORED, reason=reason,
                   note="no step failed: the chain broke for another reason; the sweeper moves the saga on")
             return None
         for record in over:
             fail_lost_attempt(saga, record, blame=not saga.error)
-        return start_compensating(saga, records, reason)
+        if saga.cancel_requested_at:
+            return start_compensating(saga, records, reason)
+        forward_failed(saga, records, reason)
+        return compensation_order(records) if saga.status == SagaStatus.COMPENSATING else None
 
 
 # --- one attempt of one compensation ------------------------------------------------------
@@ -305,12 +339,14 @@ def _claim_compensation(saga_id, index: int, policy: Retry | None) -> Claim | Ou
 
 
 def fail_compensation(saga: SagaInstance, record: StepRecord, error: str) -> None:
+    """The step's compensation failed for good: the saga is ``failed`` (when it is resumed, if paused)."""
     record.compensation_error = error
     release(record)
     move_step(saga, record, StepStatus.COMPENSATION_FAILED, EventKind.COMPENSATION_FAILED,
               error=error, attempts=record.compensation_attempts)
     saga.error = f"compensation of step {record.name} failed: {error}"
-    move_saga(saga, SagaStatus.FAILED, EventKind.SAGA_FAILED, reason=saga.error)
+    if not is_paused(saga):
+        move_saga(saga, SagaStatus.FAILED, EventKind.SAGA_FAILED, reason=saga.error)
 
 
 def record_compensation(saga_id, index: int, report: Report, policy: Retry | None, *,
@@ -347,6 +383,8 @@ def record_compensation(saga_id, index: int, report: Report, policy: Retry | Non
         saga.due_at = record.next_attempt_at + timedelta(seconds=settings.SAGAS_STALL_AFTER)
         event(saga, EventKind.COMPENSATION_ATTEMPT_FAILED, step=record, attempt=report.attempt, error=report.error,
               timeout=report.timeout, retry_in=delay)
+        if is_paused(saga):  # its time is recorded; ``resume`` sends it
+            return Outcome(Decision.STOP, reason=f"retry waits: the saga is paused ({report.error})")
     return Outcome(Decision.RETRY, countdown=delay, reason=report.error)
 
 
@@ -397,7 +435,7 @@ def compensate_late_success(saga_id, index: int, attempt: int, result, *, retrie
 
 
 __all__ = [
-    "begin_compensation",
+    "AFTER_PIVOT", "begin_compensation", "forward_failed", "past_pivot",
     "compensate_late_success", "compensation_order", "continue_compensation", "execute_compensation",
     "fail_compensation", "finish_if_compensated", "start_compensating", "to_undo",
 ]

@@ -50,9 +50,12 @@ logger = logging.getLogger("sagas.engine")
 # --- the state machine ------------------------------------------------------------
 
 SAGA_MOVES: dict[str, set[str]] = {
-    SagaStatus.PENDING: {SagaStatus.RUNNING, SagaStatus.COMPENSATING},
-    SagaStatus.RUNNING: {SagaStatus.SUCCEEDED, SagaStatus.COMPENSATING},
-    SagaStatus.COMPENSATING: {SagaStatus.COMPENSATED, SagaStatus.FAILED},
+    SagaStatus.PENDING: {SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.PAUSED},
+    SagaStatus.RUNNING: {SagaStatus.SUCCEEDED, SagaStatus.COMPENSATING, SagaStatus.PAUSED},
+    SagaStatus.COMPENSATING: {SagaStatus.COMPENSATED, SagaStatus.FAILED, SagaStatus.PAUSED},
+    # A paused saga goes back to where it was paused from (``resume``), or, before its pivot, is
+    # undone (``cancel``).
+    SagaStatus.PAUSED: {SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING},
     SagaStatus.FAILED: {SagaStatus.COMPENSATING},
     SagaStatus.SUCCEEDED: set(),
     SagaStatus.COMPENSATED: set(),
@@ -67,8 +70,10 @@ STEP_MOVES: dict[str, set[str]] = {
     StepStatus.SUCCEEDED: {StepStatus.COMPENSATING},
     StepStatus.COMPENSATING: {StepStatus.COMPENSATING, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED},
     StepStatus.COMPENSATION_FAILED: {StepStatus.COMPENSATING},
-    # Only a failed step that may have applied effects (``may_have_effects``) is compensated.
-    StepStatus.FAILED: {StepStatus.COMPENSATING},
+    # Only a failed step that may have applied effects (``may_have_effects``) is compensated. A step
+    # after the pivot that failed for good is run again (``resume``: running) or done by hand
+    # (``skip_step``: skipped) by a person.
+    StepStatus.FAILED: {StepStatus.COMPENSATING, StepStatus.RUNNING, StepStatus.SKIPPED},
     StepStatus.COMPENSATED: set(),
     StepStatus.SKIPPED: set(),
 }
@@ -158,7 +163,8 @@ class UnstorableResult(PermanentError):
 
 # --- the saga's lock ------------------------------------------------------------------
 
-_SAVED = ("status", "error", "results", "started_at", "finished_at", "cancel_requested_at", "due_at", "sweeps")
+_SAVED = ("status", "error", "results", "started_at", "finished_at", "cancel_requested_at", "due_at", "sweeps",
+          "paused_from", "pause_cause")
 
 
 class SagaBusy(Exception):
@@ -202,6 +208,8 @@ def locked_saga(saga_id, *, step: int | None = None, undoing: int | None = None,
             return
         before = [getattr(saga, name) for name in _SAVED]
         yield saga
+        if saga.status == SagaStatus.PAUSED:
+            saga.due_at = None  # nothing is due: whatever happened while paused waits for ``resume``
         sql.insert_rows(saga.pending_events)
         changed = [name for name, old in zip(_SAVED, before) if getattr(saga, name) != old]
         if changed:
@@ -331,7 +339,7 @@ def hold_for_person(saga_id, error: str) -> None:
     saga's error and a ``saga_stuck`` event.
     """
     with locked_saga(saga_id) as saga:
-        if saga is None or saga.status not in ACTIVE_SAGA_STATUSES:
+        if saga is None or saga.status not in ACTIVE_SAGA_STATUSES or saga.status == SagaStatus.PAUSED:
             return
         saga.error = error
         saga.due_at = None
@@ -406,6 +414,11 @@ def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None
         saga.results = results_of(steps_of(saga))  # the steps hold them while the saga runs
     elif target == SagaStatus.COMPENSATING:
         saga.finished_at = None
+    if target == SagaStatus.PAUSED:
+        saga.paused_from = previous  # where ``resume`` goes back to
+        saga.due_at = None
+    elif previous == SagaStatus.PAUSED:
+        saga.paused_from = saga.pause_cause = ""
     event(saga, kind, **{"from": previous, "to": target, **detail})
     if target == SagaStatus.FAILED:
         alerts.saga_failed(saga)  # a person must act: logged and mailed once this commits
@@ -541,6 +554,17 @@ def dead_holders(records: list[StepRecord], now: datetime) -> set[str]:
 def in_flight(record: StepRecord, now: datetime, dead: set[str]) -> bool:
     """An attempt holds the step: its lease is live and its worker is not known dead."""
     return bool(record.lease_expires_at and record.lease_expires_at > now and record.held_by not in dead)
+
+
+def is_paused(saga: SagaInstance, *, from_status: str | None = None) -> bool:
+    """The saga is paused (and was paused from ``from_status``, if given): what happens is recorded, nothing decided."""
+    return saga.status == SagaStatus.PAUSED and (from_status is None or saga.paused_from == from_status)
+
+
+def goes_forward(saga: SagaInstance) -> bool:
+    """The saga runs forward, or would if it were not paused: a step's report is recorded as in a running saga."""
+    return saga.status == SagaStatus.RUNNING or is_paused(saga, from_status=SagaStatus.RUNNING) or \
+        is_paused(saga, from_status=SagaStatus.PENDING)
 
 
 def keep_due(saga: SagaInstance) -> None:
@@ -752,6 +776,11 @@ def claim_of(saga_id: uuid.UUID, definition: Saga, index: int, attempt: int, *, 
         signal_token=signal_token,
     )
     return Claim(saga_id, index, attempt, step, context, definition, began_at)
+
+
+def used_attempts(record: StepRecord) -> int:
+    """The forward attempts its retry policy counts: those since a person last gave it a fresh budget."""
+    return record.attempts - record.retry_base
 
 
 def retry_wait(record: StepRecord, now: datetime) -> float:

@@ -30,8 +30,8 @@ from django.db import connection, transaction
 from .. import liveness
 from ..definitions import Retry, Saga
 from ..errors import PermanentError, SagaDefinitionError
-from ..models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
-from .compensation import continue_compensation, fail_lost_attempt, late_success_to_undo, start_compensating
+from ..models import FORWARD_PASSED_STATUSES, EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
+from .compensation import continue_compensation, fail_lost_attempt, forward_failed, late_success_to_undo
 from .core import (
     Claim,
     Decision,
@@ -48,8 +48,10 @@ from .core import (
     due_range,
     event,
     fail_record,
+    goes_forward,
     hold_for_person,
     in_flight,
+    is_paused,
     keep_due,
     lease_length,
     lease_until,
@@ -74,6 +76,7 @@ from .core import (
     stall_length,
     started_detail,
     steps_of,
+    used_attempts,
 )
 from .running import DATABASE_PASSING, attempt_error, invoke, record_or_pending, success_report
 from . import sql
@@ -160,10 +163,10 @@ def _run_transactional(claim: Claim, policy: Retry | None) -> Outcome:
 
 
 def _previous_steps_done(records: list[StepRecord], definition: Saga, index: int) -> bool:
-    """Every step of the earlier stages succeeded (members of one Parallel do not wait for each other)."""
+    """Every step of the earlier stages succeeded, or was skipped (members of one Parallel do not wait for each other)."""
     first_of_stage = definition.stage_indices(index)[0]
     earlier = [r for r in records if r.index < first_of_stage]
-    return len(earlier) == first_of_stage and all(r.status == StepStatus.SUCCEEDED for r in earlier)
+    return len(earlier) == first_of_stage and all(r.status in FORWARD_PASSED_STATUSES for r in earlier)
 
 
 def claim_step(saga_id, index: int, policy: Retry | None, *, definition: Saga | None = None) -> Claim | Outcome:
@@ -274,9 +277,9 @@ def _claim_locked(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
         records = saga.records  # this step's and the earlier stages'
         definition = definition_of(saga, records)
         record = record_at(saga, index)
-        if record.status == StepStatus.SUCCEEDED:
+        if record.status in FORWARD_PASSED_STATUSES:  # succeeded, or skipped by a person
             return _already_succeeded(steps_of(saga), definition, index)
-        if record.status in (StepStatus.FAILED, StepStatus.SKIPPED):
+        if record.status == StepStatus.FAILED:
             return Outcome(Decision.FAILED, reason=f"step already {record.status}")
         if record.status == StepStatus.WAITING:
             return Outcome(Decision.STOP, reason="step is waiting for a signal")
@@ -294,9 +297,9 @@ def _claim_locked(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
                 return Outcome(Decision.RETRY, countdown=retry_wait(record, now), reason="retry not due yet")
             if record.lease_expires_at is not None:
                 # The attempt that held the step never reported: its worker died or it was killed.
-                if not policy.allows_another(record.attempts):
+                if not policy.allows_another(used_attempts(record)):
                     fail_lost_attempt(saga, record, blame=True)
-                    return Outcome(Decision.FAILED, reason="attempts exhausted")
+                    return Outcome(Decision.FAILED, reason="attempts exhausted")  # the error callback decides
                 lose_attempt(saga, record)
         if saga.status == SagaStatus.PENDING:
             move_saga(saga, SagaStatus.RUNNING, EventKind.SAGA_STARTED)
@@ -349,7 +352,7 @@ def record_step(saga_id, index: int, report: Report, policy: Retry | None, *, mu
         definition = definition_of(saga, records)  # still the steps it was started with
         if report.ok:
             if definition.step_at(index).wait_for_signal:
-                if not report.skip_wait and saga.status == SagaStatus.RUNNING:
+                if not report.skip_wait and goes_forward(saga):
                     return begin_wait(saga, record, definition, report.result)
                 return _succeed(saga, records, record, definition, report.result, wait_skipped=report.skip_wait)
             return _succeed(saga, records, record, definition, report.result)
@@ -404,12 +407,16 @@ def _succeed(saga: SagaInstance, records: list[StepRecord], record: StepRecord, 
     record.may_have_effects = False  # what its action did is now known: its output, undone by its compensation
     release(record)
     move_step(saga, record, StepStatus.SUCCEEDED, EventKind.STEP_SUCCEEDED, attempt=record.attempts, **detail)
+    if goes_forward(saga) and is_paused(saga):
+        # Recorded; what follows (the next step, the end of the saga) waits for ``resume``.
+        return Outcome(Decision.STOP, reason="succeeded while the saga is paused")
     if saga.status != SagaStatus.RUNNING:
         # Cancelled, or a Parallel sibling failed, while this attempt ran: its
         # effects are recorded here and undone with the rest.
         if not record.has_compensation:
             event(saga, EventKind.NOTHING_TO_COMPENSATE, step=record, note="no compensation defined; left as is")
-        continue_compensation(saga, steps_of(saga))
+        if not is_paused(saga):  # paused while being undone: ``resume`` goes on with it
+            continue_compensation(saga, steps_of(saga))
         return Outcome(Decision.STOP, reason=f"succeeded while the saga is {saga.status}")
     if not _stage_done(saga, definition, record):
         keep_due(saga)
@@ -433,20 +440,22 @@ def _stage_done(saga: SagaInstance, definition: Saga, record: StepRecord) -> boo
     if not definition.is_parallel(record.index):
         return True
     return not StepRecord.objects.filter(saga_id=saga.pk, stage=record.stage).exclude(
-        status=StepStatus.SUCCEEDED).exists()
+        status__in=FORWARD_PASSED_STATUSES).exists()
 
 
 def _fail_attempt(saga: SagaInstance, records: list[StepRecord], record: StepRecord, definition: Saga,
                   report: Report, policy: Retry) -> Outcome:
-    if report.infrastructure and saga.status == SagaStatus.RUNNING:
-        return _attempt_not_counted(saga, record, report)
-    if saga.status != SagaStatus.RUNNING:
+    paused = is_paused(saga)
+    if report.infrastructure and goes_forward(saga):
+        return _while_paused(saga, _attempt_not_counted(saga, record, report))
+    if not goes_forward(saga):
         # Cancelled, or a Parallel sibling failed: no retry, the saga is being undone.
         fail_record(saga, record, report.error, blame=False, effects=report.effects, permanent=report.permanent,
-                  timeout=report.timeout, note=f"not retried: the saga is {saga.status}")
-        continue_compensation(saga, steps_of(saga))
+                  timeout=report.timeout, note=f"not retried: the saga is {saga.paused_from or saga.status}")
+        if not paused:  # paused while being undone: ``resume`` goes on with it
+            continue_compensation(saga, steps_of(saga))
         return Outcome(Decision.STOP, reason=f"saga is {saga.status}")
-    if report.permanent or not policy.allows_another(report.attempt):
+    if report.permanent or not policy.allows_another(report.attempt - record.retry_base):
         # Failed for good: the compensation starts in this same transaction.
         # The task then ends normally, so the chain's error callback (there
         # for a task that dies without reporting) is not needed: one message
@@ -454,9 +463,9 @@ def _fail_attempt(saga: SagaInstance, records: list[StepRecord], record: StepRec
         # (its failure path keeps about 75 KB of each worker's memory).
         fail_record(saga, record, report.error, effects=report.effects, permanent=report.permanent,
                   timeout=report.timeout)
-        start_compensating(saga, steps_of(saga), saga.error)
-        return Outcome(Decision.STOP, reason=f"failed for good, compensating: {report.error}")
-    delay = policy.delay_after(report.attempt)
+        went = forward_failed(saga, steps_of(saga))
+        return Outcome(Decision.STOP, reason=f"failed for good, {went}: {report.error}")
+    delay = policy.delay_after(report.attempt - record.retry_base)
     detail = {"early_signal_discarded": True} if record.early_signal else {}
     record.error = report.error
     record.early_signal = None  # it answered this attempt's token; the retry hands out a new one
@@ -466,7 +475,14 @@ def _fail_attempt(saga: SagaInstance, records: list[StepRecord], record: StepRec
     saga.due_at = record.next_attempt_at + timedelta(seconds=settings.SAGAS_STALL_AFTER)
     event(saga, EventKind.STEP_ATTEMPT_FAILED, step=record, attempt=report.attempt, error=report.error,
           timeout=report.timeout, retry_in=delay, **detail)
-    return Outcome(Decision.RETRY, countdown=delay, reason=report.error)
+    return _while_paused(saga, Outcome(Decision.RETRY, countdown=delay, reason=report.error))
+
+
+def _while_paused(saga: SagaInstance, outcome: Outcome) -> Outcome:
+    """A retry decided for a paused saga is not sent: its time is recorded, and ``resume`` sends it."""
+    if is_paused(saga) and outcome.decision is Decision.RETRY:
+        return Outcome(Decision.STOP, reason=f"retry waits: the saga is paused ({outcome.reason})")
+    return outcome
 
 
 # A transactional attempt rolled back by a passing database error is tried again this soon.

@@ -30,6 +30,7 @@ from django.db.models.functions import Now
 from .. import liveness
 from ..models import (
     ACTIVE_SAGA_STATUSES,
+    FORWARD_PASSED_STATUSES,
     EventKind,
     SagaInstance,
     SagaStatus,
@@ -43,6 +44,7 @@ from .compensation import (
     fail_compensation,
     fail_lost_attempt,
     finish_if_compensated,
+    forward_failed,
     start_compensating,
 )
 from .core import (
@@ -54,6 +56,7 @@ from .core import (
     dispatch_steps,
     event,
     in_flight,
+    is_paused,
     SagaBusy,
     hold_for_person,
     locked_saga,
@@ -63,6 +66,7 @@ from .core import (
     save_step,
     stall_deadline,
     steps_of,
+    used_attempts,
 )
 from .running import INFRASTRUCTURE_ERRORS
 from .waiting import expire_waits, expired_wait_saga_ids, wait_due
@@ -160,7 +164,7 @@ def _sweep(limit: int) -> SweepReport:
         # On a passing error the deadline stays passed: the next sweep tries again.
         report.waits_timed_out += _guarded(report, saga_id, partial(expire_waits, nowait=True), postpone=False) or 0
     for saga_id in due_saga_ids(limit):
-        action = _guarded(report, saga_id, partial(resume, nowait=True), postpone=True)
+        action = _guarded(report, saga_id, partial(resume_stalled, nowait=True), postpone=True)
         if action == "forward":
             report.resumed_forward += 1
         elif action == "compensation":
@@ -213,7 +217,7 @@ def _hold_for_person(saga_id, exc: Exception) -> None:
         logger.warning("sweeper: could not hold saga %s: %s", saga_id, again)
 
 
-def resume(saga_id, *, nowait: bool = False) -> str | None:
+def resume_stalled(saga_id, *, nowait: bool = False) -> str | None:
     """Send again whatever a stalled saga waits for, judged from its stored state.
 
     Returns what it did (``forward``, ``compensation``, ``compensation_started``,
@@ -223,8 +227,8 @@ def resume(saga_id, *, nowait: bool = False) -> str | None:
     its backoff is not doubled again). ``nowait``: see ``locked_saga``.
     """
     with locked_saga(saga_id, nowait=nowait) as saga:
-        if saga is None or saga.status not in ACTIVE_SAGA_STATUSES:
-            return None
+        if saga is None or saga.status not in ACTIVE_SAGA_STATUSES or is_paused(saga):
+            return None  # a paused saga waits for a person's ``resume``
         records = steps_of(saga)
         now = saga.db_now
         dead = dead_holders(records, now)
@@ -242,8 +246,7 @@ def resume(saga_id, *, nowait: bool = False) -> str | None:
             saga.due_at = min(retries) + timedelta(seconds=settings.SAGAS_STALL_AFTER)
             return None
         sweeps = saga.sweeps
-        _free_lost_attempts(saga, records, definition)
-        action = _resume(saga, records, definition)
+        action = carry_on(saga, records, definition)
         if saga.status in ACTIVE_SAGA_STATUSES and action in ("forward", "compensation"):
             # Sent again: if that too goes unanswered, wait twice as long before the next try.
             saga.sweeps = min(sweeps + 1, 6)
@@ -267,7 +270,7 @@ def _free_lost_attempts(saga: SagaInstance, records: list[StepRecord], definitio
             if not step.compensation_retry.allows_another(record.compensation_attempts):
                 fail_compensation(saga, record, "compensation attempt was lost (worker died or was killed)")
                 continue
-        elif saga.status == SagaStatus.COMPENSATING or not step.retry.allows_another(record.attempts):
+        elif saga.status == SagaStatus.COMPENSATING or not step.retry.allows_another(used_attempts(record)):
             fail_lost_attempt(saga, record, blame=not saga.error)
             continue
         else:
@@ -277,7 +280,15 @@ def _free_lost_attempts(saga: SagaInstance, records: list[StepRecord], definitio
         save_step(record)
 
 
-def _resume(saga: SagaInstance, records: list[StepRecord], definition) -> str:
+def carry_on(saga: SagaInstance, records: list[StepRecord], definition) -> str:
+    """Do what the stored records say comes next for a saga nothing is at work on (the sweeper's
+    resend, and a person's ``resume``): free its lost attempts, then send the next step, the retry,
+    the compensation, or end it. ``records``: all of them. Says what it did."""
+    _free_lost_attempts(saga, records, definition)
+    return _carry_on(saga, records, definition)
+
+
+def _carry_on(saga: SagaInstance, records: list[StepRecord], definition) -> str:
     if saga.status == SagaStatus.FAILED:
         return "finished"  # a compensation was lost for good: a person decides
     if saga.status == SagaStatus.COMPENSATING:
@@ -288,17 +299,19 @@ def _resume(saga: SagaInstance, records: list[StepRecord], definition) -> str:
         event(saga, EventKind.SAGA_RESUMED, phase="compensation", steps=indices)
         dispatch_compensation(saga, indices)
         return "compensation"
-    failed = any(r.status in (StepStatus.FAILED, StepStatus.SKIPPED) for r in records)
-    if failed or saga.cancel_requested_at is not None:
-        start_compensating(saga, records, saga.error or "error callback lost")
+    if saga.cancel_requested_at is not None:
+        start_compensating(saga, records, saga.error or "cancelled")
         return "compensation_started"
-    first_open = next((r.index for r in records if r.status != StepStatus.SUCCEEDED), None)
+    if any(r.status == StepStatus.FAILED for r in records):
+        went = forward_failed(saga, records, "error callback lost")
+        return "compensation_started" if saga.status == SagaStatus.COMPENSATING else went
+    first_open = next((r.index for r in records if r.status not in FORWARD_PASSED_STATUSES), None)
     if first_open is None:
         move_saga(saga, SagaStatus.SUCCEEDED, EventKind.SAGA_SUCCEEDED)
         return "finished"
     stage = definition.stage_indices(first_open)
     waiting = [records[i] for i in stage if records[i].status == StepStatus.WAITING]
-    open_members = [i for i in stage if records[i].status not in (StepStatus.SUCCEEDED, StepStatus.WAITING)]
+    open_members = [i for i in stage if records[i].status not in (*FORWARD_PASSED_STATUSES, StepStatus.WAITING)]
     if waiting and not open_members:
         wait_due(saga, waiting)  # nothing to send: a signal, or the deadline, moves it
         return "waiting"
@@ -313,4 +326,4 @@ def _resume(saga: SagaInstance, records: list[StepRecord], definition) -> str:
     return "forward"
 
 
-__all__ = ["SweepReport", "due_saga_ids", "resume", "stall_deadline", "sweep", "sweeping"]
+__all__ = ["SweepReport", "carry_on", "due_saga_ids", "resume_stalled", "stall_deadline", "sweep", "sweeping"]

@@ -25,7 +25,7 @@ from ..definitions import Saga
 from ..errors import InvalidSignal, InvalidTransition, SignalNotAllowed, UnknownSignalToken, UnknownStep
 from ..models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
 from . import forward
-from .compensation import continue_compensation, start_compensating
+from .compensation import continue_compensation, forward_failed
 from .core import (
     Decision,
     actor,
@@ -36,6 +36,8 @@ from .core import (
     end_wait,
     event,
     fail_record,
+    goes_forward,
+    is_paused,
     json_problem,
     keep_due,
     locked_saga,
@@ -205,10 +207,11 @@ def _signal(saga_id, step_name: str, *, by: Any, result: Any = None, error: str 
         step = definition.step_at(record.index)
         if is_user(by) and not may_signal(by, step.signal_permission):
             raise SignalNotAllowed(f"signalling {step_name} needs the permission {step.signal_permission}")
-        if hashed is not None and record.status == StepStatus.RUNNING and saga.status == SagaStatus.RUNNING:
+        if hashed is not None and record.status == StepStatus.RUNNING and goes_forward(saga):
             _keep_early(saga, record, by=by, result=result, error=error)
             return SagaInstance.objects.get(pk=saga.pk)
-        if record.status != StepStatus.WAITING or saga.status != SagaStatus.RUNNING:
+        # A paused saga takes a signal too: recorded now, what follows it waits for ``resume``.
+        if record.status != StepStatus.WAITING or not goes_forward(saga):
             raise InvalidTransition(
                 f"step {step_name} of saga {saga.id} is {record.status} (saga {saga.status}); only a waiting "
                 f"step can be signalled")
@@ -231,7 +234,7 @@ def _take_signal(saga: SagaInstance, record: StepRecord, definition: Saga, *, re
         _complete(saga, saga.records, record, definition, _merged(record.result, result))
     else:
         fail_record(saga, record, error, effects=True, permanent=True, signalled=True)
-        start_compensating(saga, steps_of(saga), saga.error)
+        forward_failed(saga, steps_of(saga))
 
 
 def _keep_early(saga: SagaInstance, record: StepRecord, *, by: Any, result: Any, error: str | None) -> None:
@@ -282,23 +285,30 @@ def expire_waits(saga_id, *, nowait: bool = False) -> int:
     with locked_saga(saga_id, nowait=nowait) as saga:
         if saga is None:
             return 0
+        if is_paused(saga):
+            return 0  # its deadlines count when it is resumed
         records = steps_of(saga)
-        now = saga.db_now
-        expired = [r for r in records if r.status == StepStatus.WAITING and r.signal_deadline
-                   and r.signal_deadline <= now]
+        expired = time_out_waits(saga, records, definition_of(saga, records))
         if not expired:
             return 0
-        definition = definition_of(saga, records)
-        for record in expired:
-            timeout = definition.step_at(record.index).signal_timeout
-            end_wait(record)
-            fail_record(saga, record, f"SignalTimeout: no signal within {timeout:g}s", blame=not saga.error,
-                        effects=True, timeout=True)
         if saga.status == SagaStatus.RUNNING:
-            start_compensating(saga, records, saga.error)
+            forward_failed(saga, records)
         elif saga.status == SagaStatus.COMPENSATING:
             continue_compensation(saga, records)
-        return len(expired)
+        return expired
+
+
+def time_out_waits(saga: SagaInstance, records: list[StepRecord], definition: Saga) -> int:
+    """Fail the waits among ``records`` whose deadline passed (the caller decides what follows). How many."""
+    now = saga.db_now
+    expired = [r for r in records if r.status == StepStatus.WAITING and r.signal_deadline
+               and r.signal_deadline <= now]
+    for record in expired:
+        timeout = definition.step_at(record.index).signal_timeout
+        end_wait(record)
+        fail_record(saga, record, f"SignalTimeout: no signal within {timeout:g}s", blame=not saga.error,
+                    effects=True, timeout=True)
+    return len(expired)
 
 
 __all__ = [

@@ -225,3 +225,20 @@ registry.register(Saga(name="tests.effects_gated", steps=[
 registry.register(Saga(name="tests.long_line", steps=[
     Step(f"s{i:02d}", apply_effect, compensation=undo_effect, retry=FAST, compensation_retry=COMP) for i in range(45)
 ]))
+
+
+# --- a point of no return (``pivot``) -------------------------------------------------------------------
+# ``ship`` is the pivot: a failure before or at it compensates, one after it pauses the saga for a person.
+
+registry.register(Saga(name="tests.pivoted", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    Step("ship", action, compensation=compensation, retry=FAST, compensation_retry=COMP, pivot=True),
+    Step("notify", action, retry=FAST),
+    Step("close", action, retry=FAST),
+]))
+
+registry.register(Saga(name="tests.pivoted_gate", steps=[
+    Step("ship", action, compensation=compensation, retry=FAST, compensation_retry=COMP, pivot=True),
+    Step("gate", ask, retry=FAST, wait_for_signal=True, signal_timeout=3600),
+    Step("close", action, retry=FAST),
+]))

@@ -135,7 +135,7 @@ def test_cancel_action_on_a_finished_saga_reports_the_refusal_and_changes_nothin
     assert saga.status == SagaStatus.COMPENSATED
     assert saga.events.count() == events_before
     [message] = texts(response)
-    assert "only a pending or running saga can be cancelled" in message
+    assert "only a pending, running or paused saga can be cancelled" in message
 
 
 def test_action_reports_each_saga_on_its_own(admin_client, finished, sent):
@@ -145,7 +145,7 @@ def test_action_reports_each_saga_on_its_own(admin_client, finished, sent):
 
     messages = texts(response)
     assert len(messages) == 2
-    assert any(str(finished.pk) in m and "only a pending or running saga can be cancelled" in m for m in messages)
+    assert any(str(finished.pk) in m and "only a pending, running or paused saga can be cancelled" in m for m in messages)
     assert any(str(pending.pk) in m and "cancel requested" in m for m in messages)
     assert SagaInstance.objects.get(pk=pending.pk).status == SagaStatus.COMPENSATED
 

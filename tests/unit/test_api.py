@@ -409,7 +409,7 @@ def test_cancel_a_finished_saga_is_a_conflict_and_changes_nothing(api):
 
     assert response.status_code == 409
     assert response.json()["code"] == "invalid_transition"
-    assert "only a pending or running saga can be cancelled" in response.json()["detail"]
+    assert "only a pending, running or paused saga can be cancelled" in response.json()["detail"]
     saga.refresh_from_db()
     assert saga.status == SagaStatus.SUCCEEDED and saga.cancel_requested_at is None
     assert not saga.events.exists()

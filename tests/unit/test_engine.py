@@ -100,7 +100,7 @@ def test_cancelling_a_finished_saga_is_refused_and_changes_nothing(db, sent):
     cancel(saga)
     events = SagaEvent.objects.count()
 
-    with pytest.raises(InvalidTransition, match="only a pending or running saga can be cancelled"):
+    with pytest.raises(InvalidTransition, match="only a pending, running or paused saga can be cancelled"):
         cancel(saga)
     assert SagaEvent.objects.count() == events
 

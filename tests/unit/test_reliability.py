@@ -165,14 +165,14 @@ def test_a_passing_database_error_postpones_one_saga_and_the_others_move(db, sen
     first, second = start_saga(SAGA, input={}), start_saga(SAGA, input={})
     make_due(first)
     make_due(second)
-    real_resume = engine.recovery.resume
+    real_resume = engine.recovery.resume_stalled
 
     def flaky(saga_id, **options):
         if saga_id == first.id:
             raise OperationalError("database is locked")
         return real_resume(saga_id, **options)
 
-    with mock.patch.object(engine.recovery, "resume", flaky):
+    with mock.patch.object(engine.recovery, "resume_stalled", flaky):
         report = sweep()
 
     assert report.postponed == 1 and report.resumed_forward == 1

@@ -168,8 +168,8 @@ def test_a_saga_resumed_by_an_overlapping_sweep_is_not_resent_again(db, sent, dj
     make_due(saga)
 
     with django_capture_on_commit_callbacks(execute=True):
-        assert engine.resume(saga.id) == "forward"
-        assert engine.resume(saga.id) is None  # no longer due: the other sweep's resend stands
+        assert engine.resume_stalled(saga.id) == "forward"
+        assert engine.resume_stalled(saga.id) is None  # no longer due: the other sweep's resend stands
 
     assert len(sent) == 1 and SagaInstance.objects.get(pk=saga.pk).sweeps == 1
 
