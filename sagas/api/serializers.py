@@ -82,6 +82,24 @@ class SagaCancelInputSerializer(serializers.Serializer):
     )
 
 
+class SagaPauseInputSerializer(serializers.Serializer):
+    reason = TextField(max_length=2000, required=False, allow_blank=True,
+                       help_text="Why; recorded in its `saga_paused` event.")
+
+
+class SagaResumeInputSerializer(serializers.Serializer):
+    input = JSONObjectField(required=False, default=None, help_text=(
+        "Fields merged over the saga's input before it goes on (validated as a start's input would be): "
+        "correct the value that made a step fail. Left out: the input as it is."))
+
+
+class StepSkipInputSerializer(serializers.Serializer):
+    result = JSONObjectField(required=False, default=None, help_text=(
+        "The step's output, as if its action had returned it (the work done by hand): later steps see it "
+        "in `ctx.results`."))
+    reason = TextField(min_length=1, max_length=2000, help_text="Why the step is skipped; recorded in its event.")
+
+
 class StepCompleteInputSerializer(serializers.Serializer):
     result = JSONObjectField(required=False, default=None,
                              help_text="Merged over the action's output to make the step's result (a JSON object).")
@@ -162,7 +180,7 @@ class SagaInstanceOutputSerializer(ModelOutputSerializer):
         fields = [
             "id", "saga_type", "version", "status", "input", "results", "error", "idempotency_key",
             "resubmitted_from", "started_by", "created_at", "started_at", "finished_at", "updated_at", "cancel_requested_at",
-            "steps",
+            "paused_from", "pause_cause", "steps",
         ]
         read_only_fields = fields
 

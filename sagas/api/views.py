@@ -39,10 +39,13 @@ from .serializers import (
     SagaCancelInputSerializer,
     SagaEventOutputSerializer,
     SagaInstanceOutputSerializer,
+    SagaPauseInputSerializer,
+    SagaResumeInputSerializer,
     SagaStartInputSerializer,
     SagaTypeOutputSerializer,
     StepCompleteInputSerializer,
     StepFailInputSerializer,
+    StepSkipInputSerializer,
     WaitingStepOutputSerializer,
     idempotency_key_from,
 )
@@ -57,6 +60,7 @@ NO_SUCH_PAGE = OpenApiResponse(ErrorOutputSerializer,
                               description="No such page: `page` past the last one, empty or not a number from 1.")
 NOT_FOUND_OR_NO_SUCH_PAGE = OpenApiResponse(
     ErrorOutputSerializer, description="No saga with this id, or no such page (see the saga list).")
+FORBIDDEN_MOVE = OpenApiResponse(ErrorOutputSerializer, description="You lack the move's permission.")
 CONFLICT = OpenApiResponse(ErrorOutputSerializer,
                            description="The saga's state does not allow this (code `invalid_transition`).")
 BAD_REQUEST = OpenApiResponse(FieldErrorsOutputSerializer, description=(
@@ -252,7 +256,7 @@ class SagaResubmitApi(APIView):
 
 class SagaCancelApi(APIView):
     @extend_schema(
-        tags=[TAG], summary="Cancel a pending or running saga", request=SagaCancelInputSerializer,
+        tags=[TAG], summary="Cancel a pending, running or paused saga (before its pivot)", request=SagaCancelInputSerializer,
         parameters=[SAGA_ID],
         description="A step attempt in progress may finish; then what ran is compensated, in reverse.",
         responses={202: SagaInstanceOutputSerializer, 400: BAD_REQUEST, 404: NOT_FOUND, 409: CONFLICT},
@@ -264,6 +268,44 @@ class SagaCancelApi(APIView):
         # Blank is "no reason": the engine's default one is recorded.
         saga = engine.cancel(saga_for(request, saga_id, "cancel"), by=request.user,
                              **({"reason": reason} if reason else {}))
+        return accepted(request, saga_get(saga.pk))
+
+
+PAUSE_CONFLICT = OpenApiResponse(ErrorOutputSerializer, description=(
+    "The state machine does not allow the move (code `invalid_transition`): pause needs a pending, running or "
+    "compensating saga; resume a paused one."))
+
+
+class SagaPauseApi(APIView):
+    @extend_schema(
+        tags=[TAG], summary="Pause a saga", request=SagaPauseInputSerializer, parameters=[SAGA_ID],
+        description=("Nothing more starts (no next step, retry, compensation or resend) until it is resumed; an "
+                     "attempt at work finishes and is recorded, as are signals. Needs `sagas.pause_saga`."),
+        responses={202: SagaInstanceOutputSerializer, 400: BAD_REQUEST, 403: FORBIDDEN_MOVE, 404: NOT_FOUND,
+                   409: PAUSE_CONFLICT},
+    )
+    def post(self, request: Request, saga_id: str) -> Response:
+        params = SagaPauseInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        saga = engine.pause(saga_for(request, saga_id, "pause"), reason=params.validated_data.get("reason", ""),
+                            by=request.user)
+        return accepted(request, saga_get(saga.pk))
+
+
+class SagaResumeApi(APIView):
+    @extend_schema(
+        tags=[TAG], summary="Resume a paused saga", request=SagaResumeInputSerializer, parameters=[SAGA_ID],
+        description=("It goes back to the status it was paused from and does what its records say. A step after "
+                     "the pivot that failed for good runs again with a fresh retry budget. `input` is merged over "
+                     "the saga's input first (400 and nothing changed if the result is not a valid input)."),
+        responses={202: SagaInstanceOutputSerializer, 400: BAD_REQUEST, 403: FORBIDDEN_MOVE, 404: NOT_FOUND,
+                   409: PAUSE_CONFLICT},
+    )
+    def post(self, request: Request, saga_id: str) -> Response:
+        params = SagaResumeInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        saga = engine.resume(saga_for(request, saga_id, "resume"), input=params.validated_data["input"],
+                             by=request.user)
         return accepted(request, saga_get(saga.pk))
 
 
@@ -287,6 +329,27 @@ NOT_WAITING = OpenApiResponse(ErrorOutputSerializer, description=(
     "The step is not waiting (never was, or already signalled, timed out or cancelled); code `invalid_transition`."))
 FORBIDDEN = OpenApiResponse(ErrorOutputSerializer, description="You lack the step's `signal_permission`.")
 UNKNOWN_TOKEN = OpenApiResponse(ErrorOutputSerializer, description="Unknown or used token (it dies with its wait).")
+
+
+NOT_SKIPPABLE = OpenApiResponse(ErrorOutputSerializer, description=(
+    "Only a step that failed for good after the pivot, of a paused saga, can be skipped; code `invalid_transition`."))
+
+
+class StepSkipApi(APIView):
+    @extend_schema(
+        tags=[TAG], summary="Skip a step that failed after the pivot (its work done by hand)",
+        request=StepSkipInputSerializer, parameters=[SAGA_ID, STEP],
+        description=("The step becomes `skipped` with `result` as its output, and the saga goes on with the next "
+                     "step. Needs `sagas.pause_saga`."),
+        responses={202: SagaInstanceOutputSerializer, 400: BAD_REQUEST, 403: FORBIDDEN_MOVE, 404: STEP_NOT_FOUND,
+                   409: NOT_SKIPPABLE},
+    )
+    def post(self, request: Request, saga_id: str, step: str) -> Response:
+        params = StepSkipInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        saga = engine.skip_step(saga_for(request, saga_id, "skip"), step, result=params.validated_data["result"],
+                                reason=params.validated_data["reason"], by=request.user)
+        return accepted(request, saga_get(saga.pk))
 
 
 class WaitingStepListApi(GenericAPIView):
