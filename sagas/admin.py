@@ -22,9 +22,10 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from . import access, engine
-from .errors import InvalidSignal, SagaError
+from .errors import InvalidRequest, InvalidSignal, SagaError
 from .models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 from .selectors import with_current_step
+from .live.snapshot import why_it_waits
 from .sentences import describe_event
 from .timeline import timeline_svg
 
@@ -40,6 +41,7 @@ STATUS_COLOURS = {
     SagaStatus.COMPENSATING: "#b26a00",
     SagaStatus.COMPENSATED: "#6d4c41",
     SagaStatus.FAILED: "#ba2121",
+    SagaStatus.PAUSED: "#6a1b9a",
 }
 
 
@@ -157,6 +159,39 @@ def _retry_compensation(saga: SagaInstance, request: HttpRequest) -> str:
     return f"compensation retried; it is now {saga.status}"
 
 
+def _pause(saga: SagaInstance, request: HttpRequest) -> str:
+    saga = engine.pause(saga, reason=(request.POST.get("reason") or "").strip()
+                        or f"paused in the admin by {request.user.get_username()}", by=request.user)
+    return "paused: nothing more starts until it is resumed"
+
+
+def _resume(saga: SagaInstance, request: HttpRequest) -> str:
+    saga = engine.resume(saga, input=json_object(request.POST.get("input"), "input", InvalidRequest),
+                         by=request.user)
+    return f"resumed; it is now {saga.status}"
+
+
+def json_object(text: str | None, field: str, error: type[Exception]) -> dict | None:
+    """A form's JSON object field: None when left blank, else the object (or ``error`` naming the field)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise error({field: [f"not JSON: {exc}"]}) from None
+    if not isinstance(value, dict):
+        raise error({field: ["must be a JSON object"]})
+    return value
+
+
+def skip_step(saga: SagaInstance, step: str, form: dict, user: Any) -> str:
+    """Skip a step that failed after the pivot, from its form: the result as JSON text, the reason plain text."""
+    engine.skip_step(saga, step, result=json_object(form.get("result"), "result", InvalidRequest),
+                     reason=form.get("reason") or "", by=user)
+    return f"{step} skipped; the saga goes on"
+
+
 def _release(saga: SagaInstance, request: HttpRequest) -> str:
     engine.release_held(saga, note=f"released in the admin by {request.user.get_username()}", by=request.user)
     return "released to the sweeper"
@@ -170,6 +205,8 @@ INTERVENTIONS: dict[str, tuple[str, Intervention, str]] = {
     "cancel": ("Cancel", _cancel, "cancel"),
     "retry-compensation": ("Retry compensation", _retry_compensation, "retry_compensation"),
     "release": ("Release to the sweeper", _release, "release"),
+    "pause": ("Pause", _pause, "pause"),
+    "resume": ("Resume", _resume, "resume"),
 }
 
 
@@ -182,14 +219,36 @@ def applicable_interventions(saga: SagaInstance) -> list[str]:
     The engine still has the last word when the button is pressed.
     """
     active = saga.status in ACTIVE_SAGA_STATUSES
+    paused = saga.status == SagaStatus.PAUSED
     to_compensating = engine.can_move_saga(saga.status, SagaStatus.COMPENSATING)
     applies = {
         "resubmit": not active,
-        "cancel": active and to_compensating,
+        # Cancel goes forward -> compensating; a saga paused while compensating is resumed instead.
+        "cancel": active and to_compensating and saga.status != SagaStatus.COMPENSATING
+        and not (paused and saga.paused_from == SagaStatus.COMPENSATING) and not past_its_pivot(saga),
         "retry-compensation": not active and to_compensating,
-        "release": active and saga.due_at is None,
+        "release": active and saga.due_at is None and not paused,
+        "pause": engine.can_move_saga(saga.status, SagaStatus.PAUSED),
+        "resume": paused,
     }
     return [name for name in INTERVENTIONS if applies[name]]
+
+
+def past_its_pivot(saga: SagaInstance) -> bool:
+    """The saga's pivot step has succeeded: it only goes forward (no cancel)."""
+    try:
+        pivot = engine.definition_of(saga).pivot_index
+    except SagaError:
+        return False
+    return pivot is not None and saga.steps.filter(index=pivot, status=StepStatus.SUCCEEDED).exists()
+
+
+def skippable_steps(saga: SagaInstance) -> list[StepRecord]:
+    """The steps a person may skip now: failed for good after the succeeded pivot, of a paused saga."""
+    if saga.status != SagaStatus.PAUSED or saga.paused_from != SagaStatus.RUNNING or not past_its_pivot(saga):
+        return []
+    definition = engine.definition_of(saga)
+    return [r for r in saga.steps.filter(status=StepStatus.FAILED) if definition.after_pivot(r.index)]
 
 
 def intervene(
@@ -244,16 +303,27 @@ class StepRecordInline(ReadOnlyMixin, admin.TabularInline):
 
 
 def parallel_summary(record: StepRecord) -> str:
-    """How the step runs: alone, or at once with the other members of its Parallel."""
-    if record.parallel_group:
-        return f"in parallel: {record.parallel_group}"
-    return "alone"
+    """How the step runs: alone, or at once with the other members of its Parallel; the pivot says so."""
+    runs = f"in parallel: {record.parallel_group}" if record.parallel_group else "alone"
+    role = pivot_role(record)
+    return f"{runs}; {role}" if role else runs
+
+
+def pivot_role(record: StepRecord) -> str:
+    """``pivot`` (the point of no return), ``after the pivot``, or "" (before it, or no pivot)."""
+    try:
+        definition = engine.definition_of(record.saga)
+    except SagaError:
+        return ""
+    if definition.pivot_index == record.index:
+        return "pivot (point of no return)"
+    return "after the pivot (goes forward only)" if definition.after_pivot(record.index) else ""
 
 
 def compensation_summary(record: StepRecord) -> str:
-    """Where the step's undo stands, in words; a step without compensation says so loudly."""
+    """Where the step's undo stands, in words (a step without a compensation is left as is when undoing)."""
     if not record.has_compensation:
-        return format_html('<strong style="color:#ba2121">{}</strong>', "not undoable (no compensation)")
+        return "none (left as is if the saga is undone)"
     attempts = record.compensation_attempts
     if record.status == StepStatus.COMPENSATED:
         when = f" at {record.compensated_at:%Y-%m-%d %H:%M:%S}" if record.compensated_at else ""
@@ -323,7 +393,25 @@ class HeldBySweeperFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> QuerySet[SagaInstance]:
         if self.value() == "yes":
-            return queryset.filter(status__in=ACTIVE_SAGA_STATUSES, due_at__isnull=True)
+            return queryset.filter(status__in=ACTIVE_SAGA_STATUSES, due_at__isnull=True).exclude(
+                status=SagaStatus.PAUSED)
+        return queryset
+
+
+class PausedFilter(admin.SimpleListFilter):
+    """Paused sagas, by why: a person paused them, or a step after their pivot failed for good."""
+
+    title = "paused"
+    parameter_name = "paused"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("any", "paused"), ("person", "paused by a person"), ("after_pivot", "paused past its pivot")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> QuerySet[SagaInstance]:
+        if self.value() == "any":
+            return queryset.filter(status=SagaStatus.PAUSED)
+        if self.value() in ("person", "after_pivot"):
+            return queryset.filter(status=SagaStatus.PAUSED, pause_cause=self.value())
         return queryset
 
 
@@ -335,11 +423,12 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     list_display = ("short_id", "saga_type", "status_badge", "current_step_display", "created_at",
                     "duration_display", "error_excerpt")
     list_display_links = ("short_id",)
-    list_filter = ("status", WaitingForPersonFilter, HeldBySweeperFilter, "saga_type", "created_at")
+    list_filter = ("status", PausedFilter, WaitingForPersonFilter, HeldBySweeperFilter, "saga_type", "created_at")
     search_fields = ("saga_type", "idempotency_key")
     show_full_result_count = False
     inlines = [StepRecordInline]
-    actions = ["resubmit_sagas", "cancel_sagas", "retry_compensation_sagas", "release_sagas"]
+    actions = ["resubmit_sagas", "cancel_sagas", "pause_sagas", "resume_sagas", "retry_compensation_sagas",
+               "release_sagas"]
     fieldsets = (
         (None, {"fields": ("id", "saga_type", "version", "status_badge", "error", "idempotency_key",
                            "resubmitted_from_link", "resubmissions_links")}),
@@ -383,6 +472,9 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
 
     def has_release_permission(self, request: HttpRequest) -> bool:
         return access.may(request.user, "release")
+
+    def has_pause_permission(self, request: HttpRequest) -> bool:
+        return access.may(request.user, "pause")
 
     # --- columns and fields ---
 
@@ -437,8 +529,12 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     def timeline_chart(self, saga: SagaInstance) -> SafeString:
         """Bars per attempt, wait and compensation on a time axis (``sagas.timeline``)."""
         events = list(saga.events.order_by("created_at", "id")[:TIMELINE_LIMIT])
+        try:
+            pivot = engine.definition_of(saga).pivot_index
+        except SagaError:
+            pivot = None
         return timeline_svg(events, saga.steps.all(), start=saga.created_at, end=saga.finished_at,
-                            now=timezone.now())
+                            now=timezone.now(), pivot=pivot)
 
     @admin.display(description="events, oldest first")
     def timeline(self, saga: SagaInstance) -> SafeString:
@@ -471,6 +567,14 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     def cancel_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
         intervene(self, request, queryset.order_by("created_at"), _cancel, "cancel")
 
+    @admin.action(description="Pause selected sagas (nothing more starts until resumed)", permissions=["pause"])
+    def pause_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
+        intervene(self, request, queryset.order_by("created_at"), _pause, "pause")
+
+    @admin.action(description="Resume selected paused sagas", permissions=["pause"])
+    def resume_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
+        intervene(self, request, queryset.order_by("created_at"), _resume, "resume")
+
     @admin.action(description="Retry compensation of selected failed sagas", permissions=["retry_compensation"])
     def retry_compensation_sagas(self, request: HttpRequest, queryset: QuerySet[SagaInstance]) -> None:
         intervene(self, request, queryset.order_by("created_at"), _retry_compensation, "retry_compensation")
@@ -488,6 +592,8 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
                  name="sagas_sagainstance_intervene"),
             path("<path:object_id>/signal/<str:step>/<str:signal>/", self.admin_site.admin_view(self.signal_view),
                  name="sagas_sagainstance_signal"),
+            path("<path:object_id>/skip/<str:step>/", self.admin_site.admin_view(self.skip_view),
+                 name="sagas_sagainstance_skip"),
         ]
         return own + super().get_urls()
 
@@ -526,12 +632,24 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
                       lambda s, r: signal_step(s, step, signal, r.POST, r.user))
         return HttpResponseRedirect(reverse("admin:sagas_sagainstance_change", args=[saga.pk]))
 
+    def skip_view(self, request: HttpRequest, object_id: str, step: str) -> HttpResponse:
+        """POST from a skippable step's form on the saga's page: skip it with a result and a reason."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        saga = self._saga_for(request, object_id)
+        if saga is None:
+            self.message_user(request, f"No saga {object_id}.", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:sagas_sagainstance_changelist"))
+        intervene(self, request, [saga], lambda s, r: skip_step(s, step, r.POST, r.user), "skip")
+        return HttpResponseRedirect(reverse("admin:sagas_sagainstance_change", args=[saga.pk]))
+
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
         """The saga's page shows only the buttons whose intervention applies to it now."""
         saga = self._saga_for(request, object_id)
         names = [name for name in applicable_interventions(saga)
                  if access.may(request.user, INTERVENTIONS[name][2], saga)] if saga else []
         waiting = signallable_steps(saga, request.user) if saga else []
+        pausing = saga is not None and saga.status == SagaStatus.PAUSED and access.may(request.user, "resume", saga)
         extra_context = {
             **(extra_context or {}),
             "saga_interventions": [
@@ -544,6 +662,12 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
                  "fail_url": reverse("admin:sagas_sagainstance_signal", args=[object_id, record.name, "fail"])}
                 for record in waiting
             ],
+            "paused": {
+                "why": why_it_waits(saga),
+                "resume_url": reverse("admin:sagas_sagainstance_intervene", args=[object_id, "resume"]),
+                "skippable": [{"record": r, "url": reverse("admin:sagas_sagainstance_skip", args=[object_id, r.name])}
+                              for r in skippable_steps(saga)],
+            } if pausing else None,
         }
         return super().change_view(request, object_id, form_url, extra_context)
 

@@ -59,6 +59,18 @@ def _attempt(detail: dict) -> str:
     return str(detail.get("attempt") or detail.get("attempts") or "?")
 
 
+def _resumed(detail: dict) -> str:
+    phase = detail.get("phase", "?")
+    if phase == "person":
+        changed = detail.get("changed_input")
+        return f"{_who(detail)} resumed the saga" + (
+            f" with corrected input ({', '.join(changed)})" if changed else "") + "."
+    if phase == "skip":
+        return f"The saga goes on after {detail.get('skipped', 'a step')} was skipped."
+    return "Saga resumed ({}){}{}.".format(
+        phase, f" from step {detail['from_step']}" if detail.get("from_step") is not None else "", _note(detail))
+
+
 # Each writer gets (step name or "", detail) and returns the sentence.
 Writer = Callable[[str, dict], str]
 
@@ -77,9 +89,14 @@ _WRITERS: dict[str, Writer] = {
     EventKind.COMPENSATION_RETRY_REQUESTED: lambda step, d: (
         f"Compensation of {step} will be retried with a fresh budget." if step
         else "A person asked to retry the failed compensations."),
-    EventKind.SAGA_RESUMED: lambda step, d: "Saga resumed ({}){}{}.".format(
-        d.get("phase", "?"),
-        f" from step {d['from_step']}" if d.get("from_step") is not None else "", _note(d)),
+    EventKind.SAGA_RESUMED: lambda step, d: _resumed(d),
+    EventKind.SAGA_PAUSED: lambda step, d: (
+        f"Saga paused past its pivot: {', '.join(d.get('failed_steps') or ['a step'])} failed for good "
+        f"({_error(d)}); it is not undone, a person decides." if d.get("cause") == "after_pivot"
+        else f"{_who(d)} paused the saga" + (f": {d['reason']}" if d.get("reason") else "")
+        + "; nothing more starts until it is resumed."),
+    EventKind.STEP_RETRIED: lambda step, d: (
+        f"{step} will run again with a fresh retry budget ({d.get('attempts_before', '?')} attempt(s) before)."),
     EventKind.STEP_STARTED: lambda step, d: f"Attempt {_attempt(d)} of {step} started.",
     EventKind.STEP_ATTEMPT_FAILED: lambda step, d: (
         f"Attempt {_attempt(d)} of {step} failed{_timed_out(d)}: {_error(d)}{_retry(d)}."),
@@ -99,7 +116,10 @@ _WRITERS: dict[str, Writer] = {
     EventKind.STEP_FAILED: lambda step, d: "{} failed for good after {} attempt(s){}{}: {}{}.".format(
         step, _attempt(d), " (permanent error)" if d.get("permanent") else "", _timed_out(d), _error(d),
         "; it may have applied effects, so it is compensated" if d.get("may_have_effects") else ""),
-    EventKind.STEP_SKIPPED: lambda step, d: f"{step} skipped: the saga was undone before it ran.",
+    EventKind.STEP_SKIPPED: lambda step, d: (
+        f"{_who(d)} skipped {step}: {d['reason']}" + (f"; its result: {truncatechars(_json(d['result']), 200)}"
+                                                     if d.get("result") is not None else "") + "."
+        if d.get("reason") else f"{step} skipped: the saga was undone before it ran."),
     EventKind.COMPENSATION_STARTED: lambda step, d: f"Compensation attempt {_attempt(d)} of {step} started.",
     EventKind.COMPENSATION_ATTEMPT_FAILED: lambda step, d: (
         f"Compensation attempt {_attempt(d)} of {step} failed{_timed_out(d)}: {_error(d)}{_retry(d)}."),

@@ -134,9 +134,10 @@ def build_bars(events: Iterable[SagaEvent], records: Iterable[StepRecord], *, no
     return sorted(bars, key=lambda b: (b.step_index, b.start))
 
 
-def rows_of(records: Iterable[StepRecord]) -> list[Row]:
-    """One row per step, by index; a Parallel member's label names its group."""
-    return [Row(r.index, f"{r.parallel_group} › {r.name}" if r.parallel_group else r.name)
+def rows_of(records: Iterable[StepRecord], pivot: int | None = None) -> list[Row]:
+    """One row per step, by index; a Parallel member's label names its group, the pivot says it is one."""
+    return [Row(r.index, (f"{r.parallel_group} › {r.name}" if r.parallel_group else r.name)
+                + (" (pivot)" if r.index == pivot else ""))
             for r in sorted(records, key=lambda r: r.index)]
 
 
@@ -220,11 +221,11 @@ def legend() -> SafeString:
 
 
 def timeline_svg(events: Iterable[SagaEvent], records: Iterable[StepRecord], *, start: datetime,
-                 end: datetime | None, now: datetime) -> SafeString:
+                 end: datetime | None, now: datetime, pivot: int | None = None) -> SafeString:
     """The saga's timeline from ``start`` to ``end`` (or now, while it runs), with its legend."""
     records = list(records)
     bars = build_bars(events, records, now=now)
     last = max([end or now, *(b.end for b in bars)])
     if last <= start:
         last = start + timedelta(milliseconds=1)
-    return mark_safe(render_svg(bars, rows_of(records), start=start, end=last) + legend())
+    return mark_safe(render_svg(bars, rows_of(records, pivot), start=start, end=last) + legend())

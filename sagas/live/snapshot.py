@@ -95,7 +95,17 @@ def _waiting(limit: int, exclude: tuple[str, ...] = ()) -> list[dict[str, Any]]:
 
 def _failures(statuses: tuple[str, ...], limit: int, exclude: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     sagas = _sagas(exclude).filter(status__in=statuses).order_by("-updated_at")[:limit]
-    return [{**_saga_row(s), "error": s.error[:300], "since": _iso(s.finished_at or s.updated_at)} for s in sagas]
+    return [{**_saga_row(s), "error": why_it_waits(s)[:300], "since": _iso(s.finished_at or s.updated_at)}
+            for s in sagas]
+
+
+def why_it_waits(saga: SagaInstance) -> str:
+    """Why a saga that needs a person does: its error, and for a paused one how it came to pause."""
+    if saga.status != SagaStatus.PAUSED:
+        return saga.error
+    if saga.pause_cause == "after_pivot":
+        return f"paused past its pivot: {saga.error}"
+    return "paused by a person" + (f" (was {saga.paused_from})" if saga.paused_from else "")
 
 
 def build_snapshot(exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -110,8 +120,8 @@ def build_snapshot(exclude: tuple[str, ...] = ()) -> dict[str, Any]:
         "in_flight": _in_flight(rows, exclude),
         "waiting_supported": True,
         "waiting": _waiting(rows, exclude),
-        # Failed sagas stay here until a person acts (retry compensation moves them on).
-        "needs_person": _failures((SagaStatus.FAILED,), rows, exclude),
+        # Failed and paused sagas stay here until a person acts (retry compensation, resume, skip).
+        "needs_person": _failures((SagaStatus.FAILED, SagaStatus.PAUSED), rows, exclude),
         "latest_failures": _failures((SagaStatus.COMPENSATED, SagaStatus.FAILED), 10, exclude),
     }
 

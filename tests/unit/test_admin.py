@@ -80,12 +80,22 @@ def test_change_page_shows_steps_timeline_and_buttons(admin_client, finished):
     assert 'name="_save"' not in page  # read-only: nothing to save
 
 
-def test_step_without_compensation_is_marked_not_undoable(admin_client, sent):
+def test_step_without_compensation_says_so_calmly(admin_client, sent):
     saga = start_saga("tests.ledger", input={})
 
     page = admin_client.get(change_url(saga)).content.decode()
 
-    assert page.count("not undoable") == 1  # "notify" has no compensation, "credit" has one
+    assert page.count("none (left as is if the saga is undone)") == 1  # "notify" has none, "credit" has one
+    assert "not undoable" not in page  # no alarm for a healthy step that has nothing to undo
+
+
+def test_the_pivot_and_the_steps_after_it_are_marked(admin_client, sent):
+    saga = start_saga("tests.pivoted", input={})
+
+    page = admin_client.get(change_url(saga)).content.decode()
+
+    assert page.count("pivot (point of no return)") == 1
+    assert page.count("after the pivot (goes forward only)") == 2  # notify, close
 
 
 def test_members_of_a_parallel_show_their_group(admin_client, sent):

@@ -31,9 +31,9 @@ def buttons(page: str) -> set[str]:
 
 
 @pytest.mark.parametrize("status, steps, expected", [
-    (SagaStatus.PENDING, [StepStatus.PENDING] * 3, {"cancel"}),
-    (SagaStatus.RUNNING, [StepStatus.SUCCEEDED, StepStatus.RUNNING, StepStatus.PENDING], {"cancel"}),
-    (SagaStatus.COMPENSATING, [StepStatus.COMPENSATING, StepStatus.FAILED, StepStatus.SKIPPED], set()),
+    (SagaStatus.PENDING, [StepStatus.PENDING] * 3, {"cancel", "pause"}),
+    (SagaStatus.RUNNING, [StepStatus.SUCCEEDED, StepStatus.RUNNING, StepStatus.PENDING], {"cancel", "pause"}),
+    (SagaStatus.COMPENSATING, [StepStatus.COMPENSATING, StepStatus.FAILED, StepStatus.SKIPPED], {"pause"}),
     (SagaStatus.SUCCEEDED, [StepStatus.SUCCEEDED] * 3, {"resubmit"}),
     (SagaStatus.COMPENSATED, [StepStatus.COMPENSATED, StepStatus.FAILED, StepStatus.SKIPPED], {"resubmit"}),
     (SagaStatus.FAILED, [StepStatus.COMPENSATION_FAILED, StepStatus.FAILED, StepStatus.SKIPPED],
@@ -52,7 +52,23 @@ def test_a_saga_held_by_the_sweeper_offers_release(db):
     saga = make_saga(SagaStatus.RUNNING)
     saga.due_at = None
 
-    assert applicable_interventions(saga) == ["cancel", "release"]
+    assert applicable_interventions(saga) == ["cancel", "release", "pause"]
+
+
+@pytest.mark.parametrize("paused_from, expected", [
+    (SagaStatus.RUNNING, {"cancel", "resume"}),
+    (SagaStatus.COMPENSATING, {"resume"}),  # already being undone: resumed, not cancelled
+])
+def test_a_paused_saga_offers_resume_and_cancel_before_its_pivot(admin_client, db, paused_from, expected):
+    saga = make_saga(SagaStatus.PAUSED, [StepStatus.SUCCEEDED, StepStatus.RUNNING, StepStatus.PENDING],
+                     paused_from=paused_from)
+    SagaInstance.objects.filter(pk=saga.pk).update(due_at=None)
+    saga.refresh_from_db()
+
+    page = admin_client.get(reverse("admin:sagas_sagainstance_change", args=[saga.pk])).content.decode()
+
+    assert buttons(page) == expected
+    assert "Paused: a person decides" in page and f"paused by a person (was {paused_from})" in page
 
 
 def test_changelist_shows_one_readable_line_per_saga(admin_client, db):

@@ -46,3 +46,26 @@ def test_an_unknown_kind_still_reads_as_words():
 ])
 def test_a_signal_says_who_sent_what(detail, expected):
     assert describe("step_signalled", detail, "manager_approval") == expected
+
+
+def test_sentences_for_pausing_resuming_and_skipping():
+    from sagas.models import EventKind
+    from sagas.sentences import describe
+
+    assert describe(EventKind.SAGA_PAUSED, {"cause": "person", "reason": "supplier down", "by": "ann",
+                                            "by_user_id": 3}) == (
+        "User ann (id 3) paused the saga: supplier down; nothing more starts until it is resumed.")
+    assert describe(EventKind.SAGA_PAUSED, {"cause": "after_pivot", "failed_steps": ["notify"],
+                                            "error": "step notify failed: boom"}) == (
+        "Saga paused past its pivot: notify failed for good (step notify failed: boom); it is not undone, "
+        "a person decides.")
+    assert describe(EventKind.SAGA_RESUMED, {"phase": "person", "changed_input": ["email"], "by": "ann",
+                                             "by_user_id": 3}) == (
+        "User ann (id 3) resumed the saga with corrected input (email).")
+    assert describe(EventKind.STEP_SKIPPED, {"reason": "sent by post", "result": {"sent": True}, "by": "bo",
+                                             "by_user_id": 4}, "notify") == (
+        'User bo (id 4) skipped notify: sent by post; its result: {"sent": true}.')
+    assert describe(EventKind.STEP_SKIPPED, {"from": "pending", "to": "skipped"}, "ship") == (
+        "ship skipped: the saga was undone before it ran.")
+    assert describe(EventKind.STEP_RETRIED, {"attempts_before": 3}, "notify") == (
+        "notify will run again with a fresh retry budget (3 attempt(s) before).")
