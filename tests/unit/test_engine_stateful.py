@@ -4,7 +4,7 @@ The machine drives one saga whose steps leave real effects (``ChaosEffect``
 rows) the way workers, brokers and people would, in any order Hypothesis
 picks: deliver a message (or a duplicate of one), hold an attempt at work,
 finish it or lose it (its worker died: its effect may be in place), cancel,
-signal nothing, sweep. After every transition no step is skipped after an
+pause and resume, signal nothing, sweep. After every transition no step is skipped after an
 attempt; at the end the saga is settled as workers and the sweeper would
 and every invariant of ``tests/interleaving.py`` must hold.
 
@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from sagas import cancel, registry, start_saga
+from sagas import cancel, pause, registry, resume, start_saga
 from sagas import engine
 from sagas.engine import Claim, Decision
 from sagas.engine.running import invoke, success_report
@@ -157,6 +157,27 @@ class SagaMachine(RuleBasedStateMachine):
         self._collect()
 
     @rule()
+    def pause_it(self):
+        try:
+            pause(self.saga_id, reason="a person looks")
+        except InvalidTransition:
+            pass  # finished, or paused already
+        self._collect()
+
+    @rule()
+    def resume_it(self):
+        try:
+            resume(self.saga_id)
+        except InvalidTransition:
+            pass  # not paused
+        self._collect()
+
+    @invariant()
+    def a_paused_saga_is_never_due(self):
+        if hasattr(self, "saga_id"):
+            assert not SagaInstance.objects.filter(pk=self.saga_id, status="paused", due_at__isnull=False).exists()
+
+    @rule()
     def sweep(self):
         SagaInstance.objects.filter(pk=self.saga_id, due_at__isnull=False).update(due_at=Now())
         engine.sweep()
@@ -174,6 +195,10 @@ class SagaMachine(RuleBasedStateMachine):
         for claim in self.at_work:  # attempts still at work when the run ends: their workers die
             interleaving.lose_attempts(self.saga_id)
             self.pool.append(("step", claim.index))
+        try:
+            resume(self.saga_id)  # a person resumes what was left paused
+        except InvalidTransition:
+            pass
         self._collect()
         for message in self.pool:
             self.sent.append(("steps" if message[0] == "step" else "compensate", self.saga_id,
