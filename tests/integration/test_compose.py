@@ -150,7 +150,7 @@ def stack():
               prometheus=f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}")
     started = time.monotonic()
     try:
-        s.run("up", "-d", "--build", timeout=1200)
+        s.run("up", "-d", "--build", "--scale", "worker=2", timeout=1200)
         print(f"\ncompose: {project} up in {time.monotonic() - started:.0f} s ({' '.join(compose)})")
         for service in HEALTHCHECKED:
             wait_for(f"{service} healthy", lambda: all_healthy(s, service), timeout=240, every=5)
