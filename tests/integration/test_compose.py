@@ -35,7 +35,7 @@ pytestmark = [
     pytest.mark.timeout(1800),
 ]
 
-# What a stranger's request and the services' defaults must not change: set by each run, not inherited.
+# Variables the stack reads that a developer's shell may hold: the test runs on the compose defaults.
 INHERITED = ("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "FLOWER_USER", "DJANGO_SUPERUSER_USERNAME",
              "POSTGRES_PASSWORD", "SECURE_PROXY_SSL_HEADER", "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE",
              "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS")
