@@ -319,3 +319,48 @@ def test_the_one_statement_and_the_locked_paths_leave_the_same_rows(transactiona
         finals.append(interleaving.rows(saga.id))
 
     assert finals[0] == finals[1]
+
+
+# --- a pause (and the resume after it) against a step at work -------------------------------------------
+
+
+def _pause_and_resume(saga_id):
+    """A person pauses the saga and, a moment later, resumes it: nothing may be lost or done twice meanwhile."""
+    from sagas import pause, resume
+
+    def both():
+        pause(saga_id, reason="a look")
+        return resume(saga_id)
+    return both
+
+
+@pytest.mark.parametrize("named", NAMINGS, ids=lambda n: "one-statement paths" if n else "locked paths")
+@pytest.mark.parametrize("index", [1, 2], ids=["a middle step", "the last step"])
+def test_a_step_delivered_while_the_saga_is_paused_and_resumed_runs_once_and_the_saga_finishes(
+        transactional_db, sent, named, index):
+    scenario = Scenario(f"step {index} delivered while paused and resumed", _line_at(index),
+                        _step(LINE, index, named=named), _pause_and_resume)
+
+    _assert_none(explore(scenario, sent, registry.get(LINE), named=named, check=_applied_once))
+
+
+def test_a_compensation_delivered_while_the_saga_is_paused_and_resumed_undoes_once(transactional_db, sent):
+    def compensating(sent):
+        saga_id = _line_at(2, fail="c")(sent)
+        engine.execute_step(saga_id, 2)
+        sent.clear()
+        return saga_id
+
+    def compensate_b(saga_id):
+        return lambda: engine.execute_compensation(saga_id, 1)
+
+    def undone_once(saga_id, run):
+        from sagas.models import ChaosEffect
+
+        twice = [e.step for e in ChaosEffect.objects.filter(saga_id=saga_id) if e.undo_runs > 1]
+        return [f"compensations run twice: {twice}"] if twice else []
+
+    scenario = Scenario("b's compensation while paused and resumed", _with_compensation_of_a_to_come(compensating),
+                        compensate_b, _pause_and_resume)
+
+    _assert_none(explore(scenario, sent, registry.get(LINE), check=undone_once))
