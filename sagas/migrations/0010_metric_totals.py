@@ -1,0 +1,36 @@
+"""/metrics reads only the sagas not folded yet: the figures of the others are summed in MetricTotal."""
+
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ('sagas', '0009_late_success_events'),
+    ]
+
+    operations = [
+        migrations.CreateModel(
+            name='MetricTotal',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('saga_type', models.CharField(max_length=200)),
+                ('step', models.CharField(blank=True, default='', max_length=200)),
+                ('figure', models.CharField(max_length=40)),
+                ('value', models.FloatField(default=0)),
+            ],
+        ),
+        migrations.AddField(
+            model_name='sagainstance',
+            name='metrics_folded',
+            field=models.BooleanField(db_default=False, default=False, editable=False),
+        ),
+        migrations.AddIndex(
+            model_name='sagainstance',
+            index=models.Index(condition=models.Q(('metrics_folded', False)), fields=['saga_type', 'status'], name='saga_metrics_unfolded_idx'),
+        ),
+        migrations.AddConstraint(
+            model_name='metrictotal',
+            constraint=models.UniqueConstraint(fields=('saga_type', 'step', 'figure'), name='metric_total_unique'),
+        ),
+    ]
