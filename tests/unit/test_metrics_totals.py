@@ -20,7 +20,7 @@ NOW = timezone.now()
 def every_row() -> Counter:
     """The figures as a scrape computed them before totals: from every saga and step record."""
     figures = saga_figures(SagaInstance.objects.all())
-    figures.update(step_figures(StepRecord.objects.all()))
+    figures.update(step_figures(list(SagaInstance.objects.values_list("pk", flat=True))))
     return figures
 
 
@@ -51,15 +51,30 @@ def mixed_sagas():
     saga("hr.hire", SagaStatus.FAILED, steps=[("open", StepStatus.COMPENSATION_FAILED, 1, 1.0)])
 
 
-def test_a_fold_takes_every_finished_saga_and_leaves_the_figures_as_they_were(db):
+@pytest.mark.parametrize("fold", [totals.fold, totals.fold_everything], ids=["by batches", "in one pass"])
+def test_a_fold_takes_every_finished_saga_and_leaves_the_figures_as_they_were(db, fold):
     mixed_sagas()
     before = every_row()
 
-    assert totals.fold() == 3
+    assert fold() == 3
 
     assert rounded(totals.current()) == rounded(before)
     assert set(SagaInstance.objects.filter(metrics_folded=False).values_list("status", flat=True)) == {"running"}
     assert MetricTotal.objects.get(saga_type="hr.hire", step="", figure="failed").value == 1
+
+
+@pytest.mark.parametrize("per_statement, joined_above", [(2, 100), (100, 2)],
+                         ids=["looked up two sagas a statement", "one joined pass for a crowd"])
+def test_many_unfolded_sagas_are_counted_as_a_few_are(db, monkeypatch, per_statement, joined_above):
+    from sagas.metrics import figures
+
+    mixed_sagas()
+    saga(status=SagaStatus.RUNNING, steps=[("charge", StepStatus.WAITING, 1, 0.5)])
+    expected = rounded(every_row())
+    monkeypatch.setattr(figures, "CHUNK", per_statement)
+    monkeypatch.setattr(totals, "CHUNK", joined_above)
+
+    assert rounded(totals.current()) == expected
 
 
 def test_a_backlog_is_folded_over_several_scrapes_and_counted_live_meanwhile(db, monkeypatch):
@@ -135,27 +150,27 @@ def _in_a_thread(target, name: str) -> threading.Thread:
     return thread
 
 
-def test_a_fold_committed_while_a_scrape_reads_is_counted_once(transactional_db, monkeypatch):
+def test_a_fold_committed_while_a_scrape_reads_is_counted_once(transactional_db):
     mixed_sagas()
     expected = rounded(every_row())
-    real = totals.saga_figures
     folding = []
 
-    def read_while_another_process_folds(sagas):
-        # Between the totals and the unfolded sagas, another process folds them all and commits
-        # (on SQLite it waits for this transaction: the scrape holds the lock).
-        folding.append(_in_a_thread(totals.fold, "fold"))
-        folding[0].join(timeout=1)
-        return real(sagas)
+    def fold_once_the_totals_are_read(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not folding and "sagas_metrictotal" in sql:
+            # Between the totals and the unfolded sagas, another process folds them all and
+            # commits (on SQLite it waits for this transaction: the scrape holds the lock).
+            folding.append(_in_a_thread(totals.fold, "fold"))
+            folding[0].join(timeout=1)
+        return result
 
-    monkeypatch.setattr(totals, "saga_figures", read_while_another_process_folds)
-    seen = totals.current()
+    with connection.execute_wrapper(fold_once_the_totals_are_read):
+        seen = totals.current()
     folding[0].join(timeout=30)
 
     assert not folding[0].is_alive()
     assert not SagaInstance.objects.filter(metrics_folded=False).exclude(status=SagaStatus.RUNNING).exists()
     assert rounded(seen) == expected
-    monkeypatch.setattr(totals, "saga_figures", real)
     assert rounded(totals.current()) == expected
 
 
@@ -188,3 +203,25 @@ def test_two_folds_at_once_skip_each_others_sagas_and_fold_each_once(transaction
     assert not SagaInstance.objects.filter(metrics_folded=False).exists()
     monkeypatch.setattr(totals, "step_figures", real)
     assert rounded(totals.current()) == expected
+
+
+def test_the_migration_folds_the_sagas_that_finished_before_it(transactional_db):
+    from django.core.management import call_command
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, latest = ("sagas", "0009_late_success_events"), ("sagas", "0010_metric_totals")
+    call_command("migrate", "sagas", before[1], verbosity=0)
+    try:
+        old = MigrationExecutor(connection).loader.project_state(before).apps
+        Saga, Step = old.get_model("sagas", "SagaInstance"), old.get_model("sagas", "StepRecord")
+        for status, step_status in [("succeeded", "succeeded"), ("compensated", "failed"), ("running", "running")]:
+            row = Saga.objects.create(saga_type="shop.order", status=status, finished_at=NOW)
+            Step.objects.create(saga=row, index=0, name="charge", status=step_status, attempts=2, started_at=NOW,
+                                finished_at=None if status == "running" else NOW + timedelta(seconds=1))
+    finally:
+        call_command("migrate", "sagas", latest[1], verbosity=0)
+
+    assert sorted(SagaInstance.objects.values_list("status", "metrics_folded")) == [
+        ("compensated", True), ("running", False), ("succeeded", True)]
+    assert MetricTotal.objects.get(saga_type="shop.order", step="charge", figure="tried").value == 4
+    assert rounded(totals.current()) == rounded(every_row())
