@@ -131,9 +131,10 @@ CACHE_KEY = "sagas:metrics:exposition"
 def exposition() -> bytes:
     """The figures, computed at most once per ``SAGAS_METRICS_CACHE_SECONDS`` for every web process.
 
-    Computing them reads every saga and step record (2.5 s at 100 000 sagas
-    on SQLite): kept in the shared cache, however many scrapers ask (several
-    Prometheus servers, a scraper retrying), one computation per interval.
+    Computing them reads the sagas still moving (finished ones are folded
+    into totals): kept in the shared cache, however many scrapers ask
+    (several Prometheus servers, a scraper retrying), one computation per
+    interval.
     """
     seconds = settings.SAGAS_METRICS_CACHE_SECONDS
     if seconds <= 0:

@@ -39,9 +39,9 @@ from django.db.models import Q
 from ..models import FINAL_SAGA_STATUSES, MetricTotal, SagaInstance
 from .figures import CHUNK, Key, counted_sagas, saga_figures, step_figures, step_figures_where
 
-# Sagas folded per transaction, and at most this many transactions per scrape: a backlog (the
-# first scrape after an upgrade, a burst of finished sagas) is folded over the next scrapes,
-# and is counted live until then.
+# Sagas folded per transaction, and at most this many transactions per scrape: a backlog (a
+# burst of finished sagas) is folded over the next scrapes, and is counted live until then.
+# (The sagas that finished before the totals existed were folded by their migration.)
 FOLD_BATCH = 500
 FOLD_BATCHES_PER_SCRAPE = 20
 # Rows of MetricTotal per INSERT ... ON CONFLICT statement (4 parameters each).
@@ -68,11 +68,8 @@ def _fold_batch(candidates: list) -> int:
                     .select_for_update(skip_locked=True).order_by().values_list("pk", "saga_type", "status"))
         if not rows:
             return 0
-        ids = [pk for pk, _, _ in rows]
-        figures = counted_sagas([(saga_type, status) for _, saga_type, status in rows])
-        figures.update(step_figures(ids))
-        SagaInstance.objects.filter(pk__in=ids).update(metrics_folded=True)
-        add(figures)
+        add(_figures_of(rows))
+        SagaInstance.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(metrics_folded=True)
     return len(rows)
 
 
@@ -95,9 +92,7 @@ def unfold(saga: SagaInstance, *, status: str) -> None:
 
     Called inside the transition's transaction, the saga's row locked.
     """
-    figures = counted_sagas([(saga.saga_type, status)])
-    figures.update(step_figures([saga.pk]))
-    add(figures, sign=-1)
+    add(_figures_of([(saga.pk, saga.saga_type, status)]), sign=-1)
     SagaInstance.objects.filter(pk=saga.pk).update(metrics_folded=False)
     saga.metrics_folded = False
 
@@ -111,11 +106,15 @@ def forget(saga_ids: list) -> None:
     rows = [(pk, saga_type, status) for pk, saga_type, status, folded
             in SagaInstance.objects.filter(pk__in=saga_ids).select_for_update().order_by("pk")
             .values_list("pk", "saga_type", "status", "metrics_folded") if folded]
-    if not rows:
-        return
+    if rows:
+        add(_figures_of(rows), sign=-1)
+
+
+def _figures_of(rows: list[tuple]) -> Counter[Key]:
+    """The figures of the sagas ``(pk, saga_type, status)``, their step records looked up by key."""
     figures = counted_sagas([(saga_type, status) for _, saga_type, status in rows])
     figures.update(step_figures([pk for pk, _, _ in rows]))
-    add(figures, sign=-1)
+    return figures
 
 
 def add(figures: Counter[Key], *, sign: int = 1) -> None:
@@ -135,19 +134,19 @@ def add(figures: Counter[Key], *, sign: int = 1) -> None:
 def current() -> Counter[Key]:
     """Every figure now: the totals plus the sagas not folded yet, read in one snapshot.
 
-    Four queries: the totals, the unfolded sagas, their step records (two
-    grouped queries; two more per ``CHUNK`` of sagas, or one joined pass for
-    more than a ``CHUNK``).
+    Four queries: the totals, the unfolded sagas, and two grouped queries of
+    their step records (two per ``CHUNK`` of them; for more than a ``CHUNK``,
+    one joined pass).
     """
     with snapshot():
         figures = Counter({(saga_type, step, figure): value for saga_type, step, figure, value
                            in MetricTotal.objects.values_list("saga_type", "step", "figure", "value")})
         live = list(SagaInstance.objects.filter(metrics_folded=False).order_by()
                     .values_list("pk", "saga_type", "status"))
-        figures.update(counted_sagas([(saga_type, status) for _, saga_type, status in live]))
         if len(live) <= CHUNK:
-            figures.update(step_figures([pk for pk, _, _ in live]))
+            figures.update(_figures_of(live))
         else:  # a crowd (a burst of sagas in flight): one joined pass costs less than a look-up per record
+            figures.update(counted_sagas([(saga_type, status) for _, saga_type, status in live]))
             figures.update(step_figures_where(Q(saga__metrics_folded=False)))
     return figures
 
