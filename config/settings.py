@@ -193,7 +193,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "sagas.api.pagination.SagaPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "sagas.api.schema.ApiSchema",  # drf-spectacular's, with the 413/415/429 answers
     "EXCEPTION_HANDLER": "sagas.api.exceptions.exception_handler",
 }
 SPECTACULAR_SETTINGS = {

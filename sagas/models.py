@@ -122,6 +122,9 @@ class SagaInstance(models.Model):
     # (``person``, or ``after_pivot``: a step after its pivot failed for good). Empty otherwise.
     paused_from = models.CharField(max_length=20, blank=True, default="")
     pause_cause = models.CharField(max_length=20, blank=True, default="")
+    # Its figures are in ``MetricTotal`` (``sagas.metrics.totals``): a finished saga is summed there
+    # once, and ``/metrics`` reads only the sagas not folded yet. Cleared if it leaves its final status.
+    metrics_folded = models.BooleanField(default=False, db_default=False, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -149,6 +152,9 @@ class SagaInstance(models.Model):
             models.Index(fields=["status", "updated_at"], name="saga_status_updated_idx"),
             # The sweeper's query: only sagas that are due, however many are active.
             models.Index(fields=["due_at"], condition=Q(due_at__isnull=False), name="saga_due_idx"),
+            # What /metrics reads at each scrape: the sagas whose figures are not in MetricTotal yet.
+            models.Index(fields=["saga_type", "status"], condition=Q(metrics_folded=False),
+                         name="saga_metrics_unfolded_idx"),
         ]
 
     def __str__(self) -> str:
@@ -317,3 +323,24 @@ class ChaosEffect(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} applied {self.applied}x{' (undone)' if self.undone_at else ''}"
+
+
+class MetricTotal(models.Model):
+    """One figure of ``/metrics`` summed over the finished sagas folded so far (``sagas.metrics.totals``).
+
+    ``step`` is empty for a saga's own figures (``figure``: its status), else
+    a step's name (``figure``: attempts, a histogram bucket...). A scrape adds
+    the same figures of the sagas not folded yet, so it never reads the rows
+    of a finished saga again.
+    """
+
+    saga_type = models.CharField(max_length=200)
+    step = models.CharField(max_length=200, blank=True, default="")
+    figure = models.CharField(max_length=40)
+    value = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["saga_type", "step", "figure"], name="metric_total_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.saga_type} {self.step} {self.figure} = {self.value:g}"

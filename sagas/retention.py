@@ -22,6 +22,7 @@ from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
+from .metrics import totals
 from .models import SagaEvent, SagaInstance, SagaStatus, StepRecord
 
 PRUNED_STATUSES = (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED)
@@ -90,6 +91,7 @@ def _prune_batch(report: PruneReport, selection: QuerySet[SagaInstance], batch_s
         if not ids:
             return 0
         batch = SagaInstance.objects.filter(pk__in=ids)
+        totals.forget(ids)  # /metrics: their figures go with them, as when every row was read
         for status, n in batch.values_list("status").annotate(n=Count("pk")).order_by():
             report.sagas[status] += n
         _, removed = batch.delete()  # cascades to step records and events; resubmissions are unlinked

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework import status
-from rest_framework.exceptions import APIException, ErrorDetail, NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import APIException, ErrorDetail, NotFound, PermissionDenied, Throttled, ValidationError
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -124,6 +124,10 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     response = drf_exception_handler(exc, context)
     if response is not None and isinstance(exc, APIException):
         response.data = error_body(exc)
+    if isinstance(exc, Throttled) and response is not None and "Retry-After" not in response:
+        # DRF leaves it out when its throttles cannot say how long (a wait of 0, or none): the schema
+        # promises it on every 429.
+        response["Retry-After"] = "1"
     return response
 
 

@@ -17,18 +17,20 @@ class ApiUserThrottle(UserRateThrottle):
     """The authenticated API, per user (an anonymous request that gets this far: per address)."""
 
     scope = "api"
+    rate_setting = "SAGAS_API_THROTTLE_RATE"  # the schema names it in its 429
 
     def get_rate(self) -> str | None:
-        return settings.SAGAS_API_THROTTLE_RATE
+        return getattr(settings, self.rate_setting)
 
 
 class SignalTokenThrottle(AnonRateThrottle):
     """The token endpoints need no credentials: per client address, so guessing tokens is slow."""
 
     scope = "signal"
+    rate_setting = "SAGAS_SIGNAL_THROTTLE_RATE"
 
     def get_rate(self) -> str | None:
-        return settings.SAGAS_SIGNAL_THROTTLE_RATE
+        return getattr(settings, self.rate_setting)
 
     def get_cache_key(self, request, view) -> str:
         # AnonRateThrottle skips authenticated users; these views authenticate nobody.

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import psutil
+from django.db import transaction
 from django.utils import timezone
 
 from ..analytics import percentile
 from ..engine import start_saga
+from ..metrics import totals
 from ..models import ACTIVE_SAGA_STATUSES, SagaInstance, SagaStatus
 from .workload import LATENCY_KEY, bare_chain, bare_group, redis_client
 
@@ -123,7 +125,9 @@ def run_sagas(name: str, count: int, *, fail: bool, deadline: Deadline, created:
 
 def delete_sagas(ids: list) -> None:
     for chunk in chunks(ids):
-        SagaInstance.objects.filter(pk__in=chunk).delete()
+        with transaction.atomic():
+            totals.forget(chunk)  # /metrics: their figures go with them
+            SagaInstance.objects.filter(pk__in=chunk).delete()
 
 
 # --- the workers' memory ------------------------------------------------------------------------

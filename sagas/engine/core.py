@@ -405,6 +405,10 @@ def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None
     if not can_move_saga(saga.status, target):
         raise InvalidTransition(f"saga {saga.id} cannot move from {saga.status} to {target}")
     previous = saga.status
+    if saga.metrics_folded:  # a finished saga moves again: /metrics counts it live until it ends
+        from ..metrics.totals import unfold
+
+        unfold(saga, status=previous)
     saga.status = target
     if target == SagaStatus.RUNNING and saga.started_at is None:
         saga.started_at = saga.db_now

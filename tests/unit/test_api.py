@@ -479,7 +479,7 @@ def test_schema_is_openapi_3(api):
     assert {"/api/sagas/", "/api/sagas/{saga_id}/cancel/", "/api/saga-types/"} <= set(schema["paths"])
     start = schema["paths"]["/api/sagas/"]["post"]
     assert start["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/SagaStartInput")
-    assert set(start["responses"]) == {"202", "400", "409"}
+    assert set(start["responses"]) == {"202", "400", "409", "413", "415", "429"}  # the limits: sagas.api.schema
     assert "Location" in start["responses"]["202"]["headers"]
 
 

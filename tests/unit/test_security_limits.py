@@ -364,3 +364,37 @@ def test_a_version_the_type_does_not_have_is_an_error_on_version(api):
                         "unknown_version")
 
     assert list(body) == ["version", "detail", "code"]
+
+
+def _operations(doc: dict):
+    for path, methods in doc["paths"].items():
+        for method, operation in methods.items():
+            yield path, method.upper(), operation
+
+
+def test_every_operation_documents_its_429_with_retry_after_and_the_rate_that_applies(api):
+    for path, method, operation in _operations(openapi(api)):
+        answer = operation["responses"]["429"]
+        assert answer["headers"]["Retry-After"]["required"] is True, (method, path)
+        assert answer["headers"]["Retry-After"]["schema"]["type"] == "integer"
+        assert answer["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOutput")
+        rate = "SAGAS_SIGNAL_THROTTLE_RATE" if path.startswith("/api/signals/") else "SAGAS_API_THROTTLE_RATE"
+        assert f"`{rate}`" in answer["description"], (method, path)
+
+
+def test_operations_that_take_a_body_document_413_and_415_and_the_others_do_not(api):
+    for path, method, operation in _operations(openapi(api)):
+        documented = {"413", "415"} & set(operation["responses"])
+        assert documented == ({"413", "415"} if method == "POST" else set()), (method, path)
+
+
+def test_a_429_carries_retry_after_even_when_the_throttle_cannot_say_how_long(api, settings, monkeypatch):
+    from sagas.api.throttles import ApiUserThrottle
+
+    settings.SAGAS_API_THROTTLE_RATE = "1/minute"
+    monkeypatch.setattr(ApiUserThrottle, "wait", lambda self: None)  # DRF then sends no Retry-After
+
+    answers = [api.get(SAGAS_URL) for _ in range(2)]
+
+    assert_error(answers[1], 429, "throttled")
+    assert answers[1]["Retry-After"] == "1"

@@ -5,10 +5,13 @@ imports ``config.settings``) in a fresh process with its own environment.
 """
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
+import yaml
 from django.conf import settings
 
 # Variables these tests set themselves: anything the calling shell exported is dropped.
@@ -98,3 +101,41 @@ def test_a_malformed_proxy_header_is_refused_with_the_expected_form():
 
     assert done.returncode != 0
     assert "X-Forwarded-Proto=https" in done.stderr
+
+
+def compose_environment(**given: str) -> dict:
+    """The web service's environment in ``docker-compose.yml``, each ``${NAME:-default}`` at its default
+    (or ``given``), each required ``${NAME:?...}`` from ``given``."""
+    compose = yaml.safe_load((Path(settings.BASE_DIR) / "docker-compose.yml").read_text())
+    env = {}
+    for name, value in compose["services"]["web"]["environment"].items():
+        def resolve(match):
+            variable, kind, default = match.groups()
+            if variable in given:
+                return given[variable]
+            assert kind == ":-", f"{name}: {variable} is required; give it"
+            return default
+
+        env[name] = re.sub(r"\$\{(\w+)(:-|:\?)([^}]*)\}", resolve, str(value))
+    return env
+
+
+def deploy_warnings(env: dict) -> set[str]:
+    done = run(["manage.py", "check", "--deploy"], **env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return set(re.findall(r"\((security\.W\d+)\)", done.stdout + done.stderr))
+
+
+def test_deploy_check_with_the_compose_environment_warns_only_of_plain_http():
+    env = compose_environment(SECRET_KEY=secrets.token_urlsafe(50))
+
+    # The README's deployment checklist explains each: the stack serves plain HTTP on :8000.
+    assert deploy_warnings(env) == {"security.W004", "security.W008", "security.W012", "security.W016"}
+
+
+def test_deploy_check_with_the_compose_environment_behind_a_tls_proxy_is_clean():
+    env = compose_environment(SECRET_KEY=secrets.token_urlsafe(50), SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto=https",
+                              SECURE_SSL_REDIRECT="1", SESSION_COOKIE_SECURE="1", CSRF_COOKIE_SECURE="1",
+                              SECURE_HSTS_SECONDS="31536000", SAGAS_NUM_PROXIES="1")
+
+    assert deploy_warnings(env) == set()
