@@ -233,6 +233,30 @@ def test_live_page_fits_the_window_and_shows_deadlines_ahead(server, browser, st
         screenshot(browser, f"live-page-{width}.png")
 
 
+@pytest.mark.parametrize("width", WIDTHS)
+def test_admin_index_is_the_orchestrators_with_sagas_first(server, browser, staff, width):
+    from selenium.webdriver.common.by import By
+
+    at_width(browser, width)
+    log_in(browser, server)
+    browser.get(f"{server}/admin/")
+
+    assert browser.find_element(By.ID, "site-name").text == "Saga orchestrator"
+    assert browser.title.endswith("| Saga orchestrator")
+    apps = [m.get_attribute("class").split()[0] for m in browser.find_elements(By.CSS_SELECTOR, "#content-main > .module")]
+    assert apps[:2] == ["sagas-live", "app-sagas"], apps  # the live page, then the sagas, then the rest
+    link = browser.find_element(By.LINK_TEXT, "Live view")
+    assert browser.execute_script("return arguments[0].getClientRects().length", link) == 1  # on one line
+    assert sideways_scroll(browser) == 0
+    if width == 1440:
+        screenshot(browser, "admin-index.png", DOCS)
+
+    link.click()  # the other pages' sidebar lists the sagas first too
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#nav-sidebar > .module"))
+    sidebar = [m.get_attribute("class").split()[0] for m in browser.find_elements(By.CSS_SELECTOR, "#nav-sidebar > .module")]
+    assert sidebar[0] == "app-sagas", sidebar
+
+
 def test_saga_page_draws_its_timeline_with_a_bar_per_attempt(server, browser, staff):
     from selenium.webdriver.common.by import By
 
