@@ -130,7 +130,7 @@ ASGI_APPLICATION = "config.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "config" / "templates"],  # the project's own pages (the landing page)
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -304,6 +304,10 @@ SAGAS_LIVE_ROWS = int(env_float("SAGAS_LIVE_ROWS", 50))
 SAGAS_METRICS_TOKEN = os.environ.get("SAGAS_METRICS_TOKEN", "")
 # A scrape's figures are computed at most once per this many seconds (kept in the shared cache); 0: every scrape.
 SAGAS_METRICS_CACHE_SECONDS = env_float("SAGAS_METRICS_CACHE_SECONDS", 15.0)
+# The landing page (/) links Flower here; empty: port 5555 of the host the page was asked for. And the
+# guide, when it is served somewhere (empty: the page points to README.md and docs/).
+SAGAS_FLOWER_URL = os.environ.get("SAGAS_FLOWER_URL", "")
+SAGAS_DOCS_URL = os.environ.get("SAGAS_DOCS_URL", "")
 # A saga that becomes failed is logged at ERROR and mailed to ADMINS, at most
 # one mail per saga type per this many seconds (the others are counted in the next).
 # Django's own error mails (a 500) follow the same limit, per kind of error.

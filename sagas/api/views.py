@@ -125,6 +125,34 @@ def accepted(request: Request, saga: SagaInstance, *, location: bool = False) ->
                     headers=headers)
 
 
+# The root's answer: name -> URL of every endpoint that takes no id.
+ENDPOINT_LINKS = {"type": "object", "additionalProperties": {"type": "string", "format": "uri"},
+                  "example": {"saga-types": "http://127.0.0.1:8000/api/saga-types/",
+                              "sagas": "http://127.0.0.1:8000/api/sagas/"}}
+
+
+class ApiRootApi(APIView):
+    """Where everything is: each endpoint that takes no id, with its URL (open to anyone, as the schema is)."""
+
+    permission_classes = [AllowAny]
+
+    def get_view_name(self) -> str:
+        return "Saga orchestrator API"
+
+    @extend_schema(tags=[TAG], summary="The API's endpoints", auth=[],
+                   description="Each endpoint that needs no id, by its path under `/api/`, with its URL; "
+                               "`schema` and `docs` are the OpenAPI schema and its browsable docs.",
+                   responses={200: OpenApiResponse(ENDPOINT_LINKS, description="name -> URL")})
+    def get(self, request: Request) -> Response:
+        from .urls import urlpatterns  # they name this view
+
+        links = {str(p.pattern).strip("/"): request.build_absolute_uri(reverse(f"sagas_api:{p.name}"))
+                 for p in urlpatterns if p.pattern.converters == {} and str(p.pattern)}
+        for name in ("schema", "docs"):
+            links[name] = request.build_absolute_uri(reverse(f"api-{name}"))
+        return Response(links)
+
+
 class SagaTypeListApi(APIView):
     """The saga definitions this process has registered."""
 

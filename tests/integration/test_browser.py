@@ -257,6 +257,32 @@ def test_admin_index_is_the_orchestrators_with_sagas_first(server, browser, staf
     assert sidebar[0] == "app-sagas", sidebar
 
 
+@pytest.mark.parametrize("width", WIDTHS)
+def test_view_site_leads_to_a_landing_page_and_the_api_root_answers(server, browser, staff, width):
+    from selenium.webdriver.common.by import By
+
+    at_width(browser, width)
+    log_in(browser, server)
+    browser.find_element(By.LINK_TEXT, "VIEW SITE").click()
+    wait(browser, lambda d: d.current_url == f"{server}/")
+
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Start here"
+    assert browser.find_element(By.ID, "site-name").text == "Saga orchestrator"
+    links = {a.text: a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#landing th a")}
+    assert links["Live page"] == f"{server}/admin/sagas/live/" and links["API docs"] == f"{server}/api/docs/"
+    assert {"Admin", "REST API", "Flower", "Metrics"} <= set(links)
+    assert sideways_scroll(browser) == 0
+    if width == 1440:
+        screenshot(browser, "landing-page.png", DOCS)
+
+    browser.find_element(By.LINK_TEXT, "REST API").click()  # DRF's browsable answer, not a 404
+    wait(browser, lambda d: d.current_url == f"{server}/api/")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Saga orchestrator API"
+    assert f"{server}/api/saga-types/" in browser.page_source
+    assert sideways_scroll(browser) == 0
+    screenshot(browser, f"api-root-{width}.png")
+
+
 def test_saga_page_draws_its_timeline_with_a_bar_per_attempt(server, browser, staff):
     from selenium.webdriver.common.by import By
 

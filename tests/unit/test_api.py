@@ -676,3 +676,20 @@ def test_output_serializers_build_their_fields_from_the_model_once_and_give_each
     assert [(a["id"], a["status"], a["error"]) for a in answers] == [
         (str(first.id), "succeeded", ""), (str(second.id), "failed", "refused"), (str(first.id), "succeeded", "")]
     assert answers[0]["steps"] == answers[2]["steps"] and len(answers[1]["steps"]) == len(second.steps.all())
+
+
+# --- the root ----------------------------------------------------------------
+
+def test_the_api_root_lists_each_endpoint_without_an_id_for_anyone(db):
+    from urllib.parse import urlparse
+
+    from django.urls import resolve
+
+    response = APIClient().get("/api/")
+
+    assert response.status_code == 200
+    links = response.json()
+    assert {"sagas", "saga-types", "waiting-steps", "analytics", "schema", "docs"} <= set(links)
+    for name, url in links.items():
+        assert url.startswith("http://testserver/api/"), (name, url)
+        resolve(urlparse(url).path)  # each one is served (Resolver404 otherwise)
