@@ -216,6 +216,8 @@ SAGAS_MAX_INPUT_DEPTH = int(env_float("SAGAS_MAX_INPUT_DEPTH", 32))
 # address on the token endpoints (/api/signals/{token}/...), which need no credentials.
 SAGAS_API_THROTTLE_RATE = env_rate("SAGAS_API_THROTTLE_RATE", "1200/minute")
 SAGAS_SIGNAL_THROTTLE_RATE = env_rate("SAGAS_SIGNAL_THROTTLE_RATE", "60/minute")
+# POST /api/auth/token/ (a token for a username and password), per client address too.
+SAGAS_AUTH_THROTTLE_RATE = env_rate("SAGAS_AUTH_THROTTLE_RATE", "60/minute")
 # The analytics API answers for a window of at most this many seconds (31 days).
 SAGAS_ANALYTICS_MAX_WINDOW = env_float("SAGAS_ANALYTICS_MAX_WINDOW", 31 * 24 * 3600)
 # The saga types of saga_bench (sagas.bench*) and saga_chaos (sagas.chaos*) exist only in

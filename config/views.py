@@ -28,6 +28,7 @@ def landing_page(request: HttpRequest) -> HttpResponse:
                                              "pushed as they change (staff)"),
         ("REST API", reverse("sagas_api:root"), "every endpoint, for a token or a signed-in user"),
         ("API docs", reverse("api-docs"), f"OpenAPI 3, browsable (the schema: {reverse('api-schema')})"),
+        ("API token", reverse("sagas_api:auth-token"), "POST a username and password, get the user's token"),
         ("Flower", flower_url(request), "Celery's workers and tasks (its own port and password)"),
         ("Metrics", reverse("metrics"), "Prometheus text: a scraper's token, or a user who may read sagas"),
     ]

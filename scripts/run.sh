@@ -76,7 +76,7 @@ The orchestrator is running (logs in var/log/). Look here:
   admin       http://127.0.0.1:$WEB_PORT/admin/      ($ADMIN_LINE)
   live page   http://127.0.0.1:$WEB_PORT/admin/sagas/live/
   metrics     http://127.0.0.1:$WEB_PORT/metrics     (Prometheus text; open on localhost while DEBUG)
-  REST API    http://127.0.0.1:$WEB_PORT/api/
+  REST API    http://127.0.0.1:$WEB_PORT/api/        (a token: POST /api/auth/token/ with a username and password)
   API docs    http://127.0.0.1:$WEB_PORT/api/docs/
   Flower      http://127.0.0.1:$FLOWER_PORT/
 Start more sagas:  .venv/bin/python manage.py saga_demo --sagas 20 --failure-rate 0.2

@@ -270,7 +270,7 @@ def test_view_site_leads_to_a_landing_page_and_the_api_root_answers(server, brow
     assert browser.find_element(By.ID, "site-name").text == "Saga orchestrator"
     links = {a.text: a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#landing th a")}
     assert links["Live page"] == f"{server}/admin/sagas/live/" and links["API docs"] == f"{server}/api/docs/"
-    assert {"Admin", "REST API", "Flower", "Metrics"} <= set(links)
+    assert {"Admin", "REST API", "API token", "Flower", "Metrics"} <= set(links)
     assert sideways_scroll(browser) == 0
     if width == 1440:
         screenshot(browser, "landing-page.png", DOCS)

@@ -8,7 +8,7 @@ def test_the_landing_page_links_every_page_for_anyone(client, db):
     assert response.status_code == 200
     page = response.content.decode()
     assert "<h1>Start here</h1>" in page and "Saga orchestrator" in page
-    for url in ("/admin/", "/admin/sagas/live/", "/api/", "/api/docs/", "/metrics",
+    for url in ("/admin/", "/admin/sagas/live/", "/api/", "/api/docs/", "/api/auth/token/", "/metrics",
                 "http://testserver:5555/"):
         assert f'href="{url}"' in page, url
     assert "README.md" in page  # no guide is served: the page says where the docs are
