@@ -358,6 +358,13 @@ LOGGING = {
         "mail_admins": {"level": "ERROR", "filters": ["require_debug_false"],
                         "class": "sagas.alerts.RateLimitedAdminEmailHandler"},
     },
-    "loggers": {"django": {"handlers": ["mail_admins"], "level": "INFO"}},
+    "loggers": {
+        "django": {"handlers": ["mail_admins"], "level": "INFO"},
+        # Django warns of every 4xx answer ("Not Found: /x") and the server's access log (uvicorn's,
+        # gunicorn's with --access-logfile, runserver's) writes the same request again: each would
+        # show twice. Errors (5xx) keep their traceback and mail; DJANGO_REQUEST_LOG_LEVEL=WARNING
+        # brings the 4xx lines back, for a server that keeps no access log.
+        "django.request": {"level": os.environ.get("DJANGO_REQUEST_LOG_LEVEL", "ERROR")},
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
