@@ -96,7 +96,7 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
 SECURE_PROXY_SSL_HEADER = proxy_ssl_header(os.environ.get("SECURE_PROXY_SSL_HEADER", ""))
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "config.apps.OrchestratorAdminConfig",  # django.contrib.admin, with the project's site (config/admin.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -130,7 +130,7 @@ ASGI_APPLICATION = "config.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "config" / "templates"],  # the project's own pages (the landing page)
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -216,6 +216,8 @@ SAGAS_MAX_INPUT_DEPTH = int(env_float("SAGAS_MAX_INPUT_DEPTH", 32))
 # address on the token endpoints (/api/signals/{token}/...), which need no credentials.
 SAGAS_API_THROTTLE_RATE = env_rate("SAGAS_API_THROTTLE_RATE", "1200/minute")
 SAGAS_SIGNAL_THROTTLE_RATE = env_rate("SAGAS_SIGNAL_THROTTLE_RATE", "60/minute")
+# POST /api/auth/token/ (a token for a username and password), per client address too.
+SAGAS_AUTH_THROTTLE_RATE = env_rate("SAGAS_AUTH_THROTTLE_RATE", "60/minute")
 # The analytics API answers for a window of at most this many seconds (31 days).
 SAGAS_ANALYTICS_MAX_WINDOW = env_float("SAGAS_ANALYTICS_MAX_WINDOW", 31 * 24 * 3600)
 # The saga types of saga_bench (sagas.bench*) and saga_chaos (sagas.chaos*) exist only in
@@ -304,6 +306,10 @@ SAGAS_LIVE_ROWS = int(env_float("SAGAS_LIVE_ROWS", 50))
 SAGAS_METRICS_TOKEN = os.environ.get("SAGAS_METRICS_TOKEN", "")
 # A scrape's figures are computed at most once per this many seconds (kept in the shared cache); 0: every scrape.
 SAGAS_METRICS_CACHE_SECONDS = env_float("SAGAS_METRICS_CACHE_SECONDS", 15.0)
+# The landing page (/) links Flower here; empty: port 5555 of the host the page was asked for. And the
+# guide, when it is served somewhere (empty: the page points to README.md and docs/).
+SAGAS_FLOWER_URL = os.environ.get("SAGAS_FLOWER_URL", "")
+SAGAS_DOCS_URL = os.environ.get("SAGAS_DOCS_URL", "")
 # A saga that becomes failed is logged at ERROR and mailed to ADMINS, at most
 # one mail per saga type per this many seconds (the others are counted in the next).
 # Django's own error mails (a 500) follow the same limit, per kind of error.
@@ -352,6 +358,13 @@ LOGGING = {
         "mail_admins": {"level": "ERROR", "filters": ["require_debug_false"],
                         "class": "sagas.alerts.RateLimitedAdminEmailHandler"},
     },
-    "loggers": {"django": {"handlers": ["mail_admins"], "level": "INFO"}},
+    "loggers": {
+        "django": {"handlers": ["mail_admins"], "level": "INFO"},
+        # Django warns of every 4xx answer ("Not Found: /x") and the server's access log (uvicorn's,
+        # gunicorn's with --access-logfile, runserver's) writes the same request again: each would
+        # show twice. Errors (5xx) keep their traceback and mail; DJANGO_REQUEST_LOG_LEVEL=WARNING
+        # brings the 4xx lines back, for a server that keeps no access log.
+        "django.request": {"level": os.environ.get("DJANGO_REQUEST_LOG_LEVEL", "ERROR")},
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }

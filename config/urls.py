@@ -5,7 +5,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from sagas.live.views import live_page
 from sagas.metrics import metrics_view
 
+from .views import landing_page
+
 urlpatterns = [
+    path("", landing_page, name="landing"),
     # Before the admin's own URLs: the live page lives under the sagas app's admin index.
     path("admin/sagas/live/", admin.site.admin_view(live_page), name="sagas-live"),
     path("admin/", admin.site.urls),

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.db.models import Case, OuterRef, Q, QuerySet, Subquery, When
+from django.db.models.functions import Coalesce
 
 from .definitions import registry
-from .models import SagaInstance, StepRecord, StepStatus
+from .models import SagaInstance, SagaStatus, StepRecord, StepStatus
 
 # Where a saga stands: the first step (by index) in one of these statuses. For
 # a running saga that is the step at work (or the next one to start); for a
@@ -19,13 +20,27 @@ CURRENT_STEP_STATUSES = (StepStatus.RUNNING, StepStatus.WAITING, StepStatus.COMP
                          StepStatus.COMPENSATION_FAILED, StepStatus.FAILED, StepStatus.PENDING)
 
 
+# Steps that never ran: a compensated saga whose steps are all undone or these stopped at the last
+# step that did run (a waiting step that failed is compensated too, so no step is left failed).
+NOT_RUN_STEP_STATUSES = (StepStatus.PENDING, StepStatus.SKIPPED)
+
+
 def with_current_step(queryset: QuerySet[SagaInstance]) -> QuerySet[SagaInstance]:
-    """Annotate ``current_step`` (name) and ``current_step_status``: one correlated subquery each, in the same query."""
+    """Annotate ``current_step`` (name) and ``current_step_status``, in the same query (correlated subqueries).
+
+    For a compensated saga with no step in ``CURRENT_STEP_STATUSES`` (it broke at a waiting step, which
+    is undone like the others), the last step that ran: where it stopped.
+    """
     current = StepRecord.objects.filter(saga=OuterRef("pk"), status__in=CURRENT_STEP_STATUSES).order_by("index")
-    return queryset.annotate(
-        current_step=Subquery(current.values("name")[:1]),
-        current_step_status=Subquery(current.values("status")[:1]),
-    )
+    stopped = (StepRecord.objects.filter(saga=OuterRef("pk")).exclude(status__in=NOT_RUN_STEP_STATUSES)
+               .order_by("-index"))
+
+    def where(field: str):
+        here = Subquery(current.values(field)[:1])
+        return Case(When(status=SagaStatus.COMPENSATED, then=Coalesce(here, Subquery(stopped.values(field)[:1]))),
+                    default=here)
+
+    return queryset.annotate(current_step=where("name"), current_step_status=where("status"))
 
 
 def waiting_steps_for(user: Any) -> QuerySet[StepRecord]:

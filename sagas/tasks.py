@@ -116,7 +116,10 @@ def send_compensation(saga_id: str, indices: list[int]) -> str:
     return f"sent the compensation of steps {indices}"
 
 
-@shared_task(name="sagas.sweep", acks_late=True)
+# Beat sends it every SAGAS_SWEEP_INTERVAL seconds: its monitoring events (received, started,
+# succeeded) would fill Flower's task list, so it sends none (Celery's Task.send_events); beat
+# does not announce it either (config.celery). Its work shows in the sagas it moves and its log.
+@shared_task(name="sagas.sweep", acks_late=True, send_events=False)
 def sweep() -> dict:
     report = engine.sweep()
     return vars(report)

@@ -54,7 +54,9 @@ start worker .venv/bin/celery -A config worker -E -l info -c 2
 if [ "$MODE" = serve ]; then
     start beat .venv/bin/celery -A config beat -l info -s var/celerybeat-schedule
     # An ASGI server: the admin, the API, /metrics and the live page's WebSocket on one port.
-    start web .venv/bin/uvicorn config.asgi:application --host 127.0.0.1 --port "$WEB_PORT" --ws wsproto
+    # The landing page (/) links Flower where this script starts it.
+    SAGAS_FLOWER_URL="${SAGAS_FLOWER_URL:-http://127.0.0.1:$FLOWER_PORT/}" \
+        start web .venv/bin/uvicorn config.asgi:application --host 127.0.0.1 --port "$WEB_PORT" --ws wsproto
     FLOWER_UNAUTHENTICATED_API=true start flower .venv/bin/celery -A config flower \
         --port="$FLOWER_PORT" --address=127.0.0.1
 fi
@@ -70,10 +72,11 @@ fi
 cat <<INFO
 
 The orchestrator is running (logs in var/log/). Look here:
+  start here  http://127.0.0.1:$WEB_PORT/            (a page linking all of these)
   admin       http://127.0.0.1:$WEB_PORT/admin/      ($ADMIN_LINE)
   live page   http://127.0.0.1:$WEB_PORT/admin/sagas/live/
   metrics     http://127.0.0.1:$WEB_PORT/metrics     (Prometheus text; open on localhost while DEBUG)
-  REST API    http://127.0.0.1:$WEB_PORT/api/sagas/
+  REST API    http://127.0.0.1:$WEB_PORT/api/        (a token: POST /api/auth/token/ with a username and password)
   API docs    http://127.0.0.1:$WEB_PORT/api/docs/
   Flower      http://127.0.0.1:$FLOWER_PORT/
 Start more sagas:  .venv/bin/python manage.py saga_demo --sagas 20 --failure-rate 0.2

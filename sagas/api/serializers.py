@@ -244,6 +244,11 @@ class SagaTypeOutputSerializer(serializers.Serializer):
     steps = StepDefinitionOutputSerializer(many=True)
 
 
+class AuthTokenOutputSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="Send it as `Authorization: Token <token>`; the same one every time "
+                                            "until an admin deletes it.")
+
+
 class ErrorOutputSerializer(serializers.Serializer):
     """Every error of the API: what went wrong, and a stable code to branch on."""
 

@@ -1,7 +1,7 @@
-"""Request rates: per user on the authenticated API, per client address on the token endpoints.
+"""Request rates: per user on the authenticated API, per client address on the endpoints without credentials.
 
 Rates come from the settings at each request (``SAGAS_API_THROTTLE_RATE``,
-``SAGAS_SIGNAL_THROTTLE_RATE``; None turns a throttle off) rather than from
+``SAGAS_SIGNAL_THROTTLE_RATE``, ``SAGAS_AUTH_THROTTLE_RATE``; None turns a throttle off) rather than from
 ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]``, which DRF binds once at import.
 Counts live in the shared cache, so the limit holds across web processes. A
 throttled request answers 429 with ``Retry-After`` (DRF's exception handler).
@@ -35,3 +35,13 @@ class SignalTokenThrottle(AnonRateThrottle):
     def get_cache_key(self, request, view) -> str:
         # AnonRateThrottle skips authenticated users; these views authenticate nobody.
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class AuthTokenThrottle(SignalTokenThrottle):
+    """``POST /api/auth/token/`` takes a password: per client address, so guessing passwords is slow too,
+    counted apart from the signal tokens (a busy callback sender locks nobody out of logging in)."""
+
+    scope = "auth_token"
+
+    def get_rate(self) -> str | None:
+        return settings.SAGAS_AUTH_THROTTLE_RATE

@@ -6,6 +6,8 @@ from . import views
 app_name = "sagas_api"
 
 urlpatterns = [
+    path("", views.ApiRootApi.as_view(), name="root"),
+    path("auth/token/", views.AuthTokenApi.as_view(), name="auth-token"),
     path("analytics/", views.AnalyticsApi.as_view(), name="analytics"),
     path("saga-types/", views.SagaTypeListApi.as_view(), name="saga-type-list"),
     path("sagas/", views.SagaListCreateApi.as_view(), name="saga-list"),

@@ -20,6 +20,8 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.views import APIView
 
 from .. import access, analytics, engine
@@ -33,6 +35,7 @@ from .serializers import (
     IDEMPOTENCY_KEY_SCHEMA,
     NO_NUL_PATTERN,
     AnalyticsOutputSerializer,
+    AuthTokenOutputSerializer,
     AnalyticsQuerySerializer,
     ErrorOutputSerializer,
     FieldErrorsOutputSerializer,
@@ -49,7 +52,7 @@ from .serializers import (
     WaitingStepOutputSerializer,
     idempotency_key_from,
 )
-from .throttles import SignalTokenThrottle
+from .throttles import AuthTokenThrottle, SignalTokenThrottle
 
 TAG = "sagas"
 
@@ -127,6 +130,57 @@ def accepted(request: Request, saga: SagaInstance, *, location: bool = False) ->
     headers = {"Location": saga_url(request, saga)} if location else None
     return Response(shown(request, SagaInstanceOutputSerializer(saga).data), status=status.HTTP_202_ACCEPTED,
                     headers=headers)
+
+
+# The root's answer: name -> URL of every endpoint that takes no id.
+ENDPOINT_LINKS = {"type": "object", "additionalProperties": {"type": "string", "format": "uri"},
+                  "example": {"saga-types": "http://127.0.0.1:8000/api/saga-types/",
+                              "sagas": "http://127.0.0.1:8000/api/sagas/"}}
+
+
+class ApiRootApi(APIView):
+    """Where everything is: each endpoint that takes no id, with its URL (open to anyone, as the schema is)."""
+
+    permission_classes = [AllowAny]
+
+    def get_view_name(self) -> str:
+        return "Saga orchestrator API"
+
+    @extend_schema(tags=[TAG], summary="The API's endpoints", auth=[],
+                   description="Each endpoint that needs no id, by its path under `/api/`, with its URL; "
+                               "`schema` and `docs` are the OpenAPI schema and its browsable docs.",
+                   responses={200: OpenApiResponse(ENDPOINT_LINKS, description="name -> URL")})
+    def get(self, request: Request) -> Response:
+        from .urls import urlpatterns  # they name this view
+
+        links = {str(p.pattern).strip("/"): request.build_absolute_uri(reverse(f"sagas_api:{p.name}"))
+                 for p in urlpatterns if p.pattern.converters == {} and str(p.pattern)}
+        for name in ("schema", "docs"):
+            links[name] = request.build_absolute_uri(reverse(f"api-{name}"))
+        return Response(links)
+
+
+class AuthTokenApi(APIView):
+    """A user's API token for a username and password (DRF's ``obtain_auth_token``, in this API's ways:
+    JSON only, its error shape, throttled per client address like the other endpoints without credentials)."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes = [AuthTokenThrottle]
+
+    @extend_schema(
+        tags=["auth"], summary="Get a user's API token", auth=[], request=AuthTokenSerializer,
+        description="The token of the user these credentials name (created on first use). Bad credentials, or "
+                    "an inactive user, answer 400 with the error under `non_field_errors`.",
+        responses={200: AuthTokenOutputSerializer, 400: BAD_REQUEST,
+                   429: OpenApiResponse(ErrorOutputSerializer, description="Too many tries from this address "
+                                                                           "(code `throttled`, `Retry-After`).")},
+    )
+    def post(self, request: Request) -> Response:
+        params = AuthTokenSerializer(data=request.data, context={"request": request})
+        params.is_valid(raise_exception=True)
+        token, _ = Token.objects.get_or_create(user=params.validated_data["user"])
+        return Response(AuthTokenOutputSerializer({"token": token.key}).data)
 
 
 class SagaTypeListApi(APIView):

@@ -66,7 +66,7 @@ def api_server(transactional_db, tmp_path):
     # The throttles off: the fuzzer sends thousands of requests a minute as one user, from one address.
     proc = spawn_web(port=port, queue=queue, log=log, env={
         "DJANGO_SETTINGS_MODULE": "config.settings_test", "SAGAS_API_THROTTLE_RATE": "off",
-        "SAGAS_SIGNAL_THROTTLE_RATE": "off"})
+        "SAGAS_SIGNAL_THROTTLE_RATE": "off", "SAGAS_AUTH_THROTTLE_RATE": "off"})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/api/schema/", proc, log)

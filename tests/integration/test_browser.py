@@ -3,7 +3,7 @@ against the real ASGI server (uvicorn, in a subprocess), a real worker and the t
 
 ``scripts/test.sh`` installs ``chromium`` and ``chromium-driver`` when it runs as root and they are
 missing; elsewhere these tests are skipped if the browser is not there. Screenshots go to
-``var/screenshots/``.
+``var/screenshots/``; those the README shows go to ``docs/`` (each run takes them again).
 """
 import json
 import os
@@ -28,6 +28,8 @@ from .conftest import QUEUE
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = Path(settings.VAR_DIR) / "screenshots"
+DOCS = Path(settings.BASE_DIR) / "docs"
+WIDTHS = (1440, 1920)  # the screens the pages are made for: none may scroll sideways there
 
 pytestmark = [
     pytest.mark.integration,
@@ -70,7 +72,7 @@ def browser():
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={profile}"):
+                 "--disable-dev-shm-usage", "--window-size=1440,1000", f"--user-data-dir={profile}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -112,9 +114,35 @@ def start_saga_through_api(server, token, saga_type, saga_input):
         return SagaInstance.objects.get(pk=json.load(response)["id"])
 
 
-def screenshot(browser, name):
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SHOTS / name))
+def screenshot(browser, name, folder=SHOTS):
+    folder.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(folder / name))
+
+
+def at_width(browser, width):
+    """Resize the window so that the page's viewport is ``width`` px wide (the window's frame aside)."""
+    browser.set_window_size(width, 1000)
+    frame = browser.execute_script("return window.outerWidth - window.innerWidth")
+    if frame:
+        browser.set_window_size(width + frame, 1000)
+    assert browser.execute_script("return window.innerWidth") == width
+
+
+def sideways_scroll(browser):
+    """How many px the page is wider than its window (0: no sideways scroll)."""
+    return browser.execute_script(
+        "var d = document.documentElement; return Math.max(0, d.scrollWidth - d.clientWidth)")
+
+
+def background(browser, element):
+    return browser.execute_script("return getComputedStyle(arguments[0]).backgroundColor", element)
+
+
+def text_box(browser, element):
+    """The horizontal extent (left, right) of the text inside ``element``, not of its cell."""
+    return browser.execute_script(
+        "var r = document.createRange(); r.selectNodeContents(arguments[0]);"
+        "var b = r.getBoundingClientRect(); return [b.left, b.right]", element)
 
 
 def test_live_page_shows_a_saga_appear_and_finish_without_a_reload(server, browser, staff):
@@ -155,6 +183,104 @@ def test_live_page_shows_a_saga_appear_and_finish_without_a_reload(server, brows
     assert browser.execute_script("return performance.getEntriesByType('navigation').length") == 1
     assert browser.execute_script("return window.sagasLive.pushes") >= 2
     assert SagaInstance.objects.get(pk=failed.pk).status == SagaStatus.FAILED
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_live_page_fits_the_window_and_shows_deadlines_ahead(server, browser, staff, width):
+    from selenium.webdriver.common.by import By
+
+    from corporate.fixtures import Inputs
+    from sagas import start_saga
+    from sagas.models import StepRecord, StepStatus
+    from tests.helpers import wait_until
+
+    _, token = staff
+    at_width(browser, width)
+    log_in(browser, server)
+    browser.get(f"{server}/admin/sagas/live/")
+    wait(browser, lambda d: d.find_element(By.ID, "live-status").text == "live")
+    alarm = "rgb(186, 33, 33)"  # the admin's error red
+    caption = browser.find_element(By.CSS_SELECTOR, "#needs-person caption")
+    assert "nothing" in browser.find_element(By.CSS_SELECTOR, "#needs-person tbody").text
+    assert background(browser, caption) != alarm  # calm while no one is needed
+    screenshot(browser, f"live-page-empty-{width}.png")
+
+    # The corporate gates wait days (budget: 3, onboarding: 14); their long names fill the columns.
+    gated = {start_saga("corporate.budget_approval", input=Inputs.budget(amount="900")).pk: "in 2 d 23 h",
+             start_saga("corporate.employee_onboarding", input=Inputs.onboarding()).pk: "in 13 d 23 h"}
+    wait_until(lambda: StepRecord.objects.filter(saga_id__in=gated, status=StepStatus.WAITING).count() == 2)
+    busy = start_saga_through_api(server, token, "tests.three_steps", {"sleep": {"b": 20}})
+    failed = start_saga_through_api(server, token, "tests.three_steps",
+                                    {"fail": {"b": "permanent"}, "comp_fail": {"a": 5}})
+    start_saga_through_api(server, token, "tests.three_steps", {"fail": {"c": "permanent"}})
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#needs-person tr[data-saga-id="{failed.pk}"]'))
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#in-flight tr[data-saga-id="{busy.pk}"]'))
+
+    for saga_id, left in gated.items():
+        row = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#waiting tr[data-saga-id="{saga_id}"]'))
+        assert row[0].find_elements(By.TAG_NAME, "td")[4].text == left
+    assert background(browser, caption) == alarm  # now someone is needed
+    # Each count sits under its own column's header, not under the next one's.
+    headers = browser.find_elements(By.CSS_SELECTOR, "#counts thead th")
+    for row in browser.find_elements(By.CSS_SELECTOR, "#counts tbody tr"):
+        for header, cell in zip(headers, row.find_elements(By.TAG_NAME, "td"), strict=True):
+            (head_left, head_right), (left, right) = text_box(browser, header), text_box(browser, cell)
+            assert head_left <= right and left <= head_right, (header.text, cell.text)
+    assert sideways_scroll(browser) == 0
+    if width == 1440:
+        screenshot(browser, "live-page.png", DOCS)
+    else:
+        screenshot(browser, f"live-page-{width}.png")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_admin_index_is_the_orchestrators_with_sagas_first(server, browser, staff, width):
+    from selenium.webdriver.common.by import By
+
+    at_width(browser, width)
+    log_in(browser, server)
+    browser.get(f"{server}/admin/")
+
+    assert browser.find_element(By.ID, "site-name").text == "Saga orchestrator"
+    assert browser.title.endswith("| Saga orchestrator")
+    apps = [m.get_attribute("class").split()[0] for m in browser.find_elements(By.CSS_SELECTOR, "#content-main > .module")]
+    assert apps[:2] == ["sagas-live", "app-sagas"], apps  # the live page, then the sagas, then the rest
+    link = browser.find_element(By.LINK_TEXT, "Live view")
+    assert browser.execute_script("return arguments[0].getClientRects().length", link) == 1  # on one line
+    assert sideways_scroll(browser) == 0
+    if width == 1440:
+        screenshot(browser, "admin-index.png", DOCS)
+
+    link.click()  # the other pages' sidebar lists the sagas first too
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#nav-sidebar > .module"))
+    sidebar = [m.get_attribute("class").split()[0] for m in browser.find_elements(By.CSS_SELECTOR, "#nav-sidebar > .module")]
+    assert sidebar[0] == "app-sagas", sidebar
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_view_site_leads_to_a_landing_page_and_the_api_root_answers(server, browser, staff, width):
+    from selenium.webdriver.common.by import By
+
+    at_width(browser, width)
+    log_in(browser, server)
+    browser.find_element(By.LINK_TEXT, "VIEW SITE").click()
+    wait(browser, lambda d: d.current_url == f"{server}/")
+
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Start here"
+    assert browser.find_element(By.ID, "site-name").text == "Saga orchestrator"
+    links = {a.text: a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#landing th a")}
+    assert links["Live page"] == f"{server}/admin/sagas/live/" and links["API docs"] == f"{server}/api/docs/"
+    assert {"Admin", "REST API", "API token", "Flower", "Metrics"} <= set(links)
+    assert sideways_scroll(browser) == 0
+    if width == 1440:
+        screenshot(browser, "landing-page.png", DOCS)
+
+    browser.find_element(By.LINK_TEXT, "REST API").click()  # DRF's browsable answer, not a 404
+    wait(browser, lambda d: d.current_url == f"{server}/api/")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Saga orchestrator API"
+    assert f"{server}/api/saga-types/" in browser.page_source
+    assert sideways_scroll(browser) == 0
+    screenshot(browser, f"api-root-{width}.png")
 
 
 def test_saga_page_draws_its_timeline_with_a_bar_per_attempt(server, browser, staff):

@@ -290,3 +290,41 @@ def _silent(holder: str) -> bool:
     from sagas import liveness
 
     return bool(liveness.dead_holders({holder}, timezone.now()))
+
+
+# --- the sweeper out of Flower's way ------------------------------------------------------------------
+
+
+def test_the_sweeper_runs_every_interval_without_filling_flowers_task_list(worker, tmp_path):
+    """Flower lists every task it hears a task-* event of: beat's task-sent and the worker's received,
+    started, succeeded. The sweep (every few seconds) sends none; a saga's steps still do."""
+    from config.celery import app
+    from sagas.models import SweeperLease
+    from sagas.workers import spawn_beat, stop_workers
+
+    ours = worker["name"]
+    heard: list[dict] = []
+    with app.connection_for_read() as connection_:
+        receiver = app.events.Receiver(connection_, handlers={"*": heard.append})
+        listening = threading.Thread(target=receiver.capture, kwargs={"limit": None}, daemon=True)
+        listening.start()
+        beat = spawn_beat(queue=worker["queue"], schedule=tmp_path / "beat-schedule", log=tmp_path / "beat.log",
+                          env={"DJANGO_SETTINGS_MODULE": "config.settings_test", "SAGAS_SWEEP_INTERVAL": "0.5"})
+        try:
+            holders = set()
+            wait_until(lambda: holders.update(SweeperLease.objects.values_list("holder", flat=True)) or
+                       len(holders) >= 4, timeout=30)  # a new holder per sweep: four sweeps ran
+            saga = start_saga(SAGA, input={})  # the control: its steps are heard
+            wait_for_saga(saga)
+            wait_until(lambda: any(e.get("name") == "sagas.run_step" and e["hostname"] == ours for e in heard))
+        finally:
+            stop_workers([beat], timeout=10)
+            receiver.should_stop = True
+            listening.join(timeout=5)
+
+    mine = [e for e in heard if e["type"].startswith("task-")
+            and (e["hostname"] == ours or e.get("queue") == worker["queue"])]  # not other runs' workers
+    named = {e["uuid"]: e["name"] for e in mine if e.get("name")}  # task-sent and task-received name the task
+    assert "sagas.sweep" not in named.values(), sorted(set(named.values()))
+    assert {e["uuid"] for e in mine} <= set(named)  # nothing heard only as started or succeeded
+    assert "sagas.run_step" in named.values()

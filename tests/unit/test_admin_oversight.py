@@ -83,6 +83,25 @@ def test_changelist_shows_one_readable_line_per_saga(admin_client, db):
     assert "white-space: nowrap" in page
 
 
+def test_changelist_shows_where_a_saga_compensated_at_its_gate_stopped(admin_client, db, sent):
+    from corporate.fixtures import Inputs
+    from sagas import fail_step, start_saga
+    from sagas.engine import execute_compensation, execute_step
+
+    saga = start_saga("corporate.employee_onboarding", input=Inputs.onboarding())
+    execute_step(saga.id, 0)
+    execute_step(saga.id, 1)  # contract_signature waits for the signature
+    fail_step(saga, "contract_signature", error="the candidate declined")
+    for index in (1, 0):
+        execute_compensation(saga.id, index)
+    assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.COMPENSATED
+
+    page = admin_client.get(CHANGELIST).content.decode()
+
+    row = re.search(rf"<tr>(?:(?!</tr>).)*>{saga.pk.hex[:8]}</code>.*?</tr>", page, re.S).group(0)
+    assert "contract_signature (compensated)" in row  # not "-": the gate it stopped at, undone
+
+
 @pytest.mark.parametrize("sagas", [3, 40])
 def test_changelist_query_count_does_not_grow_with_the_sagas(admin_client, db, sagas,
                                                              django_assert_max_num_queries):

@@ -676,3 +676,79 @@ def test_output_serializers_build_their_fields_from_the_model_once_and_give_each
     assert [(a["id"], a["status"], a["error"]) for a in answers] == [
         (str(first.id), "succeeded", ""), (str(second.id), "failed", "refused"), (str(first.id), "succeeded", "")]
     assert answers[0]["steps"] == answers[2]["steps"] and len(answers[1]["steps"]) == len(second.steps.all())
+
+
+# --- the root and the token endpoint ----------------------------------------------------------------
+
+TOKEN_URL = "/api/auth/token/"
+
+
+def test_the_api_root_lists_each_endpoint_without_an_id_for_anyone(db):
+    from urllib.parse import urlparse
+
+    from django.urls import resolve
+
+    response = APIClient().get("/api/")
+
+    assert response.status_code == 200
+    links = response.json()
+    assert {"sagas", "saga-types", "waiting-steps", "analytics", "auth/token", "schema", "docs"} <= set(links)
+    for name, url in links.items():
+        assert url.startswith("http://testserver/api/"), (name, url)
+        resolve(urlparse(url).path)  # each one is served (Resolver404 otherwise)
+
+
+def test_a_username_and_password_get_the_users_api_token(user):
+    response = APIClient().post(TOKEN_URL, {"username": "operator", "password": "secret-pass"}, format="json")
+
+    assert response.status_code == 200
+    key = response.json()["token"]
+    assert key == Token.objects.get(user=user).key
+    again = APIClient().post(TOKEN_URL, {"username": "operator", "password": "secret-pass"}, format="json")
+    assert again.json() == {"token": key}  # the same token, not a new one each time
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    assert client.get(SAGAS_URL).status_code == 200
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"username": "operator", "password": "wrong"}, "non_field_errors"),
+    ({"username": "operator"}, "password"),
+])
+def test_bad_credentials_answer_400_in_the_apis_error_shape(user, body, field):
+    response = APIClient().post(TOKEN_URL, body, format="json")
+
+    assert response.status_code == 400
+    answer = response.json()
+    assert (answer["detail"], answer["code"]) == ("Invalid input.", "invalid")
+    assert list(answer) == [field, "detail", "code"]
+    assert not Token.objects.exists()
+
+
+def test_the_token_endpoint_takes_json_only_as_the_rest_of_the_api(user):
+    response = APIClient().generic("POST", TOKEN_URL, "username=operator&password=secret-pass",
+                                   content_type="application/x-www-form-urlencoded")
+
+    assert response.status_code == 415 and response.json()["code"] == "unsupported_media_type"
+
+
+def test_the_token_endpoint_is_throttled_per_client_address(user, settings):
+    settings.SAGAS_AUTH_THROTTLE_RATE = "2/minute"
+    client = APIClient()
+
+    answers = [client.post(TOKEN_URL, {"username": "operator", "password": "guess"}, format="json")
+               for _ in range(3)]
+
+    assert [a.status_code for a in answers] == [400, 400, 429]
+    assert answers[2].json()["code"] == "throttled" and 0 < int(answers[2]["Retry-After"]) <= 60
+
+
+def test_the_token_endpoint_is_in_the_schema_without_authentication(db):
+    schema = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+    operation = schema["paths"]["/api/auth/token/"]["post"]
+    assert "security" not in operation and "security" in schema["paths"]["/api/sagas/"]["get"]
+    body = schema["components"]["schemas"][operation["requestBody"]["content"]["application/json"]["schema"]
+                                           ["$ref"].rsplit("/", 1)[1]]
+    assert {"username", "password"} <= set(body["required"])
+    assert set(operation["responses"]) == {"200", "400", "429"}

@@ -139,3 +139,41 @@ def test_deploy_check_with_the_compose_environment_behind_a_tls_proxy_is_clean()
                               SECURE_HSTS_SECONDS="31536000", SAGAS_NUM_PROXIES="1")
 
     assert deploy_warnings(env) == set()
+
+def test_each_request_is_written_once_in_the_web_servers_log(tmp_path):
+    """As make run serves the app (uvicorn, its access log on): a 404 is one line, not Django's warning too."""
+    import urllib.error
+    import urllib.request
+
+    from sagas.workers import free_port, wait_for_http
+
+    port, log = free_port(), tmp_path / "web.log"
+    clean = {k: v for k, v in os.environ.items() if k not in OURS}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+             "--ws", "wsproto"], cwd=settings.BASE_DIR, stdout=out, stderr=subprocess.STDOUT,
+            env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings", "DEBUG": "1"})
+    paths = ("/no-such-page/", "/api/no-such-endpoint/")
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/api/schema/", proc, log)
+        for path in paths:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
+            except urllib.error.HTTPError as answer:
+                assert answer.code == 404
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+    text = log.read_text()
+    for path in paths:
+        assert text.count(path) == 1, text
+
+
+def test_a_server_error_is_still_logged_with_its_traceback():
+    import logging
+
+    request_log = logging.getLogger("django.request")
+    assert request_log.isEnabledFor(logging.ERROR) and not request_log.isEnabledFor(logging.WARNING)
+    assert request_log.propagate  # to the console and to the mails to ADMINS
