@@ -58,11 +58,20 @@ class RefusedField(serializers.JSONField):
     """The stored list as it is: a job over thousands of sagas may refuse thousands."""
 
 
+class ReasonField(TextField):
+    """Text only: a number is refused, as the schema says, rather than turned into text."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class BulkActionInputSerializer(serializers.Serializer):
     action = serializers.ChoiceField(choices=BulkActionKind.choices,
                                      help_text="The engine function each matching saga goes through.")
     filter = BulkFilterField()
-    reason = TextField(max_length=1000, required=False, allow_blank=True, default="",
+    reason = ReasonField(max_length=1000, required=False, allow_blank=True, default="",
                        help_text="For `cancel` and `pause`: recorded on each saga. Left out or blank: "
                                  "`cancelled by bulk action <id>` (or `paused ...`).")
 

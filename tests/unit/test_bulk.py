@@ -9,7 +9,8 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
-from django.db import OperationalError
+from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -175,6 +176,7 @@ def test_without_the_actions_own_permission_it_answers_403_and_creates_nothing(d
     ({"action": "cancel", "filter": {"ids": []}}, ["filter", "ids"]),
     ({"action": "cancel", "filter": {"ids": [str(uuid.uuid4())] * (bulk.MAX_IDS + 1)}}, ["filter", "ids"]),
     ({"action": "cancel", "filter": {}, "reason": "x" * 1001}, ["reason"]),
+    ({"action": "cancel", "filter": {}, "reason": 0}, ["reason"]),
 ])
 def test_a_bad_action_or_filter_answers_400_with_field_errors_and_creates_nothing(api, batches_sent, body, where):
     pending(1)
@@ -248,6 +250,19 @@ def test_a_bulk_cancel_goes_through_the_engine_for_each_match_and_lists_the_one_
         assert (event.detail["by"], event.detail["by_user_id"]) == (user.username, user.pk)
     assert cancelled(other) == 0 and cancelled(done) == 1  # the cancel that finished it, not the job's
     assert batches_sent == [str(job.pk)] * 3  # the first, then after each full batch
+
+
+def test_a_batch_reads_the_sagas_of_one_batch_never_every_match(user, sent, batches_sent):
+    pending(5)
+    job = ask(user)
+
+    with CaptureQueriesContext(connection) as queries:
+        bulk.run_batch(job.pk, size=2)
+
+    reads = [q["sql"] for q in queries.captured_queries
+             if 'ORDER BY "sagas_sagainstance"."created_at" ASC' in q["sql"]]
+    assert len(reads) == 1 and reads[0].endswith("LIMIT 3"), reads  # the batch and one more: is there another?
+    assert BulkAction.objects.get(pk=job.pk).succeeded == 2
 
 
 def test_the_jobs_reason_is_each_sagas_reason(user, sent, batches_sent):
