@@ -21,7 +21,7 @@ the next, so a long job never holds a worker for its whole length.
 - Memory is bounded by the batch: ids are read a batch at a time through the
   cursor; ``matched`` is one COUNT when the job is asked for.
 - A job whose worker died goes on: its message comes back (the task is
-  acknowledged late), and beat's check (``resume_stalled``) sends a running
+  acknowledged late), and beat's check (``resend_stalled``) sends a running
   job whose last batch is older than ``SAGAS_BULK_STALE_AFTER`` again. Two
   messages for one job are harmless: batches take the job's row in turn
   and start from its cursor.
@@ -198,7 +198,7 @@ def send_after_commit(bulk_id: uuid.UUID | str) -> None:
     def send() -> None:
         try:
             current_app.signature(TASK, args=(str(bulk_id),)).apply_async()
-        except Exception as exc:  # the job is stored: resume_stalled sends it again
+        except Exception as exc:  # the job is stored: resend_stalled sends it again
             logger.warning("bulk action %s: could not send its next batch (%s); the periodic check will",
                            bulk_id, describe_error(exc))
 
@@ -333,7 +333,7 @@ def _act(job: BulkAction, saga: SagaInstance, user: Any) -> str | None:
 # --- the periodic check -------------------------------------------------------------------------
 
 
-def resume_stalled(*, stale_after: float | None = None, limit: int = 100) -> list[str]:
+def resend_stalled(*, stale_after: float | None = None, limit: int = 100) -> list[str]:
     """Send again every running job whose last batch is older than ``stale_after`` seconds (default
     ``SAGAS_BULK_STALE_AFTER``): its worker died, or its next message was lost. Returns their ids."""
     stale_after = settings.SAGAS_BULK_STALE_AFTER if stale_after is None else stale_after

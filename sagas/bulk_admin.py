@@ -38,7 +38,8 @@ LIST_FILTERS = {
 # The list's own parameters, which filter nothing: ordering, page, facets, the invalid-lookup flag.
 NOT_FILTERS = {"o", "p", "_facets", "e"}
 # Parameters a bulk filter cannot say, as the list's sidebar names them.
-FILTER_NAMES = {"q": "the search", "waiting": "waiting for a person", "held": "held by the sweeper"}
+FILTER_NAMES = {"q": "the search", "waiting": "waiting for a person", "held": "held by the sweeper",
+                "paused": "paused (by whom)"}
 REFUSED_SHOWN = 500
 CONFIRMATION_TEMPLATE = "admin/sagas/sagainstance/bulk_confirmation.html"
 

@@ -135,8 +135,8 @@ def run_bulk_action(self, bulk_id: str) -> str:
 
 @shared_task(name="sagas.resume_bulk_actions", acks_late=True)
 def resume_bulk_actions() -> list[str]:
-    """Beat's check: running bulk actions whose last batch is old are sent again (``bulk.resume_stalled``)."""
-    return bulk.resume_stalled()
+    """Beat's check: running bulk actions whose last batch is old are sent again (``bulk.resend_stalled``)."""
+    return bulk.resend_stalled()
 
 
 @shared_task(name="sagas.prune")

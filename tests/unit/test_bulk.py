@@ -16,7 +16,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from sagas import bulk, cancel, engine, start_saga
+from sagas import InvalidTransition, bulk, cancel, engine, start_saga
 from sagas.models import BulkAction, BulkActionStatus, EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 from tests.helpers import SAGA_PERMISSIONS, saga_user
 
@@ -66,6 +66,13 @@ def failed_saga():
                                             ("c", StepStatus.FAILED)]):
         StepRecord.objects.create(saga=saga, index=index, name=name, status=status, compensation_attempts=2)
     return saga
+
+
+def refusal(move, saga, **kwargs) -> str:
+    """What the engine says when it refuses ``move`` on ``saga`` (nothing changes): the reason a job lists."""
+    with pytest.raises(InvalidTransition) as refused:
+        move(saga.pk, **kwargs)
+    return str(refused.value)
 
 
 def ask(user, action="cancel", spec=None, reason=""):
@@ -218,6 +225,16 @@ def test_an_unknown_or_malformed_job_id_answers_404(api, bulk_id):
     assert response.json()["code"] == "bulk_action_not_found"
 
 
+def test_bulk_actions_are_throttled_as_the_rest_of_the_api(api, settings):
+    settings.SAGAS_API_THROTTLE_RATE = "2/minute"
+
+    answers = [api.post(BULK_URL, {"action": "cancel", "filter": {}}, format="json") for _ in range(3)]
+
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert answers[2].json()["code"] == "throttled" and "Retry-After" in answers[2]
+    assert BulkAction.objects.count() == 2
+
+
 def test_the_schema_describes_the_bulk_action_endpoints(api):
     schema = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
 
@@ -240,9 +257,7 @@ def test_a_bulk_cancel_goes_through_the_engine_for_each_match_and_lists_the_one_
     job = run_to_the_end(job, size=2)
 
     assert (job.status, job.succeeded, job.matched, job.batches) == (BulkActionStatus.DONE, 5, 6, 3)
-    assert job.refused == [{"saga_id": str(done.pk),
-                            "reason": f"saga {done.pk} is compensated; only a pending or running saga can be "
-                                      "cancelled"}]
+    assert job.refused == [{"saga_id": str(done.pk), "reason": refusal(engine.cancel, done)}]
     for saga in sagas:
         saga = SagaInstance.objects.get(pk=saga.pk)
         assert saga.status == SagaStatus.COMPENSATED and saga.error == f"cancelled by bulk action {job.pk}"
@@ -377,6 +392,27 @@ def test_pause_and_resume_are_the_engines_functions_found_when_the_batch_runs(us
                      ("resume", saga.pk, {"by": user})]
 
 
+@pytest.mark.skipif(not hasattr(engine, "pause"), reason="needs the engine's pause and resume (forward recovery)")
+def test_a_bulk_pause_then_a_bulk_resume_go_through_the_engine(user, sent, batches_sent):
+    sagas, done = pending(3), finished()
+
+    paused = run_to_the_end(ask(user, "pause", {"saga_type": SAGA}, reason="supplier outage"))
+
+    assert paused.succeeded == 3 and [r["saga_id"] for r in paused.refused] == [str(done.pk)]
+    assert paused.refused[0]["reason"] == refusal(engine.pause, done)
+    for saga in sagas:
+        assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.PAUSED
+        event = SagaEvent.objects.get(saga=saga, kind=EventKind.SAGA_PAUSED)
+        assert (event.detail["reason"], event.detail["by"]) == ("supplier outage", user.username)
+
+    resumed = run_to_the_end(ask(user, "resume", {"status": [SagaStatus.PAUSED]}))
+
+    assert (resumed.matched, resumed.succeeded, resumed.refused) == (3, 3, [])
+    assert {SagaInstance.objects.get(pk=s.pk).status for s in sagas} == {SagaStatus.PENDING}
+    assert all(SagaEvent.objects.filter(saga=s, kind=EventKind.SAGA_RESUMED, detail__by=user.username).exists()
+               for s in sagas)
+
+
 def test_an_action_the_engine_does_not_have_yet_refuses_each_saga(user, sent, batches_sent, monkeypatch):
     saga = pending(1)[0]
     monkeypatch.delattr(engine, "pause", raising=False)
@@ -443,9 +479,9 @@ def test_the_periodic_check_sends_again_only_running_jobs_whose_progress_is_old(
     BulkAction.objects.filter(pk__in=[stalled.pk, done.pk]).update(progress_at=long_ago)
     batches_sent.clear()
 
-    assert bulk.resume_stalled(stale_after=60) == [str(stalled.pk)]
+    assert bulk.resend_stalled(stale_after=60) == [str(stalled.pk)]
     assert batches_sent == [str(stalled.pk)]
-    assert bulk.resume_stalled(stale_after=60) == []  # sent just now: not again until it is old again
+    assert bulk.resend_stalled(stale_after=60) == []  # sent just now: not again until it is old again
     assert fresh.pk not in {uuid.UUID(i) for i in batches_sent}
 
 
@@ -539,7 +575,7 @@ def test_the_jobs_page_lists_what_it_refused_and_is_read_only(client, staff, sen
     page = client.get(reverse("admin:sagas_bulkaction_change", args=[job.pk])).content.decode()
 
     assert "2 of 2 handled: 1 acted on, 1 refused" in page
-    assert str(done.pk) in page and "only a pending or running saga can be cancelled" in page
+    assert str(done.pk) in page and refusal(engine.cancel, done) in page
     assert 'http-equiv="refresh"' not in page and 'name="_save"' not in page
 
 
