@@ -287,6 +287,12 @@ SAGAS_WORKER_DEAD_AFTER = env_float("SAGAS_WORKER_DEAD_AFTER", 10.0)
 # connection. Turn off (0) behind a pooler that cannot keep prepared
 # statements: PgBouncer in transaction mode before 1.21.
 SAGAS_PREPARED_STATEMENTS = env_bool("SAGAS_PREPARED_STATEMENTS", True)
+# Bulk actions (sagas.bulk): each batch acts on this many sagas in one transaction (their locks are
+# held that long); a running job whose last batch is older than SAGAS_BULK_STALE_AFTER seconds is
+# sent again by beat's check, which runs every SAGAS_BULK_CHECK_INTERVAL seconds.
+SAGAS_BULK_BATCH_SIZE = int(env_float("SAGAS_BULK_BATCH_SIZE", 200))
+SAGAS_BULK_STALE_AFTER = env_float("SAGAS_BULK_STALE_AFTER", 60.0)
+SAGAS_BULK_CHECK_INTERVAL = env_float("SAGAS_BULK_CHECK_INTERVAL", 30.0)
 # --- Failure injection (demos and staging) -----------------------------------------
 # Off unless DEBUG or switched on explicitly: production never injects by accident.
 SAGAS_FAILURE_INJECTION_ENABLED = env_bool("SAGAS_FAILURE_INJECTION_ENABLED", DEBUG)
@@ -343,6 +349,9 @@ CELERY_BEAT_SCHEDULE = {
     # drop every sweep while the queue is backed up, just when lost messages need one.
     "sagas-sweep": {"task": "sagas.sweep", "schedule": SAGAS_SWEEP_INTERVAL,
                     "options": {"expires": SAGAS_SWEEP_EXPIRES}},
+    # Bulk jobs whose worker died (or whose next batch's message was lost) go on from their cursor.
+    "sagas-bulk-actions": {"task": "sagas.resume_bulk_actions", "schedule": SAGAS_BULK_CHECK_INTERVAL,
+                           "options": {"expires": SAGAS_BULK_CHECK_INTERVAL}},
 }
 if SAGAS_PRUNE_AFTER_DAYS > 0:
     CELERY_BEAT_SCHEDULE["sagas-prune"] = {"task": "sagas.prune", "schedule": SAGAS_PRUNE_INTERVAL,

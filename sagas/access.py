@@ -176,3 +176,32 @@ def may_signal_in_any(user: Any) -> bool:
     from .selectors import waiting_steps_for
 
     return _authenticated(user) and waiting_steps_for(user).exists()
+
+
+# --- bulk actions ------------------------------------------------------------------------------
+
+# Django's own permission on the jobs: who holds it reads every user's bulk actions, not only their own.
+VIEW_EVERY_BULK_ACTION = "sagas.view_bulkaction"
+
+
+def may_read_bulk_action(user: Any, job: Any = None) -> bool:
+    """Whether ``user`` may read ``job`` (a ``BulkAction``), or some bulk action at all when ``job`` is None.
+
+    Their own jobs while they hold ``sagas.run_bulk_actions``; every job with ``sagas.view_bulkaction``.
+    """
+    if not _authenticated(user):
+        return False
+    if user.has_perm(VIEW_EVERY_BULK_ACTION):
+        return True
+    return user.has_perm(MOVES["bulk"]) and (job is None or job.requested_by_id == user.pk)
+
+
+def visible_bulk_actions(user: Any, jobs: QuerySet) -> QuerySet:
+    """``jobs`` narrowed to those ``user`` may read (``may_read_bulk_action``)."""
+    if not _authenticated(user):
+        return jobs.none()
+    if user.has_perm(VIEW_EVERY_BULK_ACTION):
+        return jobs
+    if not user.has_perm(MOVES["bulk"]):
+        return jobs.none()
+    return jobs.filter(requested_by=user.pk)

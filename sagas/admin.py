@@ -22,6 +22,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from . import access, engine
+from .bulk_admin import BULK_ACTIONS, BulkActionsMixin
 from .errors import InvalidRequest, InvalidSignal, SagaError
 from .models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 from .selectors import with_current_step
@@ -416,7 +417,7 @@ class PausedFilter(admin.SimpleListFilter):
 
 
 @admin.register(SagaInstance)
-class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
+class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
     """Sagas start through the API or Python and move only through the engine, which the actions call."""
 
     saga_id_lookup = "pk"
@@ -428,7 +429,7 @@ class SagaInstanceAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     show_full_result_count = False
     inlines = [StepRecordInline]
     actions = ["resubmit_sagas", "cancel_sagas", "pause_sagas", "resume_sagas", "retry_compensation_sagas",
-               "release_sagas"]
+               "release_sagas", *BULK_ACTIONS]
     fieldsets = (
         (None, {"fields": ("id", "saga_type", "version", "status_badge", "error", "idempotency_key",
                            "resubmitted_from_link", "resubmissions_links")}),

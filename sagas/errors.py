@@ -83,3 +83,11 @@ class StepFailed(SagaError):
 
 class CompensationFailed(SagaError):
     """Raised by the ``compensate_step`` task when a compensation is exhausted; the chain stops there."""
+
+
+class InvalidBulkAction(SagaError):
+    """A bulk action's action or filter is not one the orchestrator takes; ``errors`` maps field -> messages."""
+
+    def __init__(self, errors: dict):
+        self.errors = errors
+        super().__init__(f"invalid bulk action: {errors}")

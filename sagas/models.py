@@ -344,3 +344,69 @@ class MetricTotal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.saga_type} {self.step} {self.figure} = {self.value:g}"
+
+
+class BulkActionKind(models.TextChoices):
+    """What a bulk action does to each saga: the engine function of the same name (``sagas.bulk``)."""
+
+    CANCEL = "cancel", "cancel"
+    PAUSE = "pause", "pause"
+    RESUME = "resume", "resume"
+    RETRY_COMPENSATION = "retry_compensation", "retry compensation"
+    RESUBMIT = "resubmit", "resubmit"
+
+
+class BulkActionStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    DONE = "done", "done"
+
+
+class BulkAction(models.Model):
+    """One action over every saga matching a filter, done in the background in batches (``sagas.bulk``).
+
+    The cursor is the (``created_at``, ``id``) of the last saga a committed
+    batch handled: a batch's engine calls and its progress commit together,
+    so a job whose worker died goes on from the cursor and acts on each saga
+    once.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    action = models.CharField(max_length=30, choices=BulkActionKind.choices)
+    # As the client gave it (validated): {"status": [...], "saga_type": ..., "created_after": ...,
+    # "created_before": ..., "ids": [...]}, applied again at every batch.
+    filter = models.JSONField(default=dict, blank=True)
+    reason = models.TextField(blank=True, default="")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+    status = models.CharField(max_length=20, choices=BulkActionStatus.choices, default=BulkActionStatus.RUNNING)
+    # Sagas matching when the job was asked for (a COUNT); once done, the sagas it acted on or refused.
+    matched = models.PositiveIntegerField(default=0)
+    succeeded = models.PositiveIntegerField(default=0)
+    # [{"saga_id": "...", "reason": "..."}]: sagas the engine (or the user's permissions) refused.
+    refused = models.JSONField(default=list, blank=True)
+    # Why the job stopped before its end (its user was removed or lost the permission), or "".
+    error = models.TextField(blank=True, default="")
+    cursor_created_at = models.DateTimeField(null=True, blank=True)
+    cursor_saga_id = models.UUIDField(null=True, blank=True)
+    batches = models.PositiveIntegerField(default=0)
+    # Only sagas created up to this moment match: sagas started meanwhile (a resubmit's) are not chased.
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # When a batch last committed (or the periodic check last sent the job again): a running job
+    # whose progress is older than SAGAS_BULK_STALE_AFTER has lost its message or its worker.
+    progress_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(action__in=BulkActionKind.values), name="bulk_action_valid"),
+            models.CheckConstraint(condition=Q(status__in=BulkActionStatus.values), name="bulk_status_valid"),
+        ]
+        indexes = [
+            # The periodic check's look-up: only running jobs are in it.
+            models.Index(fields=["progress_at"], condition=Q(status=BulkActionStatus.RUNNING),
+                         name="bulk_running_progress_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"bulk {self.action} {self.id} ({self.status})"

@@ -9,7 +9,7 @@ from celery.signals import task_prerun, worker_process_init, worker_ready
 from django.conf import settings
 from django.db import connections
 
-from . import canvas, engine, liveness
+from . import bulk, canvas, engine, liveness
 from .definitions import Retry
 from .engine import INFRASTRUCTURE_ERRORS, Decision, Outcome, ReportPending
 from .errors import CompensationFailed, StepFailed
@@ -123,6 +123,23 @@ def send_compensation(saga_id: str, indices: list[int]) -> str:
 def sweep() -> dict:
     report = engine.sweep()
     return vars(report)
+
+
+# One batch of a bulk action per message; the batch sends the next. Acknowledged late: a batch
+# whose worker died is rolled back and its message comes back (beat's check covers a lost one).
+@shared_task(bind=True, name="sagas.run_bulk_action", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def run_bulk_action(self, bulk_id: str) -> str:
+    try:
+        report = bulk.run_batch(bulk_id)
+    except INFRASTRUCTURE_ERRORS as exc:
+        _retry_infrastructure(self, exc, self.request.retries)
+    return str(report)
+
+
+@shared_task(name="sagas.resume_bulk_actions", acks_late=True)
+def resume_bulk_actions() -> list[str]:
+    """Beat's check: running bulk actions whose last batch is old are sent again (``bulk.resend_stalled``)."""
+    return bulk.resend_stalled()
 
 
 @shared_task(name="sagas.prune")

@@ -26,6 +26,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from ..definitions import registry
 from ..errors import (
     IdempotencyConflict,
+    InvalidBulkAction,
     InvalidSagaInput,
     InvalidRequest,
     InvalidSignal,
@@ -35,7 +36,7 @@ from ..errors import (
     UnknownSignalToken,
     UnknownStep,
 )
-from ..models import SagaInstance
+from ..models import BulkAction, SagaInstance
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -101,6 +102,10 @@ def as_api_exception(exc: Exception) -> Exception:
         return FieldErrors(exc.errors, code="invalid_signal")
     if isinstance(exc, InvalidRequest):
         return FieldErrors(exc.errors, code="invalid_request")
+    if isinstance(exc, InvalidBulkAction):
+        return FieldErrors(exc.errors, code="invalid_bulk_action")
+    if isinstance(exc, BulkAction.DoesNotExist):
+        return NotFound("No bulk action with this id.", code="bulk_action_not_found")
     return exc
 
 

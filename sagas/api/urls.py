@@ -1,7 +1,7 @@
 """Routes of the saga API; ``config.urls`` mounts them under ``/api/``."""
 from django.urls import path
 
-from . import views
+from . import bulk, views
 
 app_name = "sagas_api"
 
@@ -26,4 +26,6 @@ urlpatterns = [
     path("sagas/<str:saga_id>/steps/<str:step>/fail/", views.StepFailApi.as_view(), name="step-fail"),
     path("signals/<str:token>/complete/", views.SignalCompleteApi.as_view(), name="signal-complete"),
     path("signals/<str:token>/fail/", views.SignalFailApi.as_view(), name="signal-fail"),
+    path("bulk-actions/", bulk.BulkActionCreateApi.as_view(), name="bulk-action-list"),
+    path("bulk-actions/<str:bulk_action_id>/", bulk.BulkActionDetailApi.as_view(), name="bulk-action-detail"),
 ]

@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 
-from sagas.models import SagaInstance, SagaStatus, StepRecord, StepStatus
+from sagas.models import BulkAction, SagaInstance, SagaStatus, StepRecord, StepStatus
 from sagas.workers import delete_queue, free_port, spawn_web, stop_workers, wait_for_http
 from tests.helpers import saga_user
 
@@ -50,6 +50,10 @@ parameters = {{ saga_id = "{waiting}", step = "gate" }}
 [[operations]]
 include-path-regex = '^/api/signals/'
 parameters = {{ token = "{token}" }}
+
+[[operations]]
+include-path = "/api/bulk-actions/{{bulk_action_id}}/"
+parameters = {{ bulk_action_id = "{bulk}" }}
 
 [[operations]]
 include-path = "/api/sagas/"
@@ -107,7 +111,8 @@ def test_api_answers_as_its_schema_says_under_fuzzing(api_server, tmp_path):
         "waiting": waiting_row(signal_token).pk,
     }
     config = tmp_path / "schemathesis.toml"
-    config.write_text(CONFIG.format(**ours, token=signal_token))
+    bulk_job = BulkAction.objects.create(action="cancel", filter={"ids": [str(ours["running"])]}, requested_by=user)
+    config.write_text(CONFIG.format(**ours, token=signal_token, bulk=bulk_job.pk))
 
     run = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", f"{api_server}/api/schema/",

@@ -751,4 +751,4 @@ def test_the_token_endpoint_is_in_the_schema_without_authentication(db):
     body = schema["components"]["schemas"][operation["requestBody"]["content"]["application/json"]["schema"]
                                            ["$ref"].rsplit("/", 1)[1]]
     assert {"username", "password"} <= set(body["required"])
-    assert set(operation["responses"]) == {"200", "400", "429"}
+    assert set(operation["responses"]) == {"200", "400", "413", "415", "429"}
