@@ -42,6 +42,4 @@ class AuthTokenThrottle(SignalTokenThrottle):
     counted apart from the signal tokens (a busy callback sender locks nobody out of logging in)."""
 
     scope = "auth_token"
-
-    def get_rate(self) -> str | None:
-        return settings.SAGAS_AUTH_THROTTLE_RATE
+    rate_setting = "SAGAS_AUTH_THROTTLE_RATE"

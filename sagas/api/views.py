@@ -172,9 +172,8 @@ class AuthTokenApi(APIView):
         tags=["auth"], summary="Get a user's API token", auth=[], request=AuthTokenSerializer,
         description="The token of the user these credentials name (created on first use). Bad credentials, or "
                     "an inactive user, answer 400 with the error under `non_field_errors`.",
-        responses={200: AuthTokenOutputSerializer, 400: BAD_REQUEST,
-                   429: OpenApiResponse(ErrorOutputSerializer, description="Too many tries from this address "
-                                                                           "(code `throttled`, `Retry-After`).")},
+        # 429 (too many tries from this address, with Retry-After) as on every throttled operation: schema.py.
+        responses={200: AuthTokenOutputSerializer, 400: BAD_REQUEST},
     )
     def post(self, request: Request) -> Response:
         params = AuthTokenSerializer(data=request.data, context={"request": request})

@@ -378,7 +378,8 @@ def test_every_operation_documents_its_429_with_retry_after_and_the_rate_that_ap
         assert answer["headers"]["Retry-After"]["required"] is True, (method, path)
         assert answer["headers"]["Retry-After"]["schema"]["type"] == "integer"
         assert answer["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOutput")
-        rate = "SAGAS_SIGNAL_THROTTLE_RATE" if path.startswith("/api/signals/") else "SAGAS_API_THROTTLE_RATE"
+        rate = ("SAGAS_SIGNAL_THROTTLE_RATE" if path.startswith("/api/signals/")
+                else "SAGAS_AUTH_THROTTLE_RATE" if path == "/api/auth/token/" else "SAGAS_API_THROTTLE_RATE")
         assert f"`{rate}`" in answer["description"], (method, path)
 
 
