@@ -33,10 +33,10 @@ from .sagas import (
     EMPLOYEE_ONBOARDING,
     GATED_TYPES,
     ORDER_FULFILLMENT,
+    REHEARSAL_VERSIONS,
     SAGA_TYPES,
     SYSTEM_DEPLOYMENT,
 )
-from .workflows.common import REHEARSAL_VERSION
 from .selectors import desks_free_count, laptops_free_count
 from .workflows.order_fulfillment import CARRIERS
 
@@ -76,7 +76,7 @@ class Planned:
     label: str = ""
     expected: str | None = None  # the final status an example must reach
     decisions: dict = field(default_factory=dict)  # gate -> APPROVE / REJECT / IGNORE (else the approver's dice)
-    version: int | None = None  # None: the latest (REHEARSAL_VERSION: deadlines of seconds)
+    version: int | None = None  # None: the latest (REHEARSAL_VERSIONS: deadlines of seconds)
 
 
 @dataclass
@@ -239,7 +239,7 @@ def plan_timeout_example(world: World) -> Planned:
     """A request nobody answers, in the rehearsal version: its deadline passes and it compensates."""
     data = {"department": world.departments["ENG"].pk, "amount": "700", "purpose": "example: nobody answers"}
     return Planned(BUDGET_APPROVAL, data, "budget withdrawn: manager never answered", COMPENSATED,
-                   decisions={"manager_approval": IGNORE}, version=REHEARSAL_VERSION)
+                   decisions={"manager_approval": IGNORE}, version=REHEARSAL_VERSIONS[BUDGET_APPROVAL])
 
 
 def start(plans: list[Planned]) -> list[Started]:

@@ -36,8 +36,8 @@ from kombu.exceptions import OperationalError
 from config.celery import app
 from corporate import demo
 from corporate.invariants import check_all
-from corporate.sagas import GATED_TYPES, SAGA_TYPES
-from corporate.workflows.common import REHEARSAL_DEADLINE, REHEARSAL_VERSION
+from corporate.sagas import REHEARSAL_VERSIONS, SAGA_TYPES
+from corporate.workflows.common import REHEARSAL_DEADLINE
 from sagas import analytics, engine, failure_injection
 from sagas.models import FINAL_SAGA_STATUSES, SagaInstance, SagaStatus
 
@@ -133,7 +133,7 @@ class Command(BaseCommand):
             plans = demo.plan_random(world, sagas, rng, seed)
             if short_deadlines:
                 for plan in plans:
-                    plan.version = REHEARSAL_VERSION if plan.saga_type in GATED_TYPES else None
+                    plan.version = REHEARSAL_VERSIONS.get(plan.saga_type)
             demo.ensure_capacity(world, plans)
             replaced = None
             try:
