@@ -12,9 +12,10 @@ from sagas import PermanentError, Retry
 STEP_RETRY = Retry(max_attempts=3, backoff=0.2, max_backoff=2.0)
 # Compensations must finish: more attempts, longer waits.
 COMPENSATION_RETRY = Retry(max_attempts=6, backoff=0.5, max_backoff=10.0)
-# Steps after a pivot cannot be undone, only retried: many attempts, waits growing to half a minute
-# (a mail server or an asset pool that is out for a while), then the saga pauses for a person.
-FORWARD_RETRY = Retry(max_attempts=10, backoff=0.5, max_backoff=30.0)
+# Steps after a pivot cannot be undone, only retried: the first waits as short as the others', then
+# more attempts with waits growing to half a minute (a mail server or an asset pool out for a while),
+# about 80 s in all; then the saga pauses for a person.
+FORWARD_RETRY = Retry(max_attempts=10, backoff=0.2, max_backoff=30.0)
 STEP_TIMEOUT = 30.0
 
 _boolean = serializers.BooleanField()
