@@ -9,7 +9,13 @@ same sagas, each with a ``reference`` that seeded failure injection keys on.
 The sagas' gates are answered while the demo runs by ``Approver``, a
 simulated person (and e-signature service) that uses the same public calls as
 everyone else: ``complete_step`` / ``fail_step`` as a demo user holding the
-gates' permissions, and the contract's token callback.
+gates' permissions, and the contract's token callback. Sagas that pause past
+their pivot (a confirmation that bounces, no laptop of the model asked for, no
+desk on the floor asked for, an injected failure) are looked after by
+``Operator``, a simulated person who reads the failed step's error, fixes
+what it names (the customer's address, a laptop for the pool) and calls
+``resume`` (with corrected input where the input was the cause) or
+``skip_step`` with the result of doing the step by hand.
 """
 from __future__ import annotations
 
@@ -22,21 +28,31 @@ from decimal import Decimal
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
-from sagas import InvalidTransition, UnknownSignalToken, complete_step, fail_step, start_saga
+from sagas import InvalidTransition, UnknownSignalToken, complete_step, fail_step, resume, skip_step, start_saga
 from sagas.analytics import percentile
+from sagas.engine.compensation import AFTER_PIVOT
 from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 
-from . import esignature, services
-from .models import ContractRequest, Customer, Department, FailureInjectionRule, Product, Service, SignatureEnvelope
+from . import esignature, invariants, services
+from .models import (
+    ContractRequest,
+    Customer,
+    Department,
+    FailureInjectionRule,
+    Order,
+    Product,
+    Service,
+    SignatureEnvelope,
+)
 from .sagas import (
     BUDGET_APPROVAL,
     EMPLOYEE_ONBOARDING,
     GATED_TYPES,
     ORDER_FULFILLMENT,
+    REHEARSAL_VERSIONS,
     SAGA_TYPES,
     SYSTEM_DEPLOYMENT,
 )
-from .workflows.common import REHEARSAL_VERSION
 from .selectors import desks_free_count, laptops_free_count
 from .workflows.order_fulfillment import CARRIERS
 
@@ -68,6 +84,21 @@ APPROVE, REJECT, IGNORE = "approve", "reject", "ignore"
 DEMO_APPROVER = "demo-approver"
 GATE_PERMISSIONS = ("approve_budget", "sign_off_budget", "release_deploy", "record_signed_contract")
 
+# The operator's moves on a saga paused past its pivot, named as its report shows them.
+RESUME = "resumed"  # the cause has passed (an injected failure): the step runs again, with a fresh budget
+FIX_ADDRESS = "address corrected, resumed"
+CONFIRM_BY_PHONE = "confirmed by phone, step skipped"
+ADD_LAPTOP = "IT added a laptop, resumed"
+ADD_DESK = "Facilities added a desk, resumed"
+ANY_FLOOR = "resumed for any floor (corrected input)"
+BY_HAND = "done by hand, step skipped"
+DEMO_OPERATOR = "demo-operator"
+OPERATOR_PERMISSIONS = ("view_sagainstance", "pause_saga")
+MAX_RESUMES = 3  # a step that fails again after this many resumes is done by hand
+SCARCE_LAPTOP = "MacBook Pro 16"  # IT keeps none in the pool: it buys one when a hire asks for it
+NEW_FLOOR = 40  # no desk there yet
+TYPO_DOMAIN, MAIL_DOMAIN = "exmaple.com", "example.com"  # a customer's mistyped address, and the right one
+
 
 @dataclass
 class Planned:
@@ -76,7 +107,8 @@ class Planned:
     label: str = ""
     expected: str | None = None  # the final status an example must reach
     decisions: dict = field(default_factory=dict)  # gate -> APPROVE / REJECT / IGNORE (else the approver's dice)
-    version: int | None = None  # None: the latest (REHEARSAL_VERSION: deadlines of seconds)
+    version: int | None = None  # None: the latest (REHEARSAL_VERSIONS: deadlines of seconds)
+    remedy: str | None = None  # what the operator does when it pauses (an example's must be done)
 
 
 @dataclass
@@ -162,13 +194,18 @@ def plan_random(world: World, count: int, rng: random.Random, seed: int) -> list
     for n in range(count):
         saga_type = types[n % len(types)]
         reference = f"demo-{seed}-{n + 1:04d}"
+        remedy = None
         if saga_type == ORDER_FULFILLMENT:
+            # One order in four goes to a customer who mistyped their address: it pauses once shipped.
+            typo = rng.random() < 0.25
             data = {
-                "customer": world.customers[rng.choice(GOOD_CUSTOMERS)].pk,
+                "customer": (typo_customer(f"{stamp}.{n + 1}") if typo
+                             else world.customers[rng.choice(GOOD_CUSTOMERS)]).pk,
                 "product": world.products[rng.choice(sorted(world.products))].pk,
                 "quantity": rng.randint(1, 3),
                 "ship_to": rng.choice(sorted(CARRIERS)),
             }
+            remedy = rng.choice([FIX_ADDRESS, CONFIRM_BY_PHONE]) if typo else None
         elif saga_type == EMPLOYEE_ONBOARDING:
             first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
             data = {
@@ -177,6 +214,8 @@ def plan_random(world: World, count: int, rng: random.Random, seed: int) -> list
                 "department": world.departments[rng.choice(sorted(world.departments))].pk,
                 "salary": str(rng.randrange(40000, 120000, 500)),
                 "role": rng.choice(["engineer", "analyst", "account manager", "designer"]),
+                # One hire in four asks for a model IT keeps none of: it pauses after the signature.
+                **({"laptop_model": SCARCE_LAPTOP} if rng.random() < 0.25 else {}),
             }
         elif saga_type == BUDGET_APPROVAL:
             data = {
@@ -186,21 +225,34 @@ def plan_random(world: World, count: int, rng: random.Random, seed: int) -> list
             }
         else:
             data = {"service": _service(n // len(types)).pk, "version": f"{seed}.{n + 1}.{stamp}"}
-        plans.append(Planned(saga_type, {**data, "reference": reference}, label=reference))
+        plans.append(Planned(saga_type, {**data, "reference": reference}, label=reference, remedy=remedy))
     return plans
 
 
+def typo_customer(tag: str) -> Customer:
+    """A new customer whose address has a typo in its domain: mail to it bounces until a person corrects it."""
+    return services.customer_create(name=f"Typo Customer {tag}", email=f"orders.{tag}@{TYPO_DOMAIN}",
+                                    email_bounces=True)
+
+
 def plan_examples(world: World) -> list[Planned]:
-    """One success and one refusal per saga type, each with the outcome it must reach."""
+    """A success and refusals per saga type, and pauses past a pivot the operator must resolve, each with
+    the outcome it must reach."""
     stamp = _stamp()
     ensure_services(2)
     eng = world.departments["ENG"].pk
     ada = world.customers["ada@example.com"].pk
     keyboard = world.products["KB-01"].pk
 
-    def order(label, expected, customer, **extra):
+    def order(label, expected, customer, *, version=None, remedy=None, **extra):
         data = {"customer": customer, "product": keyboard, "quantity": 1, "ship_to": "DE", **extra}
-        return Planned(ORDER_FULFILLMENT, data, label, expected)
+        return Planned(ORDER_FULFILLMENT, data, label, expected, version=version, remedy=remedy)
+
+    def hire(label, expected, first, salary="85000", remedy=None, decision=APPROVE, **extra):
+        data = {"name": f"Example {first}", "email": f"{first.lower()}.{stamp}@corp.example", "department": eng,
+                "salary": salary, "role": "engineer", **extra}
+        return Planned(EMPLOYEE_ONBOARDING, data, label, expected, decisions={"contract_signature": decision},
+                       remedy=remedy)
 
     def budget(label, expected, amount, **decisions):
         data = {"department": eng, "amount": amount, "purpose": f"example: {label}"}
@@ -210,17 +262,17 @@ def plan_examples(world: World) -> list[Planned]:
         order("order ships", SUCCEEDED, ada),
         order("order refused: out of stock", COMPENSATED, ada, quantity=10**6),
         order("order refused: card declined", COMPENSATED, world.customers["blocked@example.com"].pk),
-        order("order undone: confirmation bounced", COMPENSATED, world.customers["bounce@example.com"].pk),
-        Planned(EMPLOYEE_ONBOARDING, {"name": "Example Hire", "email": f"hire.{stamp}@corp.example",
-                                      "department": eng, "salary": "85000", "role": "engineer"},
-                "onboarding completes: contract signed", SUCCEEDED,
-                decisions={"contract_signature": APPROVE}),
-        Planned(EMPLOYEE_ONBOARDING, {"name": "Example Doubter", "email": f"doubter.{stamp}@corp.example",
-                                      "department": eng, "salary": "70000", "role": "analyst"},
-                "onboarding undone: contract declined", COMPENSATED, decisions={"contract_signature": REJECT}),
-        Planned(EMPLOYEE_ONBOARDING, {"name": "Example Star", "email": f"star.{stamp}@corp.example",
-                                      "department": eng, "salary": "900000", "role": "chief scientist"},
-                "onboarding refused: salary above band", COMPENSATED, decisions={"contract_signature": APPROVE}),
+        order("order on version 1 undone: mail bounced", COMPENSATED, world.customers["bounce@example.com"].pk,
+              version=1),
+        order("order paused: mail bounced; address fixed", SUCCEEDED, typo_customer(stamp).pk, remedy=FIX_ADDRESS),
+        order("order paused: mail bounced; phoned instead", SUCCEEDED, world.customers["bounce@example.com"].pk,
+              remedy=CONFIRM_BY_PHONE),
+        hire("onboarding completes: contract signed", SUCCEEDED, "Hire"),
+        hire("onboarding undone: contract declined", COMPENSATED, "Doubter", salary="70000", decision=REJECT),
+        hire("onboarding refused: salary above band", COMPENSATED, "Star", salary="900000"),
+        hire("onboarding paused: no laptop of its model", SUCCEEDED, "Coder", remedy=ADD_LAPTOP,
+             laptop_model=SCARCE_LAPTOP),
+        hire("onboarding paused: no desk on its floor", SUCCEEDED, "Newcomer", remedy=ANY_FLOOR, floor=NEW_FLOOR),
         budget("budget approved by the executive", SUCCEEDED, "20000",
                manager_approval=APPROVE, executive_signoff=APPROVE),
         budget("budget below the threshold: no executive", SUCCEEDED, "900", manager_approval=APPROVE),
@@ -239,7 +291,7 @@ def plan_timeout_example(world: World) -> Planned:
     """A request nobody answers, in the rehearsal version: its deadline passes and it compensates."""
     data = {"department": world.departments["ENG"].pk, "amount": "700", "purpose": "example: nobody answers"}
     return Planned(BUDGET_APPROVAL, data, "budget withdrawn: manager never answered", COMPENSATED,
-                   decisions={"manager_approval": IGNORE}, version=REHEARSAL_VERSION)
+                   decisions={"manager_approval": IGNORE}, version=REHEARSAL_VERSIONS[BUDGET_APPROVAL])
 
 
 def start(plans: list[Planned]) -> list[Started]:
@@ -331,6 +383,160 @@ class Approver:
             esignature.envelope_sign(envelope=envelope)
         else:
             esignature.envelope_decline(envelope=envelope, reason="the candidate declined to sign (demo)")
+
+
+# --- the simulated operator --------------------------------------------------------------------
+
+
+def operator_user():
+    """The demo's operator: a user who may read, pause and resume sagas (created on first use)."""
+    user, created = get_user_model().objects.get_or_create(username=DEMO_OPERATOR)
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    user.user_permissions.add(*Permission.objects.filter(codename__in=OPERATOR_PERMISSIONS,
+                                                         content_type__app_label="sagas"))
+    return get_user_model().objects.get(pk=user.pk)
+
+
+@dataclass
+class Operator:
+    """Looks after the demo's sagas that paused past their pivot, ``delay`` ± ``jitter`` seconds after each pause.
+
+    It reads the failed step's error as a person would and picks a move
+    (``diagnose``): correct the customer's address and resume, or confirm by
+    phone and skip; have IT add a laptop of the model asked for, or resume
+    for any floor (corrected input); a step that failed for a passing cause
+    runs again (``resume``), and one that keeps failing is done by hand and
+    skipped. ``tick()`` is called from the demo's polling loop.
+    """
+
+    user: object
+    rng: random.Random
+    delay: float = 0.2
+    jitter: float = 0.0
+    plans: dict = field(default_factory=dict)  # saga id -> Planned
+    _due: dict = field(default_factory=dict)  # (saga id, step, attempts) -> monotonic time, or None once acted
+    pauses: Counter = field(default_factory=Counter)  # saga id -> its pauses acted on
+    applied: dict = field(default_factory=lambda: defaultdict(list))  # saga id -> the moves made, in order
+    moves: Counter = field(default_factory=Counter)
+    held_checked: int = 0  # pauses whose sagas were checked to hold what they did, before the move
+    held_problems: list = field(default_factory=list)
+
+    def watch(self, started: list[Started]) -> None:
+        self.plans.update({s.saga.pk: s.plan for s in started})
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        paused = SagaInstance.objects.filter(pk__in=list(self.plans), status=SagaStatus.PAUSED,
+                                             pause_cause=AFTER_PIVOT).values("pk")
+        failed = StepRecord.objects.filter(saga_id__in=paused, status=StepStatus.FAILED).values_list(
+            "saga_id", "name", "attempts", "error")
+        for saga_id, step, attempts, error in failed:
+            key = (saga_id, step, attempts)
+            if key not in self._due:
+                self._due[key] = now + max(0.0, self.delay + self.rng.uniform(-self.jitter, self.jitter))
+            due = self._due[key]
+            if due is not None and now >= due:
+                self._due[key] = None
+                self._act(saga_id, step, error)
+
+    def diagnose(self, saga_id, error: str) -> str:
+        """The move a person would make for this failure."""
+        if "rejected the confirmation" in error:
+            return self.plans[saga_id].remedy or FIX_ADDRESS
+        if "laptop left" in error:
+            return ADD_LAPTOP
+        if "no desk left on floor" in error:
+            return ANY_FLOOR
+        if "no desk left" in error:
+            return ADD_DESK
+        return BY_HAND if self.pauses[saga_id] > MAX_RESUMES else RESUME
+
+    def _act(self, saga_id, step: str, error: str) -> None:
+        self.pauses[saga_id] += 1
+        self._check_held(saga_id)
+        move = self.diagnose(saga_id, error)
+        try:
+            self.MOVES[move](self, saga_id, step, self.plans[saga_id])
+        except InvalidTransition:
+            self.moves["too late"] += 1  # someone else moved it first
+            return
+        self.applied[saga_id].append(move)
+        self.moves[move] += 1
+
+    def _check_held(self, saga_id) -> None:
+        """While it is paused, before anyone acts: a saga past its pivot still holds all it did."""
+        for check in (invariants.paused_orders_hold_charge_and_shipment, invariants.paused_onboardings_keep_the_hire):
+            name, passed, detail = check([saga_id])
+            if not passed:
+                self.held_problems.append(detail)
+        self.held_checked += 1
+
+    def held_invariant(self) -> invariants.Invariant:
+        """The paused-saga invariants as checked at each pause the operator acted on."""
+        name = "paused past the pivot, checked at each pause: nothing undone"
+        if self.held_problems:
+            return invariants.Invariant(name, False, "; ".join(self.held_problems[:invariants.MAX_EXAMPLES]))
+        return invariants.Invariant(name, True, f"{self.held_checked} pauses checked")
+
+    def _resume(self, saga_id, step: str, plan: Planned) -> None:
+        resume(saga_id, by=self.user)
+
+    def _fix_address(self, saga_id, step: str, plan: Planned) -> None:
+        customer = Order.objects.select_related("customer").get(saga_id=saga_id).customer
+        services.customer_email_correct(customer=customer, email=customer.email.replace(TYPO_DOMAIN, MAIL_DOMAIN))
+        resume(saga_id, by=self.user)
+
+    def _confirm_by_phone(self, saga_id, step: str, plan: Planned) -> None:
+        skip_step(saga_id, step, result={"confirmed_by": "phone", "notification": None},
+                  reason="the customer's mail bounces: confirmed by phone", by=self.user)
+
+    def _add_laptop(self, saga_id, step: str, plan: Planned) -> None:
+        services.laptops_add(count=1, prefix="DEMO-LT", model=plan.input.get("laptop_model") or None)
+        resume(saga_id, by=self.user)
+
+    def _add_desk(self, saga_id, step: str, plan: Planned) -> None:
+        services.desks_add(count=1, prefix="DEMO-D")
+        resume(saga_id, by=self.user)
+
+    def _any_floor(self, saga_id, step: str, plan: Planned) -> None:
+        resume(saga_id, input={"floor": None}, by=self.user)
+
+    def _by_hand(self, saga_id, step: str, plan: Planned) -> None:
+        skip_step(saga_id, step, result={"done_by_hand": True},
+                  reason=f"{step} kept failing after the pivot: done by hand", by=self.user)
+
+    MOVES = {RESUME: _resume, FIX_ADDRESS: _fix_address, CONFIRM_BY_PHONE: _confirm_by_phone,
+             ADD_LAPTOP: _add_laptop, ADD_DESK: _add_desk, ANY_FLOOR: _any_floor, BY_HAND: _by_hand}
+
+
+@dataclass
+class OperatorFigures:
+    saga_type: str
+    paused: int = 0  # pauses past the pivot
+    resumed: int = 0  # resumes by a person (corrected input included)
+    corrected: int = 0  # of those, with corrected input
+    skipped: int = 0  # steps a person skipped with a result
+
+
+def operator_figures(saga_ids: list) -> list[OperatorFigures]:
+    """Per saga type: pauses past the pivot, and the resumes and skips people made, from the sagas' events."""
+    rows = SagaEvent.objects.filter(saga_id__in=saga_ids, kind__in=(
+        EventKind.SAGA_PAUSED, EventKind.SAGA_RESUMED, EventKind.STEP_SKIPPED)).values_list(
+        "saga__saga_type", "kind", "detail")
+    figures: dict = {}
+    for saga_type, kind, detail in rows:
+        detail = detail or {}
+        row = figures.setdefault(saga_type, OperatorFigures(saga_type))
+        if kind == EventKind.SAGA_PAUSED and detail.get("cause") == AFTER_PIVOT:
+            row.paused += 1
+        elif kind == EventKind.SAGA_RESUMED and detail.get("phase") == "person":
+            row.resumed += 1
+            row.corrected += bool(detail.get("changed_input"))
+        elif kind == EventKind.STEP_SKIPPED and "result" in detail:
+            row.skipped += 1
+    return sorted((f for f in figures.values() if f.paused or f.resumed or f.skipped), key=lambda f: f.saga_type)
 
 
 # --- waits in the report -----------------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 Each check returns an ``Invariant`` (a named tuple: name, passed, detail), so
 callers may unpack it as ``(name, passed, detail)``. Run them once the sagas
-of interest have finished: per-saga checks leave active sagas out, but the
-balance checks read several tables one after another and could catch a saga
-between two of its writes.
+of interest have finished or paused: the checks of finished sagas pick them
+by their final status (so an active or paused saga is never counted as
+succeeded or compensated), the checks of paused sagas take only those paused
+past their pivot (from there nothing is ever undone, so what they hold cannot
+change under the check), and the balance checks read several tables one
+after another and could catch a running saga between two of its writes.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from django.db.models import Count, Sum
 
 from sagas import registry
 from sagas.errors import UnknownSagaType
-from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus
+from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 
 from .models import (
     Account,
@@ -31,6 +34,7 @@ from .models import (
     DeploymentStatus,
     DeskAssignment,
     Employee,
+    EmployeeStatus,
     FundReservation,
     LaptopAssignment,
     Order,
@@ -39,8 +43,17 @@ from .models import (
     Product,
     Refund,
     Service,
+    Shipment,
+    ShipmentStatus,
 )
-from .sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, GATED_TYPES, ORDER_FULFILLMENT, SYSTEM_DEPLOYMENT
+from .sagas import (
+    BUDGET_APPROVAL,
+    EMPLOYEE_ONBOARDING,
+    GATED_TYPES,
+    ORDER_FULFILLMENT,
+    SAGA_TYPES,
+    SYSTEM_DEPLOYMENT,
+)
 
 MAX_EXAMPLES = 3
 
@@ -64,6 +77,33 @@ def _saga_ids(saga_type: str, status: str, saga_ids: Iterable | None) -> list:
     if saga_ids is not None:
         sagas = sagas.filter(pk__in=list(saga_ids))
     return list(sagas.values_list("pk", flat=True))
+
+
+def _paused_past_pivot(saga_type: str, saga_ids: Iterable | None) -> list:
+    """The sagas of ``saga_type`` paused on their way forward after their pivot succeeded."""
+    sagas = SagaInstance.objects.filter(saga_type=saga_type, status=SagaStatus.PAUSED,
+                                        paused_from=SagaStatus.RUNNING)
+    if saga_ids is not None:
+        sagas = sagas.filter(pk__in=list(saga_ids))
+    found = []
+    for version in sorted(set(sagas.values_list("version", flat=True))):
+        try:
+            definition = registry.get(saga_type, version)
+        except UnknownSagaType:
+            continue
+        if definition.pivot_index is None:
+            continue
+        found += StepRecord.objects.filter(saga__in=sagas.filter(version=version), status=StepStatus.SUCCEEDED,
+                                           name=definition.step_at(definition.pivot_index).name).values_list(
+            "saga_id", flat=True)
+    return found
+
+
+def _undone(saga_ids: list) -> list[str]:
+    """Past a pivot nothing is compensated: the steps of these sagas that were (or are being) undone."""
+    return [f"saga {sid}: step {name} {status}" for sid, name, status in StepRecord.objects.filter(
+        saga_id__in=saga_ids, status__in=(StepStatus.COMPENSATING, StepStatus.COMPENSATED,
+                                          StepStatus.COMPENSATION_FAILED)).values_list("saga_id", "name", "status")]
 
 
 # --- stock ------------------------------------------------------------------------------
@@ -118,6 +158,30 @@ def succeeded_orders_charged_once(saga_ids: Iterable | None = None) -> Invariant
     return _result("succeeded orders: exactly one net charge", problems, f"{len(ids)} succeeded orders")
 
 
+def paused_orders_hold_charge_and_shipment(saga_ids: Iterable | None = None) -> Invariant:
+    """An order paused past its pivot (shipped, its confirmation failed) keeps everything it did."""
+    ids = _paused_past_pivot(ORDER_FULFILLMENT, saga_ids)
+    orders = {o.saga_id: o for o in Order.objects.filter(saga_id__in=ids)}
+    shipments = dict(Shipment.objects.filter(order__saga_id__in=ids).values_list("order__saga_id", "status"))
+    refunded = set(Refund.objects.filter(payment__order__saga_id__in=ids).values_list("payment__order__saga_id",
+                                                                                       flat=True))
+    problems = _undone(ids)
+    for sid, (payments, net) in _net_charges(ids).items():
+        order = orders.get(sid)
+        if order is None:
+            problems.append(f"order saga {sid}: no order")
+            continue
+        if payments != 1 or net != order.amount or sid in refunded:
+            problems.append(f"order saga {sid}: {payments} payment(s), net {net}, order amount {order.amount}"
+                            + (", refunded" if sid in refunded else ""))
+        if shipments.get(sid) != ShipmentStatus.SCHEDULED:
+            problems.append(f"order saga {sid}: shipment {shipments.get(sid) or 'missing'}")
+        if order.stock_released_at is not None:
+            problems.append(f"order saga {sid}: stock released")
+    return _result("paused orders: one charge, no refund, shipment kept", problems,
+                   f"{len(ids)} orders paused past the pivot")
+
+
 # --- onboarding -------------------------------------------------------------------------
 
 
@@ -149,6 +213,21 @@ def compensated_onboardings_clean(saga_ids: Iterable | None = None) -> Invariant
             problems.append(f"employee {employee_id}: {label} left")
     return _result("compensated onboardings: no active account, laptop or desk left", problems,
                    f"{len(ids)} compensated onboardings")
+
+
+def paused_onboardings_keep_the_hire(saga_ids: Iterable | None = None) -> Invariant:
+    """An onboarding paused past its pivot (the contract signed) keeps its employee and contract."""
+    ids = _paused_past_pivot(EMPLOYEE_ONBOARDING, saga_ids)
+    employees = dict(Employee.objects.filter(saga_id__in=ids).values_list("saga_id", "status"))
+    contracts = dict(ContractRequest.objects.filter(saga_id__in=ids).values_list("saga_id", "status"))
+    problems = _undone(ids)
+    for sid in ids:
+        if employees.get(sid) in (None, EmployeeStatus.WITHDRAWN):
+            problems.append(f"onboarding {sid}: employee {'record missing' if sid not in employees else 'withdrawn'}")
+        if contracts.get(sid) in (None, ContractStatus.VOIDED, ContractStatus.DECLINED):
+            problems.append(f"onboarding {sid}: contract {contracts.get(sid) or 'missing'}")
+    return _result("paused onboardings: employee and signed contract kept", problems,
+                   f"{len(ids)} onboardings paused past the pivot")
 
 
 # --- budgets ----------------------------------------------------------------------------
@@ -269,6 +348,27 @@ def compensated_deployments_rolled_back(saga_ids: Iterable | None = None) -> Inv
                    f"{len(ids)} compensated deployments")
 
 
+# --- steps a person did by hand ---------------------------------------------------------
+
+
+def skipped_steps_hold_the_persons_result(saga_ids: Iterable | None = None) -> Invariant:
+    """A step a person skipped (``skip_step``) holds as its result exactly what they gave."""
+    events = SagaEvent.objects.filter(saga__saga_type__in=SAGA_TYPES, kind=EventKind.STEP_SKIPPED,
+                                      detail__has_key="result")
+    if saga_ids is not None:
+        events = events.filter(saga_id__in=list(saga_ids))
+    given = {step_id: (saga_id, detail["result"]) for step_id, saga_id, detail in events.values_list(
+        "step_id", "saga_id", "detail")}
+    stored = {pk: (name, status, result) for pk, name, status, result in StepRecord.objects.filter(
+        pk__in=list(given)).values_list("pk", "name", "status", "result")}
+    problems = []
+    for step_id, (saga_id, result) in given.items():
+        name, status, kept = stored[step_id]
+        if status != StepStatus.SKIPPED or kept != result:
+            problems.append(f"saga {saga_id}: {name} is {status} with {kept!r}; the person gave {result!r}")
+    return _result("skipped steps: the result is what the person gave", problems, f"{len(given)} steps skipped")
+
+
 def check_all(saga_ids: Iterable | None = None) -> list[Invariant]:
     """Every invariant; per-saga checks only over ``saga_ids`` when given."""
     ids = list(saga_ids) if saga_ids is not None else None
@@ -276,10 +376,13 @@ def check_all(saga_ids: Iterable | None = None) -> list[Invariant]:
         stock_balances(),
         compensated_orders_refunded(ids),
         succeeded_orders_charged_once(ids),
+        paused_orders_hold_charge_and_shipment(ids),
         assets_not_shared(),
         compensated_onboardings_clean(ids),
+        paused_onboardings_keep_the_hire(ids),
         budgets_within_limits(),
         compensated_budget_requests_reserve_nothing(ids),
         compensated_deployments_rolled_back(ids),
         gates_passed_with_a_permitted_signal(ids),
+        skipped_steps_hold_the_persons_result(ids),
     ]

@@ -9,9 +9,12 @@ BUDGET_APPROVAL = budget_approval.NAME
 SYSTEM_DEPLOYMENT = system_deployment.NAME
 SAGA_TYPES = (EMPLOYEE_ONBOARDING, ORDER_FULFILLMENT, BUDGET_APPROVAL, SYSTEM_DEPLOYMENT)
 
+# Every version each module defines: the latest (what start_saga runs) and the earlier ones that sagas
+# already running still finish on.
 for _module in (employee_onboarding, order_fulfillment, budget_approval, system_deployment):
-    registry.register(_module.saga)
-# The gated sagas' rehearsal versions (same flow, deadlines of seconds): saga_demo --short-deadlines.
-GATED_TYPES = (EMPLOYEE_ONBOARDING, BUDGET_APPROVAL, SYSTEM_DEPLOYMENT)
-for _module in (employee_onboarding, budget_approval, system_deployment):
-    registry.register(_module.rehearsal)
+    for _definition in _module.definitions:
+        registry.register(_definition)
+# The gated sagas' rehearsal of their latest flow (deadlines of seconds): saga_demo --short-deadlines.
+REHEARSAL_VERSIONS = {module.NAME: module.rehearsal.version
+                      for module in (employee_onboarding, budget_approval, system_deployment)}
+GATED_TYPES = tuple(REHEARSAL_VERSIONS)

@@ -6,11 +6,13 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.db import transaction
+from django.utils import timezone
 
 from .models import (
     Customer,
     Department,
     Desk,
+    DeskAssignment,
     FailureInjectionRule,
     Laptop,
     Product,
@@ -56,15 +58,27 @@ def customer_create(*, name: str, email: str, credit_limit: Decimal | str | int 
                                    email_bounces=email_bounces)
 
 
-def laptops_add(*, count: int, prefix: str = "LT") -> list[Laptop]:
+def customer_email_correct(*, customer: Customer, email: str) -> Customer:
+    """The customer gave an address that works: mail to it is delivered (a person fixing a bounce)."""
+    Customer.objects.filter(pk=customer.pk).update(email=email, email_bounces=False)
+    return Customer.objects.get(pk=customer.pk)
+
+
+def laptops_add(*, count: int, prefix: str = "LT", model: str | None = None) -> list[Laptop]:
     start = Laptop.objects.filter(asset_tag__startswith=f"{prefix}-").count()
-    return [Laptop.objects.create(asset_tag=f"{prefix}-{start + n + 1:05d}") for n in range(count)]
+    extra = {"model": model} if model else {}
+    return [Laptop.objects.create(asset_tag=f"{prefix}-{start + n + 1:05d}", **extra) for n in range(count)]
 
 
 def desks_add(*, count: int, prefix: str = "D") -> list[Desk]:
     start = Desk.objects.filter(code__startswith=f"{prefix}-").count()
     return [Desk.objects.create(code=f"{prefix}-{start + n + 1:05d}", floor=1 + (start + n) // 50)
             for n in range(count)]
+
+
+def desk_vacate(*, desk: Desk) -> int:
+    """Whoever sits at ``desk`` moves out: its open assignment is returned and the desk is free again."""
+    return DeskAssignment.objects.filter(desk=desk, returned_at__isnull=True).update(returned_at=timezone.now())
 
 
 def service_create(*, name: str, live_version: str = "1.0.0", frozen: bool = False) -> Service:

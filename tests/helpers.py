@@ -86,14 +86,16 @@ def answer_gate(record, *, by, reject: dict | None = None) -> None:
         complete_step(record.saga_id, record.name, result={"approved": True, "comment": "ok"}, by=by)
 
 
-def pass_gates(saga, *, by, reject: dict | None = None, timeout: float = 60.0) -> SagaInstance:
-    """Wait for ``saga`` to finish, answering each of its gates as soon as it waits (see ``answer_gate``)."""
+def pass_gates(saga, *, by, reject: dict | None = None, timeout: float = 60.0,
+               statuses=FINAL_SAGA_STATUSES) -> SagaInstance:
+    """Wait for ``saga`` to reach ``statuses`` (to finish), answering each of its gates as soon as it waits
+    (see ``answer_gate``)."""
     from sagas.models import StepRecord, StepStatus
 
     deadline = time.monotonic() + timeout
     while True:
         saga = SagaInstance.objects.get(pk=saga.pk)
-        if saga.status in FINAL_SAGA_STATUSES:
+        if saga.status in statuses:
             return saga
         for record in StepRecord.objects.filter(saga_id=saga.pk, status=StepStatus.WAITING):
             answer_gate(record, by=by, reject=reject)

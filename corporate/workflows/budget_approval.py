@@ -225,3 +225,4 @@ def build_saga(*, version: int, manager_deadline: float, executive_deadline: flo
 saga = build_saga(version=VERSION, manager_deadline=3 * DAY, executive_deadline=5 * DAY)
 rehearsal = build_saga(version=REHEARSAL_VERSION, manager_deadline=REHEARSAL_DEADLINE,
                   executive_deadline=REHEARSAL_DEADLINE)
+definitions = (rehearsal, saga)  # every registered version; ``saga`` is the latest

@@ -12,14 +12,23 @@ from sagas import PermanentError, Retry
 STEP_RETRY = Retry(max_attempts=3, backoff=0.2, max_backoff=2.0)
 # Compensations must finish: more attempts, longer waits.
 COMPENSATION_RETRY = Retry(max_attempts=6, backoff=0.5, max_backoff=10.0)
+# Steps after a pivot cannot be undone, only retried: the first waits as short as the others', then
+# more attempts with waits growing to half a minute (a mail server or an asset pool out for a while),
+# about 80 s in all; then the saga pauses for a person.
+FORWARD_RETRY = Retry(max_attempts=10, backoff=0.2, max_backoff=30.0)
 STEP_TIMEOUT = 30.0
 
 _boolean = serializers.BooleanField()
 
 # Saga versions: 1 faked the decisions from the input (retired); the gated flows
-# are VERSION, which start_saga runs by default. REHEARSAL_VERSION is the same
-# flow with deadlines of seconds (``saga_demo --short-deadlines``), so a
-# rehearsal sees waits time out and compensate without waiting for days.
+# are VERSION. REHEARSAL_VERSION is the same flow with deadlines of seconds
+# (``saga_demo --short-deadlines``), so a rehearsal sees waits time out and
+# compensate without waiting for days. start_saga runs a saga's highest
+# version, so a rehearsal is numbered below the version it rehearses: budget
+# approval and system deployment run VERSION; employee onboarding moved on to
+# a flow with a pivot (its module's PIVOT_VERSION, rehearsed by
+# PIVOT_REHEARSAL_VERSION) and keeps these two registered for the sagas
+# started on them.
 VERSION = 3
 REHEARSAL_VERSION = 2
 REHEARSAL_DEADLINE = 3.0  # seconds

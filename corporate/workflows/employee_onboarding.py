@@ -12,6 +12,19 @@ two onboardings never take the same asset; the partial unique constraints on
 open assignments back that up in the database. Every step here is local, so
 each runs ``transactional``: its writes commit together with the step's
 success, exactly once.
+
+Version 5 (what ``start_saga`` runs; version 4 is its rehearsal, with a
+contract deadline of seconds) makes the signed contract its pivot: a hire
+whose contract is signed is not undone because no laptop or desk is free.
+HR checks the salary band before the contract goes out; IT, Finance and
+Facilities come after the signature, are retried with growing waits, and
+one that fails for good pauses the onboarding for a person (its effects and
+the earlier steps' are kept): they fix the cause (free a laptop or a desk)
+and resume, resume with corrected input (another laptop model, any floor),
+or do the step by hand and skip it with its result. Version 5 also takes the
+laptop model and the floor asked for. Versions 3 and 2 (no pivot: a refusal
+after the signature withdraws the offer) stay registered for the onboardings
+started on them.
 """
 from __future__ import annotations
 
@@ -20,6 +33,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from sagas import PermanentError, Saga, Step
+from sagas.models import SagaInstance, SagaStatus
 
 from .. import esignature
 from ..models import (
@@ -39,6 +53,7 @@ from ..models import (
 from .common import (
     COMPENSATION_RETRY,
     DAY,
+    FORWARD_RETRY,
     REHEARSAL_DEADLINE,
     REHEARSAL_VERSION,
     STEP_RETRY,
@@ -51,6 +66,8 @@ from .common import (
 
 NAME = "corporate.employee_onboarding"
 CONTRACT_PERMISSION = "corporate.record_signed_contract"
+PIVOT_VERSION = 5  # the signed contract is the pivot; start_saga's default
+PIVOT_REHEARSAL_VERSION = 4  # the same flow with a contract deadline of seconds
 
 
 class OnboardingInput(serializers.Serializer):
@@ -62,21 +79,34 @@ class OnboardingInput(serializers.Serializer):
     reference = reference_field()
 
     def validate_email(self, value: str) -> str:
-        if Employee.objects.filter(email__iexact=value).exclude(status=EmployeeStatus.WITHDRAWN).exists():
+        # A person resuming a paused onboarding with corrected input has it checked again, address
+        # included: the record its own HR step created is no clash. (A new start for that address is
+        # still refused, by HR's step.)
+        paused = SagaInstance.objects.filter(saga_type=NAME, status=SagaStatus.PAUSED).values("pk")
+        if Employee.objects.filter(email__iexact=value).exclude(status=EmployeeStatus.WITHDRAWN).exclude(
+                saga_id__in=paused).exists():
             raise serializers.ValidationError("an employee with this e-mail address already exists")
         return value
+
+
+class PivotOnboardingInput(OnboardingInput):
+    """Version 4 on: the laptop model and the floor the hiring manager asked for (any, when left out)."""
+
+    laptop_model = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    floor = serializers.IntegerField(min_value=1, required=False, allow_null=True)
 
 
 def _employee(ctx) -> Employee:
     return Employee.objects.get(pk=ctx.results["create_employee_record"]["employee"])
 
 
-def _free_asset(pool, assignments, field: str):
-    """The first asset of ``pool`` nobody holds; the pool stays locked until the transaction ends."""
+def _free_asset(pool, assignments, field: str, **wanted):
+    """The first asset of ``pool`` nobody holds (matching ``wanted``); the pool stays locked until the
+    transaction ends."""
     # Lock the whole pool first: a concurrent pick waits here, then sees our assignment.
     list(pool.objects.select_for_update().order_by("pk").values_list("pk", flat=True))
     taken = assignments.objects.filter(returned_at__isnull=True).values(field)
-    return pool.objects.exclude(pk__in=taken).order_by("pk").first()
+    return pool.objects.exclude(pk__in=taken).filter(**wanted).order_by("pk").first()
 
 
 # --- 1. HR creates the employee record -------------------------------------------------
@@ -92,6 +122,16 @@ def create_employee_record(ctx) -> dict:
         role=data.get("role", ""), salary=money(data["salary"]),
     )
     return {"employee": employee.pk}
+
+
+def create_employee_record_within_band(ctx) -> dict:
+    """Version 4 on: the band is checked before the contract goes out; past the signature nothing is undone."""
+    department = Department.objects.get(pk=ctx.input["department"])
+    salary = money(ctx.input["salary"])
+    if salary > department.salary_cap:
+        raise PermanentError(f"HR refused: salary {salary} is above the {department.code} band "
+                             f"({department.salary_cap})")
+    return create_employee_record(ctx)
 
 
 def withdraw_offer(ctx) -> None:
@@ -135,10 +175,11 @@ def provision_it(ctx) -> dict:
     if ctx.results["contract_signature"].get("signed") is False:
         raise PermanentError("IT refused: the contract is not signed")
     employee = _employee(ctx)
+    model = ctx.input.get("laptop_model") or ""  # version 4 on; any model when none is named
     with transaction.atomic():
-        laptop = _free_asset(Laptop, LaptopAssignment, "laptop")
+        laptop = _free_asset(Laptop, LaptopAssignment, "laptop", **({"model": model} if model else {}))
         if laptop is None:
-            raise PermanentError("IT refused: no laptop left in the pool")
+            raise PermanentError(f"IT refused: no {model + ' ' if model else ''}laptop left in the pool")
         LaptopAssignment.objects.create(laptop=laptop, employee=employee)
         username = employee.email.split("@")[0].lower()
         accounts = [
@@ -190,10 +231,11 @@ def close_payroll(ctx) -> None:
 
 def assign_desk(ctx) -> dict:
     employee = _employee(ctx)
+    floor = ctx.input.get("floor")  # version 4 on; any floor when none is named
     with transaction.atomic():
-        desk = _free_asset(Desk, DeskAssignment, "desk")
+        desk = _free_asset(Desk, DeskAssignment, "desk", **({"floor": floor} if floor else {}))
         if desk is None:
-            raise PermanentError("Facilities refused: no desk left")
+            raise PermanentError(f"Facilities refused: no desk left{f' on floor {floor}' if floor else ''}")
         DeskAssignment.objects.create(desk=desk, employee=employee)
         Employee.objects.filter(pk=employee.pk).update(status=EmployeeStatus.ACTIVE)
     return {"desk": desk.code}
@@ -209,6 +251,7 @@ def release_desk(ctx) -> None:
 
 
 def build_saga(*, version: int, contract_deadline: float) -> Saga:
+    """Versions 3 and 2: no pivot; a refusal after the signature undoes the whole hire."""
     return Saga(
         name=NAME,
         version=version,
@@ -243,5 +286,47 @@ def build_saga(*, version: int, contract_deadline: float) -> Saga:
     )
 
 
-saga = build_saga(version=VERSION, contract_deadline=14 * DAY)
-rehearsal = build_saga(version=REHEARSAL_VERSION, contract_deadline=REHEARSAL_DEADLINE)
+KEPT = ("Past the pivot: retried with growing waits; a refusal pauses the onboarding for a person, who fixes the "
+        "cause and resumes, or does it by hand and skips this step. Never undone (no compensation).")
+
+
+def build_pivot_saga(*, version: int, contract_deadline: float) -> Saga:
+    """Version 5 (and its rehearsal, 4): the signed contract is the pivot; what follows only goes forward."""
+    return Saga(
+        name=NAME,
+        version=version,
+        description="Hire someone: employee record, signed contract (the point of no return), IT accounts and "
+                    "laptop, payroll, a desk.",
+        input_schema=PivotOnboardingInput,
+        sensitive=("salary", "email", "sent_to"),
+        steps=[
+            Step("create_employee_record", create_employee_record_within_band, compensation=withdraw_offer,
+                 transactional=True, retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="HR creates the employee record; refuses a salary above the department's band, before "
+                             "any contract goes out. Undo: mark the offer withdrawn."),
+            Step("contract_signature", send_contract, compensation=void_contract, pivot=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 wait_for_signal=True, signal_timeout=contract_deadline, signal_permission=CONTRACT_PERMISSION,
+                 description=f"Gate and pivot: HR sends the contract for e-signature and waits for the service's "
+                             f"callback (the wait's token), or for {CONTRACT_PERMISSION} to record a paper "
+                             f"signature (complete it only for a signed contract). A declined contract (failed at "
+                             f"the gate) or no answer in time withdraws the offer; once signed, the hire only goes "
+                             f"forward. Undo, before the signature: void the contract."),
+            Step("provision_it", provision_it, transactional=True, retry=FORWARD_RETRY, timeout=STEP_TIMEOUT,
+                 description="IT opens e-mail and SSO accounts (a licence seat each) and hands out a laptop of the "
+                             "model asked for (any, when none is) from the pool; refuses when none is free. " + KEPT),
+            Step("setup_payroll", setup_payroll, transactional=True, retry=FORWARD_RETRY, timeout=STEP_TIMEOUT,
+                 description="Finance opens a payroll record (the band was checked by HR; refused here only if the "
+                             "band changed since). " + KEPT),
+            Step("assign_desk", assign_desk, transactional=True, retry=FORWARD_RETRY, timeout=STEP_TIMEOUT,
+                 description="Facilities assigns a free desk (on the floor asked for, if one is) and the employee "
+                             "becomes active; refuses when none is free. " + KEPT),
+        ],
+    )
+
+
+saga_v3 = build_saga(version=VERSION, contract_deadline=14 * DAY)
+rehearsal_v2 = build_saga(version=REHEARSAL_VERSION, contract_deadline=REHEARSAL_DEADLINE)
+saga = build_pivot_saga(version=PIVOT_VERSION, contract_deadline=14 * DAY)
+rehearsal = build_pivot_saga(version=PIVOT_REHEARSAL_VERSION, contract_deadline=REHEARSAL_DEADLINE)
+definitions = (rehearsal_v2, saga_v3, rehearsal, saga)  # every registered version; ``saga`` is the latest

@@ -1,11 +1,18 @@
-"""corporate.order_fulfillment: Inventory -> Payment -> Shipping -> Notification.
+"""corporate.order_fulfillment: Inventory -> Payment -> Shipping (the pivot) -> Notification.
 
 Stock moves from ``on_hand`` to ``reserved`` under a row lock, so concurrent
 orders never oversell. Payment behaves like an external provider: it is not
 transactional, it keys each charge by the step's idempotency key, and it may
 decline for good (card blocked, over the credit limit) or time out and be
-retried. The confirmation message is the point of no return: it has no
-compensation.
+retried. A sent confirmation cannot be unsent: it has no compensation.
+
+Version 2 (what ``start_saga`` runs) makes the shipment its pivot: an order
+that has shipped is not un-shipped because the confirmation failed. The
+confirmation is retried for longer, and one that fails for good (a bouncing
+address) pauses the order for a person, who keeps its charge and its
+shipment: they correct the customer's address and resume, or confirm another
+way and skip the step. Version 1 (same steps, no pivot: a failed confirmation
+refunds and cancels) stays registered for the orders started on it.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from ..models import (
     Shipment,
     ShipmentStatus,
 )
-from .common import COMPENSATION_RETRY, STEP_RETRY, STEP_TIMEOUT, reference_field
+from .common import COMPENSATION_RETRY, FORWARD_RETRY, STEP_RETRY, STEP_TIMEOUT, reference_field
 
 NAME = "corporate.order_fulfillment"
 
@@ -136,7 +143,7 @@ def cancel_shipment(ctx) -> None:
             shipment.save(update_fields=["status", "cancelled_at"])
 
 
-# --- 4. Notification tells the customer (no compensation) ------------------------------
+# --- 4. Notification tells the customer (no compensation; after the pivot in version 2) -
 
 
 def send_confirmation(ctx) -> dict:
@@ -157,28 +164,47 @@ def send_confirmation(ctx) -> dict:
     return {"notification": message.pk}
 
 
-saga = Saga(
-    name=NAME,
-    version=1,
-    description="Reserve stock, charge the customer, schedule the shipment, confirm by e-mail.",
-    input_schema=OrderInput,
-    steps=[
-        Step("reserve_stock", reserve_stock, compensation=release_stock, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="Inventory moves the quantity from on hand to reserved; refuses when stock is short. "
-                         "Undo: put the stock back."),
-        Step("charge_payment", charge_payment, compensation=refund_payment,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="Payment charges the order amount, keyed by the step's idempotency key; declines for "
-                         "good on a blocked card or over the credit limit, retries gateway timeouts. "
-                         "Undo: a refund row (the payment stays)."),
-        Step("schedule_shipment", schedule_shipment, compensation=cancel_shipment, transactional=True,
-             retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-             description="Shipping books a carrier for the destination; refuses countries no carrier serves. "
-                         "Undo: cancel the shipment."),
-        Step("send_confirmation", send_confirmation, compensation=None,
-             retry=STEP_RETRY, timeout=STEP_TIMEOUT,
-             description="Notification e-mails the customer. No compensation: a sent message cannot be "
-                         "unsent, so this is the last step and nothing after it can fail."),
-    ],
-)
+# Version 1: the confirmation is the last step, and a failure of it undoes the whole order.
+CONFIRMATION_LAST = ("Notification e-mails the customer. No compensation: a sent message cannot be unsent, so "
+                     "this is the last step and nothing after it can fail.")
+# Version 2: it comes after the pivot, so it is only ever retried, then left to a person.
+CONFIRMATION_AFTER_PIVOT = (
+    "Notification e-mails the customer, retried with growing waits. No compensation: a sent message cannot be "
+    "unsent, and past the pivot nothing is undone: a confirmation that fails for good (a bouncing address) "
+    "pauses the order, its charge and shipment held, until a person corrects the address and resumes, or "
+    "confirms another way and skips this step.")
+SHIPMENT_IS_PIVOT = (" The pivot: once a carrier is booked the order only goes forward; a later failure pauses "
+                     "it for a person instead of refunding.")
+
+
+def build_saga(*, version: int, pivot: bool) -> Saga:
+    """The order flow; with ``pivot`` the shipment is its point of no return (version 2 on)."""
+    return Saga(
+        name=NAME,
+        version=version,
+        description="Reserve stock, charge the customer, schedule the shipment, confirm by e-mail.",
+        input_schema=OrderInput,
+        steps=[
+            Step("reserve_stock", reserve_stock, compensation=release_stock, transactional=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="Inventory moves the quantity from on hand to reserved; refuses when stock is short. "
+                             "Undo: put the stock back."),
+            Step("charge_payment", charge_payment, compensation=refund_payment,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                 description="Payment charges the order amount, keyed by the step's idempotency key; declines for "
+                             "good on a blocked card or over the credit limit, retries gateway timeouts. "
+                             "Undo: a refund row (the payment stays)."),
+            Step("schedule_shipment", schedule_shipment, compensation=cancel_shipment, transactional=True,
+                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT, pivot=pivot,
+                 description="Shipping books a carrier for the destination; refuses countries no carrier serves. "
+                             "Undo: cancel the shipment." + (SHIPMENT_IS_PIVOT if pivot else "")),
+            Step("send_confirmation", send_confirmation, compensation=None,
+                 retry=FORWARD_RETRY if pivot else STEP_RETRY, timeout=STEP_TIMEOUT,
+                 description=CONFIRMATION_AFTER_PIVOT if pivot else CONFIRMATION_LAST),
+        ],
+    )
+
+
+saga_v1 = build_saga(version=1, pivot=False)
+saga = build_saga(version=2, pivot=True)
+definitions = (saga_v1, saga)  # every registered version; ``saga`` is the latest

@@ -197,3 +197,4 @@ def build_saga(*, version: int, release_deadline: float) -> Saga:
 
 saga = build_saga(version=VERSION, release_deadline=1 * DAY)
 rehearsal = build_saga(version=REHEARSAL_VERSION, release_deadline=REHEARSAL_DEADLINE)
+definitions = (rehearsal, saga)  # every registered version; ``saga`` is the latest

@@ -1,13 +1,14 @@
-"""Orders racing for scarce stock on two worker processes never oversell."""
+"""Orders racing for scarce stock on two worker processes never oversell; hires racing for scarce laptops
+never share one, before and after a person restocks the pool and resumes those that paused."""
 import threading
 
 import pytest
 
-from corporate import fixtures, invariants, models
+from corporate import fixtures, invariants, models, services
 from corporate.fixtures import Inputs
 from corporate.sagas import ORDER_FULFILLMENT
-from sagas import start_saga
-from sagas.models import SagaStatus, StepRecord, StepStatus
+from sagas import resume, start_saga
+from sagas.models import FINAL_SAGA_STATUSES, SagaStatus, StepRecord, StepStatus
 from tests.helpers import answer_gate, wait_for_saga, wait_until
 from tests.integration.conftest import QUEUE, start_worker
 
@@ -75,7 +76,7 @@ def test_fifty_orders_for_twenty_units_on_two_workers(worker, celery_worker_proc
     assert "sagas.run_step" in celery_worker_process["log"].read_text()
 
 
-def test_hires_racing_for_three_laptops_never_share_one(worker):
+def test_hires_racing_for_three_laptops_never_share_one_and_the_rest_resume_once_the_pool_is_restocked(worker):
     fixtures.pools(laptops=3, desks=10)
     department = fixtures.department()
 
@@ -88,12 +89,24 @@ def test_hires_racing_for_three_laptops_never_share_one(worker):
             and waiting, timeout=60)
         for record in contracts:
             answer_gate(record, by=None)
-        finished = [wait_for_saga(s, timeout=120) for s in sagas]
+        settled = [wait_for_saga(s, statuses=(SagaStatus.PAUSED, *FINAL_SAGA_STATUSES), timeout=120) for s in sagas]
 
-    statuses = [s.status for s in finished]
-    assert statuses.count(SagaStatus.SUCCEEDED) == 3
-    assert statuses.count(SagaStatus.COMPENSATED) == 5
-    assert all("no laptop left" in s.error for s in finished if s.status == SagaStatus.COMPENSATED)
-    assert models.LaptopAssignment.objects.filter(returned_at__isnull=True).count() == 3
+        statuses = [s.status for s in settled]
+        assert statuses.count(SagaStatus.SUCCEEDED) == 3
+        assert statuses.count(SagaStatus.PAUSED) == 5  # past the signed contract: held for a person, not undone
+        paused = [s for s in settled if s.status == SagaStatus.PAUSED]
+        assert all("no laptop left" in s.steps.get(name="provision_it").error for s in paused)
+        assert models.LaptopAssignment.objects.filter(returned_at__isnull=True).count() == 3
+        for name, passed, detail in invariants.check_all():
+            assert passed, f"{name}: {detail}"
+
+        services.laptops_add(count=5, prefix="NEW")  # IT restocks the pool; the operator resumes them all at once
+        for saga in paused:
+            resume(saga)
+        finished = [wait_for_saga(s, timeout=120) for s in paused]
+
+    assert [s.status for s in finished] == [SagaStatus.SUCCEEDED] * 5
+    assert models.LaptopAssignment.objects.filter(returned_at__isnull=True).count() == 8
+    assert not models.LaptopAssignment.objects.filter(returned_at__isnull=False).exists()
     for name, passed, detail in invariants.check_all():
         assert passed, f"{name}: {detail}"

@@ -1,5 +1,6 @@
 """saga_demo against the test worker: examples, generated sagas with failures injected, the gates answered
-by the simulated approver (and timed out with short deadlines), the report."""
+by the simulated approver (and timed out with short deadlines), pauses past a pivot resolved by the simulated
+operator, the report."""
 import re
 
 import pytest
@@ -8,7 +9,7 @@ from django.core.management import CommandError, call_command
 from config.celery import app
 from corporate.models import FailureInjectionRule
 from corporate.invariants import check_all
-from sagas.models import EventKind, SagaEvent, SagaInstance, StepRecord, StepStatus
+from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +25,28 @@ def test_demo_runs_examples_and_generated_sagas_and_every_invariant_passes(worke
                  approval_rate=0.7, approval_delay=0.1, approval_jitter=0.05)
 
     out = capsys.readouterr().out
-    assert SagaInstance.objects.filter(saga_type__startswith="corporate.").count() == 13 + 12
+    assert SagaInstance.objects.filter(saga_type__startswith="corporate.").count() == 17 + 12
     assert "FAIL" not in out
-    assert out.count("PASS") == 13 + 9  # every example, every invariant (the gates' included)
+    assert out.count("PASS") == 17 + 13  # every example, every invariant (the gates' and the paused ones included)
     for heading in ("corporate.order_fulfillment", "all types", "Steps:", "Business invariants", "p95", "Gates:",
                     "budget_approval / manager_approval", "employee_onboarding / contract_signature",
-                    "system_deployment / release_gate"):
+                    "system_deployment / release_gate", "Operator: sagas paused past their pivot"):
         assert heading in out
+    # The operator resolved every pause past a pivot: with the customer's address corrected, a laptop added,
+    # corrected input, a step skipped with its result; and nothing is left paused.
+    assert not SagaInstance.objects.filter(status=SagaStatus.PAUSED).exists()
+    paused = SagaEvent.objects.filter(kind=EventKind.SAGA_PAUSED, detail__cause="after_pivot")
+    resumed = SagaEvent.objects.filter(kind=EventKind.SAGA_RESUMED, detail__phase="person", detail__by="demo-operator")
+    skipped = SagaEvent.objects.filter(kind=EventKind.STEP_SKIPPED, detail__by="demo-operator")
+    assert paused.count() >= 4 and resumed.count() >= 3 and skipped.count() >= 1
+    assert resumed.filter(detail__changed_input=["floor"]).exists()
+    assert all(e.step.result == e.detail["result"] for e in skipped.select_related("step"))
+    totals = re.search(r"^  all types\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", out, re.M)
+    assert totals and [int(n) for n in totals.groups()] == [paused.count(), resumed.count(),
+                                                             resumed.filter(detail__has_key="changed_input").count(),
+                                                             skipped.count()]
+    for label in ("order paused: mail bounced; address fixed", "onboarding paused: no laptop of its model"):
+        assert re.search(rf"PASS  {label}\s+succeeded after a pause", out)
     # Every gate was answered by the demo's approver holding its permission, or through the contract's token.
     signals = SagaEvent.objects.filter(kind=EventKind.STEP_SIGNALLED)
     assert signals.exists() and set(signals.values_list("detail__by", flat=True)) == {"demo-approver", "token"}

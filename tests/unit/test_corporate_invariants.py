@@ -37,7 +37,7 @@ def failing(result: invariants.Invariant) -> str:
 
 def test_every_invariant_passes_on_an_empty_database(db):
     results = invariants.check_all()
-    assert len(results) == 9
+    assert len(results) == 12
     assert all(passed for _, passed, _ in results), results
 
 
@@ -192,3 +192,118 @@ def test_only_the_executive_may_be_skipped_and_only_at_or_below_the_threshold(db
 def test_a_manager_gate_cannot_be_skipped(db):
     passed_gate(BUDGET_APPROVAL, "manager_approval", amount="900", skipped=True)
     assert "skipped its wait" in failing(invariants.gates_passed_with_a_permitted_signal())
+
+
+# --- paused past the pivot, and steps a person skipped ------------------------------------
+
+
+def paused_saga(saga_type, *, pivot: str, pivot_status="succeeded", version=None, paused_from="running"):
+    """A saga paused on its way forward (or ``paused_from``), its pivot step in ``pivot_status``."""
+    from sagas import registry
+
+    version = version or registry.get(saga_type).version
+    saga_id = SagaInstance.objects.create(saga_type=saga_type, version=version, status=SagaStatus.PAUSED,
+                                          paused_from=paused_from, pause_cause="after_pivot").id
+    index = [s.name for s in registry.get(saga_type, version).steps].index(pivot)
+    StepRecord.objects.create(saga_id=saga_id, index=index, name=pivot, status=pivot_status)
+    return saga_id
+
+
+def shipped_order(saga_id, *, refund=False, shipment=models.ShipmentStatus.SCHEDULED) -> models.Order:
+    placed = order(saga_id, amount="10.00", released=False)
+    pay(placed, refund=refund)
+    models.Shipment.objects.create(order=placed, carrier="DHL", status=shipment)
+    return placed
+
+
+def test_a_paused_order_holding_its_one_charge_and_its_shipment_passes(db):
+    shipped_order(paused_saga(ORDER_FULFILLMENT, pivot="schedule_shipment"))
+    result = invariants.paused_orders_hold_charge_and_shipment()
+    assert result.passed and result.detail == "1 orders paused past the pivot"
+
+
+def test_a_paused_order_whose_charge_was_refunded_by_hand_fails(db):
+    shipped_order(paused_saga(ORDER_FULFILLMENT, pivot="schedule_shipment"), refund=True)
+    assert "net 0.00, order amount 10.00, refunded" in failing(invariants.paused_orders_hold_charge_and_shipment())
+    assert not all(passed for _, passed, _ in invariants.check_all())
+
+
+def test_a_paused_order_whose_shipment_was_cancelled_fails(db):
+    shipped_order(paused_saga(ORDER_FULFILLMENT, pivot="schedule_shipment"), shipment=models.ShipmentStatus.CANCELLED)
+    assert "shipment cancelled" in failing(invariants.paused_orders_hold_charge_and_shipment())
+
+
+def test_a_paused_order_whose_steps_were_compensated_fails(db):
+    saga_id = paused_saga(ORDER_FULFILLMENT, pivot="schedule_shipment")
+    shipped_order(saga_id)
+    StepRecord.objects.create(saga_id=saga_id, index=0, name="reserve_stock", status="compensated")
+    assert "step reserve_stock compensated" in failing(invariants.paused_orders_hold_charge_and_shipment())
+
+
+@pytest.mark.parametrize("pivot_status, version, paused_from", [
+    ("running", None, "running"),  # paused by a person before its pivot succeeded: it may still be undone
+    ("succeeded", 1, "running"),  # version 1 has no pivot
+    ("succeeded", None, "compensating"),
+])
+def test_an_order_paused_before_or_without_a_pivot_is_left_out(db, pivot_status, version, paused_from):
+    saga_id = paused_saga(ORDER_FULFILLMENT, pivot="schedule_shipment", pivot_status=pivot_status, version=version,
+                          paused_from=paused_from)
+    shipped_order(saga_id, refund=True)
+    result = invariants.paused_orders_hold_charge_and_shipment()
+    assert result.passed and result.detail == "0 orders paused past the pivot"
+
+
+def hire(saga_id, *, status=models.EmployeeStatus.ONBOARDING, contract=models.ContractStatus.SENT):
+    employee = models.Employee.objects.create(saga_id=saga_id, name="A", email=f"{saga_id}@corp.example",
+                                              department=fixtures.department(), salary=1, status=status)
+    models.ContractRequest.objects.create(saga_id=saga_id, employee=employee, envelope_id=f"env-{saga_id}",
+                                          status=contract)
+    return employee
+
+
+def test_a_paused_onboarding_keeping_its_employee_and_contract_passes(db):
+    hire(paused_saga(EMPLOYEE_ONBOARDING, pivot="contract_signature"))
+    result = invariants.paused_onboardings_keep_the_hire()
+    assert result.passed and result.detail == "1 onboardings paused past the pivot"
+
+
+@pytest.mark.parametrize("employee_status, contract_status, message", [
+    (models.EmployeeStatus.WITHDRAWN, models.ContractStatus.SENT, "employee withdrawn"),
+    (models.EmployeeStatus.ONBOARDING, models.ContractStatus.VOIDED, "contract voided"),
+])
+def test_a_paused_onboarding_whose_offer_was_withdrawn_or_contract_voided_fails(db, employee_status,
+                                                                              contract_status, message):
+    hire(paused_saga(EMPLOYEE_ONBOARDING, pivot="contract_signature"), status=employee_status,
+         contract=contract_status)
+    assert message in failing(invariants.paused_onboardings_keep_the_hire())
+
+
+def skipped(saga_type=ORDER_FULFILLMENT, *, given, stored, status="skipped"):
+    saga_id = SagaInstance.objects.create(saga_type=saga_type, status=SagaStatus.SUCCEEDED).id
+    record = StepRecord.objects.create(saga_id=saga_id, index=3, name="send_confirmation", status=status,
+                                       result=stored)
+    SagaEvent.objects.create(saga_id=saga_id, step=record, kind=EventKind.STEP_SKIPPED,
+                             detail={"from": "failed", "to": "skipped", "reason": "phoned", "result": given})
+    return saga_id
+
+
+def test_a_skipped_step_holding_the_persons_result_passes(db):
+    skipped(given={"confirmed_by": "phone"}, stored={"confirmed_by": "phone"})
+    skipped(given=None, stored=None)
+    result = invariants.skipped_steps_hold_the_persons_result()
+    assert result.passed and result.detail == "2 steps skipped"
+
+
+@pytest.mark.parametrize("stored, status", [({"confirmed_by": "mail"}, "skipped"), (None, "skipped"),
+                                            ({"confirmed_by": "phone"}, "failed")])
+def test_a_skipped_step_whose_result_is_not_the_persons_fails(db, stored, status):
+    skipped(given={"confirmed_by": "phone"}, stored=stored, status=status)
+    assert "the person gave {'confirmed_by': 'phone'}" in failing(invariants.skipped_steps_hold_the_persons_result())
+
+
+def test_a_step_skipped_because_the_saga_compensated_is_not_a_persons(db):
+    saga_id = SagaInstance.objects.create(saga_type=ORDER_FULFILLMENT, status=SagaStatus.COMPENSATED).id
+    record = StepRecord.objects.create(saga_id=saga_id, index=3, name="send_confirmation", status="skipped")
+    SagaEvent.objects.create(saga_id=saga_id, step=record, kind=EventKind.STEP_SKIPPED,
+                             detail={"from": "pending", "to": "skipped"})
+    assert invariants.skipped_steps_hold_the_persons_result().detail == "0 steps skipped"

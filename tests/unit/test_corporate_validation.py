@@ -4,8 +4,8 @@ import pytest
 from corporate import fixtures
 from corporate.fixtures import Inputs
 from corporate.sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, ORDER_FULFILLMENT, SYSTEM_DEPLOYMENT
-from sagas import InvalidSagaInput, start_saga
-from sagas.models import SagaEvent, SagaInstance, StepRecord
+from sagas import InvalidSagaInput, pause, resume, start_saga
+from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord
 
 MISSING = 999999
 
@@ -64,6 +64,52 @@ def test_onboarding_of_an_existing_employee_is_refused(db, sent):
     Employee.objects.create(saga_id="00000000-0000-0000-0000-000000000001", name="Taken", email=data["email"],
                             department_id=data["department"], salary=1)
     errors = refused(EMPLOYEE_ONBOARDING, data, sent)
+    assert "already exists" in errors["email"][0]
+
+
+@pytest.mark.parametrize("change, field", [({"floor": 0}, "floor"), ({"floor": "top"}, "floor"),
+                                           ({"laptop_model": "x" * 101}, "laptop_model")])
+def test_onboarding_with_a_bad_floor_or_laptop_model_is_refused(db, sent, change, field):
+    errors = refused(EMPLOYEE_ONBOARDING, {**Inputs.onboarding(), **change}, sent)
+    assert list(errors) == [field]
+
+
+def paused_onboarding_with_its_employee(data: dict) -> SagaInstance:
+    """An onboarding paused after its HR step created the employee (the record its input names)."""
+    from corporate.models import Employee
+
+    saga = start_saga(EMPLOYEE_ONBOARDING, input=data)
+    Employee.objects.create(saga_id=saga.pk, name=data["name"], email=data["email"],
+                            department_id=data["department"], salary=1)
+    return pause(saga, reason="no desk on the floor asked for")
+
+
+def test_a_paused_onboarding_resumed_with_corrected_input_is_not_refused_for_its_own_employee(db, sent):
+    saga = paused_onboarding_with_its_employee(Inputs.onboarding(floor=9))
+
+    saga = resume(saga, input={"floor": None, "laptop_model": "ThinkPad T14"})
+
+    assert saga.status == SagaStatus.PENDING
+    assert (saga.input["floor"], saga.input["laptop_model"]) == (None, "ThinkPad T14")
+    resumed = saga.events.get(kind=EventKind.SAGA_RESUMED, detail__phase="person")
+    assert resumed.detail["changed_input"] == ["floor", "laptop_model"]
+
+
+def test_a_paused_onboarding_resumed_with_bad_input_is_refused_and_stays_as_it_was(db, sent):
+    saga = paused_onboarding_with_its_employee(Inputs.onboarding(floor=9))
+
+    with pytest.raises(InvalidSagaInput) as caught:
+        resume(saga, input={"floor": 0})
+
+    assert list(caught.value.errors) == ["floor"]
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.PAUSED and saga.input["floor"] == 9
+
+
+def test_a_new_onboarding_for_the_address_of_a_running_hire_is_still_refused(db, sent):
+    saga = paused_onboarding_with_its_employee(Inputs.onboarding())
+    resume(saga)
+    errors = refused(EMPLOYEE_ONBOARDING, {**Inputs.onboarding(), "email": saga.input["email"]}, sent)
     assert "already exists" in errors["email"][0]
 
 

@@ -4,7 +4,8 @@ A small driver runs a saga's actions in order and its compensations in
 reverse, the way the engine would, so each test can look at the rows between
 the two and check that every compensation is idempotent. A gate (a waiting
 step) takes the signal's result the test gives it, merged over its action's
-output as the engine merges them; ``SkipWait`` passes without one.
+output as the engine merges them; ``SkipWait`` passes without one. A run
+takes the latest version of its saga unless given another.
 """
 import secrets
 import uuid
@@ -13,9 +14,17 @@ from decimal import Decimal
 import pytest
 from django.forms.models import model_to_dict
 
-from corporate import fixtures, invariants, models
+from corporate import fixtures, invariants, models, services
 from corporate.fixtures import Inputs
-from corporate.sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, ORDER_FULFILLMENT, SYSTEM_DEPLOYMENT
+from corporate.sagas import (
+    BUDGET_APPROVAL,
+    EMPLOYEE_ONBOARDING,
+    GATED_TYPES,
+    ORDER_FULFILLMENT,
+    REHEARSAL_VERSIONS,
+    SYSTEM_DEPLOYMENT,
+)
+from corporate.workflows.common import FORWARD_RETRY, STEP_RETRY
 from corporate.workflows.order_fulfillment import PaymentGatewayTimeout
 from sagas import PermanentError, SkipWait, registry
 from sagas.definitions import StepContext
@@ -33,8 +42,8 @@ DOMAIN_MODELS = [
 class Run:
     """One saga instance driven by hand: ``forward()`` then ``compensate()``."""
 
-    def __init__(self, saga_type: str, data: dict, signals: dict | None = None):
-        self.definition = registry.get(saga_type)
+    def __init__(self, saga_type: str, data: dict, signals: dict | None = None, version: int | None = None):
+        self.definition = registry.get(saga_type, version)
         self.saga_id = uuid.uuid4()
         self.input = data
         self.results: dict = {}
@@ -181,7 +190,7 @@ def test_onboarding_gives_accounts_a_laptop_payroll_and_a_desk(db):
 
 def test_onboarding_compensations_disable_accounts_and_return_assets_once(db):
     fixtures.pools(laptops=1, desks=1)
-    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward()
+    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(), version=3).forward()  # no pivot: all of it undoable
 
     compensate_twice(run)
 
@@ -193,7 +202,7 @@ def test_onboarding_compensations_disable_accounts_and_return_assets_once(db):
     assert not employee.deskassignments.filter(returned_at__isnull=True).exists()
     assert not employee.payroll.active
     # The laptop and the desk are free for the next hire.
-    Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward()
+    Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(), version=3).forward()
 
 
 def test_onboarding_sends_the_contract_with_the_wait_token_to_the_signature_service_only(db):
@@ -240,12 +249,46 @@ def test_two_hires_never_share_a_laptop_and_the_pool_runs_out(db):
     assert models.Account.objects.count() == 2  # the refused step left no half-provisioned accounts
 
 
-def test_payroll_refuses_salary_above_the_band(db):
+def test_payroll_refuses_salary_above_the_band_in_version_3(db):
     fixtures.pools()
     run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(department_=fixtures.department(salary_cap=50000),
-                                                     salary="90000")).forward(upto=3)
-    with pytest.raises(PermanentError, match="above the .* band"):
+                                                     salary="90000"), version=3).forward(upto=3)
+    with pytest.raises(PermanentError, match="Finance refused: salary 90000.00 is above the .* band"):
         run.step("setup_payroll")
+
+
+def test_hr_refuses_a_salary_above_the_band_before_any_contract_goes_out(db):
+    before = snapshot()
+    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(department_=fixtures.department(salary_cap=50000),
+                                                     salary="90000"))
+    with pytest.raises(PermanentError, match="HR refused: salary 90000.00 is above the .* band"):
+        run.step("create_employee_record")
+    after = snapshot()
+    assert after["Employee"] == before["Employee"] and after["ContractRequest"] == []
+
+
+def test_it_hands_out_the_laptop_model_asked_for_and_refuses_when_none_is_free(db):
+    fixtures.pools(laptops=2, desks=2)
+    services.laptops_add(count=1, prefix="MAC", model="MacBook Pro 16")
+    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(laptop_model="MacBook Pro 16")).forward(upto=3)
+    assert run.results["provision_it"]["laptop"] == "MAC-00001"
+
+    second = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(laptop_model="MacBook Pro 16")).forward(upto=2)
+    with pytest.raises(PermanentError, match="no MacBook Pro 16 laptop left in the pool"):
+        second.step("provision_it")
+    assert Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward(upto=3).results["provision_it"]["laptop"] != \
+        "MAC-00001"  # any model: one of the others
+
+
+def test_facilities_assigns_a_desk_on_the_floor_asked_for_and_refuses_when_none_is_free(db):
+    fixtures.pools(laptops=2, desks=2)
+    models.Desk.objects.filter(code="D-00002").update(floor=7)
+    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(floor=7)).forward()
+    assert run.results["assign_desk"]["desk"] == "D-00002"
+
+    second = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(floor=7)).forward(upto=4)
+    with pytest.raises(PermanentError, match="no desk left on floor 7"):
+        second.step("assign_desk")
 
 
 def test_facilities_refuses_when_no_desk_is_free(db):
@@ -395,12 +438,41 @@ def test_failing_tests_stop_the_release(db):
         run.step("test")
 
 
-def test_every_corporate_step_but_the_observers_and_the_askers_has_a_compensation(db):
-    without = {(s.name, st.name) for s in registry if s.name.startswith("corporate.") for st in s.steps
-               if st.compensation is None}
-    assert without == {(ORDER_FULFILLMENT, "send_confirmation"), (SYSTEM_DEPLOYMENT, "monitor"),
-                       (BUDGET_APPROVAL, "manager_approval"), (BUDGET_APPROVAL, "executive_signoff"),
-                       (SYSTEM_DEPLOYMENT, "release_gate")}
+def test_every_corporate_step_but_the_observers_the_askers_and_those_past_a_pivot_has_a_compensation(db):
+    observers_and_askers = {(ORDER_FULFILLMENT, "send_confirmation"), (SYSTEM_DEPLOYMENT, "monitor"),
+                            (BUDGET_APPROVAL, "manager_approval"), (BUDGET_APPROVAL, "executive_signoff"),
+                            (SYSTEM_DEPLOYMENT, "release_gate")}
+    for saga in (s for s in registry if s.name.startswith("corporate.")):
+        without = {(saga.name, st.name) for st in saga.steps if st.compensation is None}
+        after = {(saga.name, st.name) for i, st in enumerate(saga.steps) if saga.after_pivot(i)}
+        assert without == after | {p for p in observers_and_askers if p[0] == saga.name}, saga.key
+
+
+def test_order_version_2_ships_as_its_pivot_and_only_retries_the_confirmation(db):
+    latest, first = registry.get(ORDER_FULFILLMENT), registry.get(ORDER_FULFILLMENT, version=1)
+    assert latest.version == 2
+    assert latest.step_at(latest.pivot_index).name == "schedule_shipment"
+    confirmation = latest.steps[-1]
+    assert confirmation.compensation is None and confirmation.retry == FORWARD_RETRY
+    assert confirmation.retry.max_attempts >= 10 and confirmation.retry.max_backoff > STEP_RETRY.max_backoff
+    # Version 1 stays registered, unchanged, for the orders started on it.
+    assert first.pivot_index is None and first.steps[-1].retry == STEP_RETRY
+    assert [s.name for s in first.steps] == [s.name for s in latest.steps]
+
+
+def test_onboarding_version_5_signs_as_its_pivot_and_keeps_what_follows(db):
+    latest = registry.get(EMPLOYEE_ONBOARDING)
+    assert latest.version == 5 and latest.step_at(latest.pivot_index).name == "contract_signature"
+    after = [s for i, s in enumerate(latest.steps) if latest.after_pivot(i)]
+    assert [s.name for s in after] == ["provision_it", "setup_payroll", "assign_desk"]
+    assert all(s.compensation is None and s.retry == FORWARD_RETRY and s.transactional for s in after)
+    rehearsal = registry.get(EMPLOYEE_ONBOARDING, version=REHEARSAL_VERSIONS[EMPLOYEE_ONBOARDING])
+    assert rehearsal.version == 4 and rehearsal.pivot_index == latest.pivot_index
+    # Versions 3 and 2 stay registered as they were: no pivot, every step after the contract undoable.
+    for version in (3, 2):
+        old = registry.get(EMPLOYEE_ONBOARDING, version=version)
+        assert old.pivot_index is None
+        assert all(s.compensation is not None for s in old.steps)
 
 
 @pytest.mark.parametrize("saga_type, gates", [
@@ -409,13 +481,18 @@ def test_every_corporate_step_but_the_observers_and_the_askers_has_a_compensatio
     (SYSTEM_DEPLOYMENT, {"release_gate": "corporate.release_deploy"}),
     (EMPLOYEE_ONBOARDING, {"contract_signature": "corporate.record_signed_contract"}),
 ])
-def test_gates_wait_with_a_permission_and_a_deadline_in_both_versions(db, saga_type, gates):
-    for definition in (registry.get(saga_type), registry.get(saga_type, version=2)):
+def test_gates_wait_with_a_permission_and_a_deadline_in_every_version(db, saga_type, gates):
+    rehearsal = REHEARSAL_VERSIONS[saga_type]
+    for version in sorted({None, 2, 3, rehearsal}, key=str):
+        definition = registry.get(saga_type, version)
         waiting = {s.name: s for s in definition.steps if s.wait_for_signal}
         assert {name: s.signal_permission for name, s in waiting.items()} == gates
         assert all(s.signal_timeout for s in waiting.values())
-    assert registry.get(saga_type).version == 3
-    assert max(s.signal_timeout for s in registry.get(saga_type, version=2).steps if s.wait_for_signal) <= 10
+    assert registry.get(saga_type).version == (5 if saga_type == EMPLOYEE_ONBOARDING else 3)
+    assert rehearsal < registry.get(saga_type).version  # start_saga runs the highest: never a rehearsal
+    for version in (2, rehearsal):
+        assert max(s.signal_timeout for s in registry.get(saga_type, version).steps if s.wait_for_signal) <= 10
+    assert set(REHEARSAL_VERSIONS) == set(GATED_TYPES)
 
 
 def test_the_executive_threshold_is_the_departments(db):

@@ -15,14 +15,23 @@ are answered while the demo runs by a simulated approver: a demo user holding
 the gates' permissions (``complete_step`` / ``fail_step``) and the simulated
 e-signature service (the contract's token callback). ``--approval-rate`` is
 the share it approves (the rest it rejects), ``--approval-delay`` and
-``--approval-jitter`` how long it takes. ``--short-deadlines`` starts the
+``--approval-jitter`` how long it takes.
+
+Sagas that pause past their pivot (an order whose confirmation bounces, a
+hire whose laptop model or floor has nothing free, a step after the pivot
+failed by injection) are looked after by a simulated operator (the user
+``demo-operator``), after the same delay: it fixes what the error names and
+resumes (with corrected input where the input was the cause), or skips the
+step with the result of doing it by hand. The report counts the pauses,
+resumes and skips. ``--short-deadlines`` starts the
 gated sagas in their rehearsal version (deadlines of seconds), leaves
 ``--unanswered`` of the waits unanswered so their deadlines pass, and runs
 the sweeper (``sagas.sweep``) every second so those time out and compensate
 during the run.
 
 Exit status 1 when a business invariant fails, an example ends otherwise
-than expected, or a saga is still unfinished at ``--timeout``.
+than expected (or without the operator's move it shows), or a saga is still
+unfinished (or paused) at ``--timeout``.
 """
 from __future__ import annotations
 
@@ -36,8 +45,8 @@ from kombu.exceptions import OperationalError
 from config.celery import app
 from corporate import demo
 from corporate.invariants import check_all
-from corporate.sagas import GATED_TYPES, SAGA_TYPES
-from corporate.workflows.common import REHEARSAL_DEADLINE, REHEARSAL_VERSION
+from corporate.sagas import REHEARSAL_VERSIONS, SAGA_TYPES
+from corporate.workflows.common import REHEARSAL_DEADLINE
 from sagas import analytics, engine, failure_injection
 from sagas.models import FINAL_SAGA_STATUSES, SagaInstance, SagaStatus
 
@@ -105,6 +114,8 @@ class Command(BaseCommand):
         self.approver = demo.Approver(user=demo.approver_user(), rng=random.Random(seed), rate=approval_rate,
                                       delay=approval_delay, jitter=approval_jitter,
                                       silence=unanswered if short_deadlines else 0.0)
+        self.operator = demo.Operator(user=demo.operator_user(), rng=random.Random(seed + 1), delay=approval_delay,
+                                      jitter=approval_jitter)
         self.sweeping = short_deadlines
         window_start = timezone.now()
         began = time.monotonic()
@@ -133,7 +144,7 @@ class Command(BaseCommand):
             plans = demo.plan_random(world, sagas, rng, seed)
             if short_deadlines:
                 for plan in plans:
-                    plan.version = REHEARSAL_VERSION if plan.saga_type in GATED_TYPES else None
+                    plan.version = REHEARSAL_VERSIONS.get(plan.saga_type)
             demo.ensure_capacity(world, plans)
             replaced = None
             try:
@@ -149,6 +160,7 @@ class Command(BaseCommand):
 
         unfinished = self._report_figures(window_start, shown + generated, elapsed)
         self._report_gates(shown + generated)
+        self._report_operator(shown + generated)
         wrong = self._report_examples(shown)
         invariants = self._report_invariants()
         failed = [name for name, passed, _ in invariants if not passed]
@@ -179,6 +191,7 @@ class Command(BaseCommand):
         """Poll until ``started`` finish, answering their gates and (short deadlines) sweeping meanwhile."""
         ids = [s.saga.pk for s in started]
         self.approver.watch(started)
+        self.operator.watch(started)
         last_sweep = time.monotonic()
         tty = self.stdout.isatty()
         began = time.monotonic()
@@ -190,9 +203,11 @@ class Command(BaseCommand):
             ok = statuses.count(SagaStatus.SUCCEEDED)
             undone = statuses.count(SagaStatus.COMPENSATED)
             broken = statuses.count(SagaStatus.FAILED)
+            paused = statuses.count(SagaStatus.PAUSED)
             filled = BAR_WIDTH * done // max(len(ids), 1)
             line = (f"  {what:<8} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{len(ids)} finished "
-                    f"({ok} succeeded, {undone} compensated, {broken} failed) {time.monotonic() - began:.1f}s")
+                    f"({ok} succeeded, {undone} compensated, {broken} failed; {paused} paused) "
+                    f"{time.monotonic() - began:.1f}s")
             finished = done == len(ids) or time.monotonic() > deadline
             if tty:
                 self.stdout.write("\r" + line, ending="")
@@ -205,6 +220,7 @@ class Command(BaseCommand):
                     self.stdout.write("")
                 return
             self.approver.tick()
+            self.operator.tick()
             if self.sweeping and time.monotonic() - last_sweep >= SWEEP_EVERY:
                 engine.sweep()  # times out the waits whose deadline passed (beat may run it too: harmless)
                 last_sweep = time.monotonic()
@@ -271,6 +287,23 @@ class Command(BaseCommand):
             w(f"  {g.saga_type.split('.')[-1] + ' / ' + g.step:<44}{waits:>6}{g.approved:>9}{g.rejected:>9}"
               f"{g.timed_out:>10}{g.skipped:>8}{_secs(g.p50):>8}{_secs(g.p95):>8}{extra}")
 
+    def _report_operator(self, started: list[demo.Started]) -> None:
+        rows = demo.operator_figures([s.saga.pk for s in started])
+        if not rows:
+            return
+        w = self.stdout.write
+        w("")
+        w(f"Operator: sagas paused past their pivot, and what {demo.DEMO_OPERATOR} did")
+        w(f"  {'saga type':<30}{'paused':>7}{'resumed':>8}{'corrected input':>16}{'skipped':>8}")
+        total = demo.OperatorFigures("all types")
+        for row in rows:
+            w(f"  {row.saga_type:<30}{row.paused:>7}{row.resumed:>8}{row.corrected:>16}{row.skipped:>8}")
+            for name in ("paused", "resumed", "corrected", "skipped"):
+                setattr(total, name, getattr(total, name) + getattr(row, name))
+        w(f"  {total.saga_type:<30}{total.paused:>7}{total.resumed:>8}{total.corrected:>16}{total.skipped:>8}")
+        moves = ", ".join(f"{n}x {move}" for move, n in self.operator.moves.most_common())
+        w(f"  moves: {moves or 'none'}")
+
     def _report_examples(self, shown: list[demo.Started]) -> list:
         if not shown:
             return []
@@ -280,19 +313,23 @@ class Command(BaseCommand):
         wrong = []
         for item in shown:
             item.saga.refresh_from_db()
-            passed = item.saga.status == item.plan.expected
+            moves = self.operator.applied.get(item.saga.pk, [])
+            remedied = item.plan.remedy is None or item.plan.remedy in moves
+            passed = item.saga.status == item.plan.expected and remedied
             if not passed:
                 wrong.append(item)
             mark = self.style.SUCCESS("PASS") if passed else self.style.ERROR("FAIL")
-            note = "" if passed else f" (expected {item.plan.expected})"
-            w(f"  {mark}  {item.plan.label:<42} {item.saga.status}{note}")
+            note = "" if passed else f" (expected {item.plan.expected}" + (
+                "" if remedied else f" after: {item.plan.remedy}") + ")"
+            after = f" after a pause: {'; '.join(moves)}" if moves else ""
+            w(f"  {mark}  {item.plan.label:<44} {item.saga.status}{after}{note}")
         return wrong
 
     def _report_invariants(self) -> list:
         w = self.stdout.write
         w("")
         w("Business invariants")
-        results = check_all()
+        results = [*check_all(), self.operator.held_invariant()]
         for name, passed, detail in results:
             mark = self.style.SUCCESS("PASS") if passed else self.style.ERROR("FAIL")
             w(f"  {mark}  {name:<66} {detail}")
