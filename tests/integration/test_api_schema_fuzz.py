@@ -6,6 +6,7 @@ sagas the fuzzer starts stay pending, and the queue is deleted afterwards.
 Every check runs, in the coverage and fuzzing phases, with a fixed seed so a
 failure reproduces; the report names each failing request.
 """
+import os
 import subprocess
 import sys
 import uuid
@@ -22,9 +23,10 @@ from tests.helpers import saga_user
 pytestmark = pytest.mark.integration
 
 SAGA = "tests.three_steps"  # no input schema: a resubmitted copy of its input always passes
-MAX_EXAMPLES = 300
+# Per operation; sized for the suite (about two minutes on two cores), deeper with SAGAS_FUZZ_EXAMPLES.
+MAX_EXAMPLES = int(os.environ.get("SAGAS_FUZZ_EXAMPLES", "200"))
 SEED = 7
-RUN_TIMEOUT = 240
+RUN_TIMEOUT = 600  # a guard against a hung run, not a measure: the operations grow with the API
 
 # POST /api/sagas/ answers 400 to bodies the schema cannot tell apart from good
 # ones: a version that saga type does not have, an input its own rules refuse
