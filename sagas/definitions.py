@@ -90,6 +90,12 @@ class SkipWait:
     result: Any = None
 
 
+def validate_condition(when: Any, where: str) -> None:
+    """A ``when`` is a callable taking the step's context, or None (no condition)."""
+    if when is not None and not callable(when):
+        raise SagaDefinitionError(f"{where}: when must be a callable (ctx -> bool) or None, got {when!r}")
+
+
 @dataclass(frozen=True)
 class Step:
     """One local transaction of a saga and, optionally, the compensation that undoes it.
@@ -114,6 +120,9 @@ class Step:
     # The saga's point of no return: once this step has succeeded, a later step that fails for good
     # pauses the saga for a person instead of compensating (``sagas.engine.compensation.forward_failed``).
     pivot: bool = False
+    # ``when(ctx) -> bool``, asked when the step's turn comes, with the context its action would get:
+    # false, the step is skipped (never run, never compensated) and the saga goes on.
+    when: Callable[[Any], bool] | None = None
 
     @property
     def has_compensation(self) -> bool:
@@ -128,6 +137,7 @@ class Step:
         if self.action is not None and not callable(self.action):
             raise SagaDefinitionError(f"{where}: action must be callable, got {self.action!r}")
         self._validate_wait(where)
+        validate_condition(self.when, where)
         if not isinstance(self.pivot, bool):
             raise SagaDefinitionError(f"{where}: pivot must be True or False, got {self.pivot!r}")
         if self.compensation is not None and not callable(self.compensation):
@@ -165,10 +175,13 @@ class Parallel:
 
     name: str
     steps: tuple
+    # Asked once, when the first of its members' turn comes: false skips every member.
+    when: Callable[[Any], bool] | None = None
 
-    def __init__(self, name: str, *steps: Step):
+    def __init__(self, name: str, *steps: Step, when: Callable[[Any], bool] | None = None):
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "steps", tuple(steps))
+        object.__setattr__(self, "when", when)
 
     def validate(self, saga_name: str) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -176,6 +189,7 @@ class Parallel:
         where = f"saga {saga_name!r}, Parallel({self.name!r})"
         if not self.steps:
             raise SagaDefinitionError(f"{where}: a Parallel needs at least one step")
+        validate_condition(self.when, where)
         for member in self.steps:
             if isinstance(member, Parallel):
                 raise SagaDefinitionError(f"{where}: Parallel({member.name!r}) is nested; Parallel members must be Steps")
@@ -212,11 +226,12 @@ class Saga:
     stages: list = field(init=False, repr=False, compare=False)
     _stage_of: list = field(init=False, repr=False, compare=False)
     _group_of: list = field(init=False, repr=False, compare=False)
+    _group_when: list = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # As declared (Steps and Parallels), kept for validation; ``steps`` is flattened.
         self.layout = list(self.steps)
-        self.steps, self.stages, self._stage_of, self._group_of = [], [], [], []
+        self.steps, self.stages, self._stage_of, self._group_of, self._group_when = [], [], [], [], []
         for item in self.layout:
             members = item.steps if isinstance(item, Parallel) else (item,)
             group = item.name if isinstance(item, Parallel) else None
@@ -225,6 +240,7 @@ class Saga:
                 stage.append(len(self.steps))
                 self._stage_of.append(len(self.stages))
                 self._group_of.append(group)
+                self._group_when.append(getattr(item, "when", None) if group else None)
                 self.steps.append(member)
             if stage:
                 self.stages.append(stage)
@@ -310,6 +326,15 @@ class Saga:
     def is_parallel(self, index: int) -> bool:
         return self._group_of[index] is not None
 
+    def conditions(self, index: int) -> tuple[Callable | None, Callable | None]:
+        """The ``when`` of step ``index``, and that of the Parallel it belongs to (None: no condition)."""
+        return getattr(self.steps[index], "when", None), self._group_when[index]
+
+    def claims_locked(self, index: int) -> bool:
+        """Step ``index`` is claimed only under the saga's lock: it has a condition to ask when its turn
+        comes. The one-statement and unlocked claims leave it to the locked one."""
+        return any(c is not None for c in self.conditions(index))
+
     def next_stage_start(self, index: int) -> int | None:
         """First index of the stage after the one holding ``index``; ``None`` after the last stage."""
         following = self._stage_of[index] + 1
@@ -334,6 +359,7 @@ class Saga:
                     "signal_timeout": s.signal_timeout,
                     "signal_permission": s.signal_permission,
                     "pivot": s.pivot,
+                    "conditional": any(c is not None for c in self.conditions(i)),
                     "stage": self.stage_of(i),
                     "parallel_group": self.group_of(i),
                 }

@@ -242,3 +242,33 @@ registry.register(Saga(name="tests.pivoted_gate", steps=[
     Step("gate", ask, retry=FAST, wait_for_signal=True, signal_timeout=3600),
     Step("close", action, retry=FAST),
 ]))
+
+
+# --- conditions (``when``) ------------------------------------------------------------------------------
+# Input ``skip``: the names whose condition answers no (a step's, or the Parallel ``p``'s); ``broken``: the
+# name whose condition raises. ``b``'s condition also reads ``a``'s output, as its action would see it.
+
+
+def _unless_skipped(name):
+    def when(ctx):
+        if ctx.input.get("broken") == name:
+            raise ValueError(f"cannot decide {name}")
+        return name not in ctx.input.get("skip", [])
+    return when
+
+
+def _b_when(ctx):
+    return ctx.results["a"]["value"] == 1 and _unless_skipped("b")(ctx)
+
+
+registry.register(Saga(name="tests.conditional", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    Step("b", action, compensation=compensation, retry=FAST, compensation_retry=COMP, when=_b_when),
+    Parallel(
+        "p",
+        Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP, when=_unless_skipped("c")),
+        Step("d", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+        when=_unless_skipped("p"),
+    ),
+    Step("e", action, compensation=compensation, retry=FAST, compensation_retry=COMP, when=_unless_skipped("e")),
+]))
