@@ -165,6 +165,62 @@ class Step:
 
 
 @dataclass(frozen=True, init=False)
+class ChildSaga(Step):
+    """A step whose work is a whole saga of another type, started as its child when the step's turn comes.
+
+    ``input(ctx)`` gives the child's input (a dict; None: an empty one);
+    ``version`` the child's version (None: the latest when it starts);
+    ``timeout`` (seconds) how long the child may take before it is cancelled
+    and the step fails. The step waits, holding no worker, until the child
+    ends: succeeded, the step succeeds with ``{"saga_id", "results"}``;
+    compensated, it fails for good. Undoing the step undoes the child as a
+    whole. The type need not be registered yet (types register in any
+    order): an unknown one fails the step when its turn comes.
+    """
+
+    saga_type: str = ""
+    input: Callable[[Any], dict] | None = None
+    version: int | None = None
+    # ``timeout`` as given: how long the child may run (a ``Step``'s ``timeout`` is one attempt's limit).
+    child_timeout: float | None = None
+
+    def __init__(self, name: str, saga_type: str, input: Callable[[Any], dict] | None = None,
+                 version: int | None = None, timeout: float | None = None,
+                 when: Callable[[Any], bool] | None = None, description: str = ""):
+        # One attempt: starting the child is one transaction, which commits or leaves nothing behind.
+        super().__init__(name=name, when=when, description=description, retry=Retry(max_attempts=1))
+        object.__setattr__(self, "saga_type", saga_type)
+        object.__setattr__(self, "input", input)
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "child_timeout", timeout)
+
+    @property
+    def has_compensation(self) -> bool:
+        return True  # undone by undoing the child
+
+    def validate(self, saga_name: str) -> None:
+        where = f"saga {saga_name!r}, ChildSaga({self.name!r})"
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise SagaDefinitionError(f"saga {saga_name!r}: step name {self.name!r} is not a valid identifier")
+        if not isinstance(self.saga_type, str) or not _NAME_RE.match(self.saga_type):
+            raise SagaDefinitionError(f"{where}: saga_type {self.saga_type!r} is not a valid saga name")
+        if self.input is not None and not callable(self.input):
+            raise SagaDefinitionError(f"{where}: input must be a callable (ctx -> dict) or None, got {self.input!r}")
+        if self.version is not None and (isinstance(self.version, bool) or not isinstance(self.version, int)
+                                         or self.version < 1):
+            raise SagaDefinitionError(f"{where}: version must be an int >= 1 or None, got {self.version!r}")
+        limit = self.child_timeout
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                                  or not limit > 0 or limit == float("inf")):
+            raise SagaDefinitionError(
+                f"{where}: timeout must be a positive number of seconds (or None: no deadline), got {limit!r}")
+        validate_condition(self.when, where)
+
+    def describe(self) -> dict:
+        return {"saga_type": self.saga_type, "version": self.version, "timeout": self.child_timeout}
+
+
+@dataclass(frozen=True, init=False)
 class Parallel:
     """Steps that run at once, standing where one ``Step`` may.
 
@@ -292,7 +348,8 @@ class Saga:
         if len(pivots) > 1:
             raise SagaDefinitionError(f"saga {self.name!r}: at most one pivot step, got {pivots}")
         after = self.steps[self.pivot_index + 1:] if self.pivot_index is not None else []
-        undoable = [s.name for s in after if s.has_compensation]
+        # A ChildSaga there is allowed: past the pivot nothing is undone, its child included.
+        undoable = [s.name for s in after if s.compensation is not None]
         if undoable:
             raise SagaDefinitionError(
                 f"saga {self.name!r}: step {undoable[0]!r} comes after the pivot "
@@ -332,8 +389,12 @@ class Saga:
 
     def claims_locked(self, index: int) -> bool:
         """Step ``index`` is claimed only under the saga's lock: it has a condition to ask when its turn
-        comes. The one-statement and unlocked claims leave it to the locked one."""
-        return any(c is not None for c in self.conditions(index))
+        comes, or it is a child saga to start. The one-statement and unlocked claims leave it to the locked one."""
+        return isinstance(self.steps[index], ChildSaga) or any(c is not None for c in self.conditions(index))
+
+    def is_child(self, index: int) -> bool:
+        """Step ``index`` is a ``ChildSaga``: its work is its child's."""
+        return isinstance(self.steps[index], ChildSaga)
 
     def next_stage_start(self, index: int) -> int | None:
         """First index of the stage after the one holding ``index``; ``None`` after the last stage."""
@@ -360,6 +421,7 @@ class Saga:
                     "signal_permission": s.signal_permission,
                     "pivot": s.pivot,
                     "conditional": any(c is not None for c in self.conditions(i)),
+                    "child_saga": s.describe() if isinstance(s, ChildSaga) else None,
                     "stage": self.stage_of(i),
                     "parallel_group": self.group_of(i),
                 }

@@ -122,6 +122,12 @@ class SagaInstance(models.Model):
     # (``person``, or ``after_pivot``: a step after its pivot failed for good). Empty otherwise.
     paused_from = models.CharField(max_length=20, blank=True, default="")
     pause_cause = models.CharField(max_length=20, blank=True, default="")
+    # A child saga (``ChildSaga``): the saga that started it, and the step of that saga whose work it is
+    # (the step waits for it). Null for a root saga. ``depth``: 0 for a root, its parent's + 1 for a child.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    parent_step = models.ForeignKey("StepRecord", null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="child_sagas")
+    depth = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
