@@ -79,7 +79,7 @@ from .core import (
     used_attempts,
 )
 from .running import DATABASE_PASSING, attempt_error, invoke, record_or_pending, success_report
-from . import sql
+from . import children, sql
 from .waiting import begin_wait
 
 logger = logging.getLogger("sagas.engine")
@@ -307,6 +307,8 @@ def _claim_locked(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
             decided = _ask_conditions(saga, definition, record)
             if decided is not None:
                 return decided
+        if definition.is_child(index):
+            return children.start_child(saga, record, definition)  # in this transaction: once, under the lock
         begin_attempt(saga, record, lease_until(saga, step))
         token = new_signal_token(record) if step.wait_for_signal else None
         save_step(record)
