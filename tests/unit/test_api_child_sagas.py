@@ -21,10 +21,16 @@ def noop(ctx):
     return {"ok": True}
 
 
-if SECRET not in registry:
+@pytest.fixture
+def secret_types():
+    """A child type that asks for a permission of its own, and a parent that starts one: registered for one
+    test (a type with a permission narrows every list and analytics for users without it)."""
     registry.register(Saga(name=SECRET, steps=[Step("x", noop)], permission="testapp.change_call"))
     registry.register(Saga(name=WITH_SECRET, steps=[ChildSaga("open", "tests.three_steps"),
                                                      ChildSaga("hidden", SECRET)]))
+    yield
+    registry.unregister(SECRET)
+    registry.unregister(WITH_SECRET)
 
 
 def client_for(user) -> APIClient:
@@ -142,7 +148,7 @@ def test_a_tree_deeper_than_the_nesting_limit_is_cut_there(family, settings):
     assert (tree["nodes"], tree["truncated"]) == (2, True)
 
 
-def test_a_tree_leaves_out_the_children_a_user_may_not_read(db, sent):
+def test_a_tree_leaves_out_the_children_a_user_may_not_read(db, sent, secret_types):
     parent = start_saga(WITH_SECRET)
     open_child = start_child(parent, 0)
     # Its second child, of a type that asks for a permission of its own (written here: it starts after the first).
