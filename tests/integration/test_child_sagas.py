@@ -109,6 +109,25 @@ def test_a_failed_child_holds_its_parent_until_a_person_retries_its_compensation
     assert calls(parent, "compensation") == ["a"]
 
 
+def test_a_child_whose_undoing_fails_fails_its_parents_and_a_retry_of_the_parent_finishes_both(worker):
+    parent = start_saga(NESTED, input={"fail": {"c": "permanent"}, "child": {"comp_fail": {"c": 2}}})
+
+    parent = wait_for_saga(parent)
+
+    child = SagaInstance.objects.get(parent=parent)
+    assert (parent.status, child.status) == (SagaStatus.FAILED, SagaStatus.FAILED)
+    assert step_of(parent, "child").status == StepStatus.COMPENSATION_FAILED
+    assert calls(parent, "compensation") == []  # a is not undone while the child is not
+
+    retry_compensation(parent)  # reaches the child: its failed compensation is retried too
+    parent = wait_for_saga(parent)
+
+    assert parent.status == SagaStatus.COMPENSATED
+    assert SagaInstance.objects.get(pk=child.pk).status == SagaStatus.COMPENSATED
+    assert calls(child, "compensation") == ["c", "c", "c", "b", "a"]
+    assert calls(parent, "compensation") == ["a"]
+
+
 # --- down the tree ---------------------------------------------------------------------------------
 
 
