@@ -186,9 +186,9 @@ class SagaInstanceOutputSerializer(ModelOutputSerializer):
                               help_text="Step name -> output of each step that succeeded.")
     steps = StepRecordOutputSerializer(source="step_records", many=True, read_only=True)
     parent = serializers.PrimaryKeyRelatedField(
-        read_only=True, help_text="The saga whose `ChildSaga` step started this one; null for a root saga.")
+        read_only=True, allow_null=True, help_text="The saga whose `ChildSaga` step started this one; null for a root saga.")
     parent_step = serializers.SlugRelatedField(
-        slug_field="name", read_only=True,
+        slug_field="name", read_only=True, allow_null=True,
         help_text="The name of the parent's step whose work this saga is; null for a root saga.")
     depth = serializers.IntegerField(read_only=True, help_text="0 for a root saga, its parent's + 1 for a child.")
     children = serializers.SerializerMethodField(help_text="Ids of the child sagas its steps started, oldest first.")

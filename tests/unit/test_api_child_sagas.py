@@ -202,6 +202,7 @@ def test_the_schema_documents_the_tree_the_parent_filter_and_the_new_fields(api)
     assert listed["parent"]["schema"]["format"] == "uuid"
     saga = schema["components"]["schemas"]["SagaInstanceOutput"]["properties"]
     assert {"parent", "parent_step", "depth", "children"} <= set(saga)
+    assert saga["parent"]["nullable"] and saga["parent_step"]["nullable"]  # null for a root saga
     step = schema["components"]["schemas"]["StepDefinitionOutput"]["properties"]
     assert {"conditional", "child_saga"} <= set(step)
 
