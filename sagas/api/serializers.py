@@ -186,7 +186,8 @@ class SagaInstanceOutputSerializer(ModelOutputSerializer):
                               help_text="Step name -> output of each step that succeeded.")
     steps = StepRecordOutputSerializer(source="step_records", many=True, read_only=True)
     parent = serializers.PrimaryKeyRelatedField(
-        read_only=True, allow_null=True, help_text="The saga whose `ChildSaga` step started this one; null for a root saga.")
+        read_only=True, allow_null=True,
+        help_text="The saga whose `ChildSaga` step started this one; null for a root saga.")
     parent_step = serializers.SlugRelatedField(
         slug_field="name", read_only=True, allow_null=True,
         help_text="The name of the parent's step whose work this saga is; null for a root saga.")

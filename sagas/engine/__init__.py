@@ -38,7 +38,8 @@ from .start import start_saga, validate_input
 from .waiting import complete_step, complete_step_by_token, fail_step, fail_step_by_token, may_signal
 
 __all__ = [
-    "PARENT_ONLY_MOVES", "SAGA_MOVES", "STEP_MOVES", "Claim", "Decision", "INFRASTRUCTURE_ERRORS", "Outcome", "Report", "ReportPending",
+    "PARENT_ONLY_MOVES", "SAGA_MOVES", "STEP_MOVES", "Claim", "Decision", "INFRASTRUCTURE_ERRORS", "Outcome",
+    "Report", "ReportPending",
     "SweepReport", "begin_compensation", "can_move_saga", "can_move_step", "cancel", "child_ended", "claim_step",
     "compensate_late_success",
     "complete_step", "complete_step_by_token", "definition_of", "execute_compensation", "execute_step",
