@@ -4,7 +4,7 @@ The DSL names are importable at any time; the functions that touch the
 database (``start_saga`` and friends) are loaded on first use, once Django's
 apps are ready.
 """
-from .definitions import Parallel, Retry, Saga, SkipWait, Step, StepContext, registry
+from .definitions import ChildSaga, Parallel, Retry, Saga, SkipWait, Step, StepContext, registry
 from .errors import (
     IdempotencyConflict,
     InvalidSagaInput,
@@ -21,7 +21,7 @@ _ENGINE_FUNCTIONS = {"start_saga", "resubmit", "cancel", "retry_compensation", "
                      "pause", "resume", "skip_step"}
 
 __all__ = [
-    "Parallel", "Retry", "Saga", "SkipWait", "Step", "StepContext", "registry",
+    "ChildSaga", "Parallel", "Retry", "Saga", "SkipWait", "Step", "StepContext", "registry",
     "IdempotencyConflict", "InvalidSagaInput", "InvalidTransition", "PermanentError",
     "SagaDefinitionError", "SignalNotAllowed", "UnknownSagaType", "UnknownSignalToken", "UnknownStep",
     *sorted(_ENGINE_FUNCTIONS),

@@ -137,3 +137,8 @@ def dispatch_late_compensation(saga_id, index: int, attempt: int, result, *, def
     signature_of("sagas.compensate_late_success", str(saga_id), index, attempt, result).set(
         soft_time_limit=effective_timeout(step, compensation=True),
         time_limit=hard_time_limit(step, compensation=True)).apply_async()
+
+
+def dispatch_child_ended(parent_id, child_id) -> None:
+    """Tell a parent saga that its child ended (``sagas.child_ended``): the parent's step moves on."""
+    signature_of("sagas.child_ended", str(parent_id), str(child_id)).apply_async()

@@ -90,6 +90,12 @@ class SkipWait:
     result: Any = None
 
 
+def validate_condition(when: Any, where: str) -> None:
+    """A ``when`` is a callable taking the step's context, or None (no condition)."""
+    if when is not None and not callable(when):
+        raise SagaDefinitionError(f"{where}: when must be a callable (ctx -> bool) or None, got {when!r}")
+
+
 @dataclass(frozen=True)
 class Step:
     """One local transaction of a saga and, optionally, the compensation that undoes it.
@@ -114,6 +120,9 @@ class Step:
     # The saga's point of no return: once this step has succeeded, a later step that fails for good
     # pauses the saga for a person instead of compensating (``sagas.engine.compensation.forward_failed``).
     pivot: bool = False
+    # ``when(ctx) -> bool``, asked when the step's turn comes, with the context its action would get:
+    # false, the step is skipped (never run, never compensated) and the saga goes on.
+    when: Callable[[Any], bool] | None = None
 
     @property
     def has_compensation(self) -> bool:
@@ -128,6 +137,7 @@ class Step:
         if self.action is not None and not callable(self.action):
             raise SagaDefinitionError(f"{where}: action must be callable, got {self.action!r}")
         self._validate_wait(where)
+        validate_condition(self.when, where)
         if not isinstance(self.pivot, bool):
             raise SagaDefinitionError(f"{where}: pivot must be True or False, got {self.pivot!r}")
         if self.compensation is not None and not callable(self.compensation):
@@ -155,6 +165,62 @@ class Step:
 
 
 @dataclass(frozen=True, init=False)
+class ChildSaga(Step):
+    """A step whose work is a whole saga of another type, started as its child when the step's turn comes.
+
+    ``input(ctx)`` gives the child's input (a dict; None: an empty one);
+    ``version`` the child's version (None: the latest when it starts);
+    ``timeout`` (seconds) how long the child may take before it is cancelled
+    and the step fails. The step waits, holding no worker, until the child
+    ends: succeeded, the step succeeds with ``{"saga_id", "results"}``;
+    compensated, it fails for good. Undoing the step undoes the child as a
+    whole. The type need not be registered yet (types register in any
+    order): an unknown one fails the step when its turn comes.
+    """
+
+    saga_type: str = ""
+    input: Callable[[Any], dict] | None = None
+    version: int | None = None
+    # ``timeout`` as given: how long the child may run (a ``Step``'s ``timeout`` is one attempt's limit).
+    child_timeout: float | None = None
+
+    def __init__(self, name: str, saga_type: str, input: Callable[[Any], dict] | None = None,
+                 version: int | None = None, timeout: float | None = None,
+                 when: Callable[[Any], bool] | None = None, description: str = ""):
+        # One attempt: starting the child is one transaction, which commits or leaves nothing behind.
+        super().__init__(name=name, when=when, description=description, retry=Retry(max_attempts=1))
+        object.__setattr__(self, "saga_type", saga_type)
+        object.__setattr__(self, "input", input)
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "child_timeout", timeout)
+
+    @property
+    def has_compensation(self) -> bool:
+        return True  # undone by undoing the child
+
+    def validate(self, saga_name: str) -> None:
+        where = f"saga {saga_name!r}, ChildSaga({self.name!r})"
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise SagaDefinitionError(f"saga {saga_name!r}: step name {self.name!r} is not a valid identifier")
+        if not isinstance(self.saga_type, str) or not _NAME_RE.match(self.saga_type):
+            raise SagaDefinitionError(f"{where}: saga_type {self.saga_type!r} is not a valid saga name")
+        if self.input is not None and not callable(self.input):
+            raise SagaDefinitionError(f"{where}: input must be a callable (ctx -> dict) or None, got {self.input!r}")
+        if self.version is not None and (isinstance(self.version, bool) or not isinstance(self.version, int)
+                                         or self.version < 1):
+            raise SagaDefinitionError(f"{where}: version must be an int >= 1 or None, got {self.version!r}")
+        limit = self.child_timeout
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                                  or not limit > 0 or limit == float("inf")):
+            raise SagaDefinitionError(
+                f"{where}: timeout must be a positive number of seconds (or None: no deadline), got {limit!r}")
+        validate_condition(self.when, where)
+
+    def describe(self) -> dict:
+        return {"saga_type": self.saga_type, "version": self.version, "timeout": self.child_timeout}
+
+
+@dataclass(frozen=True, init=False)
 class Parallel:
     """Steps that run at once, standing where one ``Step`` may.
 
@@ -165,10 +231,13 @@ class Parallel:
 
     name: str
     steps: tuple
+    # Asked once, when the first of its members' turn comes: false skips every member.
+    when: Callable[[Any], bool] | None = None
 
-    def __init__(self, name: str, *steps: Step):
+    def __init__(self, name: str, *steps: Step, when: Callable[[Any], bool] | None = None):
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "steps", tuple(steps))
+        object.__setattr__(self, "when", when)
 
     def validate(self, saga_name: str) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -176,6 +245,7 @@ class Parallel:
         where = f"saga {saga_name!r}, Parallel({self.name!r})"
         if not self.steps:
             raise SagaDefinitionError(f"{where}: a Parallel needs at least one step")
+        validate_condition(self.when, where)
         for member in self.steps:
             if isinstance(member, Parallel):
                 raise SagaDefinitionError(f"{where}: Parallel({member.name!r}) is nested; Parallel members must be Steps")
@@ -212,11 +282,12 @@ class Saga:
     stages: list = field(init=False, repr=False, compare=False)
     _stage_of: list = field(init=False, repr=False, compare=False)
     _group_of: list = field(init=False, repr=False, compare=False)
+    _group_when: list = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # As declared (Steps and Parallels), kept for validation; ``steps`` is flattened.
         self.layout = list(self.steps)
-        self.steps, self.stages, self._stage_of, self._group_of = [], [], [], []
+        self.steps, self.stages, self._stage_of, self._group_of, self._group_when = [], [], [], [], []
         for item in self.layout:
             members = item.steps if isinstance(item, Parallel) else (item,)
             group = item.name if isinstance(item, Parallel) else None
@@ -225,6 +296,7 @@ class Saga:
                 stage.append(len(self.steps))
                 self._stage_of.append(len(self.stages))
                 self._group_of.append(group)
+                self._group_when.append(getattr(item, "when", None) if group else None)
                 self.steps.append(member)
             if stage:
                 self.stages.append(stage)
@@ -276,7 +348,8 @@ class Saga:
         if len(pivots) > 1:
             raise SagaDefinitionError(f"saga {self.name!r}: at most one pivot step, got {pivots}")
         after = self.steps[self.pivot_index + 1:] if self.pivot_index is not None else []
-        undoable = [s.name for s in after if s.has_compensation]
+        # A ChildSaga there is allowed: past the pivot nothing is undone, its child included.
+        undoable = [s.name for s in after if s.compensation is not None]
         if undoable:
             raise SagaDefinitionError(
                 f"saga {self.name!r}: step {undoable[0]!r} comes after the pivot "
@@ -310,6 +383,19 @@ class Saga:
     def is_parallel(self, index: int) -> bool:
         return self._group_of[index] is not None
 
+    def conditions(self, index: int) -> tuple[Callable | None, Callable | None]:
+        """The ``when`` of step ``index``, and that of the Parallel it belongs to (None: no condition)."""
+        return getattr(self.steps[index], "when", None), self._group_when[index]
+
+    def claims_locked(self, index: int) -> bool:
+        """Step ``index`` is claimed only under the saga's lock: it has a condition to ask when its turn
+        comes, or it is a child saga to start. The one-statement and unlocked claims leave it to the locked one."""
+        return isinstance(self.steps[index], ChildSaga) or any(c is not None for c in self.conditions(index))
+
+    def is_child(self, index: int) -> bool:
+        """Step ``index`` is a ``ChildSaga``: its work is its child's."""
+        return isinstance(self.steps[index], ChildSaga)
+
     def next_stage_start(self, index: int) -> int | None:
         """First index of the stage after the one holding ``index``; ``None`` after the last stage."""
         following = self._stage_of[index] + 1
@@ -334,6 +420,8 @@ class Saga:
                     "signal_timeout": s.signal_timeout,
                     "signal_permission": s.signal_permission,
                     "pivot": s.pivot,
+                    "conditional": any(c is not None for c in self.conditions(i)),
+                    "child_saga": s.describe() if isinstance(s, ChildSaga) else None,
                     "stage": self.stage_of(i),
                     "parallel_group": self.group_of(i),
                 }

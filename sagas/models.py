@@ -125,6 +125,12 @@ class SagaInstance(models.Model):
     # Its figures are in ``MetricTotal`` (``sagas.metrics.totals``): a finished saga is summed there
     # once, and ``/metrics`` reads only the sagas not folded yet. Cleared if it leaves its final status.
     metrics_folded = models.BooleanField(default=False, db_default=False, editable=False)
+    # A child saga (``ChildSaga``): the saga that started it, and the step of that saga whose work it is
+    # (the step waits for it). Null for a root saga. ``depth``: 0 for a root, its parent's + 1 for a child.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    parent_step = models.ForeignKey("StepRecord", null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="child_sagas")
+    depth = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]

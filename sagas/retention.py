@@ -4,7 +4,7 @@ Sagas that ended on their own (``succeeded``, ``compensated``) go once they
 finished long enough ago. ``failed`` sagas stay unless asked for: a person
 still has to act on them, and their trail says what is left to undo. Active
 sagas (``pending``, ``running``, ``compensating``) are never touched,
-whatever their age. Business rows that name a saga by ``saga_id`` (the
+whatever their age, nor is a child saga below one of them. Business rows that name a saga by ``saga_id`` (the
 corporate app's orders, employees, budget requests) are not the
 orchestrator's and stay.
 
@@ -18,12 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from .metrics import totals
-from .models import SagaEvent, SagaInstance, SagaStatus, StepRecord
+from .models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord
 
 PRUNED_STATUSES = (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED)
 DEFAULT_BATCH_SIZE = 500
@@ -50,8 +51,18 @@ def _statuses(include_failed: bool) -> tuple[str, ...]:
 
 
 def prunable_sagas(*, finished_before: datetime, include_failed: bool = False) -> QuerySet[SagaInstance]:
-    """Finished sagas (``failed`` only when included) whose ``finished_at`` is before the cutoff."""
-    return SagaInstance.objects.filter(status__in=_statuses(include_failed), finished_at__lt=finished_before).order_by()
+    """Finished sagas (``failed`` only when included) whose ``finished_at`` is before the cutoff.
+
+    A child saga stays while its parent, or any saga above it, is active: undoing the parent undoes
+    the child as a whole, from the child's own records.
+    """
+    finished = SagaInstance.objects.filter(status__in=_statuses(include_failed), finished_at__lt=finished_before)
+    above = Q()
+    for level in range(1, settings.SAGAS_MAX_DEPTH + 1):
+        above |= Q(**{"__".join(["parent"] * level) + "__status__in": ACTIVE_SAGA_STATUSES})
+    # A subquery, so that the batches' locking read has no outer join to lock the nullable side of.
+    held = SagaInstance.objects.filter(parent__isnull=False).filter(above).values("pk")
+    return finished.exclude(pk__in=held).order_by()
 
 
 def prune_finished_sagas(*, older_than: timedelta, include_failed: bool = False, dry_run: bool = False,

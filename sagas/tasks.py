@@ -102,6 +102,16 @@ def compensate_late_success(self, saga_id: str, index: int, attempt: int, result
     return "compensated again"
 
 
+@shared_task(bind=True, name="sagas.child_ended", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def child_ended(self, parent_id: str, child_id: str) -> str:
+    """A child saga ended: its parent's step moves on (sent by the transaction that ended the child)."""
+    try:
+        moved = engine.child_ended(parent_id, child_id)
+    except INFRASTRUCTURE_ERRORS as exc:
+        _retry_infrastructure(self, exc, self.request.retries)
+    return moved
+
+
 # The next segment of a long chain (``canvas.forward_chain``): the step before it succeeded and let
 # its chain go on. Sending twice is harmless: a step's claim takes it once.
 @shared_task(name="sagas.send_forward", acks_late=True)

@@ -16,6 +16,8 @@ def sent(monkeypatch):
     monkeypatch.setattr(canvas, "dispatch_late_compensation",
                         lambda saga_id, index, attempt, result, **_: messages.append(
                             ("late", saga_id, (index, attempt, result))))
+    monkeypatch.setattr(canvas, "dispatch_child_ended",
+                        lambda parent_id, child_id: messages.append(("child_ended", parent_id, child_id)))
     return messages
 
 

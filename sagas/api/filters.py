@@ -44,7 +44,7 @@ class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
 
 
 class SagaInstanceFilter(django_filters.FilterSet):
-    """``status`` (repeatable), ``saga_type``, and a half-open creation window.
+    """``status`` (repeatable), ``saga_type``, ``parent`` (a saga's children), and a half-open creation window.
 
     ``created_after`` is inclusive and ``created_before`` exclusive, so
     consecutive windows never count a saga twice.
@@ -52,10 +52,11 @@ class SagaInstanceFilter(django_filters.FilterSet):
 
     status = django_filters.MultipleChoiceFilter(choices=SagaStatus.choices)
     saga_type = django_filters.CharFilter(strip=False)
+    parent = django_filters.UUIDFilter(field_name="parent", help_text="Only the children of this saga.")
     created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = SagaInstance
-        fields = ["status", "saga_type", "created_after", "created_before"]
+        fields = ["status", "saga_type", "parent", "created_after", "created_before"]
         form = NoBlankParametersForm

@@ -169,20 +169,73 @@ class StepRecordOutputSerializer(ModelOutputSerializer):
         }
 
 
+def children_in_order(saga: SagaInstance) -> list[SagaInstance]:
+    """Ids of a saga's children, oldest first: prefetched with a list (``children``), read otherwise
+    (none for a saga just started)."""
+    cached = getattr(saga, "_prefetched_objects_cache", {}).get("children")
+    if cached is not None:
+        return sorted((child for child in cached), key=lambda child: child.created_at)
+    if getattr(saga, "created_now", False):
+        return []
+    return list(saga.children.order_by("created_at"))
+
+
 class SagaInstanceOutputSerializer(ModelOutputSerializer):
     input = JSONObjectField(read_only=True)
     results = JSONObjectField(source="current_results", read_only=True,
                               help_text="Step name -> output of each step that succeeded.")
     steps = StepRecordOutputSerializer(source="step_records", many=True, read_only=True)
+    parent = serializers.PrimaryKeyRelatedField(
+        read_only=True, allow_null=True,
+        help_text="The saga whose `ChildSaga` step started this one; null for a root saga.")
+    parent_step = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, allow_null=True,
+        help_text="The name of the parent's step whose work this saga is; null for a root saga.")
+    depth = serializers.IntegerField(read_only=True, help_text="0 for a root saga, its parent's + 1 for a child.")
+    children = serializers.SerializerMethodField(help_text="Ids of the child sagas its steps started, oldest first.")
 
     class Meta:
         model = SagaInstance
         fields = [
             "id", "saga_type", "version", "status", "input", "results", "error", "idempotency_key",
             "resubmitted_from", "started_by", "created_at", "started_at", "finished_at", "updated_at", "cancel_requested_at",
-            "paused_from", "pause_cause", "steps",
+            "paused_from", "pause_cause", "parent", "parent_step", "depth", "children", "steps",
         ]
         read_only_fields = fields
+
+    @extend_schema_field({"type": "array", "items": {"type": "string", "format": "uuid"}})
+    def get_children(self, saga: SagaInstance) -> list[str]:
+        return [str(child.pk) for child in children_in_order(saga)]
+
+
+class SagaTreeNodeOutputSerializer(serializers.Serializer):
+    """One saga of a tree (``GET /api/sagas/{id}/tree/``), with its children's nodes."""
+
+    id = serializers.UUIDField()
+    saga_type = serializers.CharField()
+    version = serializers.IntegerField()
+    status = serializers.CharField()
+    error = serializers.CharField(allow_blank=True)
+    parent = serializers.UUIDField(allow_null=True)
+    parent_step = serializers.CharField(allow_null=True, help_text="The parent's step whose work this saga is.")
+    depth = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    children = serializers.SerializerMethodField(
+        help_text="Its children that you may read, oldest first, each a node like this one.")
+
+    @extend_schema_field({"type": "array", "items": {"$ref": "#/components/schemas/SagaTreeNodeOutput"}})
+    def get_children(self, node: dict) -> list[dict]:
+        return [SagaTreeNodeOutputSerializer(child).data for child in node["children"]]
+
+
+class SagaTreeOutputSerializer(serializers.Serializer):
+    root = SagaTreeNodeOutputSerializer(help_text="The saga asked for, with its descendants.")
+    nodes = serializers.IntegerField(help_text="How many sagas the tree shows.")
+    truncated = serializers.BooleanField(
+        help_text="True when the tree has more sagas than one answer shows (the deepest left out): "
+                  "ask for a child's tree to see below it.")
 
 
 class SagaEventOutputSerializer(ModelOutputSerializer):
@@ -217,6 +270,12 @@ class RetryPolicyOutputSerializer(serializers.Serializer):
     max_backoff = serializers.FloatField()
 
 
+class ChildSagaDefinitionOutputSerializer(serializers.Serializer):
+    saga_type = serializers.CharField()
+    version = serializers.IntegerField(allow_null=True, help_text="null: the latest when it starts.")
+    timeout = serializers.FloatField(allow_null=True, help_text="Seconds the child may take; null: no deadline.")
+
+
 class StepDefinitionOutputSerializer(serializers.Serializer):
     index = serializers.IntegerField()
     name = serializers.CharField()
@@ -233,6 +292,10 @@ class StepDefinitionOutputSerializer(serializers.Serializer):
     stage = serializers.IntegerField(help_text="Steps of one stage run at once; stages run one after another.")
     parallel_group = serializers.CharField(
         allow_null=True, help_text="Name of the Parallel this step is a member of; null for a plain step.")
+    conditional = serializers.BooleanField(
+        help_text="It (or its Parallel) has a `when`: asked when its turn comes, false skips it.")
+    child_saga = ChildSagaDefinitionOutputSerializer(
+        allow_null=True, help_text="A `ChildSaga` step: the saga it starts; null for any other step.")
 
 
 class SagaTypeOutputSerializer(serializers.Serializer):

@@ -14,6 +14,7 @@ urlpatterns = [
     # <str:>, not <uuid:>: a malformed id answers the API's JSON 404, not Django's HTML one.
     path("sagas/<str:saga_id>/", views.SagaDetailApi.as_view(), name="saga-detail"),
     path("sagas/<str:saga_id>/events/", views.SagaEventListApi.as_view(), name="saga-events"),
+    path("sagas/<str:saga_id>/tree/", views.SagaTreeApi.as_view(), name="saga-tree"),
     path("sagas/<str:saga_id>/resubmit/", views.SagaResubmitApi.as_view(), name="saga-resubmit"),
     path("sagas/<str:saga_id>/cancel/", views.SagaCancelApi.as_view(), name="saga-cancel"),
     path("sagas/<str:saga_id>/pause/", views.SagaPauseApi.as_view(), name="saga-pause"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -45,6 +45,7 @@ from .serializers import (
     SagaPauseInputSerializer,
     SagaResumeInputSerializer,
     SagaStartInputSerializer,
+    SagaTreeOutputSerializer,
     SagaTypeOutputSerializer,
     StepCompleteInputSerializer,
     StepFailInputSerializer,
@@ -74,8 +75,9 @@ LOCATION = OpenApiParameter("Location", OpenApiTypes.URI, OpenApiParameter.HEADE
 
 
 def saga_instances() -> QuerySet[SagaInstance]:
-    """Instances with their steps loaded in one more query, newest first."""
-    return SagaInstance.objects.prefetch_related("steps")
+    """Instances with their steps and their children's ids loaded in two more queries, newest first."""
+    children = Prefetch("children", queryset=SagaInstance.objects.only("id", "parent_id", "created_at"))
+    return SagaInstance.objects.select_related("parent_step").prefetch_related("steps", children)
 
 
 def saga_get(saga_id: str) -> SagaInstance:
@@ -273,6 +275,64 @@ class SagaDetailApi(APIView):
                    responses={200: SagaInstanceOutputSerializer, 404: NOT_FOUND})
     def get(self, request: Request, saga_id: str) -> Response:
         return Response(shown(request, SagaInstanceOutputSerializer(saga_for(request, saga_id)).data))
+
+
+# A tree answers this many sagas at most (the deepest are left out beyond it: ``truncated``).
+TREE_MAX_NODES = 500
+_TREE_FIELDS = ("id", "saga_type", "version", "status", "error", "parent_id", "parent_step__name", "depth",
+                "created_at", "started_at", "finished_at")
+
+
+def _tree_node(row: dict) -> dict:
+    return {"id": row["id"], "saga_type": row["saga_type"], "version": row["version"], "status": row["status"],
+            "error": row["error"], "parent": row["parent_id"], "parent_step": row["parent_step__name"],
+            "depth": row["depth"], "created_at": row["created_at"], "started_at": row["started_at"],
+            "finished_at": row["finished_at"], "children": []}
+
+
+def saga_tree(user, root: SagaInstance, *, max_nodes: int = TREE_MAX_NODES) -> dict:
+    """``root`` and its descendants that ``user`` may read (``sagas.access``), a level per query.
+
+    Bounded: nesting stops at ``SAGAS_MAX_DEPTH``, so at most that many
+    levels are read, and at most ``max_nodes`` sagas are shown, oldest
+    first within a level; ``truncated`` says some were left out. A child the
+    user may not read is left out with what is below it.
+    """
+    top = _tree_node({**{name: getattr(root, name, None) for name in _TREE_FIELDS if "__" not in name},
+                      "parent_step__name": root.parent_step.name if root.parent_step_id else None})
+    nodes, level, count, truncated = {root.pk: top}, [root.pk], 1, False
+    for _ in range(settings.SAGAS_MAX_DEPTH):
+        if not level:
+            break
+        rows = list(access.visible(user, SagaInstance.objects.filter(parent_id__in=level))
+                    .order_by("depth", "created_at", "id").values(*_TREE_FIELDS)[:max_nodes - count + 1])
+        if len(rows) > max_nodes - count:
+            rows, truncated = rows[:max_nodes - count], True
+        for row in rows:
+            nodes[row["id"]] = _tree_node(row)
+            nodes[row["parent_id"]]["children"].append(nodes[row["id"]])
+        count += len(rows)
+        level = [row["id"] for row in rows]
+        if truncated:
+            break
+    if level and not truncated and SagaInstance.objects.filter(parent_id__in=level).exists():
+        truncated = True  # deeper than SAGAS_MAX_DEPTH allows now (it was raised, or lowered, since)
+    return {"root": top, "nodes": count, "truncated": truncated}
+
+
+class SagaTreeApi(APIView):
+    @extend_schema(
+        tags=[TAG], summary="A saga with its child sagas, their children and so on", parameters=[SAGA_ID],
+        description=(
+            "The saga and every descendant you may read, each with its status, nested under its parent "
+            "(a root saga's whole tree in one call). At most "
+            f"{TREE_MAX_NODES} sagas and `SAGAS_MAX_DEPTH` levels below it: `truncated` says when some "
+            "were left out. A child you may not read is left out with what is below it."),
+        responses={200: SagaTreeOutputSerializer, 404: NOT_FOUND},
+    )
+    def get(self, request: Request, saga_id: str) -> Response:
+        tree = saga_tree(request.user, saga_for(request, saga_id))
+        return Response(SagaTreeOutputSerializer(tree).data)
 
 
 class SagaEventListApi(GenericAPIView):

@@ -20,7 +20,7 @@ from django.db.models import Q
 from .. import alerts, liveness
 from ..definitions import Retry, Saga
 from ..models import FORWARD_DONE_STATUSES, EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
-from . import sql
+from . import children, sql
 from .core import (
     Claim,
     Decision,
@@ -122,8 +122,13 @@ def fail_lost_attempt(saga: SagaInstance, record: StepRecord, *, blame: bool) ->
               blame=blame, effects=True)
 
 
-def start_compensating(saga: SagaInstance, records: list[StepRecord], reason: str) -> list[int]:
-    """Stop what has not started, move the saga to ``compensating`` and send (or await) the chain."""
+def start_compensating(saga: SagaInstance, records: list[StepRecord], reason: str, *,
+                       by_parent: bool = False) -> list[int]:
+    """Stop what has not started, move the saga to ``compensating`` and send (or await) the chain.
+
+    A step waiting for its child saga stops waiting and the child is cancelled (it is undone with the
+    rest). ``by_parent``: a succeeded child its parent undoes as a whole (a move only a parent makes).
+    """
     now = saga.db_now
     dead = dead_holders(records, now)
     for record in records:
@@ -136,6 +141,12 @@ def start_compensating(saga: SagaInstance, records: list[StepRecord], reason: st
                 fail_record(saga, record, "stopped: the saga is compensating", blame=False)
         elif record.status == StepStatus.PENDING:
             move_step(saga, record, StepStatus.SKIPPED, EventKind.STEP_SKIPPED)
+        elif record.status == StepStatus.WAITING and definition_of(saga).is_child(record.index):
+            # Its child runs: it is cancelled, and the step is compensated when the child is.
+            end_wait(record)
+            fail_record(saga, record, "stopped while waiting for its child saga: the saga is compensating",
+                        blame=False, effects=True, waiting=True)
+            children.stop_child(record, f"its parent saga {saga.pk} is compensating: {reason or saga.error}")
         elif record.status == StepStatus.WAITING:
             # Its action ran: the step fails (no signal counts any more) and is compensated with the rest.
             end_wait(record)
@@ -145,7 +156,7 @@ def start_compensating(saga: SagaInstance, records: list[StepRecord], reason: st
             event(saga, EventKind.NOTHING_TO_COMPENSATE, step=record, note="no compensation defined; left as is")
     if not saga.error:
         saga.error = reason or "failed"
-    move_saga(saga, SagaStatus.COMPENSATING, EventKind.SAGA_COMPENSATING, reason=saga.error)
+    move_saga(saga, SagaStatus.COMPENSATING, EventKind.SAGA_COMPENSATING, by_parent=by_parent, reason=saga.error)
     continue_compensation(saga, records)
     return compensation_order(records)
 
@@ -254,7 +265,7 @@ def _claim_in_one_statement(saga_id, index: int, definition: Saga | None) -> Cla
     locked claim decides. (A ``Parallel`` member's is always locked.)
     """
     if (definition is None or connection.vendor != "postgresql" or not 0 <= index < len(definition.steps)
-            or definition.is_parallel(index)):
+            or definition.is_parallel(index) or definition.is_child(index)):
         return None
     saga_id = uuid.UUID(str(saga_id))
     step = definition.step_at(index)
@@ -331,6 +342,8 @@ def _claim_compensation(saga_id, index: int, policy: Retry | None) -> Claim | Ou
                     return Outcome(Decision.FAILED, reason="compensation attempts exhausted")
         if record.status == StepStatus.COMPENSATION_FAILED:
             return Outcome(Decision.FAILED, reason="compensation already failed")
+        if definition.is_child(index):
+            return children.undo(saga, record, definition)  # its child is undone as a whole
         record.compensation_attempts += 1
         hold(record, saga, lease_until(saga, step, compensation=True))
         move_step(saga, record, StepStatus.COMPENSATING, EventKind.COMPENSATION_STARTED,

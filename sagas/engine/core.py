@@ -57,9 +57,14 @@ SAGA_MOVES: dict[str, set[str]] = {
     # undone (``cancel``).
     SagaStatus.PAUSED: {SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING},
     SagaStatus.FAILED: {SagaStatus.COMPENSATING},
-    SagaStatus.SUCCEEDED: set(),
+    # A child saga its parent undoes as a whole (a move only its parent makes: ``PARENT_ONLY_MOVES``).
+    SagaStatus.SUCCEEDED: {SagaStatus.COMPENSATING},
     SagaStatus.COMPENSATED: set(),
 }
+
+# Moves of a child saga that only its parent's transitions make (``move_saga(..., by_parent=True)``):
+# a succeeded saga is final for everyone else.
+PARENT_ONLY_MOVES: set[tuple[str, str]] = {(SagaStatus.SUCCEEDED, SagaStatus.COMPENSATING)}
 
 STEP_MOVES: dict[str, set[str]] = {
     StepStatus.PENDING: {StepStatus.RUNNING, StepStatus.SKIPPED},
@@ -79,7 +84,10 @@ STEP_MOVES: dict[str, set[str]] = {
 }
 
 
-def can_move_saga(current: str, target: str) -> bool:
+def can_move_saga(current: str, target: str, *, by_parent: bool = False) -> bool:
+    """Whether a saga may move from ``current`` to ``target``; ``by_parent``: its parent saga moves it."""
+    if (current, target) in PARENT_ONLY_MOVES and not by_parent:
+        return False
     return target in SAGA_MOVES.get(current, set())
 
 
@@ -401,8 +409,13 @@ def started_detail(attempt: int) -> dict:
     return {"attempt": attempt, "from": previous, "to": StepStatus.RUNNING}
 
 
-def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None:
-    if not can_move_saga(saga.status, target):
+def move_saga(saga: SagaInstance, target: str, kind: str, *, by_parent: bool = False, **detail: Any) -> None:
+    """Move the saga to ``target`` with its event. ``by_parent``: a move its parent saga makes of it
+    (``PARENT_ONLY_MOVES``), refused for a saga that has none. A child that ends (succeeded,
+    compensated, failed) has its parent told once this commits (``notify_parent``)."""
+    if by_parent and saga.parent_id is None:
+        raise InvalidTransition(f"saga {saga.id} has no parent: only a parent saga may move it to {target}")
+    if not can_move_saga(saga.status, target, by_parent=by_parent):
         raise InvalidTransition(f"saga {saga.id} cannot move from {saga.status} to {target}")
     previous = saga.status
     if saga.metrics_folded:  # a finished saga moves again: /metrics counts it live until it ends
@@ -426,6 +439,19 @@ def move_saga(saga: SagaInstance, target: str, kind: str, **detail: Any) -> None
     event(saga, kind, **{"from": previous, "to": target, **detail})
     if target == SagaStatus.FAILED:
         alerts.saga_failed(saga)  # a person must act: logged and mailed once this commits
+    if target in (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED):
+        notify_parent(saga)
+
+
+def notify_parent(saga: SagaInstance) -> None:
+    """A child saga ended: once this commits, a message moves its parent (``children.child_ended``).
+
+    Sent, not done here: the parent's lock is taken before its children's
+    (cancel and pause go down the tree), never after. A message lost is made
+    good by the sweeper, which looks at a waiting parent every stall time.
+    """
+    if saga.parent_id is not None:
+        send_after_commit(canvas.dispatch_child_ended, saga.parent_id, saga.id)
 
 
 def save_saga_if_unchanged(saga: SagaInstance, *, status: str) -> bool:

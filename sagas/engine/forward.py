@@ -79,7 +79,7 @@ from .core import (
     used_attempts,
 )
 from .running import DATABASE_PASSING, attempt_error, invoke, record_or_pending, success_report
-from . import sql
+from . import children, sql
 from .waiting import begin_wait
 
 logger = logging.getLogger("sagas.engine")
@@ -192,7 +192,7 @@ def _claim_in_one_statement(saga_id, index: int, definition: Saga | None) -> Cla
     None otherwise, or when anything differs: the other claims decide.
     """
     if (definition is None or connection.vendor != "postgresql" or not 0 <= index < len(definition.steps)
-            or definition.step_at(index).wait_for_signal):
+            or definition.step_at(index).wait_for_signal or definition.claims_locked(index)):
         return None
     saga_id = uuid.UUID(str(saga_id))
     if index == 0:
@@ -250,7 +250,7 @@ def _claim_free_step(saga_id, index: int) -> Claim | None:
         definition = definition_of(saga, saga.records)
     except SagaDefinitionError:
         return None  # the locked claim says so
-    if not _previous_steps_done(saga.records, definition, index):
+    if definition.claims_locked(index) or not _previous_steps_done(saga.records, definition, index):
         return None
     # The saga's row is written only for its first claim (pending -> running),
     # or when it came close to due (waiting in a long queue, say).
@@ -303,10 +303,53 @@ def _claim_locked(saga_id, index: int, policy: Retry | None) -> Claim | Outcome:
                 lose_attempt(saga, record)
         if saga.status == SagaStatus.PENDING:
             move_saga(saga, SagaStatus.RUNNING, EventKind.SAGA_STARTED)
+        if record.status == StepStatus.PENDING and definition.claims_locked(index):
+            decided = _ask_conditions(saga, definition, record)
+            if decided is not None:
+                return decided
+        if definition.is_child(index):
+            return children.start_child(saga, record, definition)  # in this transaction: once, under the lock
         begin_attempt(saga, record, lease_until(saga, step))
         token = new_signal_token(record) if step.wait_for_signal else None
         save_step(record)
         return make_claim(saga, definition, index, record.attempts, signal_token=token)
+
+
+CONDITION_FALSE = "condition false"
+
+
+def _ask_conditions(saga: SagaInstance, definition: Saga, record: StepRecord) -> Outcome | None:
+    """A pending step's turn has come: ask its ``when`` (and its Parallel's, if nothing of the Parallel
+    has started yet), with the context its action would get. None: it runs. Otherwise what was done:
+    skipped (its Parallel's members too, for the Parallel's condition), or failed for good when a
+    condition raised.
+    """
+    index = record.index
+    own, group = definition.conditions(index)
+    context = make_claim(saga, definition, index, record.attempts + 1).context
+    skipped = []
+    try:
+        if group is not None:
+            members = [r for r in steps_of(saga) if r.index in definition.stage_indices(index)]
+            # The first member to be claimed decides for all: once one has moved, the Parallel's answer was yes.
+            if all(r.status == StepStatus.PENDING for r in members) and not group(context):
+                skipped = members
+        if not skipped and own is not None and not own(context):
+            skipped = [record]
+    except Exception as exc:  # the definition's code failed: no retry can tell what it meant
+        error = f"its condition (when) raised {describe_error(exc)}"
+        begin_attempt(saga, record, lease_until(saga, definition.step_at(index)))
+        log_attempt_start(saga, record)
+        fail_record(saga, record, error, permanent=True, condition=True)
+        went = forward_failed(saga, steps_of(saga))
+        return Outcome(Decision.STOP, reason=f"failed for good, {went}: {error}")
+    if not skipped:
+        return None
+    for member in skipped:
+        member.finished_at = saga.db_now
+        detail = {"parallel": definition.group_of(index)} if member is not record else {}
+        move_step(saga, member, StepStatus.SKIPPED, EventKind.STEP_SKIPPED, reason=CONDITION_FALSE, **detail)
+    return _passed(saga, definition, record)
 
 
 def _already_succeeded(records: list[StepRecord], definition: Saga, index: int) -> Outcome:
@@ -418,6 +461,11 @@ def _succeed(saga: SagaInstance, records: list[StepRecord], record: StepRecord, 
         if not is_paused(saga):  # paused while being undone: ``resume`` goes on with it
             continue_compensation(saga, steps_of(saga))
         return Outcome(Decision.STOP, reason=f"succeeded while the saga is {saga.status}")
+    return _passed(saga, definition, record)
+
+
+def _passed(saga: SagaInstance, definition: Saga, record: StepRecord) -> Outcome:
+    """Step ``record`` of a running saga is passed (succeeded, or skipped): what follows it."""
     if not _stage_done(saga, definition, record):
         keep_due(saga)
         return Outcome(Decision.CONTINUE)  # a Parallel member with siblings still at work

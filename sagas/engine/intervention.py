@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import InvalidRequest, InvalidSagaInput, InvalidTransition, UnknownStep
 from ..models import ACTIVE_SAGA_STATUSES, EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
-from . import sql
+from . import children, sql
 from .compensation import compensation_order, past_pivot, start_compensating
 from .core import (
     actor,
@@ -33,6 +33,7 @@ from .start import start_saga, validate_input
 from .waiting import time_out_waits
 
 PERSON = "person"  # a saga's ``pause_cause`` when a person paused it
+PARENT = "parent"  # a child's ``pause_cause`` when its parent was paused (its parent's resume resumes it)
 REASON_MAX_LENGTH = 2000
 
 
@@ -88,14 +89,24 @@ def pause(saga: SagaInstance | uuid.UUID | str, *, reason: str = "", by: Any = N
     leaves it alone. Event ``saga_paused`` with ``reason`` and who (``by``).
     """
     reason = _checked_reason(reason, required=False)
+    return _pause(saga, reason=reason, by=by, cause=PERSON)
+
+
+_PAUSABLE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+
+
+def _pause(saga: SagaInstance | uuid.UUID | str, *, reason: str, by: Any, cause: str) -> SagaInstance:
+    """Pause the saga, then its children that are at work (their cause: ``PARENT``), down the tree."""
     with locked_saga(saga_id_of(saga)) as instance:
         if instance is None:
             raise no_such_saga(saga)
-        if instance.status not in (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+        if instance.status not in _PAUSABLE:
             raise InvalidTransition(
                 f"saga {instance.id} is {instance.status}; only a pending, running or compensating saga can be paused")
-        instance.pause_cause = PERSON
-        move_saga(instance, SagaStatus.PAUSED, EventKind.SAGA_PAUSED, cause=PERSON, reason=reason, **actor(by))
+        instance.pause_cause = cause
+        move_saga(instance, SagaStatus.PAUSED, EventKind.SAGA_PAUSED, cause=cause, reason=reason, **actor(by))
+        for child in children.children_of(instance.pk, _PAUSABLE):
+            _pause(child, reason=reason or f"its parent saga {instance.pk} was paused", by=by, cause=PARENT)
     return SagaInstance.objects.get(pk=instance.pk)
 
 
@@ -129,8 +140,16 @@ def resume(saga: SagaInstance | uuid.UUID | str, *, input: dict | None = None, b
         cause = instance.pause_cause
         move_saga(instance, instance.paused_from or SagaStatus.RUNNING, EventKind.SAGA_RESUMED, phase=PERSON,
                   cause=cause, **({"changed_input": changed} if changed else {}), **actor(by))
+        _resume_children(instance, by)
         _go_on(instance, records, definition)
     return SagaInstance.objects.get(pk=instance.pk)
+
+
+def _resume_children(saga: SagaInstance, by: Any) -> None:
+    """Resume the children its pause paused (not one a person paused, nor one that paused past its pivot)."""
+    for child in children.children_of(saga.pk, (SagaStatus.PAUSED,)):
+        if child.pause_cause == PARENT:
+            resume(child, by=by)
 
 
 def _go_on(saga: SagaInstance, records: list[StepRecord], definition) -> None:
@@ -217,11 +236,15 @@ def retry_compensation(saga: SagaInstance | uuid.UUID | str, *, by: Any = None) 
                 f"saga {instance.id} is {instance.status}; only a failed saga can retry compensation")
         event(instance, EventKind.COMPENSATION_RETRY_REQUESTED, **actor(by))
         records = steps_of(instance)
+        definition = definition_of(instance, records)
         for record in records:
             if record.status == StepStatus.COMPENSATION_FAILED:
                 record.compensation_attempts = 0
                 release(record)
                 move_step(instance, record, StepStatus.COMPENSATING, EventKind.COMPENSATION_RETRY_REQUESTED)
+                child = children.child_of(record) if definition.is_child(record.index) else None
+                if child is not None and child.status == SagaStatus.FAILED:
+                    retry_compensation(child, by=by)  # its undoing failed because its child's did
         move_saga(instance, SagaStatus.COMPENSATING, EventKind.SAGA_COMPENSATING, reason="compensation retried")
         instance.due_at = stall_deadline(instance)
         dispatch_compensation(instance, compensation_order(records))

@@ -68,6 +68,7 @@ from .core import (
     steps_of,
     used_attempts,
 )
+from . import children
 from .running import INFRASTRUCTURE_ERRORS
 from .waiting import expire_waits, expired_wait_saga_ids, wait_due
 
@@ -291,11 +292,16 @@ def carry_on(saga: SagaInstance, records: list[StepRecord], definition) -> str:
 def _carry_on(saga: SagaInstance, records: list[StepRecord], definition) -> str:
     if saga.status == SagaStatus.FAILED:
         return "finished"  # a compensation was lost for good: a person decides
+    if children.follow_children(saga, records, definition):
+        return "child_ended"  # a child's end, its message lost, moved the saga (and sent what follows)
     if saga.status == SagaStatus.COMPENSATING:
         indices = compensation_order(records)
         if not indices:
             finish_if_compensated(saga)
             return "finished"
+        if children.waits_for_child(records[indices[0]], definition):
+            saga.due_at = stall_deadline(saga)  # its child's undoing is at work: its end moves the saga
+            return "waiting"
         event(saga, EventKind.SAGA_RESUMED, phase="compensation", steps=indices)
         dispatch_compensation(saga, indices)
         return "compensation"
@@ -314,6 +320,9 @@ def _carry_on(saga: SagaInstance, records: list[StepRecord], definition) -> str:
     open_members = [i for i in stage if records[i].status not in (*FORWARD_PASSED_STATUSES, StepStatus.WAITING)]
     if waiting and not open_members:
         wait_due(saga, waiting)  # nothing to send: a signal, or the deadline, moves it
+        if any(definition.is_child(r.index) for r in waiting):
+            # A child's end moves it; should that message be lost, the sweeper looks again a stall time on.
+            saga.due_at = min(saga.due_at, stall_deadline(saga))
         return "waiting"
     if definition.is_parallel(first_open) and len(open_members) < len(stage):
         # Part of a Parallel succeeded: send the rest on their own; the

@@ -424,7 +424,7 @@ def claim_first_step(*, saga_id, saga_type: str, version: int, name: str, lease,
 
 _SUCCEED_LAST_STEP = _WITH_FIRST_STEP_LOCKED + """, saga AS (
     SELECT id FROM sagas_sagainstance
-    WHERE id = %s AND status = %s AND EXISTS (SELECT 1 FROM first_step)
+    WHERE id = %s AND status = %s AND parent_id IS NULL AND EXISTS (SELECT 1 FROM first_step)
     FOR NO KEY UPDATE
 ), done AS (""" + _STEP_SUCCEEDS + """
       AND NOT EXISTS (SELECT 1 FROM sagas_steprecord AS other
@@ -457,7 +457,8 @@ def succeed_last_step_if_running(*, saga_id, index: int, attempt: int, began_at,
     """PostgreSQL: one statement that records the success of a saga's last step and the saga's, if all still hold.
 
     As ``succeed_step_if_running`` for the step (this attempt's, still
-    ``running``), with every other step ``succeeded``; the saga's row,
+    ``running``), with every other step ``succeeded``; the saga is no child
+    (the end of a child tells its parent: ``core.notify_parent``); the saga's row,
     locked after the first step's as every transition takes them, must be
     ``saga_running``, and moves to ``saga_succeeded`` with its results (the
     outputs of its steps, as ``results_of`` gathers them) and its event.
@@ -536,7 +537,7 @@ def claim_compensation(*, saga_id, index: int, saga_type: str, version: int, nam
 
 _COMPENSATED = _WITH_FIRST_STEP_LOCKED + """, saga AS (
     SELECT id FROM sagas_sagainstance
-    WHERE id = %s AND status = %s AND sweeps = 0 AND """ + DUE_KEPT + """
+    WHERE id = %s AND status = %s AND parent_id IS NULL AND sweeps = 0 AND """ + DUE_KEPT + """
       AND EXISTS (SELECT 1 FROM first_step)
     FOR NO KEY UPDATE
 ), done AS (
@@ -573,7 +574,8 @@ def compensated_if_compensating(*, saga_id, index: int, attempt: int, due_kept, 
                                 ended: tuple[str, dict], saga_ended: tuple[str, dict]) -> bool:
     """PostgreSQL: one statement that records a compensation's success, and the saga's end if it was the last.
 
-    The step is ``compensating`` at ``attempt``; the saga, locked after the
+    The step is ``compensating`` at ``attempt``; the saga is no child (the
+    end of a child tells its parent: ``core.notify_parent``); the saga, locked after the
     first step's row as every transition takes them, is
     ``saga_compensating``, counts no sweeps and is due no sooner than
     ``due_kept`` (as ``keep_due`` would leave it). The step moves to ``compensated`` with its event

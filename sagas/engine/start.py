@@ -83,6 +83,8 @@ def start_saga(
     version: int | None = None,
     resubmitted_from: SagaInstance | None = None,
     by: Any = None,
+    parent: SagaInstance | None = None,
+    parent_step: StepRecord | None = None,
 ) -> SagaInstance:
     """Create a saga instance and its step records; enqueue it once the transaction commits.
 
@@ -91,6 +93,8 @@ def start_saga(
     ``by``: the user who starts it (``started_by``, and its event). A key is
     scoped to who starts: code's keys (no ``by``) keep their saga for good; a
     user's key answers only that user, for ``SAGAS_IDEMPOTENCY_TTL`` seconds.
+    ``parent`` and ``parent_step``: a child saga's (``children.start_child``), which
+    is read by whoever may read its parent's (its ``started_by``).
     """
     definition = registry.get(saga_type, version)
     data = validate_input(definition, input)
@@ -109,8 +113,11 @@ def start_saga(
                 input=data,
                 idempotency_key=idempotency_key,
                 idempotency_scope=scope,
-                started_by=by if is_user(by) else None,
+                started_by_id=by.pk if is_user(by) else (parent.started_by_id if parent is not None else None),
                 resubmitted_from=resubmitted_from,
+                parent=parent,
+                parent_step=parent_step,
+                depth=parent.depth + 1 if parent is not None else 0,
                 due_at=Now() + timedelta(seconds=settings.SAGAS_STALL_AFTER),
             )
             sql.insert_rows([saga])
@@ -121,6 +128,7 @@ def start_saga(
             sql.insert_rows([SagaEvent(saga=saga, kind=EventKind.SAGA_CREATED, created_at=Now(), detail={
                 "version": definition.version, "idempotency_key": idempotency_key,
                 "resubmitted_from": str(resubmitted_from.pk) if resubmitted_from else None, **actor(by),
+                **({"parent": str(parent.pk), "parent_step": parent_step.name} if parent is not None else {}),
             })])
             send_after_commit(canvas.dispatch_forward, saga.id, 0, definition=definition)
     except IntegrityError:

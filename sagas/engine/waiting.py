@@ -24,7 +24,7 @@ from django.db.models.functions import Now
 from ..definitions import Saga
 from ..errors import InvalidSignal, InvalidTransition, SignalNotAllowed, UnknownSignalToken, UnknownStep
 from ..models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
-from . import forward
+from . import children, forward
 from .compensation import continue_compensation, forward_failed
 from .core import (
     Decision,
@@ -205,6 +205,9 @@ def _signal(saga_id, step_name: str, *, by: Any, result: Any = None, error: str 
             raise UnknownSignalToken("unknown or used signal token")  # used by a signal that won the lock first
         definition = definition_of(saga, records)
         step = definition.step_at(record.index)
+        if definition.is_child(record.index):
+            raise InvalidTransition(f"step {step_name} of saga {saga.id} waits for its child saga, not for a "
+                                    f"signal: its child's end moves it")
         if is_user(by) and not may_signal(by, step.signal_permission):
             raise SignalNotAllowed(f"signalling {step_name} needs the permission {step.signal_permission}")
         if hashed is not None and record.status == StepStatus.RUNNING and goes_forward(saga):
@@ -248,10 +251,16 @@ def _keep_early(saga: SagaInstance, record: StepRecord, *, by: Any, result: Any,
     event(saga, EventKind.STEP_SIGNALLED, step=record, early=True, **said)
 
 
+def complete(saga: SagaInstance, record: StepRecord, definition: Saga, result: Any, **detail: Any) -> None:
+    """The waiting step succeeds with ``result`` (a signal's, or its child saga's: ``detail`` says which
+    in its event); what follows is sent after commit."""
+    _complete(saga, saga.records, record, definition, result, **detail)
+
+
 def _complete(saga: SagaInstance, records: list[StepRecord], record: StepRecord, definition: Saga,
-              result: Any) -> None:
+              result: Any, **detail: Any) -> None:
     """The step succeeds as if its action had just returned ``result``; what follows is sent after commit."""
-    forward._succeed(saga, records, record, definition, result, signalled=True)
+    forward._succeed(saga, records, record, definition, result, **(detail or {"signalled": True}))
     if saga.status != SagaStatus.RUNNING:
         return
     saga.due_at = stall_deadline(saga)  # it waited with a far due time; now messages move it again
@@ -288,7 +297,10 @@ def expire_waits(saga_id, *, nowait: bool = False) -> int:
         if is_paused(saga):
             return 0  # its deadlines count when it is resumed
         records = steps_of(saga)
-        expired = time_out_waits(saga, records, definition_of(saga, records))
+        definition = definition_of(saga, records)
+        if saga.status == SagaStatus.RUNNING and children.follow_children(saga, records, definition):
+            return 0  # a child's end (its message lost) moved it first; its other deadlines count next time
+        expired = time_out_waits(saga, records, definition)
         if not expired:
             return 0
         if saga.status == SagaStatus.RUNNING:
@@ -303,15 +315,24 @@ def time_out_waits(saga: SagaInstance, records: list[StepRecord], definition: Sa
     now = saga.db_now
     expired = [r for r in records if r.status == StepStatus.WAITING and r.signal_deadline
                and r.signal_deadline <= now]
+    # A child that has ended moves its step itself (its message, or the sweeper's look): not a timeout.
+    expired = [r for r in expired if not (definition.is_child(r.index) and children.has_ended(r))]
     for record in expired:
-        timeout = definition.step_at(record.index).signal_timeout
+        step = definition.step_at(record.index)
         end_wait(record)
-        fail_record(saga, record, f"SignalTimeout: no signal within {timeout:g}s", blame=not saga.error,
+        if definition.is_child(record.index):
+            error = f"ChildSagaTimeout: its child saga did not end within {step.child_timeout:g}s"
+            fail_record(saga, record, error, blame=not saga.error, effects=True, timeout=True,
+                        child_saga=(record.result or {}).get("saga_id"))
+            children.stop_child(record, f"timed out: its parent's step {record.name} waited "
+                                        f"{step.child_timeout:g}s for it")
+            continue
+        fail_record(saga, record, f"SignalTimeout: no signal within {step.signal_timeout:g}s", blame=not saga.error,
                     effects=True, timeout=True)
     return len(expired)
 
 
 __all__ = [
-    "begin_wait", "complete_step", "complete_step_by_token", "expire_waits", "expired_wait_saga_ids",
+    "begin_wait", "complete", "complete_step", "complete_step_by_token", "expire_waits", "expired_wait_saga_ids",
     "fail_step", "fail_step_by_token", "may_signal", "signaller", "wait_due",
 ]

@@ -14,7 +14,7 @@ import time
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import transaction
 
-from sagas import Parallel, PermanentError, Retry, Saga, Step, registry
+from sagas import ChildSaga, Parallel, PermanentError, Retry, Saga, Step, registry
 
 from .models import Call, Ledger
 
@@ -60,7 +60,8 @@ def action(ctx):
         raise RuntimeError(f"{ctx.step} broke")
     if ctx.attempt <= spec.get("flaky", {}).get(ctx.step, 0):
         raise ConnectionError(f"{ctx.step} flaked on attempt {ctx.attempt}")
-    previous = sum(r["value"] for r in ctx.results.values())
+    # A child saga's step has {"saga_id", "results"} as output: it adds nothing.
+    previous = sum(r.get("value", 0) for r in ctx.results.values() if isinstance(r, dict))
     bad = spec.get("bad_output", {}).get(ctx.step)
     if bad:
         return {"value": previous + 1, "note": "nul \x00 here" if bad == "nul" else float("nan")}
@@ -241,4 +242,97 @@ registry.register(Saga(name="tests.pivoted_gate", steps=[
     Step("ship", action, compensation=compensation, retry=FAST, compensation_retry=COMP, pivot=True),
     Step("gate", ask, retry=FAST, wait_for_signal=True, signal_timeout=3600),
     Step("close", action, retry=FAST),
+]))
+
+
+# --- conditions (``when``) ------------------------------------------------------------------------------
+# Input ``skip``: the names whose condition answers no (a step's, or the Parallel ``p``'s); ``broken``: the
+# name whose condition raises. ``b``'s condition also reads ``a``'s output, as its action would see it.
+
+
+def _unless_skipped(name):
+    def when(ctx):
+        if ctx.input.get("broken") == name:
+            raise ValueError(f"cannot decide {name}")
+        return name not in ctx.input.get("skip", [])
+    return when
+
+
+def _b_when(ctx):
+    return ctx.results["a"]["value"] == 1 and _unless_skipped("b")(ctx)
+
+
+registry.register(Saga(name="tests.conditional", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    Step("b", action, compensation=compensation, retry=FAST, compensation_retry=COMP, when=_b_when),
+    Parallel(
+        "p",
+        Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP, when=_unless_skipped("c")),
+        Step("d", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+        when=_unless_skipped("p"),
+    ),
+    Step("e", action, compensation=compensation, retry=FAST, compensation_retry=COMP, when=_unless_skipped("e")),
+]))
+
+
+
+# --- child sagas (``ChildSaga``) -------------------------------------------------------------------------
+# A parent's input ``child`` is its child's input (``tests.three_steps``, driven as above); the parent's own
+# steps read ``fail`` and the rest as any test saga's.
+
+
+def _child_input(ctx):
+    return ctx.input.get("child", {})
+
+
+registry.register(Saga(name="tests.nested", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    ChildSaga("child", "tests.three_steps", input=_child_input),
+    Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+]))
+
+registry.register(Saga(name="tests.nested_parallel", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    Parallel(
+        "fan",
+        ChildSaga("kid", "tests.three_steps", input=_child_input),
+        Step("b2", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    ),
+    Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+]))
+
+# Its child may take a second at most (then it is cancelled and the step fails).
+registry.register(Saga(name="tests.nested_timeout", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    ChildSaga("child", "tests.three_steps", input=_child_input, timeout=1),
+    Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+]))
+
+# Its child's last step waits for a signal, so a test can end the child itself.
+registry.register(Saga(name="tests.child_gate", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    Step("gate", ask, compensation=withdraw, retry=FAST, compensation_retry=COMP, wait_for_signal=True),
+]))
+
+registry.register(Saga(name="tests.nested_gate", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    ChildSaga("child", "tests.child_gate", input=_child_input),
+    Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+]))
+
+registry.register(Saga(name="tests.nested_unknown", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    ChildSaga("ghost", "tests.no_such_saga"),
+]))
+
+# A saga whose child is another of its kind: it nests until SAGAS_MAX_DEPTH refuses the next.
+registry.register(Saga(name="tests.recursive", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    ChildSaga("deeper", "tests.recursive", input=lambda ctx: ctx.input),
+]))
+
+registry.register(Saga(name="tests.conditional_child", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    ChildSaga("child", "tests.three_steps", input=_child_input, when=lambda ctx: ctx.input.get("with_child", True)),
+    Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
 ]))

@@ -137,7 +137,7 @@ def test_instance_answer_has_every_documented_field(api):
     assert set(body) == {
         "id", "saga_type", "version", "status", "input", "results", "error", "idempotency_key",
         "resubmitted_from", "started_by", "created_at", "started_at", "finished_at", "updated_at",
-        "cancel_requested_at", "paused_from", "pause_cause", "steps",
+        "cancel_requested_at", "paused_from", "pause_cause", "parent", "parent_step", "depth", "children", "steps",
     }
     assert set(body["steps"][0]) == {
         "index", "name", "status", "has_compensation", "attempts", "result", "error", "started_at",

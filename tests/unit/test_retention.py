@@ -53,6 +53,20 @@ def test_active_sagas_stay_whatever_their_age(db, status):
     assert report.total_sagas == 0 and StepRecord.objects.count() == 4
 
 
+def test_a_child_stays_while_a_saga_above_it_is_active(db):
+    root = saga(SagaStatus.RUNNING, finished=None)
+    child = saga(SagaStatus.SUCCEEDED, parent=root, depth=1)
+    grandchild = saga(SagaStatus.SUCCEEDED, parent=child, depth=2)  # its own parent finished, its root did not
+    done = saga(SagaStatus.SUCCEEDED)
+    done_child = saga(SagaStatus.COMPENSATED, parent=done, depth=1)
+
+    report = prune_finished_sagas(older_than=timedelta(days=30))
+
+    assert remaining() == {root.pk, child.pk, grandchild.pk}
+    assert report.sagas == {SagaStatus.SUCCEEDED: 1, SagaStatus.COMPENSATED: 1}
+    assert not SagaInstance.objects.filter(pk__in=[done.pk, done_child.pk]).exists()
+
+
 def test_failed_sagas_stay_unless_included(db):
     failed = saga(SagaStatus.FAILED)
 

@@ -1,6 +1,6 @@
 import pytest
 
-from sagas.engine import SAGA_MOVES, STEP_MOVES, can_move_saga, can_move_step
+from sagas.engine import PARENT_ONLY_MOVES, SAGA_MOVES, STEP_MOVES, can_move_saga, can_move_step
 from sagas.models import SagaStatus, StepStatus
 
 
@@ -36,10 +36,14 @@ def test_refused_saga_moves(current, target):
     assert not can_move_saga(current, target)
 
 
-def test_finished_sagas_are_final_except_failed():
-    assert SAGA_MOVES[SagaStatus.SUCCEEDED] == set()
+def test_finished_sagas_are_final_except_failed_and_a_child_its_parent_undoes():
     assert SAGA_MOVES[SagaStatus.COMPENSATED] == set()
     assert SAGA_MOVES[SagaStatus.FAILED] == {SagaStatus.COMPENSATING}
+    # Succeeded is final for everyone but a child's parent, which may undo it as a whole.
+    assert SAGA_MOVES[SagaStatus.SUCCEEDED] == {SagaStatus.COMPENSATING}
+    assert PARENT_ONLY_MOVES == {(SagaStatus.SUCCEEDED, SagaStatus.COMPENSATING)}
+    assert not any(can_move_saga(SagaStatus.SUCCEEDED, target) for target in SagaStatus.values)
+    assert can_move_saga(SagaStatus.SUCCEEDED, SagaStatus.COMPENSATING, by_parent=True)
 
 
 @pytest.mark.parametrize(
