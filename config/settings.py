@@ -153,6 +153,8 @@ DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=int(env_float("CONN_MAX_AGE", 60)),
                                               conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's, writing datetimes to the millisecond as SQLite's own clock does (see its docstring).
+    DATABASES["default"]["ENGINE"] = "config.backends.sqlite3"
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
@@ -271,6 +273,8 @@ SAGAS_SWEEP_INTERVAL = env_float("SAGAS_SWEEP_INTERVAL", 5.0)
 # A forward or compensation chain holds at most this many steps; a task at its end sends the next
 # segment (every message carries the rest of its chain: a longer one costs bytes with every step).
 SAGAS_CHAIN_SEGMENT = int(env_float("SAGAS_CHAIN_SEGMENT", 20))
+# Child sagas (ChildSaga) nest this deep at most: a step that would start a child deeper fails for good.
+SAGAS_MAX_DEPTH = int(env_float("SAGAS_MAX_DEPTH", 5))
 # A key a user sends with a start (Idempotency-Key) answers that user's saga for this long (seconds).
 SAGAS_IDEMPOTENCY_TTL = env_float("SAGAS_IDEMPOTENCY_TTL", 24 * 3600)
 # A waiting step's token works this long at most, deadline or not (seconds).
