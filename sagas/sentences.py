@@ -59,6 +59,15 @@ def _attempt(detail: dict) -> str:
     return str(detail.get("attempt") or detail.get("attempts") or "?")
 
 
+def _waiting(step: str, detail: dict) -> str:
+    """A step waiting for its child saga (``ChildSaga``) rather than a signal."""
+    child = str(detail.get("child_saga", "?"))[:8]
+    if detail.get("note"):
+        return f"{step} waits for its child saga {child}: {detail['note']}."
+    return f"{step} started its child saga {child} and waits for it to end" + (
+        f", until {detail['deadline'][:19].replace('T', ' ')} UTC" if detail.get("deadline") else "") + "."
+
+
 def _resumed(detail: dict) -> str:
     phase = detail.get("phase", "?")
     if phase == "person":
@@ -106,7 +115,7 @@ _WRITERS: dict[str, Writer] = {
     EventKind.STEP_SUCCEEDED: lambda step, d: "{} succeeded on attempt {}{}.".format(
         step, _attempt(d), " (its action decided no signal was needed)" if d.get("wait_skipped")
         else " (signalled)" if d.get("signalled") else ""),
-    EventKind.STEP_WAITING: lambda step, d: "{} is waiting for a signal{}{}.".format(
+    EventKind.STEP_WAITING: lambda step, d: _waiting(step, d) if d.get("child_saga") else "{} is waiting for a signal{}{}.".format(
         step, f" (needs {d['permission']})" if d.get("permission") else "",
         f", until {d['deadline'][:19].replace('T', ' ')} UTC" if d.get("deadline") else ", with no deadline"),
     EventKind.STEP_SIGNALLED: lambda step, d: (
@@ -117,8 +126,9 @@ _WRITERS: dict[str, Writer] = {
         step, _attempt(d), " (permanent error)" if d.get("permanent") else "", _timed_out(d), _error(d),
         "; it may have applied effects, so it is compensated" if d.get("may_have_effects") else ""),
     EventKind.STEP_SKIPPED: lambda step, d: (
-        f"{_who(d)} skipped {step}: {d['reason']}" + (f"; its result: {truncatechars(_json(d['result']), 200)}"
-                                                     if d.get("result") is not None else "") + "."
+        f"{step} skipped: its condition (when) was false, so it never ran." if d.get("reason") == "condition false"
+        else f"{_who(d)} skipped {step}: {d['reason']}" + (
+            f"; its result: {truncatechars(_json(d['result']), 200)}" if d.get("result") is not None else "") + "."
         if d.get("reason") else f"{step} skipped: the saga was undone before it ran."),
     EventKind.COMPENSATION_STARTED: lambda step, d: f"Compensation attempt {_attempt(d)} of {step} started.",
     EventKind.COMPENSATION_ATTEMPT_FAILED: lambda step, d: (

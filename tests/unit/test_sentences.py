@@ -69,3 +69,16 @@ def test_sentences_for_pausing_resuming_and_skipping():
         "ship skipped: the saga was undone before it ran.")
     assert describe(EventKind.STEP_RETRIED, {"attempts_before": 3}, "notify") == (
         "notify will run again with a fresh retry budget (3 attempt(s) before).")
+
+
+def test_sentences_for_a_condition_and_a_child_saga():
+    from sagas.models import EventKind
+    from sagas.sentences import describe
+
+    assert describe(EventKind.STEP_SKIPPED, {"reason": "condition false", "from": "pending", "to": "skipped"},
+                    "executive_signoff") == "executive_signoff skipped: its condition (when) was false, so it never ran."
+    assert describe(EventKind.STEP_WAITING, {"child_saga": "5b0e1234-aaaa", "child_type": "it.provisioning",
+                                             "deadline": None}, "provision_it") == (
+        "provision_it started its child saga 5b0e1234 and waits for it to end.")
+    assert describe(EventKind.STEP_WAITING, {"child_saga": "5b0e1234-aaaa", "note": "its child saga failed"},
+                    "provision_it") == "provision_it waits for its child saga 5b0e1234: its child saga failed."
