@@ -25,7 +25,7 @@ from . import access, engine
 from .bulk_admin import BULK_ACTIONS, BulkActionsMixin
 from .errors import InvalidRequest, InvalidSignal, SagaError
 from .models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
-from .selectors import with_current_step
+from .selectors import saga_tree, with_current_step
 from .live.snapshot import why_it_waits
 from .sentences import describe_event
 from .timeline import timeline_svg
@@ -432,7 +432,7 @@ class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
                "release_sagas", *BULK_ACTIONS]
     fieldsets = (
         (None, {"fields": ("id", "saga_type", "version", "status_badge", "error", "idempotency_key",
-                           "resubmitted_from_link", "resubmissions_links")}),
+                           "resubmitted_from_link", "resubmissions_links", "parent_link", "children_tree")}),
         ("Timing", {"fields": ("created_at", "started_at", "finished_at", "duration_display",
                                "cancel_requested_at", "updated_at", "due_at")}),
         ("Data", {"fields": ("input_pretty", "results_pretty")}),
@@ -440,7 +440,7 @@ class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
     )
     readonly_fields = (
         "id", "saga_type", "version", "status_badge", "error", "idempotency_key", "resubmitted_from_link",
-        "resubmissions_links", "created_at", "started_at", "finished_at", "duration_display",
+        "resubmissions_links", "parent_link", "children_tree", "created_at", "started_at", "finished_at", "duration_display",
         "cancel_requested_at", "updated_at", "due_at", "input_pretty", "results_pretty", "timeline_chart",
         "timeline",
     )
@@ -517,6 +517,24 @@ class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
     def resubmissions_links(self, saga: SagaInstance) -> SafeString | str:
         links = [_saga_link(new) for new in saga.resubmissions.order_by("created_at")]
         return format_html_join(", ", "{}", ((link,) for link in links)) if links else "-"
+
+    @admin.display(description="child of")
+    def parent_link(self, saga: SagaInstance) -> SafeString | str:
+        """The saga that started this one as a child (``ChildSaga``), and the step whose work it is."""
+        if not saga.parent_id:
+            return "-"
+        step = f" (its step {saga.parent_step.name})" if saga.parent_step_id else ""
+        return format_html("{}{}", _saga_link(saga.parent), step)
+
+    @admin.display(description="child sagas")
+    def children_tree(self, saga: SagaInstance) -> SafeString | str:
+        """Its descendants this user may read, as a tree with their statuses (``selectors.saga_tree``)."""
+        tree = saga_tree(_VIEWER.get(), saga)
+        if not tree["root"]["children"]:
+            return "-"
+        more = format_html("<p>Only the first {} sagas of the tree are shown.</p>", tree["nodes"]) \
+            if tree["truncated"] else ""
+        return format_html('<div class="saga-tree">{}{}</div>', _tree_list(tree["root"]["children"]), more)
 
     @admin.display(description="input")
     def input_pretty(self, saga: SagaInstance) -> SafeString:
@@ -683,6 +701,22 @@ class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
         if saga is None or not (access.may(request.user, "view", saga) or access.may_signal_in(request.user, saga)):
             return None
         return saga
+
+
+def _tree_list(nodes: list[dict]) -> SafeString:
+    """Nested lists of child sagas: a link, its type, the step of its parent it works for, its status."""
+    items = format_html_join("", "<li>{} {} <small>for {}</small> {}{}</li>", (
+        (_saga_link_id(node["id"]), node["saga_type"], node["parent_step"] or "-",
+         format_html('<strong style="color:{}">{}</strong>', STATUS_COLOURS.get(node["status"], "#777"),
+                     node["status"]),
+         _tree_list(node["children"]) if node["children"] else "")
+        for node in nodes))
+    return format_html('<ul style="margin:0 0 0 1.2em;padding:0">{}</ul>', items)
+
+
+def _saga_link_id(saga_id) -> SafeString:
+    url = reverse("admin:sagas_sagainstance_change", args=[saga_id])
+    return format_html('<a href="{}"><code>{}</code></a>', url, short_id(saga_id))
 
 
 # --- step records and events ------------------------------------------------------------

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Case, OuterRef, Q, QuerySet, Subquery, When
 from django.db.models.functions import Coalesce
 
+from . import access
 from .definitions import registry
 from .models import SagaInstance, SagaStatus, StepRecord, StepStatus
 
@@ -61,3 +63,46 @@ def waiting_steps_for(user: Any) -> QuerySet[StepRecord]:
         either |= condition
     return (StepRecord.objects.filter(status=StepStatus.WAITING).filter(either).select_related("saga")
             .order_by("waiting_since", "id"))
+
+
+# A tree answers this many sagas at most (the deepest are left out beyond it: ``truncated``).
+TREE_MAX_NODES = 500
+_TREE_FIELDS = ("id", "saga_type", "version", "status", "error", "parent_id", "parent_step__name", "depth",
+                "created_at", "started_at", "finished_at")
+
+
+def _tree_node(row: dict) -> dict:
+    return {"id": row["id"], "saga_type": row["saga_type"], "version": row["version"], "status": row["status"],
+            "error": row["error"], "parent": row["parent_id"], "parent_step": row["parent_step__name"],
+            "depth": row["depth"], "created_at": row["created_at"], "started_at": row["started_at"],
+            "finished_at": row["finished_at"], "children": []}
+
+
+def saga_tree(user, root: SagaInstance, *, max_nodes: int = TREE_MAX_NODES) -> dict:
+    """``root`` and its descendants that ``user`` may read (``sagas.access``), a level per query.
+
+    Bounded: nesting stops at ``SAGAS_MAX_DEPTH``, so at most that many
+    levels are read, and at most ``max_nodes`` sagas are shown, oldest
+    first within a level; ``truncated`` says some were left out. A child the
+    user may not read is left out with what is below it.
+    """
+    top = _tree_node({**{name: getattr(root, name, None) for name in _TREE_FIELDS if "__" not in name},
+                      "parent_step__name": root.parent_step.name if root.parent_step_id else None})
+    nodes, level, count, truncated = {root.pk: top}, [root.pk], 1, False
+    for _ in range(settings.SAGAS_MAX_DEPTH):
+        if not level:
+            break
+        rows = list(access.visible(user, SagaInstance.objects.filter(parent_id__in=level))
+                    .order_by("depth", "created_at", "id").values(*_TREE_FIELDS)[:max_nodes - count + 1])
+        if len(rows) > max_nodes - count:
+            rows, truncated = rows[:max_nodes - count], True
+        for row in rows:
+            nodes[row["id"]] = _tree_node(row)
+            nodes[row["parent_id"]]["children"].append(nodes[row["id"]])
+        count += len(rows)
+        level = [row["id"] for row in rows]
+        if truncated:
+            break
+    if level and not truncated and SagaInstance.objects.filter(parent_id__in=level).exists():
+        truncated = True  # deeper than SAGAS_MAX_DEPTH allows now (it was raised, or lowered, since)
+    return {"root": top, "nodes": count, "truncated": truncated}

@@ -539,3 +539,42 @@ def test_a_child_inside_a_parallel_counts_for_the_join(db, sent):
     assert ("forward", parent.id, 3) in sent  # the join sends c
     run(parent, 3)
     assert status(parent) == SagaStatus.SUCCEEDED
+
+
+# --- the admin: links both ways and the tree -------------------------------------------------------
+
+
+def test_the_admin_links_a_child_to_its_parent_and_shows_the_parents_tree(admin_client, sent):
+    from django.urls import reverse
+
+    parent, child = started_parent(sent)
+
+    parent_page = admin_client.get(reverse("admin:sagas_sagainstance_change", args=[parent.pk])).content.decode()
+    child_page = admin_client.get(reverse("admin:sagas_sagainstance_change", args=[child.pk])).content.decode()
+
+    child_url = reverse("admin:sagas_sagainstance_change", args=[child.pk])
+    parent_url = reverse("admin:sagas_sagainstance_change", args=[parent.pk])
+    assert 'class="saga-tree"' in parent_page and child_url in parent_page
+    assert "tests.three_steps" in parent_page and "for child" in parent_page  # the step it works for
+    assert parent_url in child_page and "(its step child)" in child_page
+
+
+def test_the_admins_tree_shows_only_the_children_the_viewer_may_read(client, db, sent):
+    from django.urls import reverse
+
+    from sagas import registry
+    from tests.helpers import saga_user
+
+    parent, child = started_parent(sent)
+    viewer = saga_user("viewer", ["view_sagainstance"], is_staff=True)
+    client.force_login(viewer)
+    definition = registry.get("tests.three_steps")
+    original = definition.permission
+    definition.permission = "testapp.change_call"  # the child's type now asks for a permission the viewer lacks
+    try:
+        page = client.get(reverse("admin:sagas_sagainstance_change", args=[parent.pk])).content.decode()
+    finally:
+        definition.permission = original
+
+    assert "tests.nested" in page and "Child sagas" in page  # the parent's page, with its (empty) tree
+    assert reverse("admin:sagas_sagainstance_change", args=[child.pk]) not in page
