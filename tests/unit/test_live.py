@@ -139,7 +139,7 @@ def test_a_page_whose_user_lost_the_permission_stops_receiving(transactional_db)
     assert sent == ["first"] and closed == [FORBIDDEN]
 
 
-def test_a_page_sees_only_the_types_its_user_may_read(transactional_db):
+def test_a_page_sees_only_the_types_its_user_may_read(transactional_db, sent):
     from sagas import Saga, Step, registry
 
     registry.register(Saga("tests.secret_live", steps=[Step("a", lambda ctx: None)], permission="testapp.change_call"))
