@@ -620,16 +620,10 @@ class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
         """POST from a button on the saga's page: run one intervention, go back to the page."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        saga = self._saga_for(request, object_id)
-        if saga is None:
-            self.message_user(request, f"No saga {object_id}.", messages.ERROR)
-            return HttpResponseRedirect(reverse("admin:sagas_sagainstance_changelist"))
         if name not in INTERVENTIONS:
-            self.message_user(request, "You may not do that.", messages.ERROR)
-        else:
-            _, run, move = INTERVENTIONS[name]
-            intervene(self, request, [saga], run, move)
-        return HttpResponseRedirect(reverse("admin:sagas_sagainstance_change", args=[saga.pk]))
+            return self._act_on(request, object_id, None, None)
+        _, run, move = INTERVENTIONS[name]
+        return self._act_on(request, object_id, run, move)
 
     def signal_view(self, request: HttpRequest, object_id: str, step: str, signal: str) -> HttpResponse:
         """POST from a waiting step's form on the saga's page: complete or fail it, go back to the page.
@@ -655,11 +649,19 @@ class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
         """POST from a skippable step's form on the saga's page: skip it with a result and a reason."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
+        return self._act_on(request, object_id, lambda s, r: skip_step(s, step, r.POST, r.user), "skip")
+
+    def _act_on(self, request: HttpRequest, object_id: str, run: Intervention | None, move: str | None):
+        """One move on the saga ``object_id`` names (if this user may read it), then back to its page;
+        ``run`` None: a move the page does not offer."""
         saga = self._saga_for(request, object_id)
         if saga is None:
             self.message_user(request, f"No saga {object_id}.", messages.ERROR)
             return HttpResponseRedirect(reverse("admin:sagas_sagainstance_changelist"))
-        intervene(self, request, [saga], lambda s, r: skip_step(s, step, r.POST, r.user), "skip")
+        if run is None:
+            self.message_user(request, "You may not do that.", messages.ERROR)
+        else:
+            intervene(self, request, [saga], run, move)
         return HttpResponseRedirect(reverse("admin:sagas_sagainstance_change", args=[saga.pk]))
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):

@@ -30,7 +30,7 @@ from .core import (
 )
 from .recovery import carry_on
 from .start import start_saga, validate_input
-from .waiting import time_out_waits
+from .waiting import checked_result, time_out_waits
 
 PERSON = "person"  # a saga's ``pause_cause`` when a person paused it
 PARENT = "parent"  # a child's ``pause_cause`` when its parent was paused (its parent's resume resumes it)
@@ -197,11 +197,7 @@ def skip_step(saga: SagaInstance | uuid.UUID | str, step: str, *, result: dict |
     ``reason``, ``result`` and who (``by``).
     """
     reason = _checked_reason(reason, required=True)
-    if result is not None and not isinstance(result, dict):
-        raise InvalidRequest({"result": ["must be a JSON object"]})
-    problem = json_problem(result, "result")
-    if problem:
-        raise InvalidRequest({"result": [problem]})
+    result = checked_result(result, InvalidRequest)
     with locked_saga(saga_id_of(saga)) as instance:
         if instance is None:
             raise no_such_saga(saga)

@@ -123,14 +123,16 @@ def _merged(output: Any, result: Any) -> Any:
     return result
 
 
-def _checked_result(result: Any) -> Any:
+def checked_result(result: Any, error: type[Exception] = InvalidSignal) -> Any:
+    """A step's result a person or system gives (a signal's, a skip's): None, or a storable JSON object
+    (``error`` naming the field otherwise)."""
     if result is None:
         return None
     if not isinstance(result, dict):
-        raise InvalidSignal({"result": ["must be a JSON object"]})
+        raise error({"result": ["must be a JSON object"]})
     problem = json_problem(result, "result")
     if problem:
-        raise InvalidSignal({"result": [problem]})
+        raise error({"result": [problem]})
     return result
 
 
@@ -153,7 +155,7 @@ def complete_step(saga: SagaInstance | uuid.UUID | str, step_name: str, result: 
     ``signal_permission``), or None for code that decides itself. Raises
     ``InvalidTransition`` if the step is not waiting (a second signal).
     """
-    return _signal(saga_id_of(saga), step_name, by=by, result=_checked_result(result))
+    return _signal(saga_id_of(saga), step_name, by=by, result=checked_result(result))
 
 
 def fail_step(saga: SagaInstance | uuid.UUID | str, step_name: str, error: str = "",
@@ -164,7 +166,7 @@ def fail_step(saga: SagaInstance | uuid.UUID | str, step_name: str, error: str =
 
 def complete_step_by_token(token: str, result: dict | None = None) -> SagaInstance:
     """``complete_step`` for a system holding the wait's ``ctx.signal_token`` (once: the token dies with the wait)."""
-    result = _checked_result(result)
+    result = checked_result(result)
     saga_id, name, hashed = _token_owner(token)
     return _signal(saga_id, name, by=BY_TOKEN, result=result, hashed=hashed)
 
