@@ -51,6 +51,8 @@ def rendered(out: Console, *parts: RenderableType) -> str:
     for part in parts:
         out.print(part)
     text = out.file.getvalue()
+    if out.no_color:  # the padding rich adds to the end of lines, which files and diffs do without
+        text = "\n".join(line.rstrip() for line in text.split("\n"))
     out.file.seek(0)
     out.file.truncate()
     return text
@@ -82,21 +84,23 @@ def duration(start: datetime | None, end: datetime | None) -> str:
 
 
 def saga_table(rows: Iterable[dict]) -> Table:
-    """One line per saga: ``rows`` hold id, saga_type, version, status, current_step, created_at,
-    finished_at and error (already masked as the reader may see it)."""
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for name, options in (("id", {"no_wrap": True}), ("saga type", {"no_wrap": True}), ("v", {"justify": "right"}),
-                          ("status", {"no_wrap": True}), ("current step", {"no_wrap": True}),
-                          ("created (UTC)", {"no_wrap": True}), ("finished (UTC)", {"no_wrap": True}),
-                          ("error", {"overflow": "fold", "ratio": 1})):
-        table.add_column(name, **options)
+    """One line per saga: ``rows`` hold id, saga_type, version, status, current_step(_status), created_at
+    and error (already masked as the reader may see it). The id is never cut: it is what the other
+    subcommands take."""
+    table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold")
+    table.add_column("id", no_wrap=True, min_width=36)
+    table.add_column("saga type", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("current step", overflow="fold")
+    table.add_column("created (UTC)", no_wrap=True)
+    table.add_column("error", overflow="fold")
     for row in rows:
         current = row.get("current_step") or "-"
         if row.get("current_step_status"):
             current = f"{current} ({row['current_step_status']})"
-        table.add_row(Text(str(row["id"])), Text(row["saga_type"]), Text(str(row["version"])),
-                      status_text(row["status"]), Text(current), Text(when(row["created_at"])),
-                      Text(when(row["finished_at"])), Text(cut(row["error"], 80), style="red" if row["error"] else ""))
+        table.add_row(Text(str(row["id"])), Text(f"{row['saga_type']} v{row['version']}"),
+                      status_text(row["status"]), Text(current), Text(when(row["created_at"])[:16]),
+                      Text(cut(row["error"], 80), style="red" if row["error"] else ""))
     return table
 
 
@@ -165,13 +169,15 @@ def timeline(bars: list[Bar], rows: list[Row], *, start: datetime, end: datetime
             else:
                 text.append(OUTCOME_CHARS.get(outcome, "?"), style=OUTCOME_COLOURS.get(outcome, ("", ""))[0])
         lines.append(text)
+    drawn = {bar.outcome for bar in bars}
     legend = Text("")
     for outcome, (colour, words) in OUTCOME_COLOURS.items():
-        legend.append(OUTCOME_CHARS[outcome], style=colour)
-        legend.append(f" {words}   ")
-    lines.append(legend)
+        if outcome in drawn:  # the legend of what this picture shows
+            legend.append(OUTCOME_CHARS.get(outcome, "?"), style=colour)
+            legend.append(f" {words}   ")
     if any(bar.kind == COMPENSATION for bar in bars):
-        lines.append(Text("(a compensation's bar sits on its step's row, after its attempts)", style="dim"))
+        legend.append("(compensations are drawn on their step's row)", style="dim")
+    lines.append(legend)
     return Group(*lines)
 
 

@@ -176,6 +176,16 @@ def events_argument(text: str) -> int:
     return value
 
 
+def width_argument(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if not 40 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be 40 to 1000, not {value}")
+    return value
+
+
 class Command(BaseCommand):
     help = ("The operator's command line: list and show sagas, start one, and cancel, pause, resume, skip a step, "
             "signal a waiting step or retry compensation, through the same engine functions as the API and the "
@@ -190,6 +200,9 @@ class Command(BaseCommand):
         common.add_argument("--unmask", action="store_true",
                             help="show sensitive fields unmasked (with --user: only if that user holds "
                                  f"{access.VIEW_SENSITIVE}, who then sees them unmasked anyway)")
+        common.add_argument("--width", type=width_argument, metavar="COLUMNS",
+                            help=f"draw tables this wide (default: the terminal's width, or "
+                                 f"{terminal.DEFAULT_WIDTH} into a file or a pipe)")
         # Django's own option, taken after the subcommand too (left unset there, it keeps the one before).
         common.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
                             help="no colour in the output")
@@ -259,7 +272,8 @@ class Command(BaseCommand):
         self.json = options["json"]
         self.unmasked = self._unmasked(options["unmask"])
         colour = not options.get("no_color") and (options.get("force_color") or self.stdout.isatty())
-        width = shutil.get_terminal_size((terminal.DEFAULT_WIDTH, 24)).columns if self.stdout.isatty() else None
+        width = options.get("width") or (
+            shutil.get_terminal_size((terminal.DEFAULT_WIDTH, 24)).columns if self.stdout.isatty() else None)
         self.console = terminal.console(colour=colour, width=width)
         run = getattr(self, f"do_{subcommand.replace('-', '_')}")
         try:
