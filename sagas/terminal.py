@@ -129,13 +129,15 @@ def steps_table(steps: Iterable[dict]) -> Table:
     for step in steps:
         name = f"{step['parallel_group']} › {step['name']}" if step.get("parallel_group") else step["name"]
         tries = str(step["attempts"]) + (f"+{step['compensation_attempts']}c" if step["compensation_attempts"] else "")
-        error = step["error"] or step.get("compensation_error") or ""
-        if step["status"] == StepStatus.WAITING and step.get("signal_deadline"):
-            error = error or f"waits until {str(step['signal_deadline'])[:19].replace('T', ' ')} UTC"
+        said = [text for text in (step["error"], step.get("compensation_error") and
+                                  f"undo: {step['compensation_error']}") if text]
+        if not said and step["status"] == StepStatus.WAITING and step.get("signal_deadline"):
+            note = Text(f"waits until {str(step['signal_deadline'])[:19].replace('T', ' ')} UTC", style="dim")
+        else:
+            note = Text(cut(" / ".join(said)), style="red")
         table.add_row(Text(str(step["index"])), Text(name), status_text(step["status"]), Text(tries),
                       Text("yes" if step["has_compensation"] else "no"),
-                      Text(cut(step["result"]) if step["result"] is not None else ""),
-                      Text(cut(error), style="red" if step["error"] or step.get("compensation_error") else "dim"))
+                      Text(cut(step["result"]) if step["result"] is not None else ""), note)
     return table
 
 

@@ -527,3 +527,19 @@ def test_retry_compensation_of_a_saga_that_is_not_failed_is_refused(db, sent):
 def test_a_move_on_an_unknown_saga_is_refused(db):
     error = refused("pause", str(uuid.uuid4()))
     assert error.returncode == NOT_FOUND
+
+
+def test_show_names_a_compensation_that_failed_and_the_timeline_draws_it(db, sent):
+    saga = failed_saga()
+
+    out = saga_cmd("show", str(saga.pk))
+
+    assert "compensation_failed" in out and "undo: RuntimeError: cannot undo a" in out
+    assert "Saga failed and needs a person: compensation of step a failed" in out
+    assert "(compensations are drawn on their step's row)" in out
+
+
+@pytest.mark.parametrize("args", [("--width", "10"), ("--width", "wide"), ("--limit", "0"), ("--limit", "5000")])
+def test_list_refuses_a_width_or_limit_out_of_range(db, args):
+    error = refused("list", *args)
+    assert args[0] in str(error)
