@@ -42,7 +42,8 @@ CELL_LENGTH = 60  # a result or an error in a table cell: cut to this many chara
 
 def console(*, colour: bool, width: int | None) -> Console:
     """A console that writes into a buffer (``rendered`` reads it), with or without colour."""
-    return Console(file=io.StringIO(), force_terminal=colour, no_color=not colour,
+    # With colour asked for, rich still honours the NO_COLOR environment variable (no_color left to it).
+    return Console(file=io.StringIO(), force_terminal=colour, no_color=None if colour else True,
                    color_system="auto" if colour else None, width=width or DEFAULT_WIDTH,
                    highlight=False, emoji=False, soft_wrap=False)
 

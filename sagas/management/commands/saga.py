@@ -518,7 +518,9 @@ class Command(BaseCommand):
             return
         if result is not None:
             raise CommandError("--result goes with complete; fail takes --error", returncode=BAD_INPUT)
-        params = checked(StepFailInputSerializer, {"error": error} if error is not None else {})
+        if error is None:
+            raise CommandError("signal fail needs --error: why the step fails", returncode=BAD_INPUT)
+        params = checked(StepFailInputSerializer, {"error": error})
         saga = engine.fail_step(found(saga_id), step, error=params["error"], by=self.user)
         self._moved(saga, f"Failed {step}")
 
