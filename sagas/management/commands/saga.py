@@ -52,7 +52,7 @@ from sagas.errors import (
     UnknownSagaType,
     UnknownStep,
 )
-from sagas.models import SagaEvent, SagaInstance, SagaStatus, StepStatus
+from sagas.models import SagaInstance, SagaStatus, StepStatus
 from sagas.selectors import with_current_step
 from sagas.sentences import describe_event
 from sagas.timeline import build_bars, rows_of
