@@ -9,7 +9,7 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from sagas import Retry, Saga, Step, pause, registry, start_saga
+from sagas import PermanentError, Retry, Saga, Step, pause, registry, start_saga
 from sagas.access import MASK
 from sagas.engine import Decision, execute_compensation, execute_step
 from sagas.management.commands.saga import BAD_INPUT, FORBIDDEN, NOT_ALLOWED, NOT_FOUND
@@ -73,6 +73,8 @@ def approver(username="approver"):
 
 
 def _echo(ctx):
+    if ctx.input.get("refuse"):
+        raise PermanentError(f"salary {ctx.input['salary']} is above the cap")
     return {"salary": ctx.input.get("salary"), "ok": True}
 
 
@@ -144,6 +146,19 @@ def test_list_of_a_parent_shows_its_children(db, sent):
 def test_list_refuses_bad_filters_naming_the_option(db, args, named):
     error = refused("list", *args)
     assert error.returncode == BAD_INPUT and named in str(error)
+
+
+def test_show_of_a_child_names_its_parent_and_the_parent_lists_it(db, sent):
+    parent = start_saga("tests.nested", input={})
+    execute_step(parent.id, 0)
+    execute_step(parent.id, 1)
+    child = SagaInstance.objects.get(parent=parent)
+
+    out = saga_cmd("show", str(child.pk))
+    above = saga_cmd("show", str(parent.pk))
+
+    assert f"{parent.pk} (its step child)" in out
+    assert str(child.pk) in above and "child" in above
 
 
 def test_list_as_a_user_shows_only_the_sagas_they_may_read(db, sent):
@@ -246,6 +261,19 @@ def test_sensitive_fields_are_masked_unless_unmask_or_a_user_who_may_see_them(db
     assert "91234" in unmasked
     assert as_hr["input"]["salary"] == 91234
     assert as_plain[0]["input"]["salary"] == MASK
+
+
+def test_a_sensitive_value_inside_an_error_or_a_sentence_is_masked_too(db, sent, secret_type):
+    saga = start_saga(secret_type, input={"salary": 91234, "refuse": True})
+    execute_step(saga.id, 0)
+
+    masked = saga_cmd("show", str(saga.pk))
+    listed = saga_cmd("list")
+    unmasked = saga_cmd("show", str(saga.pk), "--unmask")
+
+    assert "91234" not in masked and f"salary {MASK} is above the cap" in masked
+    assert "91234" not in listed
+    assert "salary 91234 is above the cap" in unmasked
 
 
 def test_unmask_is_refused_to_a_user_who_may_not_see_sensitive_fields(db, sent, secret_type):
