@@ -10,6 +10,9 @@ each test with ``settings.DEBUG`` off, as Django's own test runner does.
 import os
 
 os.environ.setdefault("DEBUG", "1")
+# The shared Redis cache is keyed per test run (the workers a run starts inherit the variable), so
+# runs at once on one machine never see, or clear, each other's throttle counts and cached figures.
+os.environ.setdefault("CACHE_KEY_PREFIX", f"test-{os.getpid()}")
 
 from .settings import *  # noqa: E402,F401,F403
 from .settings import CELERY_BROKER_URL, INSTALLED_APPS  # noqa: E402
