@@ -13,7 +13,8 @@ Every fenced block of README.md and docs/*.md is read:
   Between lines, the engine's messages are delivered in this process, as a worker would.
 - ```python blocks are executed, one namespace per page, on the test database (sagas a block
   registers are forgotten afterwards).
-- A curl line ending in ``# NNN`` must answer NNN; any other must answer below 400.
+- A curl line ending in ``# NNN`` must answer NNN; any other must answer below 400. Its comment's
+  ``"key": "value"`` pairs must be in the answer.
 
 Two markers, an HTML comment on the line before a block (GitHub and the site do not show it):
 
@@ -242,6 +243,8 @@ class Session:
             assert answer.status_code == int(wanted.group(1)), (path, answer.status_code, answer.content)
         else:
             assert answer.status_code < 400, (path, answer.status_code, answer.content)
+        for key, value in re.findall(r'"(\w+)": "([^"]*)"', comment):  # the answer the comment shows
+            assert answer.json()[key] == value, (path, key, answer.json()[key])
         self.work()
         return answer
 
