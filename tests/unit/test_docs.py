@@ -18,7 +18,8 @@ Every fenced block of README.md and docs/*.md is read:
 
 Two markers, an HTML comment on the line before a block (GitHub and the site do not show it):
 
-- ``<!-- docs-test: skip: why -->``: not run (it needs docker, a running worker, a secret ...);
+- ``<!-- docs-test: skip: why -->``: not run (it needs docker, a running worker, a secret ...); its
+  ``manage.py`` lines are still parsed by their command (the command exists, its options too);
 - ``<!-- docs-test: fragment -->``: a python block that is part of a bigger program: only compiled.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command, get_commands, load_command_class
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -274,6 +275,18 @@ class Session:
         raise AssertionError("the engine keeps sending")
 
 
+def parses(block: Block, command: str) -> None:
+    """A manage.py line of a block that is not run: its command exists and takes those arguments."""
+    words = shlex.split(command)
+    if "manage.py" not in words:
+        return
+    name, *args = words[words.index("manage.py") + 1:]
+    try:
+        load_command_class(get_commands()[name], name).create_parser("manage.py", name).parse_args(args)
+    except (KeyError, CommandError) as exc:
+        raise AssertionError(f"{block}: {command}\n{exc!r}") from exc
+
+
 @pytest.fixture
 def session(transactional_db, sent, monkeypatch):
     """A session on a database as make run leaves it (its admin, the demo's rows), ids counted from 1."""
@@ -297,7 +310,11 @@ def test_every_sh_block_of_the_readme_and_the_guide_works_as_written(session):
     for page in PAGES:
         terminal = session()
         for block in blocks(page):
-            if block.language != "sh" or block.marker == "skip":
+            if block.language != "sh":
+                continue
+            if block.marker == "skip":
+                for command, _ in commands(block.text):
+                    parses(block, command)
                 continue
             for command, comment in commands(block.text):
                 try:
