@@ -24,7 +24,6 @@ Two markers, an HTML comment on the line before a block (GitHub and the site do 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -40,6 +39,13 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command, get_commands, load_command_class
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from corporate import demo
+from sagas import bulk
+from sagas.definitions import registry
+from sagas.engine import child_ended
+from sagas.models import BulkAction, BulkActionStatus, SagaInstance
+from tests.interleaving import Ledger, deliver
 
 ROOT = Path(settings.BASE_DIR)
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -72,10 +78,6 @@ def blocks(page: Path) -> list[Block]:
         found.append(Block(page, line, match.group(1), match.group(2),
                            marked.group(1) if marked else "", marked.group(2) if marked else ""))
     return found
-
-
-def every_block(language: str) -> list[Block]:
-    return [b for page in PAGES for b in blocks(page) if b.language == language]
 
 
 # --- the site ----------------------------------------------------------------------------------------
@@ -252,22 +254,16 @@ class Session:
 
     def work(self) -> None:
         """Deliver what the engine sent (and what that sends), as a worker would."""
-        from sagas import bulk
-        from sagas.definitions import registry
-        from sagas.models import BulkAction, SagaInstance
-        from tests.interleaving import Ledger, deliver
-
         for _ in range(100):
             if self.bulk:
                 job = self.bulk.pop(0)
-                if BulkAction.objects.get(pk=job).status != "done":
+                if BulkAction.objects.get(pk=job).status != BulkActionStatus.DONE:
                     bulk.run_batch(job)
                 continue
             if not self.sent:
                 return
             saga = SagaInstance.objects.get(pk=self.sent[0][1])
             if self.sent[0][0] == "child_ended":
-                from sagas.engine import child_ended
                 _, parent, child = self.sent.pop(0)
                 child_ended(parent, child)
                 continue
@@ -290,9 +286,6 @@ def parses(block: Block, command: str) -> None:
 @pytest.fixture
 def session(transactional_db, sent, monkeypatch):
     """A session on a database as make run leaves it (its admin, the demo's rows), ids counted from 1."""
-    from corporate import demo
-    from sagas import bulk
-
     jobs: list = []
     monkeypatch.setattr(bulk, "send_after_commit", jobs.append)
     call_command("ensure_admin", stdout=StringIO())
@@ -348,8 +341,6 @@ def test_the_readmes_token_lines_answer_the_admins_token(db):
 
 @pytest.fixture
 def forgetting_registrations():
-    from sagas.definitions import registry
-
     known = {s.key for s in registry}
     yield
     for saga in list(registry):
@@ -358,8 +349,6 @@ def forgetting_registrations():
 
 
 def test_every_python_block_runs_or_at_least_compiles(db, sent, forgetting_registrations):
-    from corporate import demo
-
     call_command("ensure_admin", stdout=StringIO())
     demo.ensure_reference_data()
     ran = 0
