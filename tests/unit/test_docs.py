@@ -12,7 +12,8 @@ Every fenced block of README.md and docs/*.md is read:
   on a database holding what ``make run`` creates (its admin, the demo's reference rows).
   Between lines, the engine's messages are delivered in this process, as a worker would.
 - ```python blocks are executed, one namespace per page, on the test database (sagas a block
-  registers are forgotten afterwards).
+  registers are forgotten afterwards); the sagas they start are then run in-process to their end, and
+  the README's first saga must succeed.
 - A curl line ending in ``# NNN`` must answer NNN; any other must answer below 400. Its comment's
   ``"key": "value"`` pairs must be in the answer.
 
@@ -44,7 +45,7 @@ from corporate import demo
 from sagas import bulk
 from sagas.definitions import registry
 from sagas.engine import child_ended
-from sagas.models import BulkAction, BulkActionStatus, SagaInstance
+from sagas.models import BulkAction, BulkActionStatus, SagaInstance, SagaStatus
 from tests.interleaving import Ledger, deliver
 
 ROOT = Path(settings.BASE_DIR)
@@ -348,9 +349,13 @@ def forgetting_registrations():
             registry.unregister(saga.name, saga.version)
 
 
-def test_every_python_block_runs_or_at_least_compiles(db, sent, forgetting_registrations):
+def test_every_python_block_runs_or_at_least_compiles(db, sent, forgetting_registrations,
+                                                      django_capture_on_commit_callbacks):
+    """Each block runs as a program would (what it commits is sent), and a worker then runs the sagas it
+    started: each ends as the engine decides, none failed."""
     call_command("ensure_admin", stdout=StringIO())
     demo.ensure_reference_data()
+    worker = Session(sent, [])
     ran = 0
     for page in PAGES:
         namespace: dict = {"__name__": f"docs_{page.stem.replace('-', '_')}"}
@@ -361,8 +366,16 @@ def test_every_python_block_runs_or_at_least_compiles(db, sent, forgetting_regis
             if block.marker == "fragment":
                 continue
             try:
-                exec(code, namespace)
+                with django_capture_on_commit_callbacks(execute=True):
+                    exec(code, namespace)
+                while sent:
+                    with django_capture_on_commit_callbacks(execute=True):
+                        worker.work()
             except Exception as exc:
                 raise AssertionError(f"{block}: {exc!r}") from exc
             ran += 1
     assert ran >= 5
+    started = dict(SagaInstance.objects.values_list("saga_type", "status"))
+    assert started["hotel.stay"] == SagaStatus.SUCCEEDED  # the README's first saga, run to its end
+    assert started["travel.booking"] == SagaStatus.COMPENSATED  # started, then cancelled
+    assert SagaStatus.FAILED not in started.values()
