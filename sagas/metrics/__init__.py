@@ -3,7 +3,7 @@
 Counters kept in a process's memory would be wrong here: steps run in many
 prefork worker processes, on many machines, and the web processes that
 answer the scrape run none of them. The database already holds every figure,
-so a custom collector reads them at scrape time (see the README's "Metrics"
+so a custom collector reads them at scrape time (see the guide's "Metrics and Prometheus"
 for what that costs):
 
 - ``figures``: the grouped queries, over any set of sagas: by type and

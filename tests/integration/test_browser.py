@@ -3,7 +3,7 @@ against the real ASGI server (uvicorn, in a subprocess), a real worker and the t
 
 ``scripts/test.sh`` installs ``chromium`` and ``chromium-driver`` when it runs as root and they are
 missing; elsewhere these tests are skipped if the browser is not there. Screenshots go to
-``var/screenshots/``; those the README shows go to ``docs/`` (each run takes them again).
+``var/screenshots/``; those the README and the guide show go to ``docs/`` (each run takes them again).
 """
 import json
 import os
