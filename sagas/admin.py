@@ -308,6 +308,10 @@ def compensation_summary(record: StepRecord, error: str | None = None) -> str:
                            attempts, error)
     if record.status == StepStatus.COMPENSATING:
         return f"compensating (attempt {attempts})"
+    if record.status in (StepStatus.PENDING, StepStatus.SKIPPED) or (
+            record.status == StepStatus.FAILED and not record.may_have_effects):
+        return "nothing to undo: it left no effect" if record.status == StepStatus.FAILED \
+            else "nothing to undo: it has not run"
     return "undoable"
 
 

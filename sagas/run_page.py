@@ -11,7 +11,7 @@ sensitive fields; only the child sagas the viewer may read). Times are
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone as dt_timezone
 from typing import Any
 
@@ -137,15 +137,17 @@ def run_page(saga: SagaInstance, user: Any, *, compensation_summary, parallel_su
         event.detail = access.shown(user, saga.saga_type, event.detail)
         event.step = by_pk.get(event.step_id)
     shown_events = events[:EVENT_LIMIT]
-    bars = build_bars(shown_events, records, now=now)
+
+    def text(value: str) -> str:
+        """Free text (an error, a sentence) with the saga's sensitive values masked, unless the user sees them."""
+        return value if access.sees_sensitive(user) else access.masked_text(value, saga.saga_type, saga.input)
+
+    bars = [replace(bar, text=text(bar.text)) for bar in build_bars(shown_events, records, now=now)]
     tree = saga_tree(user, saga)
     children = tree["root"]["children"]
     for child in children:
         child.update(url=child_url(child["id"]), short=child["id"].hex[:8],
                      colour=CHILD_COLOURS.get(child["status"], "#9e9e9e"))
-
-    def text(value: str) -> str:
-        return value if access.sees_sensitive(user) else access.masked_text(value, saga.saga_type, saga.input)
 
     outputs = results_of(records)
     steps = []
@@ -153,7 +155,7 @@ def run_page(saga: SagaInstance, user: Any, *, compensation_summary, parallel_su
         stage = _stage_of(record, definition)
         earlier = {r.name for r in records if _stage_of(r, definition) < stage}
         own = [b for b in bars if b.step_index == record.index]
-        acts = [(e.created_at, describe_event(e)) for e in shown_events
+        acts = [(e.created_at, text(describe_event(e))) for e in shown_events
                 if e.step_id == record.pk and (e.detail or {}).get("by")]
         steps.append(StepView(
             record=record, stage=stage, colour=STEP_COLOURS.get(record.status, "#9e9e9e"),
@@ -167,7 +169,7 @@ def run_page(saga: SagaInstance, user: Any, *, compensation_summary, parallel_su
             children=[c for c in children if c["parent_step"] == record.name], is_pivot=record.index == pivot,
         ))
 
-    runs = [ChildRun(view.record.index, f"child {c['saga_type']} {c['id'].hex[:8]}", child_url(c["id"]),
+    runs = [ChildRun(view.record.index, f"{c['id'].hex[:8]} {c['saga_type']}", child_url(c["id"]),
                      c["status"], c["started_at"] or c["created_at"],
                      c["finished_at"] or max(now, c["started_at"] or c["created_at"]),
                      f"Child saga {c['saga_type']} {c['id'].hex[:8]} for {view.record.name}: {c['status']}")
@@ -183,7 +185,7 @@ def run_page(saga: SagaInstance, user: Any, *, compensation_summary, parallel_su
                     members[0].record.parallel_group else None} for _, members in sorted(stages.items())],
         "chart": timeline_chart(shown_events, records, start=saga.created_at, end=saga.finished_at, now=now,
                                 pivot=pivot, children=runs, bars=bars),
-        "events": [(e.created_at, describe_event(e), e.kind, e.step) for e in shown_events],
+        "events": [(e.created_at, text(describe_event(e)), e.kind, e.step) for e in shown_events],
         "events_cut": len(events) > EVENT_LIMIT,
         "event_limit": EVENT_LIMIT,
         "tree": tree,

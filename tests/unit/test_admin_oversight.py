@@ -102,6 +102,40 @@ def test_changelist_shows_where_a_saga_compensated_at_its_gate_stopped(admin_cli
     assert "contract_signature (compensated)" in row  # not "-": the gate it stopped at, undone
 
 
+def _time_out(saga):
+    from sagas.engine import sweep
+
+    StepRecord.objects.filter(saga=saga, name="contract_signature").update(
+        signal_deadline=timezone.now() - timedelta(seconds=1))
+    sweep()
+
+
+def _cancel(saga):
+    from sagas import cancel
+
+    cancel(saga, reason="the position was closed")
+
+
+@pytest.mark.parametrize("end_the_wait", [_time_out, _cancel], ids=["timed out", "cancelled"])
+def test_changelist_shows_the_gate_where_an_onboarding_ended_another_way(admin_client, db, sent, end_the_wait):
+    from corporate.fixtures import Inputs
+    from sagas import start_saga
+    from sagas.engine import execute_compensation, execute_step
+
+    saga = start_saga("corporate.employee_onboarding", input=Inputs.onboarding())
+    execute_step(saga.id, 0)
+    execute_step(saga.id, 1)  # contract_signature waits for the signature
+    end_the_wait(saga)
+    for index in (1, 0):
+        execute_compensation(saga.id, index)
+    assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.COMPENSATED
+
+    page = admin_client.get(CHANGELIST).content.decode()
+
+    row = re.search(rf"<tr>(?:(?!</tr>).)*>{saga.pk.hex[:8]}</code>.*?</tr>", page, re.S).group(0)
+    assert "contract_signature (compensated)" in row
+
+
 @pytest.mark.parametrize("sagas", [3, 40])
 def test_changelist_query_count_does_not_grow_with_the_sagas(admin_client, db, sagas,
                                                              django_assert_max_num_queries):
