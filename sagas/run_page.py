@@ -11,13 +11,14 @@ sensitive fields; only the child sagas the viewer may read). Times are
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone as dt_timezone
 from typing import Any
 
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from . import access, engine
@@ -53,6 +54,18 @@ def when(at: datetime | None) -> SafeString | str:
                        utc.isoformat(timespec="milliseconds").replace("+00:00", "Z"), text, text)
 
 
+# A time inside a sentence (``sagas.sentences`` writes a deadline so): shown as every other time on the page.
+_SENTENCE_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
+
+
+def with_times(sentence: str) -> SafeString:
+    """``sentence`` as HTML, each UTC time in it a ``when`` element."""
+    parts = _SENTENCE_TIME.split(sentence)  # text, time, text, time, ..., text
+    return format_html_join("", "{}", (
+        (when(datetime.strptime(part, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt_timezone.utc)) if n % 2 else part,)
+        for n, part in enumerate(parts)))
+
+
 def took(start: datetime | None, end: datetime | None) -> str:
     """How long from ``start`` to ``end``, in the unit that reads best ("" if either is missing)."""
     if start is None or end is None:
@@ -66,7 +79,7 @@ class Attempt:
     start: datetime
     end: datetime
     outcome: str
-    text: str  # its sentence (with its error, if it failed)
+    text: SafeString  # its sentence (with its error, if it failed)
     running: bool
 
     @property
@@ -112,7 +125,7 @@ def _stage_of(record: StepRecord, definition) -> int:
 
 
 def _attempts(bars: list[Bar], kind: str) -> list[Attempt]:
-    return [Attempt(str(n), b.start, b.end, b.outcome, b.text, b.outcome == "running")
+    return [Attempt(str(n), b.start, b.end, b.outcome, with_times(b.text), b.outcome == "running")
             for n, b in enumerate((b for b in bars if b.kind == kind), start=1)]
 
 
@@ -155,7 +168,7 @@ def run_page(saga: SagaInstance, user: Any, *, compensation_summary, parallel_su
         stage = _stage_of(record, definition)
         earlier = {r.name for r in records if _stage_of(r, definition) < stage}
         own = [b for b in bars if b.step_index == record.index]
-        acts = [(e.created_at, text(describe_event(e))) for e in shown_events
+        acts = [(e.created_at, with_times(text(describe_event(e)))) for e in shown_events
                 if e.step_id == record.pk and (e.detail or {}).get("by")]
         steps.append(StepView(
             record=record, stage=stage, colour=STEP_COLOURS.get(record.status, "#9e9e9e"),
@@ -185,7 +198,7 @@ def run_page(saga: SagaInstance, user: Any, *, compensation_summary, parallel_su
                     members[0].record.parallel_group else None} for _, members in sorted(stages.items())],
         "chart": timeline_chart(shown_events, records, start=saga.created_at, end=saga.finished_at, now=now,
                                 pivot=pivot, children=runs, bars=bars),
-        "events": [(e.created_at, text(describe_event(e)), e.kind, e.step) for e in shown_events],
+        "events": [(e.created_at, with_times(text(describe_event(e))), e.kind, e.step) for e in shown_events],
         "events_cut": len(events) > EVENT_LIMIT,
         "event_limit": EVENT_LIMIT,
         "tree": tree,

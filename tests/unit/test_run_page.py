@@ -50,14 +50,16 @@ def test_a_child_saga_is_a_bar_on_the_timeline_linking_to_it(admin_client, sent)
 
 
 def test_every_time_on_the_page_is_one_time_element_in_utc(admin_client, sent):
-    saga = start_saga("tests.three_steps", input={})
+    saga = start_saga("tests.pivoted_gate", input={})
     execute_step(saga.id, 0)
+    execute_step(saga.id, 1)  # waits, with a deadline: a time in its event's sentence and in its form
 
     page = page_of(admin_client, saga)
 
     run = re.search(r'<div id="content-main" class="run-page".*?<script>', page, re.S).group(0)
     times = re.findall(r'<time class="when" datetime="([^"]+)" title="([^"]+)">([^<]+)</time>', run)
-    assert len(times) >= 6  # created, started, a step's start and attempt, events
+    assert len(times) >= 10  # created, started, steps' starts and attempts, the wait's start and deadline, events
+    assert any("until <time" in sentence for sentence in re.findall(r"<td>(.*?)</td>", run))
     for iso, title, text in times:
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", iso)
         assert title == text and text.endswith(" UTC")
@@ -126,3 +128,15 @@ def test_the_header_holds_the_status_and_the_buttons_that_apply(admin_client, se
 
     assert f">{status}</span>" in header and "tests.three_steps" in header
     assert set(re.findall(r'<button type="submit">(.*?)</button>', header)) == names
+
+
+@pytest.mark.parametrize("saga_type", ["tests.three_steps", "tests.long_line"])  # 3 steps, 45 steps
+def test_the_page_reads_the_same_few_queries_however_many_steps(admin_client, sent, saga_type,
+                                                                django_assert_max_num_queries):
+    saga = start_saga(saga_type, input={})
+    for index in range(saga.steps.count()):
+        execute_step(saga.id, index)
+    page_of(admin_client, saga)  # the session and user are cached from here on, as in a browser
+
+    with django_assert_max_num_queries(11):
+        page_of(admin_client, saga)
