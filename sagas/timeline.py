@@ -40,7 +40,7 @@ OUTCOME_COLOURS: dict[str, tuple[str, str]] = {
     "lost": ("#7b1fa2", "attempt lost (killed or worker died)"),
     "running": ("#417690", "in progress"),
     "wait": ("#c9c9c9", "waiting to retry"),
-    "waiting": ("#7fb2d9", "waiting for a signal"),
+    "waiting": ("#7fb2d9", "waiting for a signal or a child saga"),
     "compensated": ("#6d4c41", "compensated"),
     "compensation-retried": ("#d2691e", "compensation failed, retried"),
 }
@@ -137,7 +137,8 @@ def build_bars(events: Iterable[SagaEvent], records: Iterable[StepRecord], *, no
             close(backward, i, at, "failed", sentence)
         elif WAITING_STATUS and detail.get("to") == WAITING_STATUS:
             close(forward, i, at, "succeeded", sentence)
-            forward[i] = (WAITING, at, f"{record.name} waits for a signal.")
+            forward[i] = (WAITING, at, f"{record.name} waits for its child saga." if detail.get("child_saga")
+                          else f"{record.name} waits for a signal.")
         elif forward.get(i, ("",))[0] == WAITING:
             close(forward, i, at, "waiting", "")  # a signal, a timeout or a cancel ends the wait
 

@@ -166,3 +166,37 @@ def test_run_page_of_a_compensated_saga_shows_each_short_bar_and_zooms_in_its_ow
     if width == 1440:
         browser.execute_script("arguments[0].scrollIntoView()", chart)
         chart.screenshot(str(DOCS / "run-page-zoom.png"))
+
+
+def test_a_childs_run_page_links_its_parent_and_shows_who_signalled_its_gate(server, browser, staff):
+    from selenium.webdriver.common.by import By
+
+    from sagas.models import StepRecord, StepStatus
+    from tests.helpers import wait_until
+
+    _, token = staff
+    parent = start_saga_through_api(server, token, "tests.nested_gate", {"sleep": {"a": 0.1}})
+    wait_until(lambda: StepRecord.objects.filter(saga__parent=parent, name="gate", status=StepStatus.WAITING).exists())
+    child = SagaInstance.objects.get(parent=parent)
+    open_run_page(browser, server, child, 1440)
+
+    header = browser.find_element(By.CSS_SELECTOR, ".run-header")
+    assert header.find_element(By.PARTIAL_LINK_TEXT, str(parent.pk)).get_attribute("href").endswith(
+        f"/admin/sagas/sagainstance/{parent.pk}/change/")
+    assert "(its step child)" in header.text
+    gate = browser.find_element(By.CSS_SELECTOR, '.waiting-step[data-step="gate"]')
+    assert browser.find_element(By.CSS_SELECTOR, 'details.step[data-step="gate"]').get_attribute("open") is not None
+    assert sideways_scroll(browser) == 0
+    full_page_screenshot(browser, DOCS / "run-page-waiting.png")
+
+    gate.find_element(By.NAME, "result").send_keys('{"approved": true}')
+    gate.find_element(By.CSS_SELECTOR, "form.signal-complete button[type=submit]").click()
+    wait(browser, lambda d: "gate completed" in d.page_source)
+
+    assert wait_for_saga(parent).status == SagaStatus.SUCCEEDED
+    browser.get(f"{server}/admin/sagas/sagainstance/{child.pk}/change/")
+    step = browser.find_element(By.CSS_SELECTOR, 'details.step[data-step="gate"]')
+    browser.execute_script("arguments[0].open = true", step)
+    acts = step.find_element(By.CSS_SELECTOR, ".step-acts").text
+    assert "User admin (id" in acts and "completed gate" in acts  # who signalled it, on the step itself
+    assert step.find_element(By.CSS_SELECTOR, ".step-acts time.when").get_attribute("data-local") == "yes"
