@@ -153,6 +153,8 @@ def test_run_page_of_a_compensated_saga_shows_each_short_bar_and_zooms_in_its_ow
     assert internals.get_attribute("open") is None and not internals.find_element(By.TAG_NAME, "dl").is_displayed()
     if width == 1440:
         full_page_screenshot(browser, DOCS / "run-page-compensated.png")
+        browser.execute_script("arguments[0].scrollIntoView()", chart)
+        chart.find_element(By.XPATH, "./ancestor::section").screenshot(str(DOCS / "run-page-timeline.png"))
 
     before = boxes(browser, ".saga-timeline-chart .bar-compensation")
     chart.find_element(By.CSS_SELECTOR, '.tl-tools button[data-zoom="8"]').click()
