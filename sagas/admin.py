@@ -28,7 +28,7 @@ from .models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, S
 from .selectors import saga_tree, with_current_step
 from .live.snapshot import why_it_waits
 from .sentences import describe_event
-from .run_page import run_page, when
+from .run_page import compensation_summary, run_page
 
 # The admin index leads to the live page (/admin/sagas/live/) first.
 admin.site.index_template = "admin/sagas/index.html"
@@ -272,47 +272,6 @@ def intervene(
 
 
 # --- saga instances ----------------------------------------------------------------
-
-
-def parallel_summary(record: StepRecord) -> str:
-    """How the step runs: alone, or at once with the other members of its Parallel; the pivot says so."""
-    runs = f"in parallel: {record.parallel_group}" if record.parallel_group else "alone"
-    role = pivot_role(record)
-    return f"{runs}; {role}" if role else runs
-
-
-def pivot_role(record: StepRecord) -> str:
-    """``pivot`` (the point of no return), ``after the pivot``, or "" (before it, or no pivot)."""
-    try:
-        definition = engine.definition_of(record.saga)
-    except SagaError:
-        return ""
-    if definition.pivot_index == record.index:
-        return "pivot (point of no return)"
-    return "after the pivot (goes forward only)" if definition.after_pivot(record.index) else ""
-
-
-def compensation_summary(record: StepRecord, error: str | None = None) -> str:
-    """Where the step's undo stands, in words (a step without a compensation is left as is when undoing).
-
-    ``error``: the compensation's error as the viewer may see it (default: as stored)."""
-    if not record.has_compensation:
-        return "none (left as is if the saga is undone)"
-    attempts = record.compensation_attempts
-    if record.status == StepStatus.COMPENSATED:
-        at = format_html(" at {}", when(record.compensated_at)) if record.compensated_at else ""
-        return format_html("compensated{} ({} attempt(s))", at, attempts)
-    if record.status == StepStatus.COMPENSATION_FAILED:
-        error = truncatechars(record.compensation_error if error is None else error, 120)
-        return format_html('<span style="color:#ba2121">compensation failed after {} attempt(s): {}</span>',
-                           attempts, error)
-    if record.status == StepStatus.COMPENSATING:
-        return f"compensating (attempt {attempts})"
-    if record.status in (StepStatus.PENDING, StepStatus.SKIPPED) or (
-            record.status == StepStatus.FAILED and not record.may_have_effects):
-        return "nothing to undo: it left no effect" if record.status == StepStatus.FAILED \
-            else "nothing to undo: it has not run"
-    return "undoable"
 
 
 class WaitingForPersonFilter(admin.SimpleListFilter):
@@ -632,7 +591,7 @@ class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
 
     def _run_context(self, saga: SagaInstance, user: Any) -> dict:
         """What the run page shows of the saga, as ``user`` may see it."""
-        run = run_page(saga, user, compensation_summary=compensation_summary, parallel_summary=parallel_summary)
+        run = run_page(saga, user)
         return {
             "run": run,
             "status_colour": STATUS_COLOURS.get(saga.status, "#777"),

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.urls import reverse
 from django.utils import timezone
+from django.template.defaultfilters import truncatechars
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
@@ -95,7 +96,7 @@ class StepView:
     stage: int
     colour: str
     runs: str  # alone / in parallel: group; pivot role
-    compensation: Any  # ``admin.compensation_summary``
+    compensation: Any  # ``compensation_summary``
     saw: dict  # what its action was given: the saga's input and the earlier stages' outputs
     output: Any
     error: str
@@ -133,8 +134,8 @@ def child_url(saga_id) -> str:
     return reverse("admin:sagas_sagainstance_change", args=[saga_id])
 
 
-def run_page(saga: SagaInstance, user: Any, *, compensation_summary, parallel_summary) -> dict:
-    """Everything the run page shows of ``saga`` to ``user`` (the admin passes its step summaries in)."""
+def run_page(saga: SagaInstance, user: Any) -> dict:
+    """Everything the run page shows of ``saga`` to ``user``."""
     now = timezone.now()
     try:
         definition = engine.definition_of(saga)
@@ -194,8 +195,8 @@ def run_page(saga: SagaInstance, user: Any, *, compensation_summary, parallel_su
         "saga": saga,
         "duration": _duration(saga, now),
         "steps": steps,
-        "stages": [{"steps": members, "group": members[0].record.parallel_group if len(members) > 1 or
-                    members[0].record.parallel_group else None} for _, members in sorted(stages.items())],
+        "stages": [{"steps": members, "group": members[0].record.parallel_group}
+                   for _, members in sorted(stages.items())],
         "chart": timeline_chart(shown_events, records, start=saga.created_at, end=saga.finished_at, now=now,
                                 pivot=pivot, children=runs, bars=bars),
         "events": [(e.created_at, with_times(text(describe_event(e))), e.kind, e.step) for e in shown_events],
@@ -208,6 +209,50 @@ def run_page(saga: SagaInstance, user: Any, *, compensation_summary, parallel_su
         "input": access.shown(user, saga.saga_type, saga.input),
         "results": access.shown(user, saga.saga_type, saga.current_results),
     }
+
+
+# --- what each step shows ---------------------------------------------------------------------
+
+
+def parallel_summary(record: StepRecord) -> str:
+    """How the step runs: alone, or at once with the other members of its Parallel; the pivot says so."""
+    runs = f"in parallel: {record.parallel_group}" if record.parallel_group else "alone"
+    role = pivot_role(record)
+    return f"{runs}; {role}" if role else runs
+
+
+def pivot_role(record: StepRecord) -> str:
+    """``pivot`` (the point of no return), ``after the pivot``, or "" (before it, or no pivot)."""
+    try:
+        definition = engine.definition_of(record.saga)
+    except SagaError:
+        return ""
+    if definition.pivot_index == record.index:
+        return "pivot (point of no return)"
+    return "after the pivot (goes forward only)" if definition.after_pivot(record.index) else ""
+
+
+def compensation_summary(record: StepRecord, error: str | None = None) -> str:
+    """Where the step's undo stands, in words (a step without a compensation is left as is when undoing).
+
+    ``error``: the compensation's error as the viewer may see it (default: as stored)."""
+    if not record.has_compensation:
+        return "none (left as is if the saga is undone)"
+    attempts = record.compensation_attempts
+    if record.status == StepStatus.COMPENSATED:
+        at = format_html(" at {}", when(record.compensated_at)) if record.compensated_at else ""
+        return format_html("compensated{} ({} attempt(s))", at, attempts)
+    if record.status == StepStatus.COMPENSATION_FAILED:
+        error = truncatechars(record.compensation_error if error is None else error, 120)
+        return format_html('<span style="color:#ba2121">compensation failed after {} attempt(s): {}</span>',
+                           attempts, error)
+    if record.status == StepStatus.COMPENSATING:
+        return f"compensating (attempt {attempts})"
+    if record.status in (StepStatus.PENDING, StepStatus.SKIPPED) or (
+            record.status == StepStatus.FAILED and not record.may_have_effects):
+        return "nothing to undo: it left no effect" if record.status == StepStatus.FAILED \
+            else "nothing to undo: it has not run"
+    return "undoable"
 
 
 def _duration(saga: SagaInstance, now: datetime) -> str:
