@@ -202,3 +202,18 @@ def test_a_childs_run_page_links_its_parent_and_shows_who_signalled_its_gate(ser
     acts = step.find_element(By.CSS_SELECTOR, ".step-acts").text
     assert "User admin (id" in acts and "completed gate" in acts  # who signalled it, on the step itself
     assert step.find_element(By.CSS_SELECTOR, ".step-acts time.when").get_attribute("data-local") == "yes"
+
+
+def test_a_saga_of_45_steps_keeps_its_graph_in_its_own_scroll_box(server, browser, staff):
+    from selenium.webdriver.common.by import By
+
+    _, token = staff
+    saga = wait_for_saga(start_saga_through_api(server, token, "tests.long_line", {}))
+    assert saga.status == SagaStatus.SUCCEEDED
+    open_run_page(browser, server, saga, 1440)
+
+    graph = browser.find_element(By.CSS_SELECTOR, ".saga-graph")
+    assert len(graph.find_elements(By.CSS_SELECTOR, ".graph-stage")) == 45
+    assert browser.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", graph)
+    assert sideways_scroll(browser) == 0
+    assert_readable_timeline(browser)
