@@ -10,6 +10,7 @@ from sagas.chaos import (
     FANOUT_MEMBERS,
     FANOUT_SAGA,
     LONG_SAGA,
+    NESTED_SAGA,
     Fault,
     StandStill,
     TrailEvent,
@@ -23,7 +24,7 @@ from sagas.chaos import (
     stand_still_figures,
 )
 from sagas.engine import execute_compensation, execute_step
-from sagas.models import ChaosEffect, EventKind, SagaInstance, SagaStatus
+from sagas.models import ChaosEffect, EventKind, SagaInstance, SagaStatus, StepStatus
 from tests.helpers import compensations_due
 
 # The saga types exist only where their command (or its setting) registers them.
@@ -354,3 +355,42 @@ def test_a_saga_at_work_across_a_fault_that_did_not_touch_it_recovers_from_the_e
     knowing = measure_recoveries([fault], {"s": trail}, work={"s": [(at(5), at(40))]})
 
     assert naive[0].seconds == 30.0 and knowing[0].seconds == 0.0
+
+
+# --- the nested workload ---------------------------------------------------------------
+
+
+def test_a_nested_sagas_child_steps_apply_no_effect_of_their_own(db, sent):
+    saga = start_saga(NESTED_SAGA, input={"sleep": 0})
+    saga.steps.update(status=StepStatus.SUCCEEDED)
+    SagaInstance.objects.filter(pk=saga.pk).update(status=SagaStatus.SUCCEEDED)
+    saga.refresh_from_db()
+    for step in ("n0", "n1b", "n2"):
+        ChaosEffect.objects.create(key=f"{saga.pk}:{step}", saga_id=saga.pk, step=step, applied=1, runs=1)
+
+    assert effect_problems(saga, effects_of(saga)) == []  # "child" and "child_a": their children's effects
+    ChaosEffect.objects.filter(step="n1b").delete()
+    assert [p.text for p in effect_problems(saga, effects_of(saga))] == ["n1b succeeded but its effect is missing"]
+
+
+def child_wait_trail(child_ended: float, step_moved: float):
+    """A parent whose step 5 waits for its child from 2 s; the child ends at ``child_ended``, the step moves at
+    ``step_moved`` (later: the child's end message was lost, the sweeper looked)."""
+    return [
+        TrailEvent(at(0), EventKind.SAGA_CREATED),
+        TrailEvent(at(0.2), EventKind.STEP_STARTED, 4),
+        TrailEvent(at(1.5), EventKind.STEP_SUCCEEDED, 4),
+        TrailEvent(at(2), EventKind.STEP_WAITING, 5, waits_for_child=True, child_ended=at(child_ended)),
+        TrailEvent(at(step_moved), EventKind.STEP_SUCCEEDED, 5),
+        TrailEvent(at(step_moved), EventKind.SAGA_SUCCEEDED),
+    ]
+
+
+def test_a_parent_waiting_for_its_working_child_is_not_standing_still():
+    assert stand_still_of(child_wait_trail(child_ended=40, step_moved=40)).seconds == 0.5
+
+
+def test_a_parent_whose_childs_end_message_was_lost_stands_still_from_the_childs_end():
+    still = stand_still_of(child_wait_trail(child_ended=10, step_moved=35))
+
+    assert (still.seconds, still.start, still.end) == (25.0, at(10), at(35))
