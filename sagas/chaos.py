@@ -347,7 +347,9 @@ def measure_recoveries(faults: list[Fault], trails: dict, work: dict | None = No
 
     ``trails``: saga id -> its events as ``(created_at, kind)``, oldest first.
     A saga is active at T if it has an event at or before T and none of them
-    finished it; its recovery is the time to its first event after T.
+    finished it, or the last that did was followed by one that reopened it
+    (``active_at``: a child saga being undone by its parent); its recovery is
+    the time to its first event after T.
     ``work``: saga id -> its ``work_spans``: a saga whose live attempt, one
     the fault did not kill, was at work across T was not stopped by it (a
     long step of its own): its recovery counts from the end of that work.
@@ -356,7 +358,7 @@ def measure_recoveries(faults: list[Fault], trails: dict, work: dict | None = No
     for fault in faults:
         for saga_id, trail in trails.items():
             before = [kind for at, kind in trail if at <= fault.at]
-            if not before or FINAL_KINDS & set(before):
+            if not active_at(before):
                 continue
             since = max([fault.at, *[end for begin, end in (work or {}).get(saga_id, [])
                                       if begin <= fault.at < end]])
@@ -463,29 +465,57 @@ def longest_stand_still(trail: list[TrailEvent], spans: list[tuple[datetime, dat
     """The longest stretch of the saga's active life with no event and no working attempt: seconds, from, to.
 
     Its life runs from its first event (``saga_created``) to its final one,
-    or to ``ended`` if it has none; events after the final one do not count.
+    or to ``ended`` if it has none; events after the final one do not count,
+    unless they reopen it (``lives``: a child saga its parent undoes after it
+    succeeded lives again from its ``saga_compensating``).
     """
     if not trail:
         return 0.0, None, None
-    life_start = trail[0].at
-    life_end = next((e.at for e in trail if e.kind in FINAL_KINDS), ended)
-    marks = sorted({e.at for e in trail if life_start <= e.at <= life_end})
-    covered = sorted((max(b, life_start), min(e, life_end)) for b, e in spans if e > b)
-    # The uncovered stretches of its life, then each cut at every event inside it.
-    free, cursor = [], life_start
-    for begin, end in covered:
-        if begin > cursor:
-            free.append((cursor, begin))
-        cursor = max(cursor, end)
-    if life_end > cursor:
-        free.append((cursor, life_end))
     best = (0.0, None, None)
-    for begin, end in free:
-        points = [begin, *[m for m in marks if begin < m < end], end]
-        for a, b in zip(points, points[1:]):
-            if (b - a).total_seconds() > best[0]:
-                best = ((b - a).total_seconds(), a, b)
+    for life_start, life_end in lives(trail, ended):
+        marks = sorted({e.at for e in trail if life_start <= e.at <= life_end})
+        covered = sorted((max(b, life_start), min(e, life_end)) for b, e in spans
+                         if e > b and b < life_end and e > life_start)
+        # The uncovered stretches of its life, then each cut at every event inside it.
+        free, cursor = [], life_start
+        for begin, end in covered:
+            if begin > cursor:
+                free.append((cursor, begin))
+            cursor = max(cursor, end)
+        if life_end > cursor:
+            free.append((cursor, life_end))
+        for begin, end in free:
+            points = [begin, *[m for m in marks if begin < m < end], end]
+            for a, b in zip(points, points[1:]):
+                if (b - a).total_seconds() > best[0]:
+                    best = ((b - a).total_seconds(), a, b)
     return best
+
+
+# What brings a finished saga back to life: its parent undoing it after it succeeded.
+REOPENS = {EventKind.SAGA_COMPENSATING}
+
+
+def lives(trail: list[TrailEvent], ended: datetime) -> list[tuple[datetime, datetime]]:
+    """The stretches in which the saga of ``trail`` was active: from its first event to its final one, and
+    from each event that reopened it (``REOPENS``) to its next final one (or ``ended``)."""
+    found, start = [], trail[0].at
+    for e in trail:
+        if start is not None and e.kind in FINAL_KINDS:
+            found.append((start, e.at))
+            start = None
+        elif start is None and e.kind in REOPENS:
+            start = e.at
+    if start is not None:
+        found.append((start, ended))
+    return found
+
+
+def active_at(kinds: list[str]) -> bool:
+    """Whether a saga whose events up to some moment are of ``kinds`` (oldest first) was active then: it has
+    begun, and its last final event, if any, was followed by one that reopened it."""
+    markers = [k for k in kinds if k in FINAL_KINDS or k in REOPENS]
+    return bool(kinds) and (not markers or markers[-1] not in FINAL_KINDS)
 
 
 def measure_stand_stills(trails: dict, faults: list[Fault], ended: datetime,

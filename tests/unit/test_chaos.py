@@ -394,3 +394,39 @@ def test_a_parent_whose_childs_end_message_was_lost_stands_still_from_the_childs
     still = stand_still_of(child_wait_trail(child_ended=10, step_moved=35))
 
     assert (still.seconds, still.start, still.end) == (25.0, at(10), at(35))
+
+
+def undone_child_trail():
+    """A child saga that succeeded at 3 s and was undone by its parent from 20 s: its second compensation's
+    attempt (from 21 s) lost at 35 s, taken over, done at 36 s."""
+    return [
+        TrailEvent(at(0), EventKind.SAGA_CREATED),
+        TrailEvent(at(0.2), EventKind.STEP_STARTED, 1),
+        TrailEvent(at(3), EventKind.STEP_SUCCEEDED, 1),
+        TrailEvent(at(3), EventKind.SAGA_SUCCEEDED),
+        TrailEvent(at(20), EventKind.SAGA_COMPENSATING),  # its parent undoes it: it lives again
+        TrailEvent(at(20), EventKind.COMPENSATION_STARTED, 1),
+        TrailEvent(at(35), EventKind.STEP_ATTEMPT_LOST, 1),
+        TrailEvent(at(35.5), EventKind.COMPENSATION_STARTED, 1),
+        TrailEvent(at(36), EventKind.STEP_COMPENSATED, 1),
+        TrailEvent(at(36), EventKind.SAGA_COMPENSATED),
+    ]
+
+
+def test_a_child_undone_after_it_succeeded_lives_again_only_while_it_is_undone():
+    # Between its success and its parent's undoing it is finished: not standing still.
+    assert stand_still_of(undone_child_trail()).seconds == 0.5
+    killed = Fault("whole worker", at(25), cut=frozenset({1}))
+    still = stand_still_of(undone_child_trail(), [killed])
+    assert (still.seconds, still.start, still.end) == (10.0, at(25), at(35))
+
+
+def test_a_fault_while_a_child_is_undone_catches_it():
+    trail = [(e.at, e.kind) for e in undone_child_trail()]
+    saga_id = uuid.uuid4()
+    between = Fault("pool child", at(10))
+    during = Fault("pool child", at(30))
+
+    assert measure_recoveries([between], {saga_id: trail}) == []  # finished then: not caught
+    [caught] = measure_recoveries([during], {saga_id: trail})
+    assert caught.seconds == 5.0  # to its next event, the lost attempt at 35 s
