@@ -53,7 +53,7 @@ def open_accounts(ctx) -> dict:
             employee=employee, system=system,
             defaults={"username": username, "active": True, "holds_licence": False, "disabled_at": None})
         accounts.append(account.pk)
-    return {"accounts": accounts, "username": username}
+    return {"accounts": accounts}  # not the user name: it is the e-mail address's, shown masked in the onboarding
 
 
 def close_accounts(ctx) -> None:

@@ -318,7 +318,7 @@ def test_onboarding_version_7_provisions_it_through_its_child_and_undoes_it_as_a
     employee = models.Employee.objects.get(saga_id=run.saga_id)
     child = run.children["provision_it"]
     assert run.results["provision_it"] == {"saga_id": str(child.saga_id), "results": child.results}
-    assert child.results["open_accounts"]["username"] == employee.email.split("@")[0]
+    assert child.results["open_accounts"]["accounts"] == list(employee.accounts.values_list("pk", flat=True))
     assert employee.accounts.filter(active=True, holds_licence=True).count() == 2
     assert employee.laptopassignments.get().returned_at is None
 
