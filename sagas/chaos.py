@@ -241,8 +241,8 @@ def _child_steps(saga: SagaInstance) -> set[int]:
     """The indices of the saga's ``ChildSaga`` steps: their effects are their children's, not their own."""
     try:
         definition = registry.get(saga.saga_type, saga.version)
-    except UnknownSagaType:
-        return set()
+    except UnknownSagaType:  # not registered in this process (the chaos switch is off): the steps that started one
+        return set(SagaInstance.objects.filter(parent_id=saga.pk).values_list("parent_step__index", flat=True))
     return {i for i in range(len(definition.steps)) if definition.is_child(i)}
 
 
