@@ -3,12 +3,14 @@
     python manage.py saga_demo --sagas 20 --failure-rate 0.2 --seed 1 [--examples] [--timeout 300]
         [--approval-rate 0.9] [--approval-delay 0.2] [--approval-jitter 0.1] [--short-deadlines]
 
-``--failure-rate P`` makes each step attempt of every corporate saga fail with
+``--failure-rate P`` makes each step attempt of every corporate saga (the
+onboarding's child saga, IT's provisioning, included) fail with
 probability P: half of it transient (retried by the step's policy), half
 permanent (the saga compensates). The rules are stored in the database, where
 the workers read them, and removed when the run ends. ``--examples`` first
 runs one success and one refusal of each saga type (no failures injected)
-and checks each ends as expected.
+and checks each ends as expected, an onboarding's child saga included (its
+IT provisioning succeeded, or undone with it).
 
 The sagas' gates (budget approvals, the release gate, the signed contract)
 are answered while the demo runs by a simulated approver: a demo user holding
