@@ -97,7 +97,9 @@ def pass_gates(saga, *, by, reject: dict | None = None, timeout: float = 60.0,
         saga = SagaInstance.objects.get(pk=saga.pk)
         if saga.status in statuses:
             return saga
-        for record in StepRecord.objects.filter(saga_id=saga.pk, status=StepStatus.WAITING):
+        # A ChildSaga step waits for its child saga, not for a person: its child's end moves it.
+        for record in StepRecord.objects.filter(saga_id=saga.pk, status=StepStatus.WAITING).exclude(
+                pk__in=SagaInstance.objects.filter(parent_step__isnull=False).values("parent_step")):
             answer_gate(record, by=by, reject=reject)
         if time.monotonic() > deadline:
             steps = list(saga.steps.values_list("name", "status", "attempts"))

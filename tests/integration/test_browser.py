@@ -207,7 +207,8 @@ def test_live_page_fits_the_window_and_shows_deadlines_ahead(server, browser, st
 
     # The corporate gates wait days (budget: 3, onboarding: 14); their long names fill the columns.
     gated = {start_saga("corporate.budget_approval", input=Inputs.budget(amount="900")).pk: "in 2 d 23 h",
-             start_saga("corporate.employee_onboarding", input=Inputs.onboarding()).pk: "in 13 d 23 h"}
+             start_saga("corporate.employee_onboarding", input=Inputs.onboarding(),
+                        version=5).pk: "in 13 d 23 h"}  # the gate first: no child saga waited for
     wait_until(lambda: StepRecord.objects.filter(saga_id__in=gated, status=StepStatus.WAITING).count() == 2)
     busy = start_saga_through_api(server, token, "tests.three_steps", {"sleep": {"b": 20}})
     failed = start_saga_through_api(server, token, "tests.three_steps",

@@ -88,7 +88,7 @@ def test_changelist_shows_where_a_saga_compensated_at_its_gate_stopped(admin_cli
     from sagas import fail_step, start_saga
     from sagas.engine import execute_compensation, execute_step
 
-    saga = start_saga("corporate.employee_onboarding", input=Inputs.onboarding())
+    saga = start_saga("corporate.employee_onboarding", input=Inputs.onboarding(), version=5)  # the gate second
     execute_step(saga.id, 0)
     execute_step(saga.id, 1)  # contract_signature waits for the signature
     fail_step(saga, "contract_signature", error="the candidate declined")
