@@ -7,9 +7,12 @@ Every fenced block of README.md and docs/*.md is read:
   ``curl`` goes to the API through DRF's APIClient on the test database, ``manage.py`` commands run
   through ``call_command``, ``make`` targets and ``scripts/`` must exist, ``.venv/bin`` programs must be
   installed (and the test files a ``pytest`` line names must exist). ``NAME=value`` sets a variable,
-  ``NAME=$(curl ... | jq -r .field)`` sets it from an answer. A line this test does not know fails it.
-  A session starts as the REST API page leaves a reader: ``API`` and ``TOKEN`` (the admin's) are set,
-  on a database holding what ``make run`` creates (its admin, the demo's reference rows).
+  ``NAME=$(curl ... | jq -r .field)`` sets it from an answer, ``NAME=$(... manage.py ... --json | jq -r
+  '.[0].field')`` from what a command prints (the filter: ``.field``, optionally after ``.[N]``). A
+  ``manage.py`` line ending in ``# exits N`` must be refused with exit status N. A line this test does
+  not know fails it. A session starts as the REST API page leaves a reader: ``API`` and ``TOKEN`` (the
+  admin's) are set, on a database holding what ``make run`` creates (its admin, the demo's reference
+  rows, the demo's approver and operator).
   Between lines, the engine's messages are delivered in this process, as a worker would.
 - ```python blocks are executed, one namespace per page, on the test database (sagas a block
   registers are forgotten afterwards); the sagas they start are then run in-process to their end, and
@@ -25,6 +28,7 @@ Two markers, an HTML comment on the line before a block (GitHub and the site do 
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -183,11 +187,16 @@ class Session:
     def run(self, command: str, comment: str) -> None:
         if command.startswith("export "):
             command = command[len("export "):]
-        assigned = re.fullmatch(r"(\w+)=\$\((curl .*)\|\s*jq -r \.(\w+)\)", command, re.S)
+        assigned = re.fullmatch(r"(\w+)=\$\((.*?)\|\s*jq -r (['\"]?)(?:\.\[(\d+)\])?\.(\w+)\3\)", command, re.S)
         if assigned:
-            name, curl, key = assigned.groups()
-            answer = self.curl(shlex.split(self.expand(curl)), "")
-            self.variables[name] = str(answer.json()[key])
+            name, program, _, index, key = assigned.groups()
+            words = shlex.split(self.expand(program))
+            if words[0] == "curl":
+                answer = self.curl(words, "").json()
+            else:
+                assert "manage.py" in words, f"{program}: only curl and manage.py answers are read here"
+                answer = json.loads(self.manage(words[words.index("manage.py") + 1:], ""))
+            self.variables[name] = str((answer if index is None else answer[int(index)])[key])
             return
         words = shlex.split(command)
         if re.fullmatch(r"\w+=\S*", command) and len(words) == 1:
@@ -201,7 +210,7 @@ class Session:
         if program == "curl":
             self.curl(words, comment)
         elif "manage.py" in words:
-            self.manage(words[words.index("manage.py") + 1:])
+            self.manage(words[words.index("manage.py") + 1:], comment)
         elif program == "make":
             makefile = (ROOT / "Makefile").read_text()
             for target in words[1:]:
@@ -218,10 +227,18 @@ class Session:
             raise AssertionError(f"a command this test does not know: {command!r} "
                                  "(mark its block <!-- docs-test: skip: why -->)")
 
-    def manage(self, args: list[str]) -> None:
+    def manage(self, args: list[str], comment: str) -> str:
+        """What the command prints; a refusal fails the test unless the comment says ``# exits N``."""
         out = StringIO()
-        call_command(*args, stdout=out, stderr=StringIO())  # a CommandError fails the test
+        refused = re.match(r"#\s*exits (\d+)\b", comment)
+        if refused:
+            with pytest.raises(CommandError) as caught:
+                call_command(*args, stdout=out, stderr=StringIO())
+            assert caught.value.returncode == int(refused.group(1)), (args, caught.value.returncode, caught.value)
+        else:
+            call_command(*args, stdout=out, stderr=StringIO())
         self.work()
+        return out.getvalue()
 
     def curl(self, words: list[str], comment: str):
         method, headers, data, path = None, {}, None, None
@@ -275,6 +292,8 @@ class Session:
 def parses(block: Block, command: str) -> None:
     """A manage.py line of a block that is not run: its command exists and takes those arguments."""
     words = shlex.split(command)
+    if "|" in words:  # what a command's output goes on to is not checked here
+        words = words[:words.index("|")]
     if "manage.py" not in words:
         return
     name, *args = words[words.index("manage.py") + 1:]
@@ -293,6 +312,7 @@ def session(transactional_db, sent, monkeypatch):
     demo.ensure_reference_data()
     demo.ensure_services(2)
     demo.ensure_capacity(demo.ensure_reference_data(), [])
+    demo.approver_user(), demo.operator_user()  # make run's saga_demo leaves them; the guide acts as them
     admin = get_user_model().objects.get(username="admin")
     return lambda: Session(sent, jobs, {"API": f"{SERVER}/api",
                                         "TOKEN": Token.objects.get_or_create(user=admin)[0].key})
