@@ -122,7 +122,7 @@ def test_changelist_shows_the_gate_where_an_onboarding_ended_another_way(admin_c
     from sagas import start_saga
     from sagas.engine import execute_compensation, execute_step
 
-    saga = start_saga("corporate.employee_onboarding", input=Inputs.onboarding())
+    saga = start_saga("corporate.employee_onboarding", input=Inputs.onboarding(), version=5)  # the gate second
     execute_step(saga.id, 0)
     execute_step(saga.id, 1)  # contract_signature waits for the signature
     end_the_wait(saga)
