@@ -56,6 +56,25 @@ def test_a_parent_waiting_for_its_child_names_the_child_in_flight_and_among_wait
     assert "step_id" not in in_flight and "step_id" not in waiting
 
 
+def test_a_parent_whose_undoing_waits_for_its_childs_names_the_child(db, sent):
+    from sagas.engine import child_ended, execute_compensation
+
+    parent = start_saga(NESTED, input={"fail": {"c": "permanent"}})
+    execute_step(parent.id, 0)
+    execute_step(parent.id, 1)
+    child = SagaInstance.objects.get(parent=parent)
+    for index in range(3):
+        execute_step(child.id, index)
+    child_ended(parent.id, child.id)
+    execute_step(parent.id, 2)  # c refuses: the parent undoes its child as a whole
+    execute_compensation(parent.id, 1)
+
+    row = rows(snapshot.build_snapshot(), "in_flight")[str(parent.pk)]
+
+    assert (row["status"], row["step"], row["step_status"]) == (SagaStatus.COMPENSATING, "child", "compensating")
+    assert (row["child"]["id"], row["child"]["status"]) == (str(child.pk), SagaStatus.COMPENSATING)
+
+
 def test_a_saga_with_no_child_names_none(db, sent):
     saga = start_saga("tests.three_steps", input={})
 
