@@ -23,8 +23,8 @@ from django.db.models import Count, Max
 from django.urls import reverse
 from django.utils import timezone
 
-from ..models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 from ..engine.intervention import PARENT as PAUSED_WITH_PARENT
+from ..models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 from ..selectors import CURRENT_STEP_STATUSES
 
 
@@ -75,6 +75,7 @@ def _link_children(rows: list[dict[str, Any]], exclude: tuple[str, ...]) -> None
     latest: dict[int, SagaInstance] = {}
     if step_ids:
         for child in (SagaInstance.objects.filter(parent_step_id__in=step_ids)
+                      .only("id", "saga_type", "status", "parent_step_id", "created_at")
                       .order_by("parent_step_id", "-created_at")):
             latest.setdefault(child.parent_step_id, child)
     for row in rows:
