@@ -24,3 +24,6 @@ CELERY_TASK_IGNORE_RESULT = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Every scrape computes its figures: tests change rows between two scrapes.
 SAGAS_METRICS_CACHE_SECONDS = 0
+# A worker a test starts to be killed where a child saga's end is committed and its parent not told yet
+# (``tests.testapp.apps.stop_at_child_end``): ``kill:<path>`` or ``hold:<path>``; empty everywhere else.
+TESTS_STOP_AT_CHILD_END = os.environ.get("TESTS_STOP_AT_CHILD_END", "")
