@@ -97,7 +97,7 @@ def test_the_site_builds_strictly_without_a_warning(tmp_path):
     assert done.returncode == 0, output
     assert "WARNING" not in output, output
     assert (tmp_path / "site" / "index.html").exists()
-    assert (tmp_path / "site" / "timeline.png").exists()  # the screenshots travel with the pages
+    assert (tmp_path / "site" / "run-page.png").exists()  # the screenshots travel with the pages
 
 
 def test_every_page_of_docs_is_in_the_sites_navigation():
