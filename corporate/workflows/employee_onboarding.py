@@ -257,6 +257,7 @@ def build_saga(*, version: int, contract_deadline: float) -> Saga:
         version=version,
         description="Hire someone: employee record, signed contract, IT accounts and laptop, payroll, a desk.",
         input_schema=OnboardingInput,
+        rehearsal=version == REHEARSAL_VERSION,
         # Personal data: shown masked to whoever lacks sagas.view_sensitive_data.
         sensitive=("salary", "email", "sent_to"),
         steps=[
@@ -298,6 +299,7 @@ def build_pivot_saga(*, version: int, contract_deadline: float) -> Saga:
         description="Hire someone: employee record, signed contract (the point of no return), IT accounts and "
                     "laptop, payroll, a desk.",
         input_schema=PivotOnboardingInput,
+        rehearsal=version == PIVOT_REHEARSAL_VERSION,
         sensitive=("salary", "email", "sent_to"),
         steps=[
             Step("create_employee_record", create_employee_record_within_band, compensation=withdraw_offer,
