@@ -28,7 +28,9 @@ class Chip:
 
 def status_chips(changelist: ChangeList, request: HttpRequest) -> list[Chip]:
     """"All" and one chip per status, each with its count and the list's URL filtered to it."""
-    rows = changelist.get_queryset(request, exclude_parameters=[STATUS_PARAMETER])
+    status_filter = next((spec.expected_parameters() for spec in changelist.filter_specs
+                          if STATUS_PARAMETER in spec.expected_parameters()), None)
+    rows = changelist.get_queryset(request, exclude_parameters=status_filter)
     counts = dict(rows.order_by().values_list("status").annotate(n=Count("pk")).values_list("status", "n"))
     chosen = request.GET.get(STATUS_PARAMETER, "")
     chips = [Chip("All", "", sum(counts.values()),
