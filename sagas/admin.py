@@ -495,8 +495,9 @@ class SagaInstanceAdmin(StatusChipsMixin, StartSagaMixin, BulkActionsMixin, Saga
         return _cut(saga.saga_type, "type")
 
     @admin.display(description="created (UTC)", ordering="created_at")
-    def created_display(self, saga: SagaInstance) -> str:
-        return f"{saga.created_at:%Y-%m-%d %H:%M:%S}"
+    def created_display(self, saga: SagaInstance) -> SafeString:
+        return format_html('{} <span class="time">{}</span>', f"{saga.created_at:%Y-%m-%d}",
+                           f"{saga.created_at:%H:%M:%S}")
 
     @admin.display(description="current step")
     def current_step_display(self, saga: SagaInstance) -> SafeString | str:
