@@ -50,8 +50,8 @@ class StartForm:
                 for spec in self.fields]
 
     def _shown(self, spec: dict) -> Any:
-        if spec["kind"] == "boolean":
-            return self.values.get(spec["name"], spec["initial"]) if self.values else spec["initial"]
+        if spec["kind"] == "boolean":  # posted: ticked or not; else its default
+            return spec["name"] in self.values if self.values else spec["initial"]
         return self.values.get(spec["name"], spec["initial"])
 
     @property

@@ -184,3 +184,17 @@ def test_a_start_from_the_form_is_what_python_would_store(admin_client, db, sent
 
     from_form = SagaInstance.objects.exclude(pk=by_python.pk).get()
     assert {**from_form.input, "email": "-"} == {**by_python.input, "email": "-"}
+
+
+def test_a_yes_no_field_is_a_tick_box_that_keeps_what_was_chosen(admin_client, db, sent):
+    service = fixtures.service(live_version="1.0.0")
+    page = admin_client.get(START, {"type": "corporate.system_deployment"}).content.decode()
+    assert re.search(r'<input type="checkbox" name="tests_pass"[^>]*checked', page)  # its default: yes
+
+    response = admin_client.post(START, {"type": "corporate.system_deployment", "service": str(service.pk),
+                                         "version": "1.0.0", "healthy": "on"})  # tests_pass left unticked
+
+    page = response.content.decode()
+    assert response.status_code == 400 and "already live" in page
+    assert not re.search(r'<input type="checkbox" name="tests_pass"[^>]*checked', page)
+    assert re.search(r'<input type="checkbox" name="healthy"[^>]*checked', page)
