@@ -319,7 +319,7 @@ SAGAS_METRICS_TOKEN = os.environ.get("SAGAS_METRICS_TOKEN", "")
 # A scrape's figures are computed at most once per this many seconds (kept in the shared cache); 0: every scrape.
 SAGAS_METRICS_CACHE_SECONDS = env_float("SAGAS_METRICS_CACHE_SECONDS", 15.0)
 # The landing page (/) links Flower here; empty: port 5555 of the host the page was asked for. And the
-# guide, when it is served somewhere (empty: the page points to README.md and docs/).
+# guide, when it is served somewhere (empty: the page points to README.md and docs/, which make docs serves).
 SAGAS_FLOWER_URL = os.environ.get("SAGAS_FLOWER_URL", "")
 SAGAS_DOCS_URL = os.environ.get("SAGAS_DOCS_URL", "")
 # A saga that becomes failed is logged at ERROR and mailed to ADMINS, at most

@@ -10,6 +10,9 @@ each test with ``settings.DEBUG`` off, as Django's own test runner does.
 import os
 
 os.environ.setdefault("DEBUG", "1")
+# The shared Redis cache is keyed per test run (the workers a run starts inherit the variable), so
+# runs at once on one machine never see, or clear, each other's throttle counts and cached figures.
+os.environ.setdefault("CACHE_KEY_PREFIX", f"test-{os.getpid()}")
 
 from .settings import *  # noqa: E402,F401,F403
 from .settings import CELERY_BROKER_URL, INSTALLED_APPS  # noqa: E402
@@ -21,3 +24,6 @@ CELERY_TASK_IGNORE_RESULT = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Every scrape computes its figures: tests change rows between two scrapes.
 SAGAS_METRICS_CACHE_SECONDS = 0
+# A worker a test starts to be killed where a child saga's end is committed and its parent not told yet
+# (``tests.testapp.apps.stop_at_child_end``): ``kill:<path>`` or ``hold:<path>``; empty everywhere else.
+TESTS_STOP_AT_CHILD_END = os.environ.get("TESTS_STOP_AT_CHILD_END", "")

@@ -31,6 +31,7 @@ from django.contrib.auth.models import Permission
 from sagas import InvalidTransition, UnknownSignalToken, complete_step, fail_step, resume, skip_step, start_saga
 from sagas.analytics import percentile
 from sagas.engine.compensation import AFTER_PIVOT
+from sagas.engine.forward import CONDITION_FALSE
 from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 
 from . import esignature, invariants, services
@@ -45,6 +46,7 @@ from .models import (
     SignatureEnvelope,
 )
 from .sagas import (
+    ALL_TYPES,
     BUDGET_APPROVAL,
     EMPLOYEE_ONBOARDING,
     GATED_TYPES,
@@ -54,6 +56,7 @@ from .sagas import (
     SYSTEM_DEPLOYMENT,
 )
 from .selectors import desks_free_count, laptops_free_count
+from .workflows.employee_onboarding import PIVOT_VERSION
 from .workflows.order_fulfillment import CARRIERS
 
 DEMO_RULE_NOTE = "saga_demo"
@@ -96,6 +99,7 @@ DEMO_OPERATOR = "demo-operator"
 OPERATOR_PERMISSIONS = ("view_sagainstance", "pause_saga")
 MAX_RESUMES = 3  # a step that fails again after this many resumes is done by hand
 SCARCE_LAPTOP = "MacBook Pro 16"  # IT keeps none in the pool: it buys one when a hire asks for it
+UNSTOCKED_LAPTOP = "Framework 16"  # IT never stocks it: a hire asking for it is refused by IT's child saga
 NEW_FLOOR = 40  # no desk there yet
 TYPO_DOMAIN, MAIL_DOMAIN = "exmaple.com", "example.com"  # a customer's mistyped address, and the right one
 
@@ -109,6 +113,7 @@ class Planned:
     decisions: dict = field(default_factory=dict)  # gate -> APPROVE / REJECT / IGNORE (else the approver's dice)
     version: int | None = None  # None: the latest (REHEARSAL_VERSIONS: deadlines of seconds)
     remedy: str | None = None  # what the operator does when it pauses (an example's must be done)
+    child: str | None = None  # the final status its child saga must reach (an onboarding's IT provisioning)
 
 
 @dataclass
@@ -214,8 +219,8 @@ def plan_random(world: World, count: int, rng: random.Random, seed: int) -> list
                 "department": world.departments[rng.choice(sorted(world.departments))].pk,
                 "salary": str(rng.randrange(40000, 120000, 500)),
                 "role": rng.choice(["engineer", "analyst", "account manager", "designer"]),
-                # One hire in four asks for a model IT keeps none of: it pauses after the signature.
-                **({"laptop_model": SCARCE_LAPTOP} if rng.random() < 0.25 else {}),
+                # One hire in four asks for a floor with no desk: it pauses after the signature.
+                **({"floor": NEW_FLOOR} if rng.random() < 0.25 else {}),
             }
         elif saga_type == BUDGET_APPROVAL:
             data = {
@@ -248,15 +253,16 @@ def plan_examples(world: World) -> list[Planned]:
         data = {"customer": customer, "product": keyboard, "quantity": 1, "ship_to": "DE", **extra}
         return Planned(ORDER_FULFILLMENT, data, label, expected, version=version, remedy=remedy)
 
-    def hire(label, expected, first, salary="85000", remedy=None, decision=APPROVE, **extra):
+    def hire(label, expected, first, salary="85000", remedy=None, decision=APPROVE, version=None, child=None,
+             **extra):
         data = {"name": f"Example {first}", "email": f"{first.lower()}.{stamp}@corp.example", "department": eng,
                 "salary": salary, "role": "engineer", **extra}
         return Planned(EMPLOYEE_ONBOARDING, data, label, expected, decisions={"contract_signature": decision},
-                       remedy=remedy)
+                       remedy=remedy, version=version, child=child)
 
-    def budget(label, expected, amount, **decisions):
+    def budget(label, expected, amount, version=None, **decisions):
         data = {"department": eng, "amount": amount, "purpose": f"example: {label}"}
-        return Planned(BUDGET_APPROVAL, data, label, expected, decisions=decisions)
+        return Planned(BUDGET_APPROVAL, data, label, expected, decisions=decisions, version=version)
 
     return [
         order("order ships", SUCCEEDED, ada),
@@ -267,15 +273,22 @@ def plan_examples(world: World) -> list[Planned]:
         order("order paused: mail bounced; address fixed", SUCCEEDED, typo_customer(stamp).pk, remedy=FIX_ADDRESS),
         order("order paused: mail bounced; phoned instead", SUCCEEDED, world.customers["bounce@example.com"].pk,
               remedy=CONFIRM_BY_PHONE),
-        hire("onboarding completes: contract signed", SUCCEEDED, "Hire"),
-        hire("onboarding undone: contract declined", COMPENSATED, "Doubter", salary="70000", decision=REJECT),
+        # The latest onboarding: IT's provisioning is a child saga, undone with its parent before the signature.
+        hire("onboarding completes: IT child, contract signed", SUCCEEDED, "Hire", child=SUCCEEDED),
+        hire("onboarding undone with its IT child: declined", COMPENSATED, "Doubter", salary="70000",
+             decision=REJECT, child=COMPENSATED),
+        hire("onboarding undone: IT child found no laptop", COMPENSATED, "Picky", child=COMPENSATED,
+             laptop_model=UNSTOCKED_LAPTOP),
         hire("onboarding refused: salary above band", COMPENSATED, "Star", salary="900000"),
+        # Version 5, still registered: IT after the signature, where an empty pool pauses the hire.
         hire("onboarding paused: no laptop of its model", SUCCEEDED, "Coder", remedy=ADD_LAPTOP,
-             laptop_model=SCARCE_LAPTOP),
-        hire("onboarding paused: no desk on its floor", SUCCEEDED, "Newcomer", remedy=ANY_FLOOR, floor=NEW_FLOOR),
+             version=PIVOT_VERSION, laptop_model=SCARCE_LAPTOP),
+        hire("onboarding paused: no desk on its floor", SUCCEEDED, "Newcomer", remedy=ANY_FLOOR, floor=NEW_FLOOR,
+             child=SUCCEEDED),
         budget("budget approved by the executive", SUCCEEDED, "20000",
                manager_approval=APPROVE, executive_signoff=APPROVE),
         budget("budget below the threshold: no executive", SUCCEEDED, "900", manager_approval=APPROVE),
+        budget("budget below the threshold, version 3", SUCCEEDED, "800", version=3, manager_approval=APPROVE),
         budget("budget refused by the executive", COMPENSATED, "40000",
                manager_approval=APPROVE, executive_signoff=REJECT),
         Planned(SYSTEM_DEPLOYMENT, {"service": _service(0).pk, "version": f"example-{stamp}-ok"},
@@ -338,7 +351,9 @@ class Approver:
 
     def tick(self) -> None:
         now = time.monotonic()
-        waiting = StepRecord.objects.filter(saga_id__in=list(self.plans), status=StepStatus.WAITING).values_list(
+        # A ChildSaga step waits for its child saga, not for a person: its child's end moves it.
+        waiting = StepRecord.objects.filter(saga_id__in=list(self.plans), status=StepStatus.WAITING).exclude(
+            pk__in=SagaInstance.objects.filter(parent_id__in=list(self.plans)).values("parent_step")).values_list(
             "saga_id", "name", "attempts")
         for saga_id, step, attempt in waiting:
             key = (saga_id, step, attempt)
@@ -567,6 +582,7 @@ def gate_figures(saga_ids: list) -> list[GateFigures]:
     """Per gate: how long its waits lasted (p50, p95) and how they ended, from the sagas' events."""
     rows = SagaEvent.objects.filter(saga_id__in=saga_ids, saga__saga_type__in=GATED_TYPES, kind__in=(
         EventKind.STEP_WAITING, EventKind.STEP_SIGNALLED, EventKind.STEP_FAILED, EventKind.STEP_SUCCEEDED,
+        EventKind.STEP_SKIPPED,
     )).order_by("created_at", "pk").values_list("saga_id", "saga__saga_type", "step__name", "kind", "detail",
                                                 "created_at")
     figures: dict = {}
@@ -574,6 +590,12 @@ def gate_figures(saga_ids: list) -> list[GateFigures]:
     for saga_id, saga_type, step, kind, detail, at in rows:
         detail = detail or {}
         key = (saga_id, step)
+        if detail.get("child_saga"):
+            continue  # a ChildSaga step waits for its child saga: not a gate
+        if kind == EventKind.STEP_SKIPPED:
+            if detail.get("reason") == CONDITION_FALSE:  # a gate whose condition (when=) was false: no wait
+                figures.setdefault((saga_type, step), GateFigures(saga_type, step)).skipped += 1
+            continue
         if kind == EventKind.STEP_WAITING:
             began[key] = (at, saga_type)
             figures.setdefault((saga_type, step), GateFigures(saga_type, step))
@@ -602,13 +624,14 @@ def gate_figures(saga_ids: list) -> list[GateFigures]:
 
 
 def failure_rules_install(*, rate: float, seed: int | None) -> list[dict]:
-    """Every corporate saga type, every step: ``rate / 2`` transient and ``rate / 2`` permanent.
+    """Every corporate saga type (child sagas included), every step: ``rate / 2`` transient and ``rate / 2``
+    permanent.
 
     Returns the rules these replaced, for ``failure_rules_remove`` to put back.
     """
-    replaced = list(FailureInjectionRule.objects.filter(saga_type__in=SAGA_TYPES, step="*").exclude(
+    replaced = list(FailureInjectionRule.objects.filter(saga_type__in=ALL_TYPES, step="*").exclude(
         note=DEMO_RULE_NOTE).values("saga_type", "step", "transient", "permanent", "seed", "note"))
-    for saga_type in SAGA_TYPES:
+    for saga_type in ALL_TYPES:  # IT's provisioning too: a child that fails for good undoes its parent
         services.failure_rule_set(saga_type=saga_type, step="*", transient=rate / 2, permanent=rate / 2,
                                   seed=seed, note=DEMO_RULE_NOTE)
     return replaced

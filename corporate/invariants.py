@@ -16,10 +16,11 @@ from decimal import Decimal
 from typing import Iterable, NamedTuple
 
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Sum
+from django.db.models import Count, Q, Sum
 
 from sagas import registry
 from sagas.errors import UnknownSagaType
+from sagas.invariants import tree_problems
 from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 
 from .models import (
@@ -47,11 +48,12 @@ from .models import (
     ShipmentStatus,
 )
 from .sagas import (
+    ALL_TYPES,
     BUDGET_APPROVAL,
     EMPLOYEE_ONBOARDING,
     GATED_TYPES,
+    IT_PROVISIONING,
     ORDER_FULFILLMENT,
-    SAGA_TYPES,
     SYSTEM_DEPLOYMENT,
 )
 
@@ -215,6 +217,52 @@ def compensated_onboardings_clean(saga_ids: Iterable | None = None) -> Invariant
                    f"{len(ids)} compensated onboardings")
 
 
+def compensated_onboardings_undo_their_provisioning(saga_ids: Iterable | None = None) -> Invariant:
+    """A compensated onboarding (version 7 on) leaves its IT provisioning child compensated, never succeeded."""
+    ids = _saga_ids(EMPLOYEE_ONBOARDING, SagaStatus.COMPENSATED, saga_ids)
+    children = SagaInstance.objects.filter(parent_id__in=ids, saga_type=IT_PROVISIONING)
+    problems = [f"onboarding {parent}: its provisioning {child} is {status}" for child, parent, status in
+                children.exclude(status=SagaStatus.COMPENSATED).values_list("pk", "parent_id", "status")]
+    return _result("compensated onboardings: their IT provisioning compensated too", problems,
+                   f"{len(ids)} compensated onboardings, {children.count()} provisioning children")
+
+
+def compensated_provisionings_clean(saga_ids: Iterable | None = None) -> Invariant:
+    """A compensated IT provisioning leaves its employee no active account, licence seat or laptop (unless a
+    later provisioning of the same employee succeeded)."""
+    sagas = SagaInstance.objects.filter(saga_type=IT_PROVISIONING)
+    if saga_ids is not None:
+        ids = list(saga_ids)
+        sagas = sagas.filter(Q(pk__in=ids) | Q(parent_id__in=ids))  # the onboardings' children too
+    compensated = list(sagas.filter(status=SagaStatus.COMPENSATED).values_list("pk", "input"))
+    provisioned = {(data or {}).get("employee") for data in SagaInstance.objects.filter(
+        saga_type=IT_PROVISIONING, status=SagaStatus.SUCCEEDED).values_list("input", flat=True)}
+    employees = {(data or {}).get("employee"): pk for pk, data in compensated}
+    employees = {e: pk for e, pk in employees.items() if e is not None and e not in provisioned}
+    problems = []
+    for label, rows in (
+        ("active account", Account.objects.filter(employee__in=list(employees), active=True)),
+        ("licence held", Account.objects.filter(employee__in=list(employees), holds_licence=True)),
+        ("laptop", LaptopAssignment.objects.filter(employee__in=list(employees), returned_at__isnull=True)),
+    ):
+        for employee_id in rows.values_list("employee", flat=True):
+            problems.append(f"provisioning {employees[employee_id]}: employee {employee_id}: {label} left")
+    return _result("compensated IT provisionings: no active account, licence or laptop left", problems,
+                   f"{len(compensated)} compensated provisionings")
+
+
+def trees_consistent(saga_ids: Iterable | None = None) -> Invariant:
+    """The engine's rules between parents and children (``sagas.invariants.tree_problems``), over these sagas."""
+    parents = SagaInstance.objects.filter(saga_type__in=ALL_TYPES)
+    if saga_ids is not None:
+        parents = parents.filter(pk__in=list(saga_ids))
+    broken = tree_problems(parents)
+    problems = [f"saga {parent}: {problem}" for parent, found in broken.items() for problem in found]
+    children = SagaInstance.objects.filter(parent__in=parents).count()
+    return _result("parents agree with their child sagas (a compensated one has no succeeded child)", problems,
+                   f"{children} child sagas")
+
+
 def paused_onboardings_keep_the_hire(saga_ids: Iterable | None = None) -> Invariant:
     """An onboarding paused past its pivot (the contract signed) keeps its employee and contract."""
     ids = _paused_past_pivot(EMPLOYEE_ONBOARDING, saga_ids)
@@ -301,6 +349,16 @@ def gates_passed_with_a_permitted_signal(saga_ids: Iterable | None = None) -> In
     users = {u.pk: u for u in get_user_model().objects.filter(pk__in={
         d.get("by_user_id") for details in signals.values() for d in details if d.get("by_user_id")})}
     problems, gates_passed = [], 0
+    # Version 5 on, the executive step is skipped by its condition (``when=``): allowed only at or below the
+    # threshold, as its ``SkipWait`` was before.
+    for saga_id, saga_type, version, step in SagaEvent.objects.filter(
+            saga__in=sagas, kind=EventKind.STEP_SKIPPED, detail__reason="condition false").values_list(
+            "saga_id", "saga__saga_type", "saga__version", "step__name"):
+        if _gates(saga_type, version).get(step, False) is False:
+            continue
+        gates_passed += 1
+        if not _may_skip(step, requests.get(saga_id)):
+            problems.append(f"saga {saga_id}: {step} skipped by its condition")
     for saga_id, saga_type, version, step, detail in passed:
         permission = _gates(saga_type, version).get(step, False)
         if permission is False:
@@ -353,7 +411,7 @@ def compensated_deployments_rolled_back(saga_ids: Iterable | None = None) -> Inv
 
 def skipped_steps_hold_the_persons_result(saga_ids: Iterable | None = None) -> Invariant:
     """A step a person skipped (``skip_step``) holds as its result exactly what they gave."""
-    events = SagaEvent.objects.filter(saga__saga_type__in=SAGA_TYPES, kind=EventKind.STEP_SKIPPED,
+    events = SagaEvent.objects.filter(saga__saga_type__in=ALL_TYPES, kind=EventKind.STEP_SKIPPED,
                                       detail__has_key="result")
     if saga_ids is not None:
         events = events.filter(saga_id__in=list(saga_ids))
@@ -379,10 +437,13 @@ def check_all(saga_ids: Iterable | None = None) -> list[Invariant]:
         paused_orders_hold_charge_and_shipment(ids),
         assets_not_shared(),
         compensated_onboardings_clean(ids),
+        compensated_onboardings_undo_their_provisioning(ids),
+        compensated_provisionings_clean(ids),
         paused_onboardings_keep_the_hire(ids),
         budgets_within_limits(),
         compensated_budget_requests_reserve_nothing(ids),
         compensated_deployments_rolled_back(ids),
         gates_passed_with_a_permitted_signal(ids),
         skipped_steps_hold_the_persons_result(ids),
+        trees_consistent(ids),
     ]

@@ -120,6 +120,19 @@ def masked(value: Any, fields: frozenset[str]) -> Any:
     return value
 
 
+def masked_saga(data: dict) -> dict:
+    """A saga as the API answers it (``SagaInstanceOutputSerializer``'s data) with its sensitive fields
+    masked: its input, its results and each step's result (the API's and the command line's)."""
+    fields = sensitive_fields(data["saga_type"])
+    if not fields:
+        return data
+    data["input"] = masked(data["input"], fields)
+    data["results"] = masked(data["results"], fields)
+    for step in data.get("steps", []):
+        step["result"] = masked(step["result"], fields)
+    return data
+
+
 def shown(user: Any, saga_type: str, value: Any) -> Any:
     """``value`` (an input, an output, an event's detail) as ``user`` may see it."""
     if sees_sensitive(user):

@@ -30,9 +30,7 @@ from .models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, S
 from .selectors import saga_tree, with_current_step
 from .live.snapshot import why_it_waits
 from .sentences import describe_event
-from .timeline import timeline_svg
-
-TIMELINE_LIMIT = 1000
+from .run_page import compensation_summary, run_page
 
 # The admin index leads to the live page (/admin/sagas/live/) first.
 admin.site.index_template = "admin/sagas/index.html"
@@ -278,68 +276,6 @@ def intervene(
 # --- saga instances ----------------------------------------------------------------
 
 
-class StepRecordInline(ReadOnlyMixin, admin.TabularInline):
-    model = StepRecord
-    extra = 0
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """Whoever may read the saga (``obj``) sees its steps."""
-        return access.may(request.user, "view", obj) if obj is not None else access.may(request.user, "view")
-
-    can_delete = False
-    show_change_link = True
-    fields = ("index", "name", "parallel", "status", "attempts", "compensation", "error_excerpt", "started_at",
-              "finished_at")
-    readonly_fields = fields
-
-    @admin.display(description="runs")
-    def parallel(self, record: StepRecord) -> str:
-        return parallel_summary(record)
-
-    @admin.display(description="compensation")
-    def compensation(self, record: StepRecord) -> str:
-        return compensation_summary(record)
-
-    @admin.display(description="error")
-    def error_excerpt(self, record: StepRecord) -> str:
-        return truncatechars(record.error, 120)
-
-
-def parallel_summary(record: StepRecord) -> str:
-    """How the step runs: alone, or at once with the other members of its Parallel; the pivot says so."""
-    runs = f"in parallel: {record.parallel_group}" if record.parallel_group else "alone"
-    role = pivot_role(record)
-    return f"{runs}; {role}" if role else runs
-
-
-def pivot_role(record: StepRecord) -> str:
-    """``pivot`` (the point of no return), ``after the pivot``, or "" (before it, or no pivot)."""
-    try:
-        definition = engine.definition_of(record.saga)
-    except SagaError:
-        return ""
-    if definition.pivot_index == record.index:
-        return "pivot (point of no return)"
-    return "after the pivot (goes forward only)" if definition.after_pivot(record.index) else ""
-
-
-def compensation_summary(record: StepRecord) -> str:
-    """Where the step's undo stands, in words (a step without a compensation is left as is when undoing)."""
-    if not record.has_compensation:
-        return "none (left as is if the saga is undone)"
-    attempts = record.compensation_attempts
-    if record.status == StepStatus.COMPENSATED:
-        when = f" at {record.compensated_at:%Y-%m-%d %H:%M:%S}" if record.compensated_at else ""
-        return f"compensated{when} ({attempts} attempt(s))"
-    if record.status == StepStatus.COMPENSATION_FAILED:
-        error = truncatechars(record.compensation_error, 120)
-        return format_html('<span style="color:#ba2121">compensation failed after {} attempt(s): {}</span>',
-                           attempts, error)
-    if record.status == StepStatus.COMPENSATING:
-        return f"compensating (attempt {attempts})"
-    return "undoable"
-
-
 class WaitingForPersonFilter(admin.SimpleListFilter):
     """Sagas with a step waiting for a signal (a person's decision, or another system's callback)."""
 
@@ -429,7 +365,6 @@ class SagaInstanceAdmin(StatusChipsMixin, StartSagaMixin, BulkActionsMixin, Saga
     list_filter = ("status", PausedFilter, WaitingForPersonFilter, HeldBySweeperFilter, "saga_type", "created_at")
     search_fields = ("saga_type", "idempotency_key")
     show_full_result_count = False
-    inlines = [StepRecordInline]
     actions = ["resubmit_sagas", "cancel_sagas", "pause_sagas", "resume_sagas", "retry_compensation_sagas",
                "release_sagas", *BULK_ACTIONS]
     fieldsets = (
@@ -438,13 +373,11 @@ class SagaInstanceAdmin(StatusChipsMixin, StartSagaMixin, BulkActionsMixin, Saga
         ("Timing", {"fields": ("created_at", "started_at", "finished_at", "duration_display",
                                "cancel_requested_at", "updated_at", "due_at")}),
         ("Data", {"fields": ("input_pretty", "results_pretty")}),
-        ("Timeline", {"fields": ("timeline_chart", "timeline")}),
     )
     readonly_fields = (
         "id", "saga_type", "version", "status_badge", "error", "idempotency_key", "resubmitted_from_link",
         "resubmissions_links", "parent_link", "children_tree", "created_at", "started_at", "finished_at", "duration_display",
-        "cancel_requested_at", "updated_at", "due_at", "input_pretty", "results_pretty", "timeline_chart",
-        "timeline",
+        "cancel_requested_at", "updated_at", "due_at", "input_pretty", "results_pretty",
     )
 
     saga_path = ""
@@ -542,12 +475,7 @@ class SagaInstanceAdmin(StatusChipsMixin, StartSagaMixin, BulkActionsMixin, Saga
     @admin.display(description="child sagas")
     def children_tree(self, saga: SagaInstance) -> SafeString | str:
         """Its descendants this user may read, as a tree with their statuses (``selectors.saga_tree``)."""
-        tree = saga_tree(_VIEWER.get(), saga)
-        if not tree["root"]["children"]:
-            return "-"
-        more = format_html("<p>Only the first {} sagas of the tree are shown.</p>", tree["nodes"]) \
-            if tree["truncated"] else ""
-        return format_html('<div class="saga-tree">{}{}</div>', _tree_list(tree["root"]["children"]), more)
+        return children_tree_html(saga_tree(_VIEWER.get(), saga))
 
     @admin.display(description="input")
     def input_pretty(self, saga: SagaInstance) -> SafeString:
@@ -556,38 +484,6 @@ class SagaInstanceAdmin(StatusChipsMixin, StartSagaMixin, BulkActionsMixin, Saga
     @admin.display(description="results")
     def results_pretty(self, saga: SagaInstance) -> SafeString:
         return _pretty_json(shown(saga.saga_type, saga.current_results))
-
-    @admin.display(description="picture")
-    def timeline_chart(self, saga: SagaInstance) -> SafeString:
-        """Bars per attempt, wait and compensation on a time axis (``sagas.timeline``)."""
-        events = list(saga.events.order_by("created_at", "id")[:TIMELINE_LIMIT])
-        try:
-            pivot = engine.definition_of(saga).pivot_index
-        except SagaError:
-            pivot = None
-        return timeline_svg(events, saga.steps.all(), start=saga.created_at, end=saga.finished_at,
-                            now=timezone.now(), pivot=pivot)
-
-    @admin.display(description="events, oldest first")
-    def timeline(self, saga: SagaInstance) -> SafeString:
-        """The audit trail as sentences: every transition, in the order it happened."""
-        events = list(saga.events.select_related("step").order_by("created_at", "id")[: TIMELINE_LIMIT + 1])
-        for event in events:  # as this user may see them (never saved)
-            event.detail = shown(saga.saga_type, event.detail)
-        rows = format_html_join(
-            "\n", '<tr><td style="white-space:nowrap">{}</td><td>{}</td><td><small><code>{}</code></small></td></tr>',
-            (
-                (f"{event.created_at:%Y-%m-%d %H:%M:%S.%f}"[:-3], describe_event(event), event.kind)
-                for event in events[:TIMELINE_LIMIT]
-            ),
-        )
-        more = format_html("<p>Only the first {} events are shown.</p>", TIMELINE_LIMIT) \
-            if len(events) > TIMELINE_LIMIT else ""
-        return format_html(
-            '<table class="saga-timeline"><thead><tr><th>time (UTC)</th><th>what happened</th>'
-            "<th>kind</th></tr></thead><tbody>{}</tbody></table>{}",
-            rows, more,
-        )
 
     # --- actions ---
 
@@ -678,7 +574,7 @@ class SagaInstanceAdmin(StatusChipsMixin, StartSagaMixin, BulkActionsMixin, Saga
         return HttpResponseRedirect(reverse("admin:sagas_sagainstance_change", args=[saga.pk]))
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
-        """The saga's page shows only the buttons whose intervention applies to it now."""
+        """The saga's run page (``sagas.run_page``), with only the buttons whose intervention applies to it now."""
         saga = self._saga_for(request, object_id)
         names = [name for name in applicable_interventions(saga)
                  if access.may(request.user, INTERVENTIONS[name][2], saga)] if saga else []
@@ -702,8 +598,21 @@ class SagaInstanceAdmin(StatusChipsMixin, StartSagaMixin, BulkActionsMixin, Saga
                 "skippable": [{"record": r, "url": reverse("admin:sagas_sagainstance_skip", args=[object_id, r.name])}
                               for r in skippable_steps(saga)],
             } if pausing else None,
+            **(self._run_context(saga, request.user) if saga else {}),
         }
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def _run_context(self, saga: SagaInstance, user: Any) -> dict:
+        """What the run page shows of the saga, as ``user`` may see it."""
+        run = run_page(saga, user)
+        return {
+            "run": run,
+            "status_colour": STATUS_COLOURS.get(saga.status, "#777"),
+            "parent_link": self.parent_link(saga) if saga.parent_id else "",
+            "resubmitted_from_link": self.resubmitted_from_link(saga),
+            "resubmissions_links": self.resubmissions_links(saga),
+            "children_tree": children_tree_html(run["tree"]),
+        }
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
         start_url = reverse("admin:sagas_sagainstance_start") if access.may(request.user, "start") else ""
@@ -722,6 +631,15 @@ class SagaInstanceAdmin(StatusChipsMixin, StartSagaMixin, BulkActionsMixin, Saga
 def _cut(text: str, kind: str) -> SafeString:
     """``text`` in a list column cut to its width with an ellipsis (the change list's CSS), whole in its tooltip."""
     return format_html('<span class="cut cut-{}" title="{}">{}</span>', kind, text, truncatechars(text, 300))
+
+
+def children_tree_html(tree: dict) -> SafeString | str:
+    """A ``selectors.saga_tree`` below its root as nested lists ("-" when the saga has no child)."""
+    if not tree["root"]["children"]:
+        return "-"
+    more = format_html("<p>Only the first {} sagas of the tree are shown.</p>", tree["nodes"]) \
+        if tree["truncated"] else ""
+    return format_html('<div class="saga-tree">{}{}</div>', _tree_list(tree["root"]["children"]), more)
 
 
 def _tree_list(nodes: list[dict]) -> SafeString:

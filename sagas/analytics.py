@@ -11,6 +11,12 @@ interpolated here exactly as ``percentile`` does. The same code runs on
 SQLite and PostgreSQL. Results are plain dataclasses with ``as_dict()`` for
 the admin, the API or a report.
 
+Child sagas (started by a ``ChildSaga`` step) are sagas of their own type
+and counted as any other; every figure of a type says how many of its sagas
+were ``roots`` and how many ``children``, and ``root=True`` (only roots) or
+``root=False`` (only children) narrows any of the functions below to one
+kind. A child is told by its ``depth``, which never changes.
+
 - ``saga_type_stats(...)``: one ``SagaTypeStats`` per saga type.
 - ``overall_stats(...)``: the same figures over every type together.
 - ``step_stats(...)``: one ``StepStats`` per saga type and step.
@@ -23,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Iterable
 
 from django.db import connections
-from django.db.models import Count, DurationField, Expression, ExpressionWrapper, F, OrderBy, QuerySet, Sum, Window
+from django.db.models import Count, DurationField, Expression, ExpressionWrapper, F, OrderBy, Q, QuerySet, Sum, Window
 from django.db.models.functions import Coalesce, Collate, RowNumber
 
 from .models import FORWARD_DONE_STATUSES, SagaInstance, SagaStatus, StepRecord, StepStatus
@@ -58,6 +64,8 @@ class SagaTypeStats:
     p50_seconds: float | None  # duration of finished instances, started -> finished
     p95_seconds: float | None
     top_errors: list[ErrorCount] = field(default_factory=list)
+    roots: int = 0  # of ``total``: root sagas (no parent)
+    children: int = 0  # of ``total``: child sagas (started by another saga's ``ChildSaga`` step)
 
     @property
     def active(self) -> int:
@@ -119,8 +127,11 @@ def capped_since(since: datetime, until: datetime | None, now: datetime, limit: 
     return max(since, (until or now) - timedelta(seconds=limit))
 
 
-def _sagas(since: datetime | None, until: datetime | None, saga_type: str | Iterable[str] | None) -> QuerySet:
+def _sagas(since: datetime | None, until: datetime | None, saga_type: str | Iterable[str] | None,
+           root: bool | None = None) -> QuerySet:
     rows = SagaInstance.objects.all()
+    if root is not None:
+        rows = rows.filter(depth=0) if root else rows.filter(depth__gt=0)
     if since is not None:
         rows = rows.filter(created_at__gte=since)
     if until is not None:
@@ -197,7 +208,7 @@ def _saga_duration() -> Expression:
 
 
 def _saga_figures(saga_type: str, counts: dict[str, int], quantiles: dict[float, float],
-                  errors: list[ErrorCount]) -> SagaTypeStats:
+                  errors: list[ErrorCount], children: int = 0) -> SagaTypeStats:
     full = {status: counts.get(status, 0) for status in SagaStatus.values}
     finished = full[SagaStatus.SUCCEEDED] + full[SagaStatus.COMPENSATED] + full[SagaStatus.FAILED]
     return SagaTypeStats(
@@ -210,39 +221,49 @@ def _saga_figures(saga_type: str, counts: dict[str, int], quantiles: dict[float,
         p50_seconds=quantiles.get(0.50),
         p95_seconds=quantiles.get(0.95),
         top_errors=errors,
+        roots=sum(full.values()) - children,
+        children=children,
     )
 
 
 def _saga_stats(rows: QuerySet, keys: tuple[str, ...], top_errors: int) -> dict[tuple, SagaTypeStats]:
     """Per group of ``keys`` (none: all rows together) the saga figures, in four queries."""
     counts: dict[tuple, dict[str, int]] = defaultdict(dict)
-    for *group, status, n in rows.values_list(*keys, "status").annotate(n=Count("pk")):
+    children: dict[tuple, int] = defaultdict(int)
+    for *group, status, n, young in rows.values_list(*keys, "status").annotate(
+            n=Count("pk"), young=Count("pk", filter=Q(depth__gt=0))):
         counts[tuple(group)][status] = n
+        children[tuple(group)] += young
     gave_up = rows.filter(status__in=(SagaStatus.COMPENSATED, SagaStatus.FAILED))
     errors = _top_errors(gave_up, keys, "error", top_errors)
     quantiles = _quantiles(rows.filter(finished_at__isnull=False), keys, _saga_duration())
     return {group: _saga_figures(group[0] if group else ALL_TYPES, counts[group], quantiles.get(group, {}),
-                                 _top(errors.get(group, []), top_errors))
+                                 _top(errors.get(group, []), top_errors), children[group])
             for group in sorted(counts)}
 
 
 def saga_type_stats(*, since: datetime | None = None, until: datetime | None = None,
-                    saga_type: str | Iterable[str] | None = None, top_errors: int = TOP_ERRORS) -> list[SagaTypeStats]:
-    """Per saga type: counts by status, success and compensation rates, p50/p95 duration, top errors."""
-    return list(_saga_stats(_sagas(since, until, saga_type), ("saga_type",), top_errors).values())
+                    saga_type: str | Iterable[str] | None = None, root: bool | None = None,
+                    top_errors: int = TOP_ERRORS) -> list[SagaTypeStats]:
+    """Per saga type: counts by status (roots and children), success and compensation rates, p50/p95
+    duration, top errors. ``root``: only root sagas (True) or only child sagas (False)."""
+    return list(_saga_stats(_sagas(since, until, saga_type, root), ("saga_type",), top_errors).values())
 
 
 def overall_stats(*, since: datetime | None = None, until: datetime | None = None,
-                  saga_type: str | Iterable[str] | None = None, top_errors: int = TOP_ERRORS) -> SagaTypeStats:
+                  saga_type: str | Iterable[str] | None = None, root: bool | None = None,
+                  top_errors: int = TOP_ERRORS) -> SagaTypeStats:
     """The same figures as ``saga_type_stats`` over every selected type together (``saga_type`` is ``*``)."""
-    stats = _saga_stats(_sagas(since, until, saga_type), (), top_errors)
+    stats = _saga_stats(_sagas(since, until, saga_type, root), (), top_errors)
     return stats.get((), _saga_figures(ALL_TYPES, {}, {}, []))
 
 
 def step_stats(*, since: datetime | None = None, until: datetime | None = None,
-               saga_type: str | Iterable[str] | None = None, top_errors: int = TOP_ERRORS) -> list[StepStats]:
-    """Per saga type and step: counts by status, success and compensation rates, retries, p50/p95, top errors."""
-    sagas = _sagas(since, until, saga_type)
+               saga_type: str | Iterable[str] | None = None, root: bool | None = None,
+               top_errors: int = TOP_ERRORS) -> list[StepStats]:
+    """Per saga type and step: counts by status, success and compensation rates, retries, p50/p95, top errors
+    (``root``: of the steps of root sagas only, or of child sagas only)."""
+    sagas = _sagas(since, until, saga_type, root)
     records = StepRecord.objects.filter(saga__in=sagas).order_by()
     keyed = ("saga__saga_type", "index", "name")
     counts: dict[tuple, dict[str, int]] = defaultdict(dict)

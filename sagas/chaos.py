@@ -1,10 +1,12 @@
 """The sagas ``saga_chaos`` runs, the effects their steps leave, and how a run is judged.
 
-Three workloads, one saga type each: ``sagas.chaos`` (the plain one: a step,
+Four workloads: ``sagas.chaos`` (the plain one: a step,
 a Parallel of two, a step), ``sagas.chaos.fanout`` (a step, a Parallel of 24
-members one of which may refuse while its siblings are claimed, a step) and
+members one of which may refuse while its siblings are claimed, a step),
 ``sagas.chaos.long`` (a step, a step that works for tens of seconds, two
-steps). Every action applies a real effect in this database (a ``ChaosEffect`` row
+steps) and ``sagas.chaos.nested`` (a step, a child saga, a Parallel of a
+child saga and a step, a step: children of ``sagas.chaos.nested.child``,
+undone as a whole when their parent fails after them). Every action applies a real effect in this database (a ``ChaosEffect`` row
 keyed by the step's idempotency key) and every compensation marks it undone,
 so a run can tell from the rows alone whether an effect was applied twice,
 is missing after success, or was left in place after compensation.
@@ -30,14 +32,16 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from .analytics import percentile
-from .definitions import Parallel, Retry, Saga, Step
-from .errors import PermanentError
+from .definitions import ChildSaga, Parallel, Retry, Saga, Step, registry
+from .errors import PermanentError, UnknownSagaType
 from .invariants import FINAL_EVENT, Check
 from .models import ChaosEffect, EventKind, SagaInstance, SagaStatus, StepStatus
 
 CHAOS_SAGA = "sagas.chaos"
 FANOUT_SAGA = "sagas.chaos.fanout"
 LONG_SAGA = "sagas.chaos.long"
+NESTED_SAGA = "sagas.chaos.nested"
+NESTED_CHILD_SAGA = "sagas.chaos.nested.child"
 
 # --- the saga ----------------------------------------------------------------------
 #
@@ -175,6 +179,50 @@ long_saga = Saga(
 LONG_REFUSING_STEPS = ("l3",)
 
 
+# --- the nested saga ------------------------------------------------------------------
+#
+# Input: ``sleep`` (seconds a step works, the children's too), ``fail`` (the
+# parent's step that refuses for good: ``n2``, after both children succeeded,
+# so each is undone as a whole; ``n1b``, the Parallel member beside a child,
+# which is then stopped or undone), ``child_fail`` (the step of the first
+# child that refuses: that child compensates itself and its parent's step
+# fails). Every step of parent and child applies an effect; a compensated
+# tree must leave none in place, in the parent or in any child.
+
+
+def nested_child_input(ctx) -> dict:
+    """The child's input: the parent's pace; the first child (``child``) refuses where the parent says."""
+    return {"i": ctx.input.get("i"), "sleep": ctx.input.get("sleep"),
+            "fail": ctx.input.get("child_fail") if ctx.step == "child" else None}
+
+
+nested_child_saga = Saga(
+    name=NESTED_CHILD_SAGA,
+    description="The child saga of `manage.py saga_chaos --workload nested`: three steps with checkable effects.",
+    steps=[
+        Step("c0", apply_effect, compensation=undo_effect, retry=RETRY),
+        Step("c1", apply_effect, compensation=undo_effect, retry=RETRY),
+        Step("c2", apply_effect_once, compensation=undo_effect, retry=RETRY, transactional=True),
+    ],
+)
+
+nested_saga = Saga(
+    name=NESTED_SAGA,
+    description="Nested chaos saga used by `manage.py saga_chaos --workload nested`: child sagas, one of them "
+                "inside a Parallel, every step of the tree leaving a checkable effect.",
+    steps=[
+        Step("n0", apply_effect, compensation=undo_effect, retry=RETRY),
+        ChildSaga("child", NESTED_CHILD_SAGA, input=nested_child_input),
+        Parallel("fan",
+                 ChildSaga("child_a", NESTED_CHILD_SAGA, input=nested_child_input),
+                 Step("n1b", apply_effect, compensation=undo_effect, retry=RETRY)),
+        Step("n2", apply_effect, compensation=undo_effect, retry=RETRY),
+    ],
+)
+# How a nested saga may fail: (parent step, child step). Twice as often after both children succeeded.
+NESTED_REFUSALS = (("n2", None), ("n2", None), ("n1b", None), (None, "c1"))
+
+
 # --- effects -------------------------------------------------------------------------
 
 
@@ -189,10 +237,24 @@ class EffectProblem:
     text: str
 
 
+def _child_steps(saga: SagaInstance) -> set[int]:
+    """The indices of the saga's ``ChildSaga`` steps: their effects are their children's, not their own."""
+    try:
+        definition = registry.get(saga.saga_type, saga.version)
+    except UnknownSagaType:  # not registered in this process (the chaos switch is off): the steps that started one
+        return set(SagaInstance.objects.filter(parent_id=saga.pk).values_list("parent_step__index", flat=True))
+    return {i for i in range(len(definition.steps)) if definition.is_child(i)}
+
+
 def effect_problems(saga: SagaInstance, effects: dict[str, ChaosEffect]) -> list[EffectProblem]:
-    """What is wrong with one saga's effects (``effects``: step name -> its row); empty when nothing is."""
+    """What is wrong with one saga's effects (``effects``: step name -> its row); empty when nothing is.
+
+    A ``ChildSaga`` step applies nothing itself: its child's effects are judged with the child."""
     problems = []
+    children = _child_steps(saga)
     for record in saga.steps.all():
+        if record.index in children:
+            continue
         effect = effects.get(record.name)
         if effect is not None and effect.applied > 1:
             problems.append(EffectProblem(TWICE, f"effect of {record.name} applied {effect.applied} times"))
@@ -285,7 +347,9 @@ def measure_recoveries(faults: list[Fault], trails: dict, work: dict | None = No
 
     ``trails``: saga id -> its events as ``(created_at, kind)``, oldest first.
     A saga is active at T if it has an event at or before T and none of them
-    finished it; its recovery is the time to its first event after T.
+    finished it, or the last that did was followed by one that reopened it
+    (``active_at``: a child saga being undone by its parent); its recovery is
+    the time to its first event after T.
     ``work``: saga id -> its ``work_spans``: a saga whose live attempt, one
     the fault did not kill, was at work across T was not stopped by it (a
     long step of its own): its recovery counts from the end of that work.
@@ -294,7 +358,7 @@ def measure_recoveries(faults: list[Fault], trails: dict, work: dict | None = No
     for fault in faults:
         for saga_id, trail in trails.items():
             before = [kind for at, kind in trail if at <= fault.at]
-            if not before or FINAL_KINDS & set(before):
+            if not active_at(before):
                 continue
             since = max([fault.at, *[end for begin, end in (work or {}).get(saga_id, [])
                                       if begin <= fault.at < end]])
@@ -335,6 +399,9 @@ class TrailEvent:
     at: datetime
     kind: str
     step_id: int | None = None
+    # A ``ChildSaga`` step's ``step_waiting``: from here its child works for the saga (until ``child_ended``).
+    waits_for_child: bool = False
+    child_ended: datetime | None = None  # when that child reached its final status (None: not by the end)
 
 
 @dataclass(frozen=True)
@@ -361,7 +428,9 @@ def work_spans(trail: list[TrailEvent], faults: list[Fault], ended: datetime,
     """When a live attempt worked for the saga of ``trail`` (its events, oldest first).
 
     An attempt works from its start event to the next event of the same
-    step that ends an attempt (its report or its loss). A fault that killed
+    step that ends an attempt (its report or its loss). A ``ChildSaga``
+    step's wait works too, from its ``step_waiting`` to the step's next event
+    or its child's end, whichever comes first. A fault that killed
     the process holding that step meanwhile (``Fault.cut``) ends it there:
     after it no one works, whatever the loss event says later.
     ``running_at_end``: step id -> when the attempt that holds it at the end
@@ -371,6 +440,12 @@ def work_spans(trail: list[TrailEvent], faults: list[Fault], ended: datetime,
     running_at_end = running_at_end or {}
     spans = []
     for i, start in enumerate(trail):
+        if start.waits_for_child and start.step_id is not None:
+            # The child works for the saga while its step waits for it: until the step moves, or the child's
+            # end if that comes first (a lost message after it is the parent standing still).
+            moved = next((e.at for e in trail[i + 1:] if e.step_id == start.step_id), ended)
+            spans.append((start.step_id, start.at, min(moved, start.child_ended or ended)))
+            continue
         if start.kind not in ATTEMPT_STARTS or start.step_id is None:
             continue
         end = next((e.at for e in trail[i + 1:] if e.step_id == start.step_id and e.kind in ATTEMPT_ENDS), None)
@@ -390,29 +465,57 @@ def longest_stand_still(trail: list[TrailEvent], spans: list[tuple[datetime, dat
     """The longest stretch of the saga's active life with no event and no working attempt: seconds, from, to.
 
     Its life runs from its first event (``saga_created``) to its final one,
-    or to ``ended`` if it has none; events after the final one do not count.
+    or to ``ended`` if it has none; events after the final one do not count,
+    unless they reopen it (``lives``: a child saga its parent undoes after it
+    succeeded lives again from its ``saga_compensating``).
     """
     if not trail:
         return 0.0, None, None
-    life_start = trail[0].at
-    life_end = next((e.at for e in trail if e.kind in FINAL_KINDS), ended)
-    marks = sorted({e.at for e in trail if life_start <= e.at <= life_end})
-    covered = sorted((max(b, life_start), min(e, life_end)) for b, e in spans if e > b)
-    # The uncovered stretches of its life, then each cut at every event inside it.
-    free, cursor = [], life_start
-    for begin, end in covered:
-        if begin > cursor:
-            free.append((cursor, begin))
-        cursor = max(cursor, end)
-    if life_end > cursor:
-        free.append((cursor, life_end))
     best = (0.0, None, None)
-    for begin, end in free:
-        points = [begin, *[m for m in marks if begin < m < end], end]
-        for a, b in zip(points, points[1:]):
-            if (b - a).total_seconds() > best[0]:
-                best = ((b - a).total_seconds(), a, b)
+    for life_start, life_end in lives(trail, ended):
+        marks = sorted({e.at for e in trail if life_start <= e.at <= life_end})
+        covered = sorted((max(b, life_start), min(e, life_end)) for b, e in spans
+                         if e > b and b < life_end and e > life_start)
+        # The uncovered stretches of its life, then each cut at every event inside it.
+        free, cursor = [], life_start
+        for begin, end in covered:
+            if begin > cursor:
+                free.append((cursor, begin))
+            cursor = max(cursor, end)
+        if life_end > cursor:
+            free.append((cursor, life_end))
+        for begin, end in free:
+            points = [begin, *[m for m in marks if begin < m < end], end]
+            for a, b in zip(points, points[1:]):
+                if (b - a).total_seconds() > best[0]:
+                    best = ((b - a).total_seconds(), a, b)
     return best
+
+
+# What brings a finished saga back to life: its parent undoing it after it succeeded.
+REOPENS = {EventKind.SAGA_COMPENSATING}
+
+
+def lives(trail: list[TrailEvent], ended: datetime) -> list[tuple[datetime, datetime]]:
+    """The stretches in which the saga of ``trail`` was active: from its first event to its final one, and
+    from each event that reopened it (``REOPENS``) to its next final one (or ``ended``)."""
+    found, start = [], trail[0].at
+    for e in trail:
+        if start is not None and e.kind in FINAL_KINDS:
+            found.append((start, e.at))
+            start = None
+        elif start is None and e.kind in REOPENS:
+            start = e.at
+    if start is not None:
+        found.append((start, ended))
+    return found
+
+
+def active_at(kinds: list[str]) -> bool:
+    """Whether a saga whose events up to some moment are of ``kinds`` (oldest first) was active then: it has
+    begun, and its last final event, if any, was followed by one that reopened it."""
+    markers = [k for k in kinds if k in FINAL_KINDS or k in REOPENS]
+    return bool(kinds) and (not markers or markers[-1] not in FINAL_KINDS)
 
 
 def measure_stand_stills(trails: dict, faults: list[Fault], ended: datetime,

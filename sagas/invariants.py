@@ -1,7 +1,8 @@
 """Invariants every saga must satisfy once finished, whatever its type.
 
 Used by ``saga_chaos`` (and anyone auditing a database): a saga's status must
-agree with its steps' statuses and with its audit trail.
+agree with its steps' statuses and with its audit trail, and a parent's with
+its child sagas' (``tree_problems``).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 from django.db.models import QuerySet
 
-from .models import EventKind, SagaInstance, SagaStatus, StepStatus
+from .models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
 
 UNDONE = {StepStatus.COMPENSATED, StepStatus.FAILED, StepStatus.SKIPPED}
 FINAL_EVENT = {
@@ -79,8 +80,75 @@ def _stage_order_problems(steps: list, trail: list[tuple]) -> list[str]:
     return problems
 
 
+# --- trees: a parent and its child sagas ------------------------------------------------------------
+#
+# A ``ChildSaga`` step's status, once its parent has finished, and the statuses its child (the one it
+# started last) may then be in. A step that failed for good or was skipped may have had its child
+# cancelled (its timeout, a lost race with the parent's undoing) whose compensation may still be under
+# way; one whose undoing failed has a child that failed, or one past its own pivot (it cannot be undone).
+# A step that never started a child (pending, skipped by its condition, refused before the start) has
+# none, which is always allowed.
+CHILD_OF_STEP = {
+    StepStatus.SUCCEEDED: {SagaStatus.SUCCEEDED},
+    StepStatus.COMPENSATED: {SagaStatus.COMPENSATED},
+    StepStatus.FAILED: {SagaStatus.COMPENSATING, SagaStatus.COMPENSATED},
+    StepStatus.SKIPPED: {SagaStatus.COMPENSATING, SagaStatus.COMPENSATED},
+    StepStatus.COMPENSATION_FAILED: {SagaStatus.FAILED, SagaStatus.SUCCEEDED},
+    # A failed parent whose other compensation failed while this one's child was still being undone.
+    StepStatus.COMPENSATING: {SagaStatus.COMPENSATING, SagaStatus.COMPENSATED},
+}
+# A child a step replaced (the step ran again after its pivot and started another) was compensated first.
+REPLACED = {SagaStatus.COMPENSATING, SagaStatus.COMPENSATED}
+
+
+def tree_problems(parents: QuerySet[SagaInstance]) -> dict[str, list[str]]:
+    """What is wrong between each finished saga of ``parents`` and its child sagas: parent id -> problems.
+
+    - a compensated parent has no succeeded child (undoing it undid them);
+    - a succeeded parent's children all succeeded, but those a step replaced (compensated);
+    - a ``ChildSaga`` step's status agrees with its child's (``CHILD_OF_STEP``), and a succeeded step's
+      output names that child.
+    Parents still active are left out: their children may be a message ahead of them.
+    """
+    finished = parents.filter(status__in=FINAL_EVENT.keys())
+    status_of = dict(finished.values_list("id", "status"))
+    children = list(SagaInstance.objects.filter(parent_id__in=list(status_of)).order_by("created_at", "id")
+                    .values_list("id", "parent_id", "parent_step_id", "status"))
+    if not children:
+        return {}
+    steps = {pk: (name, status, result) for pk, name, status, result in StepRecord.objects.filter(
+        pk__in={step_id for _, _, step_id, _ in children}).values_list("pk", "name", "status", "result")}
+    latest = {step_id: child_id for child_id, _, step_id, _ in children}  # ordered: the last one wins
+    problems: dict[str, list[str]] = {}
+    for child_id, parent_id, step_id, child_status in children:
+        found = problems.setdefault(str(parent_id), [])
+        parent_status = status_of[parent_id]
+        name, step_status, result = steps.get(step_id, ("?", None, None))
+        what = f"child {child_id} of step {name} is {child_status}"
+        if latest[step_id] != child_id:
+            if child_status not in REPLACED:
+                found.append(f"{what}, though the step started another after it")
+            continue
+        if parent_status == SagaStatus.COMPENSATED and child_status == SagaStatus.SUCCEEDED:
+            found.append(f"compensated, but its {what}")
+        elif parent_status == SagaStatus.SUCCEEDED and child_status != SagaStatus.SUCCEEDED:
+            found.append(f"succeeded, but its {what}")
+        if child_status not in CHILD_OF_STEP.get(step_status, set()):
+            found.append(f"step {name} is {step_status}, but its {what}")
+        elif step_status == StepStatus.SUCCEEDED and (result or {}).get("saga_id") != str(child_id):
+            found.append(f"step {name} succeeded naming child {(result or {}).get('saga_id')}, not {child_id}")
+    return {parent: found for parent, found in problems.items() if found}
+
+
+def check_trees(parents: QuerySet[SagaInstance]) -> Check:
+    broken = tree_problems(parents)
+    sample = "; ".join(f"{k}: {v}" for k, v in list(broken.items())[:3])
+    return Check("parent sagas agree with their child sagas", not broken,
+                 f"{len(broken)} inconsistent ({sample})" if broken else "")
+
+
 def check_sagas(sagas: QuerySet[SagaInstance]) -> list[Check]:
-    """Every saga finished, and every finished saga consistent."""
+    """Every saga finished, every finished saga consistent, and so is every parent with its children."""
     unfinished = sagas.exclude(status__in=FINAL_EVENT.keys())
     checks = [Check("every saga finished (none lost)", not unfinished.exists(),
                     f"{unfinished.count()} unfinished" if unfinished.exists() else "")]
@@ -92,4 +160,5 @@ def check_sagas(sagas: QuerySet[SagaInstance]) -> list[Check]:
     sample = "; ".join(f"{k}: {v}" for k, v in list(broken.items())[:3])
     checks.append(Check("saga status agrees with its steps and audit trail", not broken,
                         f"{len(broken)} inconsistent ({sample})" if broken else ""))
+    checks.append(check_trees(sagas))
     return checks

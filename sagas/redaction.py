@@ -4,7 +4,7 @@ A waiting step's token is a credential (``/api/signals/{token}/complete/``
 needs nothing else), and it travels in the URL's path, which every access log
 writes. A filter on the access loggers of the servers this project runs
 (uvicorn, gunicorn, Django's runserver) writes ``[token]`` in its place; a
-proxy in front must be told the same (the README shows nginx's way).
+proxy in front must be told the same (the guide's Security page shows nginx's way).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A saga's timeline as a picture: bars on a time axis, drawn on the server as inline SVG.
+"""A saga's timeline as a picture: bars on a time axis, drawn on the server as HTML and CSS.
 
 The bars come from the audit trail (``SagaEvent``), read in ``created_at``
 order: a ``step_started`` event is written when its attempt ends but dated
@@ -9,8 +9,14 @@ compensation attempt, coloured by how it ended. An attempt in progress has
 no event yet: its start is read from the step record
 (``attempt_started_at``) and its bar runs to now.
 
-No JavaScript and no library: the browser draws the SVG as it comes, and
-each bar's ``<title>`` is its sentence (the tooltip).
+No library and no picture file: each bar is a positioned element whose
+``title`` is its sentence (the tooltip). Widths are shares of the track, with
+a floor of ``MIN_BAR_PX`` so that a one-millisecond compensation in a saga
+of a minute is still there to point at; row labels are text at the page's
+font size. A zoom (1x to 16x, the page's script switches it) widens the track
+inside its own scroll box, for sagas whose steps take milliseconds: the
+page itself never scrolls sideways. Child sagas (``ChildSaga``) get a row of
+their own under their step: one bar spanning the child's run, a link to it.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from django.utils.html import escape
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from .models import EventKind, SagaEvent, StepRecord, StepStatus
@@ -34,14 +40,15 @@ OUTCOME_COLOURS: dict[str, tuple[str, str]] = {
     "lost": ("#7b1fa2", "attempt lost (killed or worker died)"),
     "running": ("#417690", "in progress"),
     "wait": ("#c9c9c9", "waiting to retry"),
-    "waiting": ("#7fb2d9", "waiting for a signal"),
+    "waiting": ("#7fb2d9", "waiting for a signal or a child saga"),
     "compensated": ("#6d4c41", "compensated"),
     "compensation-retried": ("#d2691e", "compensation failed, retried"),
 }
 WAITING_STATUS: str = StepStatus.WAITING
 
-WIDTH, LABEL_WIDTH, ROW_HEIGHT, BAR_HEIGHT, AXIS_HEIGHT = 960, 220, 26, 16, 28
-MIN_BAR_PX = 2.0
+MIN_BAR_PX = 4  # the narrowest bar drawn, however short what it shows
+ZOOMS = (1, 2, 4, 8, 16)  # the track's width, in widths of the visible track
+TICKS_PER_VIEW = 8  # at most this many axis ticks in the visible track, at any zoom
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,19 @@ class Bar:
 class Row:
     index: int
     label: str
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """A child saga's run, drawn as one bar on a row under the step it works for."""
+
+    step_index: int  # the parent's step
+    label: str  # e.g. "child tests.three_steps 1a2b3c4d"
+    url: str  # its page
+    status: str  # a ``SagaStatus`` value, its bar's outcome
+    start: datetime
+    end: datetime
+    text: str  # its tooltip
 
 
 def build_bars(events: Iterable[SagaEvent], records: Iterable[StepRecord], *, now: datetime) -> list[Bar]:
@@ -117,7 +137,8 @@ def build_bars(events: Iterable[SagaEvent], records: Iterable[StepRecord], *, no
             close(backward, i, at, "failed", sentence)
         elif WAITING_STATUS and detail.get("to") == WAITING_STATUS:
             close(forward, i, at, "succeeded", sentence)
-            forward[i] = (WAITING, at, f"{record.name} waits for a signal.")
+            forward[i] = (WAITING, at, f"{record.name} waits for its child saga." if detail.get("child_saga")
+                          else f"{record.name} waits for a signal.")
         elif forward.get(i, ("",))[0] == WAITING:
             close(forward, i, at, "waiting", "")  # a signal, a timeout or a cancel ends the wait
 
@@ -165,67 +186,116 @@ def tick_label(seconds: float, step: float) -> str:
     return f"{seconds / 86400:.0f} d"
 
 
-def render_svg(bars: list[Bar], rows: list[Row], *, start: datetime, end: datetime) -> SafeString:
-    """The picture: a label column, one row per step, a time axis in seconds from ``start``."""
+def _share(at: datetime, start: datetime, span: float) -> float:
+    """Where ``at`` falls on the track, in percent of it (clamped to the saga's run)."""
+    return 100 * min(max((at - start).total_seconds() / span, 0.0), 1.0)
+
+
+def _bar_style(left: float, right: float, colour: str) -> str:
+    # The floor keeps a short bar visible; min() keeps one at the very end inside its track.
+    return (f"left:min({left:.3f}%, calc(100% - {MIN_BAR_PX}px));"
+            f"width:max({max(right - left, 0):.3f}%, {MIN_BAR_PX}px);background:{colour}")
+
+
+def _ticks(span: float) -> SafeString:
+    """One set of axis ticks per zoom (the page shows the set of the zoom chosen): round and few per view."""
+    sets = []
+    for zoom in ZOOMS:
+        step = tick_step(span, TICKS_PER_VIEW * zoom)
+        marks, n = [], 0
+        while n * step <= span + 1e-9:
+            marks.append(format_html('<span class="tick" style="left:{}%"><span>{}</span></span>',
+                                     f"{100 * n * step / span:.3f}", tick_label(n * step, step)))
+            n += 1
+        sets.append(format_html('<div class="ticks" data-zoom="{}">{}</div>', zoom, mark_safe("".join(marks))))
+    return mark_safe("".join(sets))
+
+
+def render_chart(bars: list[Bar], rows: list[Row], *, start: datetime, end: datetime,
+                 children: Iterable[ChildRun] = ()) -> SafeString:
+    """The picture: a label column, one row per step (and per child saga), a time axis from ``start``."""
     span = max((end - start).total_seconds(), 0.001)
-    plot = WIDTH - LABEL_WIDTH - 10
-    height = AXIS_HEIGHT + ROW_HEIGHT * max(len(rows), 1) + 6
-    row_of = {row.index: n for n, row in enumerate(rows)}
-
-    def x(at: datetime) -> float:
-        return LABEL_WIDTH + plot * min(max((at - start).total_seconds() / span, 0.0), 1.0)
-
-    parts = [f'<svg class="saga-timeline-chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
-             f'height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" '
-             f'aria-label="timeline of the saga\'s steps" style="font:11px sans-serif;max-width:100%">']
-    step = tick_step(span)
-    n = 0
-    while n * step <= span + 1e-9:
-        tx = LABEL_WIDTH + plot * (n * step / span)
-        parts.append(f'<line x1="{tx:.1f}" y1="{AXIS_HEIGHT - 6}" x2="{tx:.1f}" y2="{height}" stroke="#e3e3e3"/>'
-                     f'<text x="{tx:.1f}" y="{AXIS_HEIGHT - 10}" text-anchor="middle" fill="#666">'
-                     f'{escape(tick_label(n * step, step))}</text>')
-        n += 1
-    for n, row in enumerate(rows):
-        y = AXIS_HEIGHT + n * ROW_HEIGHT
-        if n % 2:
-            parts.append(f'<rect x="0" y="{y}" width="{WIDTH}" height="{ROW_HEIGHT}" fill="#f6f6f6"/>')
-        parts.append(f'<text x="6" y="{y + ROW_HEIGHT / 2 + 4:.1f}" fill="#333">'
-                     f'{escape(f"#{row.index} {row.label}"[:34])}<title>{escape(row.label)}</title></text>')
+    under: dict[int, list[ChildRun]] = {}
+    for child in children:
+        under.setdefault(child.step_index, []).append(child)
+    by_row: dict[int, list[Bar]] = {}
     for bar in bars:
-        if bar.step_index not in row_of:
-            continue
-        y = AXIS_HEIGHT + row_of[bar.step_index] * ROW_HEIGHT + (ROW_HEIGHT - BAR_HEIGHT) / 2
-        left, right = x(bar.start), x(bar.end)
-        width = max(right - left, MIN_BAR_PX)
-        thin = bar.kind == RETRY_WAIT
-        bar_y, bar_h = (y + BAR_HEIGHT / 2 - 2, 4) if thin else (y, BAR_HEIGHT)
-        colour = OUTCOME_COLOURS.get(bar.outcome, ("#999", ""))[0]
-        stroke = ' stroke="#3e2723" stroke-dasharray="3 2"' if bar.kind == COMPENSATION else ""
-        parts.append(
-            f'<rect class="bar bar-{bar.kind} outcome-{bar.outcome}" data-kind="{bar.kind}" '
-            f'data-outcome="{bar.outcome}" data-step="{bar.step_index}" x="{left:.1f}" y="{bar_y:.1f}" '
-            f'width="{width:.1f}" height="{bar_h}" rx="2" fill="{colour}"{stroke}>'
-            f'<title>{escape(bar.text)} ({bar.seconds:.3f} s)</title></rect>')
-    parts.append("</svg>")
-    return mark_safe("".join(parts))
+        by_row.setdefault(bar.step_index, []).append(bar)
+    lines = []
+    for row in rows:
+        label = f"#{row.index} {row.label}"
+        cells = format_html_join("", '<span class="bar bar-{} outcome-{}" data-kind="{}" data-outcome="{}" '
+                                 'data-step="{}" style="{}" title="{}"></span>', (
+            (bar.kind, bar.outcome, bar.kind, bar.outcome, bar.step_index,
+             _bar_style(_share(bar.start, start, span), _share(bar.end, start, span),
+                        OUTCOME_COLOURS.get(bar.outcome, ("#999", ""))[0]),
+             f"{bar.text} ({bar.seconds:.3f} s)")
+            for bar in by_row.get(row.index, [])))
+        lines.append(format_html('<div class="tl-row" data-step="{}"><div class="tl-label" title="{}">{}</div>'
+                                 '<div class="tl-track">{}</div></div>', row.index, label, label, cells))
+        for child in under.get(row.index, []):
+            seconds = max((child.end - child.start).total_seconds(), 0.0)
+            lines.append(format_html(
+                '<div class="tl-row tl-child"><div class="tl-label" title="{}"><a href="{}">↳ {}</a></div>'
+                '<div class="tl-track"><a class="bar bar-child outcome-{}" data-kind="child" data-outcome="{}" '
+                'data-step="{}" href="{}" style="{}" title="{}"></a></div></div>',
+                child.label, child.url, child.label, child.status, child.status, child.step_index, child.url,
+                _bar_style(_share(child.start, start, span), _share(child.end, start, span),
+                           CHILD_COLOURS.get(child.status, "#999")),
+                f"{child.text} ({seconds:.3f} s)"))
+    zooms = format_html_join("", '<button type="button" data-zoom="{}"{}>{}×</button>',
+                             ((z, mark_safe(' aria-pressed="true"') if z == 1 else "", z) for z in ZOOMS))
+    return format_html(
+        '<div class="saga-timeline-chart" data-span="{}" style="--zoom:1">'
+        '<div class="tl-tools">Zoom {} <span class="tl-span">the saga\'s run: {}</span></div>'
+        '<div class="tl-scroll"><div class="tl-inner">'
+        '<div class="tl-row tl-axis"><div class="tl-label">since it was created</div>'
+        '<div class="tl-track">{}</div></div>{}</div></div></div>',
+        f"{span:.6f}", zooms, span_label(span), _ticks(span), mark_safe("".join(lines)))
+
+
+def span_label(seconds: float) -> str:
+    """A duration in the unit that reads best: 12 ms, 1.25 s, 3 min 5 s, 2 h 10 min, 3 d 4 h."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    return f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600)} h"
+
+
+# A child saga's bar is coloured by its status (the page's status colours).
+CHILD_COLOURS: dict[str, str] = {
+    "pending": "#9e9e9e", "running": "#417690", "paused": "#6a1b9a", "succeeded": "#2e7d32",
+    "compensating": "#b26a00", "compensated": "#6d4c41", "failed": "#ba2121",
+}
 
 
 def legend() -> SafeString:
-    items = "".join(
-        f'<span style="white-space:nowrap;margin-right:12px"><span style="display:inline-block;width:12px;'
-        f'height:12px;vertical-align:middle;background:{colour};border-radius:2px"></span> {escape(text)}</span>'
-        for colour, text in OUTCOME_COLOURS.values())
-    return mark_safe(f'<div class="saga-timeline-legend" style="margin:4px 0 8px">{items}'
-                     '<span style="white-space:nowrap">dashed outline: compensation</span></div>')
+    items = format_html_join(
+        "", '<span class="tl-key"><span class="tl-swatch" style="background:{}"></span> {}</span>',
+        OUTCOME_COLOURS.values())
+    return format_html('<div class="saga-timeline-legend">{}<span class="tl-key">'
+                       '<span class="tl-swatch tl-swatch-compensation"></span> outlined: compensation</span>'
+                       '<span class="tl-key"><span class="tl-swatch tl-swatch-child"></span> '
+                       'a child saga\'s run (a link to it)</span></div>', items)
 
 
-def timeline_svg(events: Iterable[SagaEvent], records: Iterable[StepRecord], *, start: datetime,
-                 end: datetime | None, now: datetime, pivot: int | None = None) -> SafeString:
-    """The saga's timeline from ``start`` to ``end`` (or now, while it runs), with its legend."""
+def timeline_chart(events: Iterable[SagaEvent], records: Iterable[StepRecord], *, start: datetime,
+                   end: datetime | None, now: datetime, pivot: int | None = None,
+                   children: Iterable[ChildRun] = (), bars: list[Bar] | None = None) -> SafeString:
+    """The saga's timeline from ``start`` to ``end`` (or now, while it runs), with its legend.
+
+    ``bars``: already built from ``events`` (the run page reads them for its steps too).
+    """
     records = list(records)
-    bars = build_bars(events, records, now=now)
-    last = max([end or now, *(b.end for b in bars)])
+    children = list(children)
+    bars = build_bars(events, records, now=now) if bars is None else bars
+    last = max([end or now, *(b.end for b in bars), *(c.end for c in children)])
     if last <= start:
         last = start + timedelta(milliseconds=1)
-    return mark_safe(render_svg(bars, rows_of(records, pivot), start=start, end=last) + legend())
+    return mark_safe(render_chart(bars, rows_of(records, pivot), start=start, end=last, children=children)
+                     + legend())

@@ -24,9 +24,18 @@ def sent(monkeypatch):
 @pytest.fixture(autouse=True)
 def _fresh_cache():
     """Each test starts with an empty shared cache: no throttle counts or alert marks from earlier tests."""
+    from django.conf import settings
     from django.core.cache import cache
 
-    cache.clear()
+    prefix = settings.CACHES["default"].get("KEY_PREFIX")
+    if prefix and "redis" in settings.CACHES["default"]["BACKEND"]:
+        # Only this run's keys: clear() would empty the database under another run going on at once.
+        client = cache._cache.get_client(write=True)
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+    else:
+        cache.clear()
 
 
 def _registering(register):

@@ -27,6 +27,21 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
         time.sleep(interval)
 
 
+def kill_whole_worker(process) -> None:
+    """SIGKILL a ``celery worker`` (its ``Popen``): its main process and its pool children, at once."""
+    import os
+    import signal
+    import subprocess
+
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    for pid in [process.pid, *map(int, children)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
 def make_due(saga) -> None:
     """As if the saga's due time had passed: what the sweeper looks for."""
     from django.db.models.functions import Now
@@ -97,7 +112,9 @@ def pass_gates(saga, *, by, reject: dict | None = None, timeout: float = 60.0,
         saga = SagaInstance.objects.get(pk=saga.pk)
         if saga.status in statuses:
             return saga
-        for record in StepRecord.objects.filter(saga_id=saga.pk, status=StepStatus.WAITING):
+        # A ChildSaga step waits for its child saga, not for a person: its child's end moves it.
+        for record in StepRecord.objects.filter(saga_id=saga.pk, status=StepStatus.WAITING).exclude(
+                pk__in=SagaInstance.objects.filter(parent_step__isnull=False).values("parent_step")):
             answer_gate(record, by=by, reject=reject)
         if time.monotonic() > deadline:
             steps = list(saga.steps.values_list("name", "status", "attempts"))

@@ -5,7 +5,12 @@ and, above the threshold, an executive (``corporate.sign_off_budget``); each
 has a deadline. Completing a gate approves (its result, e.g.
 ``{"approved": true, "comment": "..."}``, is what the person decided); failing
 it with a reason rejects, and the saga compensates. A deadline that passes
-compensates the same way (the sweeper enforces it). Finance reserves the
+compensates the same way (the sweeper enforces it). Version 5 (what
+``start_saga`` runs; 4 its rehearsal) asks whether the executive is needed
+with the step's condition (``when=``: the amount above the department's
+threshold): at or below it the step is ``skipped``, never run. Versions 3
+and 2 (the step itself passes without a wait, ``SkipWait``) stay registered
+for the requests started on them. Finance reserves the
 amount from the department's budget under a row lock, so concurrent requests
 never reserve more than the budget; any refusal or timeout after it releases
 the funds and revokes the approvals given so far.
@@ -158,6 +163,20 @@ def ask_executive(ctx) -> dict | SkipWait:
     return {"executive_required": True, "asked": "chief financial officer"}
 
 
+def needs_executive(ctx) -> bool:
+    """Version 5 on, the executive step's condition (``when=``): the amount is above the department's threshold."""
+    request = _request(ctx)
+    return request.amount > request.department.executive_threshold  # never the requester's input
+
+
+def ask_executive_above_threshold(ctx) -> dict:
+    """Version 5 on: runs only when ``needs_executive`` said so (otherwise the step is skipped, never run)."""
+    request = _request(ctx)
+    if request.amount > EXECUTIVE_LIMIT:
+        raise PermanentError(f"the executive refused: {request.amount} is above the limit of {EXECUTIVE_LIMIT}")
+    return {"executive_required": True, "asked": "chief financial officer"}
+
+
 # Nothing to undo: asking changes no row. The signature is recorded by the next step.
 
 
@@ -166,7 +185,7 @@ def ask_executive(ctx) -> dict | SkipWait:
 
 def approve_request(ctx) -> dict:
     request = _request(ctx)
-    signoff = ctx.results["executive_signoff"]
+    signoff = ctx.results.get("executive_signoff") or {}  # version 5 on: absent when the step was skipped
     if signoff.get("executive_required"):
         signed = decision(ctx, "executive_signoff", "the executive")
         Approval.objects.create(request=request, level=ApprovalLevel.EXECUTIVE,
@@ -184,7 +203,22 @@ def unapprove_request(ctx) -> None:
         )
 
 
-def build_saga(*, version: int, manager_deadline: float, executive_deadline: float) -> Saga:
+def _executive_step(executive_deadline: float, condition: bool) -> Step:
+    gate = (f"Gate: above the department's threshold (default {EXECUTIVE_THRESHOLD}) an executive signs (complete) "
+            f"or refuses (fail); needs {EXECUTIVE_PERMISSION}; always refused above {EXECUTIVE_LIMIT}. ")
+    if condition:
+        return Step("executive_signoff", ask_executive_above_threshold, retry=STEP_RETRY, timeout=STEP_TIMEOUT,
+                    wait_for_signal=True, signal_timeout=executive_deadline, signal_permission=EXECUTIVE_PERMISSION,
+                    when=needs_executive,
+                    description=gate + "At or below the threshold the step is skipped (its condition, when=, is "
+                                       "false): it never runs. Nothing to undo.")
+    return Step("executive_signoff", ask_executive, retry=STEP_RETRY, timeout=STEP_TIMEOUT,
+                wait_for_signal=True, signal_timeout=executive_deadline, signal_permission=EXECUTIVE_PERMISSION,
+                description=gate + "At or below the threshold no wait (SkipWait). Nothing to undo.")
+
+
+def build_saga(*, version: int, manager_deadline: float, executive_deadline: float, condition: bool = False) -> Saga:
+    """Versions 3 and 2: ``SkipWait`` at or below the threshold; ``condition`` (versions 5 and 4): ``when=``."""
     return Saga(
         name=NAME,
         version=version,
@@ -206,12 +240,7 @@ def build_saga(*, version: int, manager_deadline: float, executive_deadline: flo
                  description="Finance records the manager's approval and reserves the amount from the "
                              "department's budget; refuses when too little is left. Undo: release the "
                              "reservation, revoke the approval."),
-            Step("executive_signoff", ask_executive, retry=STEP_RETRY, timeout=STEP_TIMEOUT,
-                 wait_for_signal=True, signal_timeout=executive_deadline, signal_permission=EXECUTIVE_PERMISSION,
-                 description=f"Gate: above the department's threshold (default {EXECUTIVE_THRESHOLD}) an "
-                             f"executive signs "
-                             f"(complete) or refuses (fail); needs {EXECUTIVE_PERMISSION}; always refused above "
-                             f"{EXECUTIVE_LIMIT}. At or below the threshold no wait (SkipWait). Nothing to undo."),
+            _executive_step(executive_deadline, condition),
             Step("approve_request", approve_request, compensation=unapprove_request, transactional=True,
                  retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
                  description="The request is approved, with the executive's signature when one was needed. "
@@ -220,7 +249,14 @@ def build_saga(*, version: int, manager_deadline: float, executive_deadline: flo
     )
 
 
-saga = build_saga(version=VERSION, manager_deadline=3 * DAY, executive_deadline=5 * DAY)
-rehearsal = build_saga(version=REHEARSAL_VERSION, manager_deadline=REHEARSAL_DEADLINE,
-                  executive_deadline=REHEARSAL_DEADLINE)
-definitions = (rehearsal, saga)  # every registered version; ``saga`` is the latest
+CONDITION_VERSION = 5  # the executive step's condition is ``when=``; start_saga's default
+CONDITION_REHEARSAL_VERSION = 4  # the same flow with deadlines of seconds
+
+saga_v3 = build_saga(version=VERSION, manager_deadline=3 * DAY, executive_deadline=5 * DAY)
+rehearsal_v2 = build_saga(version=REHEARSAL_VERSION, manager_deadline=REHEARSAL_DEADLINE,
+                          executive_deadline=REHEARSAL_DEADLINE)
+saga = build_saga(version=CONDITION_VERSION, manager_deadline=3 * DAY, executive_deadline=5 * DAY, condition=True)
+rehearsal = build_saga(version=CONDITION_REHEARSAL_VERSION, manager_deadline=REHEARSAL_DEADLINE,
+                       executive_deadline=REHEARSAL_DEADLINE, condition=True)
+# Every registered version; ``saga`` is the latest, ``rehearsal`` its rehearsal.
+definitions = (rehearsal_v2, saga_v3, rehearsal, saga)

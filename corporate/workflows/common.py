@@ -25,10 +25,13 @@ _boolean = serializers.BooleanField()
 # (``saga_demo --short-deadlines``), so a rehearsal sees waits time out and
 # compensate without waiting for days. start_saga runs a saga's highest
 # version, so a rehearsal is numbered below the version it rehearses: budget
-# approval and system deployment run VERSION; employee onboarding moved on to
+# approval and system deployment ran VERSION; employee onboarding moved on to
 # a flow with a pivot (its module's PIVOT_VERSION, rehearsed by
-# PIVOT_REHEARSAL_VERSION) and keeps these two registered for the sagas
-# started on them.
+# PIVOT_REHEARSAL_VERSION), then to one that starts IT's provisioning as a
+# child saga (CHILD_VERSION, rehearsed by CHILD_REHEARSAL_VERSION), and budget
+# approval to one whose executive step has a condition (its module's
+# CONDITION_VERSION and CONDITION_REHEARSAL_VERSION). Every earlier version
+# stays registered for the sagas started on it.
 VERSION = 3
 REHEARSAL_VERSION = 2
 REHEARSAL_DEADLINE = 3.0  # seconds
@@ -49,6 +52,15 @@ def decision(ctx, gate: str, who: str) -> dict:
         comment = result.get("comment") or "no reason given"
         raise PermanentError(f"{who} rejected it: {comment}")
     return result
+
+
+def free_asset(pool, assignments, field: str, **wanted):
+    """The first asset of ``pool`` nobody holds (matching ``wanted``); the pool stays locked until the
+    transaction ends."""
+    # Lock the whole pool first: a concurrent pick waits here, then sees our assignment.
+    list(pool.objects.select_for_update().order_by("pk").values_list("pk", flat=True))
+    taken = assignments.objects.filter(returned_at__isnull=True).values(field)
+    return pool.objects.exclude(pk__in=taken).filter(**wanted).order_by("pk").first()
 
 
 def money(value: Any) -> Decimal:

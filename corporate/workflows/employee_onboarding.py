@@ -1,9 +1,9 @@
-"""corporate.employee_onboarding: HR -> signed contract (waits) -> IT -> Finance -> Facilities.
+"""corporate.employee_onboarding: HR -> IT (a child saga) -> signed contract (waits) -> Finance -> Facilities.
 
 HR sends the contract to the e-signature service with the wait's one-time
 callback (``ctx.signal_token``); the service calls
 ``POST /api/signals/{token}/complete/`` when the hire signs (``.../fail/``
-when they decline), and nothing is provisioned before that. HR may also
+when they decline). Up to version 5 nothing is provisioned before that. HR may also
 record a contract signed on paper (``corporate.record_signed_contract``).
 
 Laptops and desks come from limited pools. Picking one locks the pool's rows
@@ -13,8 +13,15 @@ open assignments back that up in the database. Every step here is local, so
 each runs ``transactional``: its writes commit together with the step's
 success, exactly once.
 
-Version 5 (what ``start_saga`` runs; version 4 is its rehearsal, with a
-contract deadline of seconds) makes the signed contract its pivot: a hire
+Version 7 (what ``start_saga`` runs; version 6 is its rehearsal, with a
+contract deadline of seconds) hands IT's work to a saga of its own,
+``corporate.it_provisioning`` (accounts, licence seats, a laptop), started as
+a child saga before the contract goes out: the onboarding waits for it, and
+undoing the onboarding before the signature (a declined or unanswered
+contract) undoes the child as a whole. Past the signature it is as in
+version 5.
+
+Version 5 (version 4 its rehearsal) makes the signed contract its pivot: a hire
 whose contract is signed is not undone because no laptop or desk is free.
 HR checks the salary band before the contract goes out; IT, Finance and
 Facilities come after the signature, are retried with growing waits, and
@@ -32,10 +39,11 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import serializers
 
-from sagas import PermanentError, Saga, Step
+from sagas import ChildSaga, PermanentError, Saga, Step
 from sagas.models import SagaInstance, SagaStatus
 
 from .. import esignature
+from . import it_provisioning
 from ..models import (
     Account,
     AccountSystem,
@@ -59,6 +67,7 @@ from .common import (
     STEP_RETRY,
     STEP_TIMEOUT,
     VERSION,
+    free_asset,
     money,
     positive_amount_field,
     reference_field,
@@ -66,8 +75,10 @@ from .common import (
 
 NAME = "corporate.employee_onboarding"
 CONTRACT_PERMISSION = "corporate.record_signed_contract"
-PIVOT_VERSION = 5  # the signed contract is the pivot; start_saga's default
+PIVOT_VERSION = 5  # the signed contract is the pivot
 PIVOT_REHEARSAL_VERSION = 4  # the same flow with a contract deadline of seconds
+CHILD_VERSION = 7  # IT's provisioning is a child saga, before the pivot; start_saga's default
+CHILD_REHEARSAL_VERSION = 6  # the same flow with a contract deadline of seconds
 
 
 class OnboardingInput(serializers.Serializer):
@@ -100,13 +111,7 @@ def _employee(ctx) -> Employee:
     return Employee.objects.get(pk=ctx.results["create_employee_record"]["employee"])
 
 
-def _free_asset(pool, assignments, field: str, **wanted):
-    """The first asset of ``pool`` nobody holds (matching ``wanted``); the pool stays locked until the
-    transaction ends."""
-    # Lock the whole pool first: a concurrent pick waits here, then sees our assignment.
-    list(pool.objects.select_for_update().order_by("pk").values_list("pk", flat=True))
-    taken = assignments.objects.filter(returned_at__isnull=True).values(field)
-    return pool.objects.exclude(pk__in=taken).filter(**wanted).order_by("pk").first()
+_free_asset = free_asset  # the shared helper (``corporate.workflows.common``), under its earlier name
 
 
 # --- 1. HR creates the employee record -------------------------------------------------
@@ -291,6 +296,35 @@ KEPT = ("Past the pivot: retried with growing waits; a refusal pauses the onboar
         "cause and resumes, or does it by hand and skips this step. Never undone (no compensation).")
 
 
+def _hr_within_band() -> Step:
+    return Step("create_employee_record", create_employee_record_within_band, compensation=withdraw_offer,
+                transactional=True, retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                description="HR creates the employee record; refuses a salary above the department's band, before "
+                            "any contract goes out. Undo: mark the offer withdrawn.")
+
+
+def _signed_contract_pivot(contract_deadline: float) -> Step:
+    return Step("contract_signature", send_contract, compensation=void_contract, pivot=True,
+                retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
+                wait_for_signal=True, signal_timeout=contract_deadline, signal_permission=CONTRACT_PERMISSION,
+                description=f"Gate and pivot: HR sends the contract for e-signature and waits for the service's "
+                            f"callback (the wait's token), or for {CONTRACT_PERMISSION} to record a paper "
+                            f"signature (complete it only for a signed contract). A declined contract (failed at "
+                            f"the gate) or no answer in time withdraws the offer; once signed, the hire only goes "
+                            f"forward. Undo, before the signature: void the contract.")
+
+
+def _kept_payroll_and_desk() -> list[Step]:
+    return [
+        Step("setup_payroll", setup_payroll, transactional=True, retry=FORWARD_RETRY, timeout=STEP_TIMEOUT,
+             description="Finance opens a payroll record (the band was checked by HR; refused here only if the "
+                         "band changed since). " + KEPT),
+        Step("assign_desk", assign_desk, transactional=True, retry=FORWARD_RETRY, timeout=STEP_TIMEOUT,
+             description="Facilities assigns a free desk (on the floor asked for, if one is) and the employee "
+                         "becomes active; refuses when none is free. " + KEPT),
+    ]
+
+
 def build_pivot_saga(*, version: int, contract_deadline: float) -> Saga:
     """Version 5 (and its rehearsal, 4): the signed contract is the pivot; what follows only goes forward."""
     return Saga(
@@ -302,33 +336,57 @@ def build_pivot_saga(*, version: int, contract_deadline: float) -> Saga:
         rehearsal=version == PIVOT_REHEARSAL_VERSION,
         sensitive=("salary", "email", "sent_to"),
         steps=[
-            Step("create_employee_record", create_employee_record_within_band, compensation=withdraw_offer,
-                 transactional=True, retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-                 description="HR creates the employee record; refuses a salary above the department's band, before "
-                             "any contract goes out. Undo: mark the offer withdrawn."),
-            Step("contract_signature", send_contract, compensation=void_contract, pivot=True,
-                 retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
-                 wait_for_signal=True, signal_timeout=contract_deadline, signal_permission=CONTRACT_PERMISSION,
-                 description=f"Gate and pivot: HR sends the contract for e-signature and waits for the service's "
-                             f"callback (the wait's token), or for {CONTRACT_PERMISSION} to record a paper "
-                             f"signature (complete it only for a signed contract). A declined contract (failed at "
-                             f"the gate) or no answer in time withdraws the offer; once signed, the hire only goes "
-                             f"forward. Undo, before the signature: void the contract."),
+            _hr_within_band(),
+            _signed_contract_pivot(contract_deadline),
             Step("provision_it", provision_it, transactional=True, retry=FORWARD_RETRY, timeout=STEP_TIMEOUT,
                  description="IT opens e-mail and SSO accounts (a licence seat each) and hands out a laptop of the "
                              "model asked for (any, when none is) from the pool; refuses when none is free. " + KEPT),
-            Step("setup_payroll", setup_payroll, transactional=True, retry=FORWARD_RETRY, timeout=STEP_TIMEOUT,
-                 description="Finance opens a payroll record (the band was checked by HR; refused here only if the "
-                             "band changed since). " + KEPT),
-            Step("assign_desk", assign_desk, transactional=True, retry=FORWARD_RETRY, timeout=STEP_TIMEOUT,
-                 description="Facilities assigns a free desk (on the floor asked for, if one is) and the employee "
-                             "becomes active; refuses when none is free. " + KEPT),
+            *_kept_payroll_and_desk(),
+        ],
+    )
+
+
+# --- version 7: IT's provisioning is a child saga ----------------------------------------
+
+
+def provisioning_input(ctx) -> dict:
+    """What IT's child saga is started with: the new employee, the laptop model asked for, our reference."""
+    return {"employee": ctx.results["create_employee_record"]["employee"],
+            "laptop_model": ctx.input.get("laptop_model") or "", "reference": ctx.input.get("reference") or ""}
+
+
+def build_child_saga(*, version: int, contract_deadline: float) -> Saga:
+    """Version 7 (and its rehearsal, 6): IT's work is its own saga, ``corporate.it_provisioning``, started as
+    a child before the contract goes out, so the hire has accounts and a laptop on day one. Before the
+    signature (the pivot) the child is undone as a whole with the onboarding: a declined or unanswered
+    contract gives the accounts, licences and laptop back. A child that cannot finish (no laptop of the model
+    asked for) is compensated by itself and the offer is withdrawn before any contract goes out."""
+    return Saga(
+        name=NAME,
+        version=version,
+        description="Hire someone: employee record, IT's provisioning (a child saga: accounts, licences, "
+                    "laptop), signed contract (the point of no return), payroll, a desk.",
+        input_schema=PivotOnboardingInput,
+        rehearsal=version == CHILD_REHEARSAL_VERSION,
+        sensitive=("salary", "email", "sent_to"),
+        steps=[
+            _hr_within_band(),
+            ChildSaga("provision_it", it_provisioning.NAME, input=provisioning_input,
+                      description=f"IT's provisioning as a child saga ({it_provisioning.NAME}: accounts, licence "
+                                  f"seats, a laptop of the model asked for); the onboarding waits for it. The child "
+                                  f"compensated (no laptop left): the offer is withdrawn. Undo: the child is "
+                                  f"compensated as a whole, its steps in reverse."),
+            _signed_contract_pivot(contract_deadline),
+            *_kept_payroll_and_desk(),
         ],
     )
 
 
 saga_v3 = build_saga(version=VERSION, contract_deadline=14 * DAY)
 rehearsal_v2 = build_saga(version=REHEARSAL_VERSION, contract_deadline=REHEARSAL_DEADLINE)
-saga = build_pivot_saga(version=PIVOT_VERSION, contract_deadline=14 * DAY)
-rehearsal = build_pivot_saga(version=PIVOT_REHEARSAL_VERSION, contract_deadline=REHEARSAL_DEADLINE)
-definitions = (rehearsal_v2, saga_v3, rehearsal, saga)  # every registered version; ``saga`` is the latest
+saga_v5 = build_pivot_saga(version=PIVOT_VERSION, contract_deadline=14 * DAY)
+rehearsal_v4 = build_pivot_saga(version=PIVOT_REHEARSAL_VERSION, contract_deadline=REHEARSAL_DEADLINE)
+saga = build_child_saga(version=CHILD_VERSION, contract_deadline=14 * DAY)
+rehearsal = build_child_saga(version=CHILD_REHEARSAL_VERSION, contract_deadline=REHEARSAL_DEADLINE)
+# Every registered version; ``saga`` is the latest, ``rehearsal`` its rehearsal.
+definitions = (rehearsal_v2, saga_v3, rehearsal_v4, saga_v5, rehearsal, saga)

@@ -43,8 +43,30 @@ class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = UtcIsoDateTimeField
 
 
+class RootFilter(django_filters.ChoiceFilter):
+    """``root=true``: only root sagas (started by a person or by code); ``root=false``: only child sagas.
+
+    A child is told by its ``depth``, which never changes: one whose parent
+    was pruned since is still a child. Anything but ``true`` or ``false`` is
+    a field error, not a filter silently left out.
+    """
+
+    CHOICES = [("true", "true"), ("false", "false")]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(choices=self.CHOICES, **kwargs)
+
+    def filter(self, qs, value):
+        if value == "true":
+            return qs.filter(depth=0)
+        if value == "false":
+            return qs.filter(depth__gt=0)
+        return qs
+
+
 class SagaInstanceFilter(django_filters.FilterSet):
-    """``status`` (repeatable), ``saga_type``, ``parent`` (a saga's children), and a half-open creation window.
+    """``status`` (repeatable), ``saga_type``, ``parent`` (a saga's children), ``root`` (only roots, or only
+    children), and a half-open creation window.
 
     ``created_after`` is inclusive and ``created_before`` exclusive, so
     consecutive windows never count a saga twice.
@@ -53,10 +75,12 @@ class SagaInstanceFilter(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=SagaStatus.choices)
     saga_type = django_filters.CharFilter(strip=False)
     parent = django_filters.UUIDFilter(field_name="parent", help_text="Only the children of this saga.")
+    root = RootFilter(help_text="`true`: only root sagas (no parent); `false`: only child sagas (started by "
+                                "a `ChildSaga` step of another saga).")
     created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = SagaInstance
-        fields = ["status", "saga_type", "parent", "created_after", "created_before"]
+        fields = ["status", "saga_type", "parent", "root", "created_after", "created_before"]
         form = NoBlankParametersForm

@@ -341,6 +341,10 @@ class AnalyticsQuerySerializer(serializers.Serializer):
         help_text="sagas created at or after this moment; left out: 24 hours before `until` (or now)")
     until = serializers.DateTimeField(required=False, help_text="sagas created before this moment")
     saga_type = TextField(required=False, max_length=200, trim_whitespace=False, help_text="only this saga type")
+    root = serializers.ChoiceField(
+        choices=["true", "false"], required=False,
+        help_text="`true`: only root sagas; `false`: only child sagas (started by another saga's `ChildSaga` "
+                  "step); left out: both")
 
     def validate(self, attrs: dict) -> dict:
         """A parameter sent empty (``?until=``) is an error, as the schema says, not a silent "left out"."""
@@ -368,6 +372,8 @@ class SagaStatsOutputSerializer(serializers.Serializer):
     p50_seconds = serializers.FloatField(allow_null=True)
     p95_seconds = serializers.FloatField(allow_null=True)
     top_errors = ErrorCountOutputSerializer(many=True)
+    roots = serializers.IntegerField(help_text="Of `total`: root sagas (no parent).")
+    children = serializers.IntegerField(help_text="Of `total`: child sagas (started by another saga's step).")
 
 
 class StepStatsOutputSerializer(serializers.Serializer):
@@ -395,6 +401,8 @@ class AnalyticsWindowOutputSerializer(serializers.Serializer):
     since = serializers.DateTimeField(help_text="The window used: given, or the default.")
     until = serializers.DateTimeField(allow_null=True)
     saga_type = serializers.CharField(allow_null=True)
+    root = serializers.BooleanField(allow_null=True, help_text="true: root sagas only; false: child sagas only; "
+                                                               "null: both.")
 
 
 class AnalyticsOutputSerializer(serializers.Serializer):

@@ -112,16 +112,7 @@ def _type_permission_note(saga_type: str) -> str:
 
 def shown(request: Request, data: dict) -> dict:
     """A saga's answer (``SagaInstanceOutputSerializer``) with its sensitive fields masked for this user."""
-    if access.sees_sensitive(request.user):
-        return data
-    fields = access.sensitive_fields(data["saga_type"])
-    if not fields:
-        return data
-    data["input"] = access.masked(data["input"], fields)
-    data["results"] = access.masked(data["results"], fields)
-    for step in data.get("steps", []):
-        step["result"] = access.masked(step["result"], fields)
-    return data
+    return data if access.sees_sensitive(request.user) else access.masked_saga(data)
 
 
 def saga_url(request: Request, saga: SagaInstance) -> str:
@@ -215,6 +206,7 @@ class SagaListCreateApi(GenericAPIView):
         description=(
             "Newest first. `status` may be repeated (`?status=failed&status=compensating`); "
             "`created_after` is inclusive, `created_before` exclusive (ISO 8601 date-times). "
+            "`parent` lists one saga's children; `root=true` only root sagas, `root=false` only child sagas. "
             "Pages are cursors: follow `next` (and `previous`); `count` is always null, since counting "
             "every matching saga for each page is what made a page cost as much as the table."
         ),
@@ -518,7 +510,9 @@ class AnalyticsApi(APIView):
         description=(
             "Per saga type, over all types and per step: counts by status, success and compensation "
             "rates, p50/p95 duration (seconds) and the most frequent errors, for sagas created in "
-            "[`since`, `until`) (ISO 8601), optionally for one `saga_type`. Without `since` the window "
+            "[`since`, `until`) (ISO 8601), optionally for one `saga_type`. Child sagas count under their "
+            "own type like any saga; each figure says how many were `roots` and `children`, and `root=true` "
+            "(only root sagas) or `root=false` (only child sagas) narrows every figure to one kind. Without `since` the window "
             "is the 24 hours before `until` (or before now); `window` in the answer says which one was used. "
             "A window longer than `SAGAS_ANALYTICS_MAX_WINDOW` (31 days by default) is cut to that length, "
             "ending at `until` (or now): `window.since` in the answer is then later than the one asked for. "
@@ -538,6 +532,7 @@ class AnalyticsApi(APIView):
             "since": query.validated_data.get("since") or analytics.default_since(until, now),
             "until": until,
             "saga_type": saga_type,
+            "root": {"true": True, "false": False}.get(query.validated_data.get("root")),
         }
         window["since"] = analytics.capped_since(window["since"], until, now, settings.SAGAS_ANALYTICS_MAX_WINDOW)
         readable = access.readable_types(request.user)  # None: every type

@@ -3,11 +3,12 @@
 Counters kept in a process's memory would be wrong here: steps run in many
 prefork worker processes, on many machines, and the web processes that
 answer the scrape run none of them. The database already holds every figure,
-so a custom collector reads them at scrape time (see the README's "Metrics"
+so a custom collector reads them at scrape time (see the guide's "Metrics and Prometheus"
 for what that costs):
 
-- ``figures``: the grouped queries, over any set of sagas: by type and
-  status (started, finished, active); step records by type and step
+- ``figures``: the grouped queries, over any set of sagas: by type, status
+  and role (started, finished, active; ``role`` is ``root`` or ``child``,
+  so summing it away gives every saga of the type); step records by type and step
   (attempts by outcome, waiting steps, durations as a histogram);
 - ``totals``: those figures summed once for every finished saga (folded),
   so a scrape reads only the sagas not folded yet, whatever the number that
@@ -30,34 +31,40 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .. import access
-from django.db.models import Count
+from django.db.models import Count, Q
 
+from .. import access
 from ..models import ACTIVE_SAGA_STATUSES, FINAL_SAGA_STATUSES, SagaInstance, SagaStatus
 from . import totals
-from .figures import BUCKET_FIGURES, DURATION_BUCKETS, SUCCEEDED_STATUSES, Key, SecondsBetween
+from .figures import (BUCKET_FIGURES, CHILD, DURATION_BUCKETS, ROOT, SUCCEEDED_STATUSES, Key, SecondsBetween,
+                      role_and_status)
 
 __all__ = ["DURATION_BUCKETS", "SUCCEEDED_STATUSES", "SagaCollector", "SecondsBetween", "compute_exposition",
            "exposition", "families", "metrics_view", "scrape_allowed", "without_types"]
 
 
+ROLE_HELP = " (role: root, or child for a saga started by another saga's ChildSaga step)."
+
+
 def _saga_families(figures: Counter[Key]) -> list[Metric]:
-    started = CounterMetricFamily("sagas_started", "Sagas started, by saga type.", labels=["saga_type"])
-    finished = CounterMetricFamily("sagas_finished", "Sagas finished, by saga type and final status.",
-                                   labels=["saga_type", "status"])
-    active = GaugeMetricFamily("sagas_active", "Sagas not finished yet, by saga type and status.",
-                               labels=["saga_type", "status"])
-    by_type: dict[str, int] = {}
-    for (saga_type, step, status), n in sorted(figures.items()):
+    started = CounterMetricFamily("sagas_started", "Sagas started, by saga type and role" + ROLE_HELP,
+                                  labels=["saga_type", "role"])
+    finished = CounterMetricFamily("sagas_finished", "Sagas finished, by saga type, final status and role"
+                                   + ROLE_HELP, labels=["saga_type", "status", "role"])
+    active = GaugeMetricFamily("sagas_active", "Sagas not finished yet, by saga type, status and role" + ROLE_HELP,
+                               labels=["saga_type", "status", "role"])
+    by_type: dict[tuple[str, str], int] = {}
+    for (saga_type, step, figure), n in sorted(figures.items()):
         if step or n <= 0:
             continue
-        by_type[saga_type] = by_type.get(saga_type, 0) + n
+        role, status = role_and_status(figure)
+        by_type[(saga_type, role)] = by_type.get((saga_type, role), 0) + n
         if status in FINAL_SAGA_STATUSES:
-            finished.add_metric([saga_type, status], n)
+            finished.add_metric([saga_type, status, role], n)
         elif status in ACTIVE_SAGA_STATUSES:
-            active.add_metric([saga_type, status], n)
-    for saga_type, n in sorted(by_type.items()):
-        started.add_metric([saga_type], n)
+            active.add_metric([saga_type, status, role], n)
+    for (saga_type, role), n in sorted(by_type.items()):
+        started.add_metric([saga_type, role], n)
     return [started, finished, active]
 
 
@@ -116,14 +123,19 @@ class SagaCollector:
 
 
 def paused_family() -> Metric:
-    """``sagas_paused``: sagas now paused, by saga type and cause (a person, or a step after the pivot)."""
-    paused = GaugeMetricFamily("sagas_paused", "Sagas now paused, by saga type and cause (person: a person "
-                               "paused it; after_pivot: a step after its pivot failed for good).",
-                               labels=["saga_type", "cause"])
+    """``sagas_paused``: sagas now paused, by saga type, cause (a person, a step after the pivot, the parent)
+    and role."""
+    paused = GaugeMetricFamily("sagas_paused", "Sagas now paused, by saga type, cause (person: a person "
+                               "paused it; after_pivot: a step after its pivot failed for good; parent: its "
+                               "parent saga was paused) and role" + ROLE_HELP,
+                               labels=["saga_type", "cause", "role"])
     rows = (SagaInstance.objects.filter(status=SagaStatus.PAUSED).order_by()
-            .values_list("saga_type", "pause_cause").annotate(n=Count("id")))
-    for saga_type, cause, n in sorted(rows):
-        paused.add_metric([saga_type, cause or "person"], n)
+            .values_list("saga_type", "pause_cause")
+            .annotate(n=Count("id"), children=Count("id", filter=Q(depth__gt=0))))
+    for saga_type, cause, n, children in sorted(rows):
+        for role, count in ((ROOT, n - children), (CHILD, children)):
+            if count:
+                paused.add_metric([saga_type, cause or "person", role], count)
     return paused
 
 

@@ -6,8 +6,11 @@ ones before adding them to ``MetricTotal``: whichever way a saga is counted,
 it adds the same figures. Every figure is a sum, so the two parts add up.
 
 A key is ``(saga_type, step, figure)``: ``step`` is empty for a saga's own
-figure (``figure`` is then its status, the value a number of sagas); for a
-step's figures it is the step's name (``STEP_FIGURES``, ``DURATION_FIGURES``).
+figure (``figure`` is then its status for a root saga, ``child:<status>`` for
+a child saga: ``saga_figure``; the value a number of sagas); for a step's
+figures it is the step's name (``STEP_FIGURES``, ``DURATION_FIGURES``).
+A child saga is told by its ``depth`` (it never changes), so a saga is
+counted the same way whenever it is.
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 SUCCEEDED_STATUSES = (*FORWARD_DONE_STATUSES, StepStatus.WAITING)
 
 Key = tuple[str, str, str]
+# A saga's own figure is its status for a root saga, this and its status for a child saga.
+CHILD_PREFIX = "child:"
+ROOT, CHILD = "root", "child"
 # Saga ids per statement: SQLite takes at most 32 766 parameters.
 CHUNK = 5000
 
@@ -36,15 +42,40 @@ BUCKET_FIGURES = tuple(f"le_{n}" for n in range(len(DURATION_BUCKETS)))
 DURATION_FIGURES = ("n", "ok_n", "all_sum", "ok_sum", *BUCKET_FIGURES, *(f"ok_{b}" for b in BUCKET_FIGURES))
 
 
-def saga_figures(sagas: QuerySet[SagaInstance]) -> Counter[Key]:
-    """These sagas by type and status: one grouped query."""
-    rows = sagas.order_by().values_list("saga_type", "status").annotate(n=Count("id"))
-    return Counter({(saga_type, "", status): n for saga_type, status, n in rows})
+def saga_figure(status: str, depth: int) -> str:
+    """The figure a saga of this status and depth adds one to: its status, ``child:`` first for a child."""
+    return f"{CHILD_PREFIX}{status}" if depth else status
 
 
-def counted_sagas(rows: list[tuple[str, str]]) -> Counter[Key]:
-    """Sagas by type and status, from their ``(saga_type, status)`` pairs."""
-    return Counter((saga_type, "", status) for saga_type, status in rows)
+def role_and_status(figure: str) -> tuple[str, str]:
+    """``(role, status)`` of a saga's figure: ``root`` or ``child``, as ``saga_figure`` wrote it."""
+    if figure.startswith(CHILD_PREFIX):
+        return CHILD, figure[len(CHILD_PREFIX):]
+    return ROOT, figure
+
+
+def saga_figures(sagas: QuerySet[SagaInstance], *, children: bool = True) -> Counter[Key]:
+    """These sagas by type, status and root or child: one grouped query.
+
+    ``children=False``: every saga is a root (a database from before child
+    sagas, whose table has no ``depth`` yet: the migration that folded the
+    first totals).
+    """
+    rows = sagas.order_by().values_list("saga_type", "status")
+    if not children:
+        return Counter({(saga_type, "", saga_figure(status, 0)): n
+                        for saga_type, status, n in rows.annotate(n=Count("id"))})
+    rows = rows.annotate(n=Count("id"), children=Count("id", filter=Q(depth__gt=0)))
+    figures: Counter[Key] = Counter()
+    for saga_type, status, n, children in rows:
+        figures[(saga_type, "", saga_figure(status, 0))] += n - children
+        figures[(saga_type, "", saga_figure(status, 1))] += children
+    return +figures  # no zeros: a type with no child sagas has no child figures
+
+
+def counted_sagas(rows: list[tuple[str, str, int]]) -> Counter[Key]:
+    """Sagas by type, status and root or child, from their ``(saga_type, status, depth)``."""
+    return Counter((saga_type, "", saga_figure(status, depth)) for saga_type, status, depth in rows)
 
 
 def step_figures(saga_ids: list) -> Counter[Key]:

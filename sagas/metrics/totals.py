@@ -65,23 +65,24 @@ def _fold_batch(candidates: list) -> int:
         # Checked again under the lock: one may have moved, or been folded by another process.
         rows = list(SagaInstance.objects.filter(pk__in=candidates, metrics_folded=False,
                                                 status__in=FINAL_SAGA_STATUSES)
-                    .select_for_update(skip_locked=True).order_by().values_list("pk", "saga_type", "status"))
+                    .select_for_update(skip_locked=True).order_by().values_list("pk", "saga_type", "status", "depth"))
         if not rows:
             return 0
         add(_figures_of(rows))
-        SagaInstance.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(metrics_folded=True)
+        SagaInstance.objects.filter(pk__in=[row[0] for row in rows]).update(metrics_folded=True)
     return len(rows)
 
 
-def fold_everything() -> int:
+def fold_everything(*, children: bool = True) -> int:
     """Fold every finished saga at once, in one joined pass; how many.
 
     For the migration that brought the totals in (``0011_metric_totals``),
     which holds the saga table meanwhile: nothing moves a saga between the
     pass and the marking. Elsewhere, ``fold`` (by batches, each locked).
+    ``children=False``: the table has no child sagas yet (``saga_figures``).
     """
     finished = SagaInstance.objects.filter(metrics_folded=False, status__in=FINAL_SAGA_STATUSES)
-    figures = saga_figures(finished)
+    figures = saga_figures(finished, children=children)
     figures.update(step_figures_where(Q(saga__metrics_folded=False, saga__status__in=FINAL_SAGA_STATUSES)))
     add(figures)
     return finished.update(metrics_folded=True)
@@ -92,7 +93,7 @@ def unfold(saga: SagaInstance, *, status: str) -> None:
 
     Called inside the transition's transaction, the saga's row locked.
     """
-    add(_figures_of([(saga.pk, saga.saga_type, status)]), sign=-1)
+    add(_figures_of([(saga.pk, saga.saga_type, status, saga.depth)]), sign=-1)
     SagaInstance.objects.filter(pk=saga.pk).update(metrics_folded=False)
     saga.metrics_folded = False
 
@@ -103,17 +104,17 @@ def forget(saga_ids: list) -> None:
     Called inside the removing transaction; their rows are locked here (no
     fold takes one of them before it is gone).
     """
-    rows = [(pk, saga_type, status) for pk, saga_type, status, folded
+    rows = [(pk, saga_type, status, depth) for pk, saga_type, status, depth, folded
             in SagaInstance.objects.filter(pk__in=saga_ids).select_for_update().order_by("pk")
-            .values_list("pk", "saga_type", "status", "metrics_folded") if folded]
+            .values_list("pk", "saga_type", "status", "depth", "metrics_folded") if folded]
     if rows:
         add(_figures_of(rows), sign=-1)
 
 
 def _figures_of(rows: list[tuple]) -> Counter[Key]:
-    """The figures of the sagas ``(pk, saga_type, status)``, their step records looked up by key."""
-    figures = counted_sagas([(saga_type, status) for _, saga_type, status in rows])
-    figures.update(step_figures([pk for pk, _, _ in rows]))
+    """The figures of the sagas ``(pk, saga_type, status, depth)``, their step records looked up by key."""
+    figures = counted_sagas([row[1:] for row in rows])
+    figures.update(step_figures([row[0] for row in rows]))
     return figures
 
 
@@ -142,11 +143,11 @@ def current() -> Counter[Key]:
         figures = Counter({(saga_type, step, figure): value for saga_type, step, figure, value
                            in MetricTotal.objects.values_list("saga_type", "step", "figure", "value")})
         live = list(SagaInstance.objects.filter(metrics_folded=False).order_by()
-                    .values_list("pk", "saga_type", "status"))
+                    .values_list("pk", "saga_type", "status", "depth"))
         if len(live) <= CHUNK:
             figures.update(_figures_of(live))
         else:  # a crowd (a burst of sagas in flight): one joined pass costs less than a look-up per record
-            figures.update(counted_sagas([(saga_type, status) for _, saga_type, status in live]))
+            figures.update(counted_sagas([row[1:] for row in live]))
             figures.update(step_figures_where(Q(saga__metrics_folded=False)))
     return figures
 

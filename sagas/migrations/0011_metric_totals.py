@@ -14,7 +14,7 @@ def fold_finished_sagas(apps, schema_editor):
     from sagas.models import FINAL_SAGA_STATUSES, SagaInstance
 
     if SagaInstance.objects.filter(status__in=FINAL_SAGA_STATUSES).exists():
-        fold_everything()
+        fold_everything(children=False)  # child sagas (their ``depth``) came later: every saga here is a root
 
 
 class Migration(migrations.Migration):

@@ -3,7 +3,7 @@ against the real ASGI server (uvicorn, in a subprocess), a real worker and the t
 
 ``scripts/test.sh`` installs ``chromium`` and ``chromium-driver`` when it runs as root and they are
 missing; elsewhere these tests are skipped if the browser is not there. Screenshots go to
-``var/screenshots/``; those the README shows go to ``docs/`` (each run takes them again).
+``var/screenshots/``; those the README and the guide show go to ``docs/`` (each run takes them again).
 """
 import json
 import os
@@ -207,7 +207,8 @@ def test_live_page_fits_the_window_and_shows_deadlines_ahead(server, browser, st
 
     # The corporate gates wait days (budget: 3, onboarding: 14); their long names fill the columns.
     gated = {start_saga("corporate.budget_approval", input=Inputs.budget(amount="900")).pk: "in 2 d 23 h",
-             start_saga("corporate.employee_onboarding", input=Inputs.onboarding()).pk: "in 13 d 23 h"}
+             start_saga("corporate.employee_onboarding", input=Inputs.onboarding(),
+                        version=5).pk: "in 13 d 23 h"}  # the gate first: no child saga waited for
     wait_until(lambda: StepRecord.objects.filter(saga_id__in=gated, status=StepStatus.WAITING).count() == 2)
     busy = start_saga_through_api(server, token, "tests.three_steps", {"sleep": {"b": 20}})
     failed = start_saga_through_api(server, token, "tests.three_steps",
@@ -296,19 +297,19 @@ def test_saga_page_draws_its_timeline_with_a_bar_per_attempt(server, browser, st
 
     browser.get(f"{server}/admin/sagas/sagainstance/{saga.pk}/change/")
 
-    chart = browser.find_element(By.CSS_SELECTOR, "svg.saga-timeline-chart")
-    attempts = chart.find_elements(By.CSS_SELECTOR, "rect.bar-attempt")
-    compensations = chart.find_elements(By.CSS_SELECTOR, "rect.bar-compensation")
+    chart = browser.find_element(By.CSS_SELECTOR, ".saga-timeline-chart")
+    attempts = chart.find_elements(By.CSS_SELECTOR, ".bar-attempt")
+    compensations = chart.find_elements(By.CSS_SELECTOR, ".bar-compensation")
     # a, b1, b2 (twice), b3, c: six attempts; b1, b2, b3 and a (twice) undone: five compensation attempts
     assert len(attempts) == 6 and len(compensations) == 5
     assert {r.get_attribute("data-outcome") for r in attempts} == {"succeeded", "retried", "failed"}
-    assert chart.find_elements(By.CSS_SELECTOR, "rect.bar-retry-wait")
+    assert chart.find_elements(By.CSS_SELECTOR, ".bar-retry-wait")
     assert "Attempt 1 of b2 failed: ConnectionError: b2 flaked on attempt 1" in browser.page_source
-    buttons = [b.text for b in browser.find_elements(By.CSS_SELECTOR, ".object-tools button")]
+    buttons = [b.text for b in browser.find_elements(By.CSS_SELECTOR, ".run-actions button")]
     assert buttons == ["Resubmit"]
     browser.execute_script("arguments[0].scrollIntoView()", chart)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    chart.find_element(By.XPATH, "./ancestor::fieldset").screenshot(str(SHOTS / "timeline.png"))
+    chart.find_element(By.XPATH, "./ancestor::section").screenshot(str(SHOTS / "timeline.png"))
 
 
 def test_a_permitted_user_completes_a_waiting_gate_from_the_admin_and_the_saga_goes_on(server, browser):

@@ -17,7 +17,15 @@ from urllib.parse import urlsplit
 import pytest
 from django.conf import settings
 
-from sagas.chaos import CHAOS_SAGA, FANOUT_SAGA, LONG_SAGA, check_effects, effects_left_behind
+from sagas.chaos import (
+    CHAOS_SAGA,
+    FANOUT_SAGA,
+    LONG_SAGA,
+    NESTED_CHILD_SAGA,
+    NESTED_SAGA,
+    check_effects,
+    effects_left_behind,
+)
 from sagas.invariants import check_sagas
 from sagas.models import FINAL_SAGA_STATUSES, SagaInstance
 from sagas.workers import database_url
@@ -100,6 +108,13 @@ LONG_RUN = ["--workload", "long", "--long-sagas", "2", "--long-seconds", "25", "
             "--timeout", "90", "--seed", "7", "--json"]
 
 
+# Four nested sagas (a parent and two children each, one child in a Parallel; steps of 0.5 s), most of them
+# failing after their children succeeded, under a pool-child kill and a whole-worker kill: about 40 s.
+NESTED_RUN = ["--workload", "nested", "--nested-sagas", "4", "--nested-failure-share", "0.75", "--step-seconds",
+              "0.5", "--workers", "2", "--concurrency", "2", "--kills", "1", "--broker-restarts", "0",
+              "--fault-interval", "6", "--max-recovery", "30", "--timeout", "120", "--seed", "7", "--json"]
+
+
 def assert_workload_passed(run: subprocess.CompletedProcess, figures: dict, saga_type: str, count: int) -> None:
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-3000:]
     assert figures["passed"] and figures["lost"] == 0 and figures["effects_left"] == 0
@@ -134,3 +149,23 @@ def test_chaos_long_step_run_moves_again_within_30s_of_a_lost_message(transactio
     assert figures["faults"]["lost message"]["faults"] == 1, run.stdout[-5000:]
     assert figures["faults"]["long-step kill"]["faults"] == 1, run.stdout[-5000:]
     assert_workload_passed(run, figures, LONG_SAGA, 2)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="saga_chaos runs a redis-server of its own")
+@pytest.mark.skipif(not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"), reason=(
+    "the tree's rules are the engine's, the same on SQLite (tests/integration/test_child_sagas.py and "
+    "tests/integration/test_corporate_children.py run children there); one database keeps the suite's time"))
+def test_chaos_nested_run_undoes_children_as_a_whole_and_keeps_every_tree_consistent(transactional_db):
+    run, figures = run_chaos(base=NESTED_RUN)
+
+    assert_workload_passed(run, figures, NESTED_SAGA, 4)
+    assert "PASS  parent sagas agree with their child sagas" in run.stdout
+    children = SagaInstance.objects.filter(saga_type=NESTED_CHILD_SAGA)
+    assert figures["child_sagas"] == children.count() >= 4
+    assert effects_left_behind(children) == []
+    assert all(check.passed for check in check_effects(children))
+    # Some children that had succeeded were undone as a whole with their parent.
+    undone = children.filter(status="compensated", parent__status="compensated",
+                             events__kind="saga_succeeded").distinct()
+    assert undone.exists(), run.stdout[-5000:]

@@ -1,4 +1,6 @@
 """Child sagas and conditions end to end: a real prefork worker, the real broker, the test database."""
+import os
+import subprocess
 import time
 import uuid
 
@@ -7,7 +9,8 @@ import pytest
 from sagas import cancel, canvas, complete_step, pause, registry, resume, retry_compensation, start_saga
 from sagas.engine import sweep
 from sagas.models import EventKind, SagaInstance, SagaStatus, StepRecord, StepStatus
-from tests.helpers import make_due, wait_for_saga, wait_until
+from tests.helpers import kill_whole_worker, make_due, wait_for_saga, wait_until
+from tests.integration.conftest import start_worker
 from tests.testapp.models import Call
 
 pytestmark = pytest.mark.integration
@@ -254,6 +257,48 @@ def test_a_lost_end_message_is_made_good_by_the_sweeper(worker, monkeypatch):
     assert parent.status == SagaStatus.SUCCEEDED
     assert parent.results["child"]["results"]["gate"]["value"] == 5
     assert calls(parent) == ["a", "c"]
+
+
+@pytest.mark.parametrize("killed", ["pool child", "whole worker"])
+def test_a_worker_killed_between_the_childs_end_and_the_parents_move_is_repaired_by_the_sweeper(
+        worker, tmp_path, killed):
+    # A worker of its own runs the whole tree; where the transaction that ends the child has committed and
+    # its message to the parent is not sent yet, the process that committed it is SIGKILLed: the pool
+    # child by itself ("kill"), or the whole worker, main process and pool children, by this test while
+    # the pool child holds there ("hold").
+    stopped = tmp_path / "child-ended"
+    how = "kill" if killed == "pool child" else "hold"
+    with start_worker(queue=f"kill-{uuid.uuid4().hex[:6]}", concurrency=1,
+                      extra_env={"TESTS_STOP_AT_CHILD_END": f"{how}:{stopped}"}) as doomed:
+        parent = start_saga("tests.nested_unhurried", input={})  # its child's steps: no tight time limit
+        child = child_of(parent)
+        wait_until(stopped.exists, timeout=60)
+        pid = int(wait_until(stopped.read_text, timeout=5))
+        if killed == "whole worker":
+            assert pid in [int(p) for p in subprocess.run(["pgrep", "-P", str(doomed["process"].pid)],
+                                                          capture_output=True, text=True).stdout.split()]
+            kill_whole_worker(doomed["process"])
+        else:  # the worker re-queues the step its pool child died in: delivered again, it finds it done
+            wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=10)
+            wait_until(lambda: "'stopped: saga is succeeded'" in doomed["log"].read_text(), timeout=60)
+        time.sleep(SETTLE)
+
+        assert SagaInstance.objects.get(pk=child.pk).status == SagaStatus.SUCCEEDED
+        assert SagaInstance.objects.get(pk=parent.pk).status == SagaStatus.RUNNING
+        assert step_of(parent, "child").status == StepStatus.WAITING  # nothing told the parent
+    make_due(parent)  # as if a stall time had passed
+
+    sweep()  # what beat runs every few seconds; the parent's next step goes to the session's worker
+    parent = wait_for_saga(parent)
+
+    assert parent.status == SagaStatus.SUCCEEDED
+    child = SagaInstance.objects.get(pk=child.pk)
+    assert parent.results["child"] == {"saga_id": str(child.pk), "results": child.results}
+    assert calls(parent) == ["a", "c"] and calls(child) == ["a", "b"]  # nothing ran twice
+    assert SagaInstance.objects.filter(parent=parent).count() == 1
+    record = step_of(parent, "child")
+    assert (record.status, record.attempts) == (StepStatus.SUCCEEDED, 1)
+    assert parent.events.filter(kind=EventKind.STEP_SUCCEEDED, step=record).count() == 1
 
 
 # --- depth ------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ pytestmark = [
 INHERITED = ("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "FLOWER_USER", "DJANGO_SUPERUSER_USERNAME",
              "POSTGRES_PASSWORD", "SECURE_PROXY_SSL_HEADER", "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE",
              "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS")
-# check --deploy on the stack's plain HTTP, as the README's deployment checklist lists them.
+# check --deploy on the stack's plain HTTP, as the guide's deployment checklist (docs/security.md) lists them.
 PLAIN_HTTP_WARNINGS = {"security.W004", "security.W008", "security.W012", "security.W016"}
 
 

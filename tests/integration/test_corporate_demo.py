@@ -25,9 +25,22 @@ def test_demo_runs_examples_and_generated_sagas_and_every_invariant_passes(worke
                  approval_rate=0.7, approval_delay=0.1, approval_jitter=0.05)
 
     out = capsys.readouterr().out
-    assert SagaInstance.objects.filter(saga_type__startswith="corporate.").count() == 17 + 12
+    parents = SagaInstance.objects.filter(saga_type__startswith="corporate.", parent__isnull=True)
+    assert parents.count() == 19 + 12
     assert "FAIL" not in out
-    assert out.count("PASS") == 17 + 13  # every example, every invariant (the gates' and the paused ones included)
+    assert out.count("PASS") == 19 + 16  # every example, every invariant (the gates', the paused and the trees')
+    # The latest onboarding's IT provisioning ran as a child saga: undone with its parent when the contract
+    # was declined, and its figures reported as a type of its own.
+    assert re.search(r"PASS  onboarding undone with its IT child: declined\s+compensated; "
+                     r"child corporate.it_provisioning compensated", out)
+    assert re.search(r"PASS  onboarding completes: IT child, contract signed\s+succeeded; "
+                     r"child corporate.it_provisioning succeeded", out)
+    assert "corporate.it_provisioning" in out.split("Steps:")[0]
+    children = SagaInstance.objects.filter(saga_type="corporate.it_provisioning")
+    assert children.exists() and not children.filter(parent__isnull=True).exists()
+    # The latest budget approval skips the executive by its condition; version 3 by SkipWait.
+    assert SagaEvent.objects.filter(kind=EventKind.STEP_SKIPPED, step__name="executive_signoff",
+                                    detail__reason="condition false").exists()
     for heading in ("corporate.order_fulfillment", "all types", "Steps:", "Business invariants", "p95", "Gates:",
                     "budget_approval / manager_approval", "employee_onboarding / contract_signature",
                     "system_deployment / release_gate", "Operator: sagas paused past their pivot"):

@@ -19,7 +19,7 @@ from sagas.engine import sweep
 from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepStatus
 from sagas.tasks import compensate_saga
 from sagas.workers import database_url
-from tests.helpers import make_due, saga_user, wait_for_saga, wait_until
+from tests.helpers import kill_whole_worker, make_due, saga_user, wait_for_saga, wait_until
 from tests.integration.conftest import start_worker
 from tests.testapp.models import Call, Ledger
 
@@ -163,16 +163,6 @@ def test_a_success_reported_while_the_soft_time_limit_fires_on_the_saga_lock_is_
     assert c.attempts == 1 and calls(saga) == ["a", "b", "c"]  # recorded, not run again
 
 
-def _kill_whole_worker(process: subprocess.Popen) -> None:
-    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
-    for pid in [process.pid, *map(int, children)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait()
-
-
 def test_a_step_held_by_a_killed_worker_moves_again_long_before_its_lease_ends(worker):
     # The session's worker stays out of it: this saga goes to a queue of its own.
     queue = f"kill-{uuid.uuid4().hex[:6]}"
@@ -180,7 +170,7 @@ def test_a_step_held_by_a_killed_worker_moves_again_long_before_its_lease_ends(w
         saga = start_saga("tests.slow", input={"sleep_first": {"slow": 600}})
         wait_until(lambda: "slow" in calls(saga), timeout=60)
         lease = saga.steps.get(name="slow").lease_expires_at  # minutes away: the default step timeout
-        _kill_whole_worker(doomed["process"])
+        kill_whole_worker(doomed["process"])
     with start_worker(queue=queue, concurrency=1):
         def finished():
             sweep()  # what beat runs every few seconds
@@ -204,7 +194,7 @@ def test_a_step_whose_worker_was_killed_and_whose_retry_is_refused_is_compensate
     with start_worker(queue=queue, concurrency=1) as doomed:
         saga = start_saga("tests.slow", input={"sleep_first": {"slow": 600}, "fail": {"slow": "permanent"}})
         wait_until(lambda: "slow" in calls(saga), timeout=60)
-        _kill_whole_worker(doomed["process"])
+        kill_whole_worker(doomed["process"])
     with start_worker(queue=queue, concurrency=1):
         def finished():
             sweep()

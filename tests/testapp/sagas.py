@@ -320,6 +320,19 @@ registry.register(Saga(name="tests.nested_gate", steps=[
     Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
 ]))
 
+# Its child's steps have the default time limit (the last of tests.three_steps has one second): a test can
+# hold a worker where the child's end is committed for as long as it needs.
+registry.register(Saga(name="tests.unhurried", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    Step("b", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+]))
+
+registry.register(Saga(name="tests.nested_unhurried", steps=[
+    Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+    ChildSaga("child", "tests.unhurried", input=_child_input),
+    Step("c", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
+]))
+
 registry.register(Saga(name="tests.nested_unknown", steps=[
     Step("a", action, compensation=compensation, retry=FAST, compensation_retry=COMP),
     ChildSaga("ghost", "tests.no_such_saga"),

@@ -88,7 +88,7 @@ def test_changelist_shows_where_a_saga_compensated_at_its_gate_stopped(admin_cli
     from sagas import fail_step, start_saga
     from sagas.engine import execute_compensation, execute_step
 
-    saga = start_saga("corporate.employee_onboarding", input=Inputs.onboarding())
+    saga = start_saga("corporate.employee_onboarding", input=Inputs.onboarding(), version=5)  # the gate second
     execute_step(saga.id, 0)
     execute_step(saga.id, 1)  # contract_signature waits for the signature
     fail_step(saga, "contract_signature", error="the candidate declined")
@@ -100,6 +100,40 @@ def test_changelist_shows_where_a_saga_compensated_at_its_gate_stopped(admin_cli
 
     row = re.search(rf"<tr>(?:(?!</tr>).)*>{saga.pk.hex[:8]}</code>.*?</tr>", page, re.S).group(0)
     assert "contract_signature (compensated)" in row  # not "-": the gate it stopped at, undone
+
+
+def _time_out(saga):
+    from sagas.engine import sweep
+
+    StepRecord.objects.filter(saga=saga, name="contract_signature").update(
+        signal_deadline=timezone.now() - timedelta(seconds=1))
+    sweep()
+
+
+def _cancel(saga):
+    from sagas import cancel
+
+    cancel(saga, reason="the position was closed")
+
+
+@pytest.mark.parametrize("end_the_wait", [_time_out, _cancel], ids=["timed out", "cancelled"])
+def test_changelist_shows_the_gate_where_an_onboarding_ended_another_way(admin_client, db, sent, end_the_wait):
+    from corporate.fixtures import Inputs
+    from sagas import start_saga
+    from sagas.engine import execute_compensation, execute_step
+
+    saga = start_saga("corporate.employee_onboarding", input=Inputs.onboarding(), version=5)  # the gate second
+    execute_step(saga.id, 0)
+    execute_step(saga.id, 1)  # contract_signature waits for the signature
+    end_the_wait(saga)
+    for index in (1, 0):
+        execute_compensation(saga.id, index)
+    assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.COMPENSATED
+
+    page = admin_client.get(CHANGELIST).content.decode()
+
+    row = re.search(rf"<tr>(?:(?!</tr>).)*>{saga.pk.hex[:8]}</code>.*?</tr>", page, re.S).group(0)
+    assert "contract_signature (compensated)" in row
 
 
 @pytest.mark.parametrize("sagas", [3, 40])
@@ -115,7 +149,7 @@ def test_changelist_query_count_does_not_grow_with_the_sagas(admin_client, db, s
     assert response.status_code == 200
 
 
-def test_events_on_the_saga_page_read_as_sentences_with_a_timeline_picture(admin_client, db):
+def test_events_on_the_saga_page_read_as_sentences_with_a_timeline_chart(admin_client, db):
     saga = make_saga(SagaStatus.RUNNING)
     charge = saga.steps.get(name="charge")
     start = timezone.now() - timedelta(seconds=2)
@@ -127,7 +161,7 @@ def test_events_on_the_saga_page_read_as_sentences_with_a_timeline_picture(admin
 
     assert "Attempt 1 of charge failed: TimeoutError: gateway; retry in 0.5 s." in page
     assert '"attempt": 1' not in page  # no dictionaries
-    assert '<svg class="saga-timeline-chart"' in page
+    assert '<div class="saga-timeline-chart"' in page
     assert 'data-outcome="retried"' in page
 
 

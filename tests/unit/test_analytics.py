@@ -11,12 +11,14 @@ from sagas.models import SagaInstance, SagaStatus, StepRecord, StepStatus
 NOW = timezone.now()
 
 
-def saga(saga_type="shop.order", status=SagaStatus.SUCCEEDED, seconds=1.0, error="", created=NOW, steps=()):
-    """A saga row; ``steps`` is a list of (status, attempts, seconds, error)."""
+def saga(saga_type="shop.order", status=SagaStatus.SUCCEEDED, seconds=1.0, error="", created=NOW, steps=(),
+         parent=None):
+    """A saga row (a child of ``parent`` if given); ``steps`` is a list of (status, attempts, seconds, error)."""
     finished = status in (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
     instance = SagaInstance.objects.create(
         saga_type=saga_type, status=status, error=error,
         started_at=created, finished_at=created + timedelta(seconds=seconds) if finished else None,
+        parent=parent, depth=parent.depth + 1 if parent else 0,
     )
     SagaInstance.objects.filter(pk=instance.pk).update(created_at=created)
     for index, (step_status, attempts, step_seconds, step_error) in enumerate(steps):
@@ -156,3 +158,55 @@ def test_default_window_is_the_day_before_until_or_now():
     now = timezone.now()
     assert analytics.default_since(None, now) == now - timedelta(hours=24)
     assert analytics.default_since(now - timedelta(days=3), now) == now - timedelta(days=4)
+
+
+# --- roots and children -------------------------------------------------------------------
+
+
+@pytest.fixture
+def family(db):
+    """Two onboardings (roots), each with an IT provisioning as its child; one provisioning started by hand."""
+    for status in (SagaStatus.SUCCEEDED, SagaStatus.RUNNING):
+        parent = saga("hr.onboarding", status=status)
+        saga("it.provisioning", status=SagaStatus.SUCCEEDED, seconds=2.0, parent=parent,
+             steps=[(StepStatus.SUCCEEDED, 1, 1.0, "")])
+    saga("it.provisioning", status=SagaStatus.COMPENSATED, seconds=9.0, error="no laptop left",
+         steps=[(StepStatus.FAILED, 1, 3.0, "no laptop left")])
+
+
+def test_children_count_under_their_own_type_and_say_how_many_were_children(family):
+    stats = by_type()
+
+    assert (stats["it.provisioning"].total, stats["it.provisioning"].roots, stats["it.provisioning"].children) == (3, 1, 2)
+    assert (stats["hr.onboarding"].total, stats["hr.onboarding"].roots, stats["hr.onboarding"].children) == (2, 2, 0)
+    overall = analytics.overall_stats()
+    assert (overall.total, overall.roots, overall.children) == (5, 3, 2)
+    assert {"roots": 1, "children": 2}.items() <= stats["it.provisioning"].as_dict().items()
+
+
+def test_root_false_counts_only_child_sagas_and_root_true_only_roots(family):
+    children = by_type(root=False)
+    roots = by_type(root=True)
+
+    assert list(children) == ["it.provisioning"]
+    provisioning = children["it.provisioning"]
+    assert (provisioning.total, provisioning.success_rate, provisioning.p50_seconds) == (2, 1.0, 2.0)
+    assert provisioning.top_errors == []  # the compensated one was started by hand
+    assert roots["it.provisioning"].total == 1 and roots["it.provisioning"].compensation_rate == 1.0
+    assert roots["hr.onboarding"].total == 2
+    assert analytics.overall_stats(root=False).total == 2
+    assert [(s.saga_type, s.succeeded, s.failed) for s in analytics.step_stats(root=False)] == [
+        ("it.provisioning", 2, 0)]
+    assert [(s.saga_type, s.succeeded, s.failed) for s in analytics.step_stats(root=True)] == [
+        ("it.provisioning", 0, 1)]
+
+
+def test_a_child_whose_parent_was_pruned_is_still_a_child(db):
+    parent = saga("hr.onboarding")
+    child = saga("it.provisioning", parent=parent)
+    parent.delete()  # the child's parent goes to null (SET_NULL); its depth says what it was
+
+    child.refresh_from_db()
+    assert child.parent_id is None
+    assert by_type(root=False)["it.provisioning"].children == 1
+    assert "it.provisioning" not in by_type(root=True)

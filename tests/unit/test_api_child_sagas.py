@@ -102,6 +102,55 @@ def test_a_parent_that_is_not_an_id_is_a_field_error(api):
     assert "parent" in response.json()
 
 
+def test_root_true_lists_only_root_sagas_and_root_false_only_children(api, family):
+    root, child, grandchild = family
+    other = start_saga("tests.three_steps")
+
+    roots = api.get(SAGAS_URL, {"root": "true"}).json()["results"]
+    children = api.get(SAGAS_URL, {"root": "false"}).json()["results"]
+
+    assert {s["id"] for s in roots} == {str(root.pk), str(other.pk)}
+    assert {s["id"] for s in children} == {str(child.pk), str(grandchild.pk)}
+
+
+def test_root_goes_with_the_other_filters(api, family):
+    root, child, grandchild = family
+
+    listed = api.get(SAGAS_URL, {"root": "false", "parent": str(child.pk)}).json()["results"]
+
+    assert [s["id"] for s in listed] == [str(grandchild.pk)]
+    assert api.get(SAGAS_URL, {"root": "true", "parent": str(root.pk)}).json()["results"] == []
+
+
+@pytest.mark.parametrize("value", ["yes", "1", ""])
+def test_a_root_filter_that_is_not_true_or_false_is_a_field_error(api, family, value):
+    response = api.get(SAGAS_URL, {"root": value})
+
+    assert response.status_code == 400
+    assert "root" in response.json()
+
+
+def test_analytics_split_roots_from_children_and_root_narrows_them(api, family):
+    body = api.get("/api/analytics/").json()
+
+    recursive = body["saga_types"][0]
+    assert (recursive["total"], recursive["roots"], recursive["children"]) == (3, 1, 2)
+    assert (body["overall"]["roots"], body["overall"]["children"]) == (1, 2)
+    assert body["window"]["root"] is None
+    children = api.get("/api/analytics/", {"root": "false"}).json()
+    assert (children["overall"]["total"], children["overall"]["roots"], children["window"]["root"]) == (2, 0, False)
+    assert {s["step"]: s["total"] for s in children["steps"]} == {"a": 2, "deeper": 2}
+    roots = api.get("/api/analytics/", {"root": "true"}).json()
+    assert (roots["overall"]["total"], roots["overall"]["children"], roots["window"]["root"]) == (1, 0, True)
+
+
+def test_an_analytics_root_that_is_not_true_or_false_is_a_field_error(api):
+    response = api.get("/api/analytics/", {"root": "maybe"})
+
+    assert response.status_code == 400
+    assert "root" in response.json()
+
+
 def test_the_tree_of_a_root_saga_holds_all_of_it_in_one_call(api, family):
     root, child, grandchild = family
 
@@ -200,6 +249,11 @@ def test_the_schema_documents_the_tree_the_parent_filter_and_the_new_fields(api)
     assert node["children"]["items"]["$ref"] == "#/components/schemas/SagaTreeNodeOutput"
     listed = {p["name"]: p for p in schema["paths"]["/api/sagas/"]["get"]["parameters"]}
     assert listed["parent"]["schema"]["format"] == "uuid"
+    assert sorted(listed["root"]["schema"]["enum"]) == ["false", "true"] and "root sagas" in listed["root"]["description"]
+    analytics = {p["name"]: p for p in schema["paths"]["/api/analytics/"]["get"]["parameters"]}
+    assert sorted(analytics["root"]["schema"]["enum"]) == ["false", "true"]
+    figures = schema["components"]["schemas"]["SagaStatsOutput"]["properties"]
+    assert {"roots", "children"} <= set(figures)
     saga = schema["components"]["schemas"]["SagaInstanceOutput"]["properties"]
     assert {"parent", "parent_step", "depth", "children"} <= set(saga)
     assert saga["parent"]["nullable"] and saga["parent_step"]["nullable"]  # null for a root saga

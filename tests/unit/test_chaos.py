@@ -10,6 +10,7 @@ from sagas.chaos import (
     FANOUT_MEMBERS,
     FANOUT_SAGA,
     LONG_SAGA,
+    NESTED_SAGA,
     Fault,
     StandStill,
     TrailEvent,
@@ -23,7 +24,7 @@ from sagas.chaos import (
     stand_still_figures,
 )
 from sagas.engine import execute_compensation, execute_step
-from sagas.models import ChaosEffect, EventKind, SagaInstance, SagaStatus
+from sagas.models import ChaosEffect, EventKind, SagaInstance, SagaStatus, StepStatus
 from tests.helpers import compensations_due
 
 # The saga types exist only where their command (or its setting) registers them.
@@ -354,3 +355,78 @@ def test_a_saga_at_work_across_a_fault_that_did_not_touch_it_recovers_from_the_e
     knowing = measure_recoveries([fault], {"s": trail}, work={"s": [(at(5), at(40))]})
 
     assert naive[0].seconds == 30.0 and knowing[0].seconds == 0.0
+
+
+# --- the nested workload ---------------------------------------------------------------
+
+
+def test_a_nested_sagas_child_steps_apply_no_effect_of_their_own(db, sent):
+    saga = start_saga(NESTED_SAGA, input={"sleep": 0})
+    saga.steps.update(status=StepStatus.SUCCEEDED)
+    SagaInstance.objects.filter(pk=saga.pk).update(status=SagaStatus.SUCCEEDED)
+    saga.refresh_from_db()
+    for step in ("n0", "n1b", "n2"):
+        ChaosEffect.objects.create(key=f"{saga.pk}:{step}", saga_id=saga.pk, step=step, applied=1, runs=1)
+
+    assert effect_problems(saga, effects_of(saga)) == []  # "child" and "child_a": their children's effects
+    ChaosEffect.objects.filter(step="n1b").delete()
+    assert [p.text for p in effect_problems(saga, effects_of(saga))] == ["n1b succeeded but its effect is missing"]
+
+
+def child_wait_trail(child_ended: float, step_moved: float):
+    """A parent whose step 5 waits for its child from 2 s; the child ends at ``child_ended``, the step moves at
+    ``step_moved`` (later: the child's end message was lost, the sweeper looked)."""
+    return [
+        TrailEvent(at(0), EventKind.SAGA_CREATED),
+        TrailEvent(at(0.2), EventKind.STEP_STARTED, 4),
+        TrailEvent(at(1.5), EventKind.STEP_SUCCEEDED, 4),
+        TrailEvent(at(2), EventKind.STEP_WAITING, 5, waits_for_child=True, child_ended=at(child_ended)),
+        TrailEvent(at(step_moved), EventKind.STEP_SUCCEEDED, 5),
+        TrailEvent(at(step_moved), EventKind.SAGA_SUCCEEDED),
+    ]
+
+
+def test_a_parent_waiting_for_its_working_child_is_not_standing_still():
+    assert stand_still_of(child_wait_trail(child_ended=40, step_moved=40)).seconds == 0.5
+
+
+def test_a_parent_whose_childs_end_message_was_lost_stands_still_from_the_childs_end():
+    still = stand_still_of(child_wait_trail(child_ended=10, step_moved=35))
+
+    assert (still.seconds, still.start, still.end) == (25.0, at(10), at(35))
+
+
+def undone_child_trail():
+    """A child saga that succeeded at 3 s and was undone by its parent from 20 s: its second compensation's
+    attempt (from 21 s) lost at 35 s, taken over, done at 36 s."""
+    return [
+        TrailEvent(at(0), EventKind.SAGA_CREATED),
+        TrailEvent(at(0.2), EventKind.STEP_STARTED, 1),
+        TrailEvent(at(3), EventKind.STEP_SUCCEEDED, 1),
+        TrailEvent(at(3), EventKind.SAGA_SUCCEEDED),
+        TrailEvent(at(20), EventKind.SAGA_COMPENSATING),  # its parent undoes it: it lives again
+        TrailEvent(at(20), EventKind.COMPENSATION_STARTED, 1),
+        TrailEvent(at(35), EventKind.STEP_ATTEMPT_LOST, 1),
+        TrailEvent(at(35.5), EventKind.COMPENSATION_STARTED, 1),
+        TrailEvent(at(36), EventKind.STEP_COMPENSATED, 1),
+        TrailEvent(at(36), EventKind.SAGA_COMPENSATED),
+    ]
+
+
+def test_a_child_undone_after_it_succeeded_lives_again_only_while_it_is_undone():
+    # Between its success and its parent's undoing it is finished: not standing still.
+    assert stand_still_of(undone_child_trail()).seconds == 0.5
+    killed = Fault("whole worker", at(25), cut=frozenset({1}))
+    still = stand_still_of(undone_child_trail(), [killed])
+    assert (still.seconds, still.start, still.end) == (10.0, at(25), at(35))
+
+
+def test_a_fault_while_a_child_is_undone_catches_it():
+    trail = [(e.at, e.kind) for e in undone_child_trail()]
+    saga_id = uuid.uuid4()
+    between = Fault("pool child", at(10))
+    during = Fault("pool child", at(30))
+
+    assert measure_recoveries([between], {saga_id: trail}) == []  # finished then: not caught
+    [caught] = measure_recoveries([during], {saga_id: trail})
+    assert caught.seconds == 5.0  # to its next event, the lost attempt at 35 s

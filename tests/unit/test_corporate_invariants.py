@@ -7,8 +7,14 @@ from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
 from corporate import fixtures, invariants, models
-from corporate.sagas import BUDGET_APPROVAL, EMPLOYEE_ONBOARDING, ORDER_FULFILLMENT, SYSTEM_DEPLOYMENT
-from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord
+from corporate.sagas import (
+    BUDGET_APPROVAL,
+    EMPLOYEE_ONBOARDING,
+    IT_PROVISIONING,
+    ORDER_FULFILLMENT,
+    SYSTEM_DEPLOYMENT,
+)
+from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 
 
 def saga(saga_type: str, status: str) -> uuid.UUID:
@@ -37,7 +43,7 @@ def failing(result: invariants.Invariant) -> str:
 
 def test_every_invariant_passes_on_an_empty_database(db):
     results = invariants.check_all()
-    assert len(results) == 12
+    assert len(results) == 15
     assert all(passed for _, passed, _ in results), results
 
 
@@ -307,3 +313,66 @@ def test_a_step_skipped_because_the_saga_compensated_is_not_a_persons(db):
     SagaEvent.objects.create(saga_id=saga_id, step=record, kind=EventKind.STEP_SKIPPED,
                              detail={"from": "pending", "to": "skipped"})
     assert invariants.skipped_steps_hold_the_persons_result().detail == "0 steps skipped"
+
+
+# --- the onboarding and its IT provisioning child ------------------------------------------
+
+
+def onboarding_with_child(onboarding_status: str, step_status: str, child_status: str):
+    """An onboarding (version 7) whose provision_it step started an IT provisioning child, as rows."""
+    onboarding = SagaInstance.objects.create(saga_type=EMPLOYEE_ONBOARDING, version=7, status=onboarding_status)
+    employee = hire(onboarding.pk, contract=models.ContractStatus.VOIDED)
+    record = StepRecord.objects.create(saga=onboarding, index=1, name="provision_it", status=step_status)
+    child = SagaInstance.objects.create(saga_type=IT_PROVISIONING, status=child_status, parent=onboarding,
+                                        parent_step=record, depth=1, input={"employee": employee.pk})
+    if step_status == StepStatus.SUCCEEDED:
+        StepRecord.objects.filter(pk=record.pk).update(result={"saga_id": str(child.pk), "results": {}})
+    return onboarding, employee, child
+
+
+def test_a_compensated_onboarding_whose_provisioning_was_compensated_passes(db):
+    onboarding_with_child(SagaStatus.COMPENSATED, StepStatus.COMPENSATED, SagaStatus.COMPENSATED)
+    assert invariants.compensated_onboardings_undo_their_provisioning().passed
+    assert invariants.trees_consistent().passed
+    assert invariants.compensated_provisionings_clean().passed
+
+
+def test_a_compensated_onboarding_whose_provisioning_succeeded_fails(db):
+    onboarding, _, child = onboarding_with_child(SagaStatus.COMPENSATED, StepStatus.COMPENSATED,
+                                                 SagaStatus.SUCCEEDED)
+    assert f"onboarding {onboarding.pk}: its provisioning {child.pk} is succeeded" in failing(
+        invariants.compensated_onboardings_undo_their_provisioning())
+    assert "compensated, but its child" in failing(invariants.trees_consistent())
+
+
+def test_a_succeeded_onboarding_whose_step_disagrees_with_its_child_fails_the_tree_check(db):
+    onboarding_with_child(SagaStatus.SUCCEEDED, StepStatus.SUCCEEDED, SagaStatus.COMPENSATED)
+    detail = failing(invariants.trees_consistent())
+    assert "succeeded, but its child" in detail and "step provision_it is succeeded, but its child" in detail
+
+
+def test_a_compensated_provisioning_that_left_accounts_and_a_laptop_fails(db):
+    _, employee, child = onboarding_with_child(SagaStatus.COMPENSATED, StepStatus.COMPENSATED,
+                                               SagaStatus.COMPENSATED)
+    models.Account.objects.create(employee=employee, system="sso", username="a", holds_licence=True)
+    fixtures.pools(laptops=1, desks=0)
+    models.LaptopAssignment.objects.create(laptop=models.Laptop.objects.get(), employee=employee)
+
+    detail = failing(invariants.compensated_provisionings_clean())
+    assert f"provisioning {child.pk}: employee {employee.pk}: active account left" in detail
+    assert "licence held" in detail and "laptop left" in detail
+    # The onboarding's own check sees the same rows through its employee.
+    assert "active account" in failing(invariants.compensated_onboardings_clean())
+
+
+def test_a_budget_gate_skipped_by_its_condition_above_the_threshold_fails(db):
+    department = fixtures.department(budget=10**6)
+    saga_id = SagaInstance.objects.create(saga_type=BUDGET_APPROVAL, version=5, status=SagaStatus.SUCCEEDED).id
+    models.BudgetRequest.objects.create(saga_id=saga_id, department=department, amount=50000, purpose="x")
+    step = StepRecord.objects.create(saga_id=saga_id, index=3, name="executive_signoff", status=StepStatus.SKIPPED)
+    SagaEvent.objects.create(saga_id=saga_id, step=step, kind=EventKind.STEP_SKIPPED,
+                             detail={"reason": "condition false"})
+
+    assert "executive_signoff skipped by its condition" in failing(invariants.gates_passed_with_a_permitted_signal())
+    models.BudgetRequest.objects.filter(saga_id=saga_id).update(amount=900)  # at or below: allowed
+    assert invariants.gates_passed_with_a_permitted_signal().passed

@@ -4,8 +4,11 @@ A small driver runs a saga's actions in order and its compensations in
 reverse, the way the engine would, so each test can look at the rows between
 the two and check that every compensation is idempotent. A gate (a waiting
 step) takes the signal's result the test gives it, merged over its action's
-output as the engine merges them; ``SkipWait`` passes without one. A run
-takes the latest version of its saga unless given another.
+output as the engine merges them; ``SkipWait`` passes without one, and so
+does a step whose condition (``when=``) is false. A ``ChildSaga`` step runs
+its child saga the same way, to the end, and its compensation compensates
+the child as a whole. A run takes the latest version of its saga unless
+given another.
 """
 import secrets
 import uuid
@@ -20,13 +23,15 @@ from corporate.sagas import (
     BUDGET_APPROVAL,
     EMPLOYEE_ONBOARDING,
     GATED_TYPES,
+    IT_PROVISIONING,
     ORDER_FULFILLMENT,
     REHEARSAL_VERSIONS,
     SYSTEM_DEPLOYMENT,
 )
 from corporate.workflows.common import FORWARD_RETRY, STEP_RETRY
 from corporate.workflows.order_fulfillment import PaymentGatewayTimeout
-from sagas import PermanentError, SkipWait, registry
+from corporate.workflows.employee_onboarding import PIVOT_VERSION
+from sagas import ChildSaga, PermanentError, SkipWait, registry
 from sagas.definitions import StepContext
 
 APPROVED = {"approved": True, "comment": "fine"}
@@ -49,6 +54,7 @@ class Run:
         self.results: dict = {}
         self.signals = signals or {}  # gate -> the signal's result (default: approved)
         self.skipped: set[str] = set()
+        self.children: dict[str, "Run"] = {}  # ChildSaga step -> the child's run
 
     def _ctx(self, step, *, attempt=1, compensation=False) -> StepContext:
         before = {s.name for s in self.definition.steps[:self.definition.steps.index(step)]}
@@ -62,7 +68,15 @@ class Run:
 
     def step(self, name: str, *, attempt: int = 1):
         step = next(s for s in self.definition.steps if s.name == name)
-        output = step.action(self._ctx(step, attempt=attempt))
+        ctx = self._ctx(step, attempt=attempt)
+        if step.when is not None and not step.when(ctx):
+            self.skipped.add(name)  # never run, never compensated: no result
+            return None
+        if isinstance(step, ChildSaga):
+            child = self.children[name] = Run(step.saga_type, step.input(ctx), version=step.version).forward()
+            output = self.results[name] = {"saga_id": str(child.saga_id), "results": child.results}
+            return output
+        output = step.action(ctx)
         if isinstance(output, SkipWait):
             self.skipped.add(name)
             output = output.result
@@ -78,8 +92,15 @@ class Run:
 
     def compensate(self) -> None:
         for step in reversed(self.definition.steps):
-            if step.name in self.results and step.compensation is not None:
+            if step.name in self.children:
+                self.children[step.name].compensate()
+            elif step.name in self.results and step.compensation is not None:
                 step.compensation(self._ctx(step, compensation=True))
+
+
+def onboarding_v5(data: dict, signals: dict | None = None) -> Run:
+    """An onboarding on version 5: IT is a step of its own, after the signature (the pivot)."""
+    return Run(EMPLOYEE_ONBOARDING, data, signals, version=PIVOT_VERSION)
 
 
 def snapshot() -> dict:
@@ -177,7 +198,7 @@ def test_confirmation_step_has_no_compensation_and_says_why(db):
 
 def test_onboarding_gives_accounts_a_laptop_payroll_and_a_desk(db):
     fixtures.pools(laptops=1, desks=1)
-    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward()
+    run = onboarding_v5(Inputs.onboarding()).forward()
 
     employee = models.Employee.objects.get(saga_id=run.saga_id)
     assert employee.status == models.EmployeeStatus.ACTIVE
@@ -207,7 +228,7 @@ def test_onboarding_compensations_disable_accounts_and_return_assets_once(db):
 
 def test_onboarding_sends_the_contract_with_the_wait_token_to_the_signature_service_only(db):
     fixtures.pools(laptops=1, desks=1)
-    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward(upto=2)
+    run = onboarding_v5(Inputs.onboarding()).forward(upto=2)
 
     contract = models.ContractRequest.objects.get(saga_id=run.saga_id)
     envelope = models.SignatureEnvelope.objects.get()
@@ -219,7 +240,7 @@ def test_onboarding_sends_the_contract_with_the_wait_token_to_the_signature_serv
 
 def test_a_compensated_onboarding_voids_the_contract_once(db):
     fixtures.pools(laptops=1, desks=1)
-    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward(upto=2)
+    run = onboarding_v5(Inputs.onboarding()).forward(upto=2)
 
     compensate_twice(run)
 
@@ -230,7 +251,7 @@ def test_a_compensated_onboarding_voids_the_contract_once(db):
 
 def test_it_provisions_nothing_for_an_unsigned_contract(db):
     fixtures.pools(laptops=1, desks=1)
-    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(), signals={"contract_signature": {"signed": False}})
+    run = onboarding_v5(Inputs.onboarding(), signals={"contract_signature": {"signed": False}})
     run.forward(upto=2)
     with pytest.raises(PermanentError, match="not signed"):
         run.step("provision_it")
@@ -240,8 +261,8 @@ def test_it_provisions_nothing_for_an_unsigned_contract(db):
 def test_two_hires_never_share_a_laptop_and_the_pool_runs_out(db):
     fixtures.pools(laptops=1, desks=2)
     department = fixtures.department()
-    Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(department_=department)).forward()
-    second = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(department_=department)).forward(upto=2)
+    onboarding_v5(Inputs.onboarding(department_=department)).forward()
+    second = onboarding_v5(Inputs.onboarding(department_=department)).forward(upto=2)
 
     with pytest.raises(PermanentError, match="no laptop left"):
         second.step("provision_it")
@@ -259,7 +280,7 @@ def test_payroll_refuses_salary_above_the_band_in_version_3(db):
 
 def test_hr_refuses_a_salary_above_the_band_before_any_contract_goes_out(db):
     before = snapshot()
-    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(department_=fixtures.department(salary_cap=50000),
+    run = onboarding_v5(Inputs.onboarding(department_=fixtures.department(salary_cap=50000),
                                                      salary="90000"))
     with pytest.raises(PermanentError, match="HR refused: salary 90000.00 is above the .* band"):
         run.step("create_employee_record")
@@ -270,30 +291,78 @@ def test_hr_refuses_a_salary_above_the_band_before_any_contract_goes_out(db):
 def test_it_hands_out_the_laptop_model_asked_for_and_refuses_when_none_is_free(db):
     fixtures.pools(laptops=2, desks=2)
     services.laptops_add(count=1, prefix="MAC", model="MacBook Pro 16")
-    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(laptop_model="MacBook Pro 16")).forward(upto=3)
+    run = onboarding_v5(Inputs.onboarding(laptop_model="MacBook Pro 16")).forward(upto=3)
     assert run.results["provision_it"]["laptop"] == "MAC-00001"
 
-    second = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(laptop_model="MacBook Pro 16")).forward(upto=2)
+    second = onboarding_v5(Inputs.onboarding(laptop_model="MacBook Pro 16")).forward(upto=2)
     with pytest.raises(PermanentError, match="no MacBook Pro 16 laptop left in the pool"):
         second.step("provision_it")
-    assert Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward(upto=3).results["provision_it"]["laptop"] != \
+    assert onboarding_v5(Inputs.onboarding()).forward(upto=3).results["provision_it"]["laptop"] != \
         "MAC-00001"  # any model: one of the others
 
 
 def test_facilities_assigns_a_desk_on_the_floor_asked_for_and_refuses_when_none_is_free(db):
     fixtures.pools(laptops=2, desks=2)
     models.Desk.objects.filter(code="D-00002").update(floor=7)
-    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(floor=7)).forward()
+    run = onboarding_v5(Inputs.onboarding(floor=7)).forward()
     assert run.results["assign_desk"]["desk"] == "D-00002"
 
-    second = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(floor=7)).forward(upto=4)
+    second = onboarding_v5(Inputs.onboarding(floor=7)).forward(upto=4)
     with pytest.raises(PermanentError, match="no desk left on floor 7"):
         second.step("assign_desk")
 
 
+def test_onboarding_version_7_provisions_it_through_its_child_and_undoes_it_as_a_whole(db):
+    fixtures.pools(laptops=1, desks=1)
+    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward(upto=3)  # past the child, the contract sent
+    employee = models.Employee.objects.get(saga_id=run.saga_id)
+    child = run.children["provision_it"]
+    assert run.results["provision_it"] == {"saga_id": str(child.saga_id), "results": child.results}
+    assert child.results["open_accounts"]["accounts"] == list(employee.accounts.values_list("pk", flat=True))
+    assert employee.accounts.filter(active=True, holds_licence=True).count() == 2
+    assert employee.laptopassignments.get().returned_at is None
+
+    compensate_twice(run)  # the contract declined: the child compensated in reverse, then the offer withdrawn
+
+    employee.refresh_from_db()
+    assert employee.status == models.EmployeeStatus.WITHDRAWN
+    assert not employee.accounts.filter(active=True).exists()
+    assert not employee.accounts.filter(holds_licence=True).exists()
+    assert not employee.laptopassignments.filter(returned_at__isnull=True).exists()
+    assert models.ContractRequest.objects.get(saga_id=run.saga_id).status == models.ContractStatus.VOIDED
+
+
+def test_it_provisioning_refuses_when_no_laptop_of_the_model_is_free_and_undoes_its_accounts(db):
+    fixtures.pools(laptops=1, desks=1)
+    hire = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding(laptop_model="MacBook Pro 16"))
+    hire.step("create_employee_record")
+    employee = models.Employee.objects.get(saga_id=hire.saga_id)
+    child = Run(IT_PROVISIONING, {"employee": employee.pk, "laptop_model": "MacBook Pro 16"}).forward(upto=2)
+
+    with pytest.raises(PermanentError, match="no MacBook Pro 16 laptop left in the pool"):
+        child.step("hand_out_laptop")
+    compensate_twice(child)
+
+    assert not employee.accounts.filter(active=True).exists()
+    assert not employee.accounts.filter(holds_licence=True).exists()
+    assert not models.LaptopAssignment.objects.exists()
+
+
+def test_it_provisioning_input_names_an_employee_whose_offer_stands(db):
+    serializer = registry.get(IT_PROVISIONING).input_schema
+    assert not serializer(data={"employee": 10**6}).is_valid()
+    hire = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding())
+    hire.step("create_employee_record")
+    employee = models.Employee.objects.get(saga_id=hire.saga_id)
+    assert serializer(data={"employee": employee.pk, "laptop_model": ""}).is_valid()
+    models.Employee.objects.filter(pk=employee.pk).update(status=models.EmployeeStatus.WITHDRAWN)
+    refused = serializer(data={"employee": employee.pk})
+    assert not refused.is_valid() and "withdrawn" in str(refused.errors["employee"])
+
+
 def test_facilities_refuses_when_no_desk_is_free(db):
     fixtures.pools(laptops=1, desks=0)
-    run = Run(EMPLOYEE_ONBOARDING, Inputs.onboarding()).forward(upto=4)
+    run = onboarding_v5(Inputs.onboarding()).forward(upto=4)
     with pytest.raises(PermanentError, match="no desk left"):
         run.step("assign_desk")
 
@@ -318,8 +387,9 @@ def test_budget_request_above_threshold_reserves_funds_with_two_approvals(db):
 
 def test_budget_below_threshold_needs_no_executive(db):
     run = Run(BUDGET_APPROVAL, Inputs.budget(amount="900")).forward()
-    assert run.results["executive_signoff"] == {"executive_required": False}
+    assert "executive_signoff" not in run.results  # its condition was false: it never ran
     assert run.skipped == {"executive_signoff"}  # no wait: nobody signs
+    assert run.results["approve_request"] == {"approved": True, "executive_required": False}
     request = models.BudgetRequest.objects.get(saga_id=run.saga_id)
     assert list(request.approvals.values_list("level", flat=True)) == ["manager"]
 
@@ -443,7 +513,8 @@ def test_every_corporate_step_but_the_observers_the_askers_and_those_past_a_pivo
                             (BUDGET_APPROVAL, "manager_approval"), (BUDGET_APPROVAL, "executive_signoff"),
                             (SYSTEM_DEPLOYMENT, "release_gate")}
     for saga in (s for s in registry if s.name.startswith("corporate.")):
-        without = {(saga.name, st.name) for st in saga.steps if st.compensation is None}
+        # A ChildSaga step is undone by undoing its child (``has_compensation``), not by a function.
+        without = {(saga.name, st.name) for st in saga.steps if not st.has_compensation}
         after = {(saga.name, st.name) for i, st in enumerate(saga.steps) if saga.after_pivot(i)}
         assert without == after | {p for p in observers_and_askers if p[0] == saga.name}, saga.key
 
@@ -461,18 +532,43 @@ def test_order_version_2_ships_as_its_pivot_and_only_retries_the_confirmation(db
 
 
 def test_onboarding_version_5_signs_as_its_pivot_and_keeps_what_follows(db):
-    latest = registry.get(EMPLOYEE_ONBOARDING)
-    assert latest.version == 5 and latest.step_at(latest.pivot_index).name == "contract_signature"
-    after = [s for i, s in enumerate(latest.steps) if latest.after_pivot(i)]
+    v5 = registry.get(EMPLOYEE_ONBOARDING, version=PIVOT_VERSION)
+    assert v5.step_at(v5.pivot_index).name == "contract_signature"
+    after = [s for i, s in enumerate(v5.steps) if v5.after_pivot(i)]
     assert [s.name for s in after] == ["provision_it", "setup_payroll", "assign_desk"]
     assert all(s.compensation is None and s.retry == FORWARD_RETRY and s.transactional for s in after)
-    rehearsal = registry.get(EMPLOYEE_ONBOARDING, version=REHEARSAL_VERSIONS[EMPLOYEE_ONBOARDING])
-    assert rehearsal.version == 4 and rehearsal.pivot_index == latest.pivot_index
+    assert registry.get(EMPLOYEE_ONBOARDING, version=4).pivot_index == v5.pivot_index  # its rehearsal
     # Versions 3 and 2 stay registered as they were: no pivot, every step after the contract undoable.
     for version in (3, 2):
         old = registry.get(EMPLOYEE_ONBOARDING, version=version)
         assert old.pivot_index is None
         assert all(s.compensation is not None for s in old.steps)
+
+
+def test_onboarding_version_7_starts_it_provisioning_as_a_child_before_its_pivot(db):
+    latest = registry.get(EMPLOYEE_ONBOARDING)
+    assert latest.version == 7
+    assert [s.name for s in latest.steps] == ["create_employee_record", "provision_it", "contract_signature",
+                                               "setup_payroll", "assign_desk"]
+    child = latest.steps[1]
+    assert isinstance(child, ChildSaga) and child.saga_type == IT_PROVISIONING
+    assert latest.step_at(latest.pivot_index).name == "contract_signature"
+    assert not latest.after_pivot(1)  # undone as a whole with the onboarding, before the signature
+    rehearsal = registry.get(EMPLOYEE_ONBOARDING, version=REHEARSAL_VERSIONS[EMPLOYEE_ONBOARDING])
+    assert rehearsal.version == 6 and [s.name for s in rehearsal.steps] == [s.name for s in latest.steps]
+
+
+def test_budget_version_5_asks_for_the_executive_with_a_condition_and_version_3_with_skipwait(db):
+    latest, v3 = registry.get(BUDGET_APPROVAL), registry.get(BUDGET_APPROVAL, version=3)
+    assert latest.version == 5 and REHEARSAL_VERSIONS[BUDGET_APPROVAL] == 4
+    executive = next(s for s in latest.steps if s.name == "executive_signoff")
+    assert executive.when is not None and executive.wait_for_signal
+    assert next(s for s in v3.steps if s.name == "executive_signoff").when is None
+    for version in (2, 3):  # SkipWait, unchanged, for the requests started on them
+        run = Run(BUDGET_APPROVAL, Inputs.budget(amount="900"), version=version).forward()
+        assert run.skipped == {"executive_signoff"}
+        assert run.results["executive_signoff"] == {"executive_required": False}
+        assert run.results["approve_request"] == {"approved": True, "executive_required": False}
 
 
 @pytest.mark.parametrize("saga_type, gates", [
@@ -488,7 +584,7 @@ def test_gates_wait_with_a_permission_and_a_deadline_in_every_version(db, saga_t
         waiting = {s.name: s for s in definition.steps if s.wait_for_signal}
         assert {name: s.signal_permission for name, s in waiting.items()} == gates
         assert all(s.signal_timeout for s in waiting.values())
-    assert registry.get(saga_type).version == (5 if saga_type == EMPLOYEE_ONBOARDING else 3)
+    assert registry.get(saga_type).version == {EMPLOYEE_ONBOARDING: 7, BUDGET_APPROVAL: 5}.get(saga_type, 3)
     assert rehearsal < registry.get(saga_type).version  # start_saga runs the highest: never a rehearsal
     for version in (2, rehearsal):
         assert max(s.signal_timeout for s in registry.get(saga_type, version).steps if s.wait_for_signal) <= 10

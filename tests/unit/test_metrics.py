@@ -14,9 +14,10 @@ from sagas.models import SagaInstance, SagaStatus, StepRecord, StepStatus
 NOW = timezone.now()
 
 
-def saga(saga_type="shop.order", status=SagaStatus.SUCCEEDED, steps=()):
-    """A saga row; ``steps``: (name, status, attempts, seconds or None, lease held)."""
-    instance = SagaInstance.objects.create(saga_type=saga_type, status=status)
+def saga(saga_type="shop.order", status=SagaStatus.SUCCEEDED, steps=(), parent=None):
+    """A saga row (a child of ``parent`` if given); ``steps``: (name, status, attempts, seconds or None, lease held)."""
+    instance = SagaInstance.objects.create(saga_type=saga_type, status=status, parent=parent,
+                                           depth=parent.depth + 1 if parent else 0)
     for index, (name, step_status, attempts, seconds, leased) in enumerate(steps):
         StepRecord.objects.create(
             saga=instance, index=index, name=name, status=step_status, attempts=attempts,
@@ -44,12 +45,14 @@ def figures(db):
 
 
 def test_sagas_started_finished_and_active_by_type_and_status(figures):
-    assert figures[("sagas_started_total", (("saga_type", "shop.order"),))] == 3
-    assert figures[("sagas_started_total", (("saga_type", "hr.hire"),))] == 1
-    assert figures[("sagas_finished_total", (("saga_type", "shop.order"), ("status", "succeeded")))] == 1
-    assert figures[("sagas_finished_total", (("saga_type", "shop.order"), ("status", "compensated")))] == 1
-    assert figures[("sagas_finished_total", (("saga_type", "hr.hire"), ("status", "failed")))] == 1
-    assert figures[("sagas_active", (("saga_type", "shop.order"), ("status", "running")))] == 1
+    root = ("role", "root")
+    assert figures[("sagas_started_total", (root, ("saga_type", "shop.order")))] == 3
+    assert figures[("sagas_started_total", (root, ("saga_type", "hr.hire")))] == 1
+    assert figures[("sagas_finished_total", (root, ("saga_type", "shop.order"), ("status", "succeeded")))] == 1
+    assert figures[("sagas_finished_total", (root, ("saga_type", "shop.order"), ("status", "compensated")))] == 1
+    assert figures[("sagas_finished_total", (root, ("saga_type", "hr.hire"), ("status", "failed")))] == 1
+    assert figures[("sagas_active", (root, ("saga_type", "shop.order"), ("status", "running")))] == 1
+    assert not [key for key in figures if ("role", "child") in key[1]]  # no child saga: no child series
 
 
 def test_step_attempts_by_outcome(figures):
@@ -95,6 +98,9 @@ def test_a_scrape_costs_the_same_statements_however_many_sagas_finished_before(d
     saga(status=SagaStatus.RUNNING, steps=[("a", StepStatus.RUNNING, 1, None, True)])
     for n in range(10):
         saga(f"type{n % 4}", steps=[("a", StepStatus.SUCCEEDED, 1, 0.1, False)])
+    parent = saga(status=SagaStatus.RUNNING)
+    saga("child.type", parent=parent)
+    saga("child.type", SagaStatus.RUNNING, parent=parent)
     compute_exposition()  # folds them
     few = scrape_statements()
     for n in range(200):
@@ -198,7 +204,81 @@ def test_paused_sagas_are_active_and_counted_by_why(db, sent):
 
     body = compute_exposition().decode()
 
-    assert 'sagas_active{saga_type="tests.three_steps",status="paused"} 1.0' in body
-    assert 'sagas_active{saga_type="tests.pivoted",status="paused"} 1.0' in body
-    assert 'sagas_paused{cause="person",saga_type="tests.three_steps"} 1.0' in body
-    assert 'sagas_paused{cause="after_pivot",saga_type="tests.pivoted"} 1.0' in body
+    assert 'sagas_active{role="root",saga_type="tests.three_steps",status="paused"} 1.0' in body
+    assert 'sagas_active{role="root",saga_type="tests.pivoted",status="paused"} 1.0' in body
+    assert 'sagas_paused{cause="person",role="root",saga_type="tests.three_steps"} 1.0' in body
+    assert 'sagas_paused{cause="after_pivot",role="root",saga_type="tests.pivoted"} 1.0' in body
+
+
+# --- roots and children -------------------------------------------------------------------
+
+
+@pytest.fixture
+def family(db):
+    """An onboarding (a root) with two IT provisionings as its children; one provisioning started by hand."""
+    onboarding = saga("hr.onboarding", SagaStatus.RUNNING)
+    saga("it.provisioning", SagaStatus.SUCCEEDED, parent=onboarding)
+    saga("it.provisioning", SagaStatus.RUNNING, parent=onboarding)
+    saga("it.provisioning", SagaStatus.COMPENSATED)
+    return samples(exposition().decode())
+
+
+def figure(figures, name, **labels):
+    return figures.get((name, tuple(sorted(labels.items()))))
+
+
+def test_child_sagas_are_counted_apart_from_roots_by_their_role(family):
+    assert figure(family, "sagas_started_total", saga_type="it.provisioning", role="child") == 2
+    assert figure(family, "sagas_started_total", saga_type="it.provisioning", role="root") == 1
+    assert figure(family, "sagas_started_total", saga_type="hr.onboarding", role="root") == 1
+    assert figure(family, "sagas_started_total", saga_type="hr.onboarding", role="child") is None
+    assert figure(family, "sagas_finished_total", saga_type="it.provisioning", status="succeeded", role="child") == 1
+    assert figure(family, "sagas_finished_total", saga_type="it.provisioning", status="compensated",
+                  role="root") == 1
+    assert figure(family, "sagas_active", saga_type="it.provisioning", status="running", role="child") == 1
+    assert figure(family, "sagas_active", saga_type="hr.onboarding", status="running", role="root") == 1
+    assert {labels for name, labels in family if name == "sagas_started_total"} == {
+        (("role", "root"), ("saga_type", "hr.onboarding")), (("role", "child"), ("saga_type", "it.provisioning")),
+        (("role", "root"), ("saga_type", "it.provisioning"))}  # no series of a role with no saga
+
+
+def test_summed_over_role_the_figures_count_every_saga_of_a_type(family):
+    started = sum(value for (name, labels), value in family.items()
+                  if name == "sagas_started_total" and ("saga_type", "it.provisioning") in labels)
+
+    assert started == SagaInstance.objects.filter(saga_type="it.provisioning").count() == 3
+
+
+def test_a_finished_child_is_folded_as_a_child(family):
+    from sagas.models import MetricTotal
+
+    folded = dict(MetricTotal.objects.filter(saga_type="it.provisioning", step="").values_list("figure", "value"))
+
+    assert folded == {"child:succeeded": 1, "compensated": 1}
+    assert samples(compute_exposition().decode()) == family  # read from the totals, the same figures
+
+
+def test_a_child_whose_parent_was_pruned_is_still_counted_as_a_child(db):
+    onboarding = saga("hr.onboarding")
+    saga("it.provisioning", parent=onboarding)
+    onboarding.delete()
+
+    figures = samples(compute_exposition().decode())
+
+    assert figure(figures, "sagas_started_total", saga_type="it.provisioning", role="child") == 1
+
+
+def test_children_paused_with_their_parent_are_counted_as_children_paused_by_it(db, sent):
+    from sagas import pause, start_saga
+    from sagas.engine import execute_step
+
+    parent = start_saga("tests.nested", input={})
+    execute_step(parent.id, 0)
+    execute_step(parent.id, 1)  # starts its child
+    pause(parent)
+
+    figures = samples(compute_exposition().decode())
+
+    assert figure(figures, "sagas_paused", saga_type="tests.three_steps", cause="parent", role="child") == 1
+    assert figure(figures, "sagas_paused", saga_type="tests.nested", cause="person", role="root") == 1
+    assert figure(figures, "sagas_active", saga_type="tests.three_steps", status="paused", role="child") == 1

@@ -114,6 +114,31 @@ def test_a_saga_whose_compensation_is_retried_leaves_the_totals_until_it_ends_ag
     assert totals.current()[("tests.three_steps", "", SagaStatus.COMPENSATED)] == 1
 
 
+def test_a_child_undone_by_its_parent_leaves_the_totals_as_a_child_until_it_ends_again(db, sent):
+    from sagas.engine import child_ended
+
+    parent = start_saga("tests.nested", input={"fail": {"c": "permanent"}})
+    execute_step(parent.id, 0)
+    execute_step(parent.id, 1)  # starts the child
+    child = SagaInstance.objects.get(parent=parent)
+    for index in range(3):
+        execute_step(child.id, index)
+    assert child_ended(parent.id, child.id) == "moved"
+    assert totals.fold() == 1
+    succeeded = ("tests.three_steps", "", "child:succeeded")
+    assert totals.current()[succeeded] == 1
+
+    execute_step(parent.id, 2)  # c refuses: the parent undoes its child as a whole (succeeded -> compensating)
+    assert execute_compensation(parent.id, 1).decision is Decision.STOP
+
+    child.refresh_from_db()
+    assert child.status == SagaStatus.COMPENSATING and not child.metrics_folded
+    assert rounded(totals.current()) == rounded(every_row())
+    assert totals.current()[succeeded] == 0
+    assert totals.current()[("tests.three_steps", "", "child:compensating")] == 1
+    assert totals.current()[("tests.three_steps", "", SagaStatus.SUCCEEDED)] == 0  # never counted as a root
+
+
 def test_pruned_sagas_take_their_figures_out_of_the_totals(db):
     mixed_sagas()
     saga("old.type", finished_ago=30 * 24 * 3600)
@@ -226,3 +251,34 @@ def test_the_migration_folds_the_sagas_that_finished_before_it(transactional_db)
         ("compensated", True), ("running", False), ("succeeded", True)]
     assert MetricTotal.objects.get(saga_type="shop.order", step="charge", figure="tried").value == 4
     assert rounded(totals.current()) == rounded(every_row())
+
+
+def test_the_migration_moves_the_children_folded_before_it_to_their_own_figures(transactional_db):
+    from django.core.management import call_command
+
+    call_command("migrate", "sagas", "0014_child_sagas", verbosity=0)
+    try:
+        parent = saga("hr.onboarding", SagaStatus.RUNNING)
+        for status in (SagaStatus.SUCCEEDED, SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED):
+            SagaInstance.objects.create(saga_type="it.provisioning", status=status, parent=parent, depth=1,
+                                        finished_at=NOW)
+        saga("it.provisioning")  # a root of the same type
+        # Folded as the code before it folded them: a child counted under its status, as a root.
+        rows = list(SagaInstance.objects.filter(status__in=(SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED))
+                    .values_list("pk", "saga_type", "status"))
+        totals.add(Counter((saga_type, "", status) for _, saga_type, status in rows))
+        totals.add(step_figures([pk for pk, _, _ in rows]))
+        SagaInstance.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(metrics_folded=True)
+    finally:
+        call_command("migrate", "sagas", verbosity=0)
+
+    assert rounded(totals.current()) == rounded(every_row())
+    assert totals.current()[("it.provisioning", "", "child:succeeded")] == 2
+    assert totals.current()[("it.provisioning", "", SagaStatus.SUCCEEDED)] == 1
+
+    call_command("migrate", "sagas", "0014_child_sagas", verbosity=0)  # and back: all counted as roots again
+    try:
+        assert totals.current()[("it.provisioning", "", SagaStatus.SUCCEEDED)] == 3
+        assert totals.current()[("it.provisioning", "", "child:succeeded")] == 0
+    finally:
+        call_command("migrate", "sagas", verbosity=0)

@@ -129,7 +129,7 @@ def deploy_warnings(env: dict) -> set[str]:
 def test_deploy_check_with_the_compose_environment_warns_only_of_plain_http():
     env = compose_environment(SECRET_KEY=secrets.token_urlsafe(50))
 
-    # The README's deployment checklist explains each: the stack serves plain HTTP on :8000.
+    # The deployment checklist (docs/security.md) explains each: the stack serves plain HTTP on :8000.
     assert deploy_warnings(env) == {"security.W004", "security.W008", "security.W012", "security.W016"}
 
 

@@ -3,8 +3,8 @@ import re
 from datetime import datetime, timedelta, timezone
 
 from sagas.models import EventKind, SagaEvent, StepRecord, StepStatus
-from sagas.timeline import ATTEMPT, COMPENSATION, RETRY_WAIT, build_bars, render_svg, rows_of, tick_step, \
-    timeline_svg
+from sagas.timeline import ATTEMPT, COMPENSATION, MIN_BAR_PX, RETRY_WAIT, ChildRun, build_bars, render_chart, \
+    rows_of, tick_step, timeline_chart
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -89,27 +89,49 @@ def test_parallel_members_get_rows_of_their_own():
     assert [row.label for row in rows_of(records)] == ["reserve", "notify › email", "notify › ledger"]
 
 
-def test_svg_has_one_rect_per_bar_with_a_sentence_for_a_tooltip():
+def test_chart_has_one_bar_per_attempt_with_a_sentence_for_a_tooltip():
     pay = step(1, 0, "charge_payment")
     events = [ev(1, pay, EventKind.STEP_STARTED, 0, attempt=1), ev(2, pay, EventKind.STEP_SUCCEEDED, 1, attempt=1)]
 
-    svg = str(timeline_svg(events, [pay], start=at(0), end=at(2), now=at(3)))
+    chart = str(timeline_chart(events, [pay], start=at(0), end=at(2), now=at(3)))
 
-    assert svg.startswith("<svg") and "</svg>" in svg
-    assert len(re.findall(r'<rect class="bar ', svg)) == 1
-    assert 'data-outcome="succeeded"' in svg
-    assert "charge_payment succeeded on attempt 1." in svg
+    assert chart.startswith('<div class="saga-timeline-chart"')
+    assert len(re.findall(r'<span class="bar ', chart)) == 1
+    assert 'data-outcome="succeeded"' in chart
+    assert "charge_payment succeeded on attempt 1." in chart
 
 
-def test_svg_escapes_names_and_errors():
+def test_a_bar_of_a_millisecond_in_a_long_saga_keeps_a_width_of_a_few_pixels():
+    undo = step(1, 0, "undo_me", StepStatus.COMPENSATED)
+    events = [ev(1, undo, EventKind.COMPENSATION_STARTED, 30, attempt=1),
+              ev(2, undo, EventKind.STEP_COMPENSATED, 30.001, attempt=1)]
+
+    chart = str(render_chart(build_bars(events, [undo], now=at(60)), rows_of([undo]), start=at(0), end=at(60)))
+
+    width = re.search(r'class="bar bar-compensation[^>]*style="[^"]*width:max\(([0-9.]+)%, (\d+)px\)', chart)
+    assert float(width.group(1)) < 0.01 and int(width.group(2)) == MIN_BAR_PX >= 3
+
+
+def test_a_child_saga_is_a_linked_bar_on_a_row_under_its_step():
+    kid = step(1, 0, "kid")
+    run = ChildRun(0, "child tests.three_steps 1a2b3c4d", "/admin/child/", "succeeded", at(1), at(3), "its run")
+
+    chart = str(render_chart([], rows_of([kid]), start=at(0), end=at(4), children=[run]))
+
+    assert chart.index("#0 kid") < chart.index("child tests.three_steps 1a2b3c4d")
+    assert re.search(r'<a class="bar bar-child outcome-succeeded"[^>]*href="/admin/child/"[^>]*'
+                     r'style="left:min\(25.000%[^"]*width:max\(50.000%', chart)
+
+
+def test_chart_escapes_names_and_errors():
     evil = step(1, 0, "<script>")
     events = [ev(1, evil, EventKind.STEP_STARTED, 0, attempt=1),
               ev(2, evil, EventKind.STEP_FAILED, 1, attempts=1, error="<b>&")]
 
-    svg = str(render_svg(build_bars(events, [evil], now=at(2)), rows_of([evil]), start=at(0), end=at(2)))
+    chart = str(render_chart(build_bars(events, [evil], now=at(2)), rows_of([evil]), start=at(0), end=at(2)))
 
-    assert "<script>" not in svg and "<b>" not in svg
-    assert "&lt;script&gt;" in svg
+    assert "<script>" not in chart and "<b>" not in chart
+    assert "&lt;script&gt;" in chart
 
 
 def test_axis_ticks_are_round_and_few():

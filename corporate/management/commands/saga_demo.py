@@ -3,12 +3,14 @@
     python manage.py saga_demo --sagas 20 --failure-rate 0.2 --seed 1 [--examples] [--timeout 300]
         [--approval-rate 0.9] [--approval-delay 0.2] [--approval-jitter 0.1] [--short-deadlines]
 
-``--failure-rate P`` makes each step attempt of every corporate saga fail with
+``--failure-rate P`` makes each step attempt of every corporate saga (the
+onboarding's child saga, IT's provisioning, included) fail with
 probability P: half of it transient (retried by the step's policy), half
 permanent (the saga compensates). The rules are stored in the database, where
 the workers read them, and removed when the run ends. ``--examples`` first
 runs one success and one refusal of each saga type (no failures injected)
-and checks each ends as expected.
+and checks each ends as expected, an onboarding's child saga included (its
+IT provisioning succeeded, or undone with it).
 
 The sagas' gates (budget approvals, the release gate, the signed contract)
 are answered while the demo runs by a simulated approver: a demo user holding
@@ -39,13 +41,14 @@ import random
 import time
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from config.celery import app
 from corporate import demo
 from corporate.invariants import check_all
-from corporate.sagas import REHEARSAL_VERSIONS, SAGA_TYPES
+from corporate.sagas import ALL_TYPES, REHEARSAL_VERSIONS, SAGA_TYPES
 from corporate.workflows.common import REHEARSAL_DEADLINE
 from sagas import analytics, engine, failure_injection
 from sagas.models import FINAL_SAGA_STATUSES, SagaInstance, SagaStatus
@@ -229,11 +232,13 @@ class Command(BaseCommand):
     # --- the report ----------------------------------------------------------------------
 
     def _report_figures(self, since, started: list[demo.Started], elapsed: float) -> list:
-        per_type = analytics.saga_type_stats(since=since, saga_type=SAGA_TYPES)
-        overall = analytics.overall_stats(since=since, saga_type=SAGA_TYPES)
+        # The child sagas (IT's provisioning, started by the onboardings) are counted as a type of their own.
+        per_type = analytics.saga_type_stats(since=since, saga_type=ALL_TYPES)
+        overall = analytics.overall_stats(since=since, saga_type=ALL_TYPES)
         w = self.stdout.write
         w("")
-        w(f"Sagas started by this run: {len(started)} in {elapsed:.1f}s")
+        children = SagaInstance.objects.filter(parent_id__in=[s.saga.pk for s in started]).count()
+        w(f"Sagas started by this run: {len(started)} in {elapsed:.1f}s, and {children} child sagas they started")
         header = (f"  {'saga type':<30}{'total':>6}{'succeeded':>10}{'compensated':>12}{'failed':>7}{'active':>7}"
                   f"{'success':>9}{'compens.':>9}{'p50':>8}{'p95':>8}")
         w(header)
@@ -247,7 +252,7 @@ class Command(BaseCommand):
         w("Steps: actions that succeeded, failed for good, were compensated; attempts retried")
         w(f"  {'saga type / step':<44}{'ok':>5}{'failed':>8}{'undone':>8}{'retried':>9}{'p50':>8}{'p95':>8}")
         current = None
-        for st in analytics.step_stats(since=since, saga_type=SAGA_TYPES):
+        for st in analytics.step_stats(since=since, saga_type=ALL_TYPES):
             if st.saga_type != current:
                 current = st.saga_type
                 w(f"  {current}")
@@ -261,7 +266,8 @@ class Command(BaseCommand):
             for saga_type, e in sorted(errors, key=lambda p: -p[1].count)[:8]:
                 w(f"  {e.count:>3}x  {saga_type.split('.')[-1]}: {e.error[:110]}")
 
-        unfinished = list(SagaInstance.objects.filter(pk__in=[s.saga.pk for s in started]).exclude(
+        ids = [s.saga.pk for s in started]
+        unfinished = list(SagaInstance.objects.filter(Q(pk__in=ids) | Q(parent_id__in=ids)).exclude(
             status__in=FINAL_SAGA_STATUSES).values_list("pk", "saga_type", "status"))
         if unfinished:
             w("")
@@ -315,14 +321,18 @@ class Command(BaseCommand):
             item.saga.refresh_from_db()
             moves = self.operator.applied.get(item.saga.pk, [])
             remedied = item.plan.remedy is None or item.plan.remedy in moves
-            passed = item.saga.status == item.plan.expected and remedied
+            children = list(SagaInstance.objects.filter(parent_id=item.saga.pk).values_list("saga_type", "status"))
+            child_ok = item.plan.child is None or [status for _, status in children] == [item.plan.child]
+            passed = item.saga.status == item.plan.expected and remedied and child_ok
             if not passed:
                 wrong.append(item)
             mark = self.style.SUCCESS("PASS") if passed else self.style.ERROR("FAIL")
             note = "" if passed else f" (expected {item.plan.expected}" + (
-                "" if remedied else f" after: {item.plan.remedy}") + ")"
+                "" if remedied else f" after: {item.plan.remedy}") + (
+                "" if child_ok else f", its child saga {item.plan.child}") + ")"
             after = f" after a pause: {'; '.join(moves)}" if moves else ""
-            w(f"  {mark}  {item.plan.label:<44} {item.saga.status}{after}{note}")
+            tree = "".join(f"; child {saga_type} {status}" for saga_type, status in children)
+            w(f"  {mark}  {item.plan.label:<44} {item.saga.status}{tree}{after}{note}")
         return wrong
 
     def _report_invariants(self) -> list:

@@ -10,7 +10,13 @@ what runs (see ``sagas.chaos``), any of:
   effects, in most of which one member refuses for good after a short while,
   as its siblings are being claimed and run on every worker process;
 - **long**: ``sagas.chaos.long`` sagas, whose second step works for
-  ``--long-seconds``; each one's next message is lost (below).
+  ``--long-seconds``; each one's next message is lost (below);
+- **nested**: ``sagas.chaos.nested`` sagas, each the parent of two child
+  sagas (one beside a step in a Parallel); in ``--nested-failure-share`` of
+  them the parent fails after its children succeeded (they are undone as a
+  whole), a member beside a child refuses, or the first child refuses (it
+  compensates itself). Children are judged with their parents: lost,
+  effects, every invariant, the tree invariants included.
 
 While they run it injects faults, each timestamped:
 
@@ -74,6 +80,7 @@ from typing import Callable
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from config.celery import app
@@ -85,6 +92,9 @@ from sagas.chaos import (
     LONG_REFUSING_STEPS,
     LONG_SAGA,
     LONG_STEP,
+    NESTED_CHILD_SAGA,
+    NESTED_REFUSALS,
+    NESTED_SAGA,
     REFUSING_STEPS,
     Fault,
     TrailEvent,
@@ -110,7 +120,18 @@ LOST_MESSAGE = "lost message"
 LONG_STEP_KILL = "long-step kill"
 KINDS = [POOL_CHILD, WHOLE_WORKER, BROKER_RESTART, LOST_MESSAGE, LONG_STEP_KILL]
 
-WORKLOADS = {"plain": CHAOS_SAGA, "fanout": FANOUT_SAGA, "long": LONG_SAGA}
+WORKLOADS = {"plain": CHAOS_SAGA, "fanout": FANOUT_SAGA, "long": LONG_SAGA, "nested": NESTED_SAGA}
+# The saga types a workload starts through its parents (judged with them).
+CHILD_TYPES = {"nested": [NESTED_CHILD_SAGA]}
+
+
+def with_descendants(ids: list) -> list:
+    """``ids`` and the ids of every child saga under them, down the tree."""
+    found, frontier = list(ids), list(ids)
+    while frontier:
+        frontier = list(SagaInstance.objects.filter(parent_id__in=frontier).values_list("id", flat=True))
+        found += frontier
+    return found
 
 
 def children_of(pid: int) -> list[int]:
@@ -302,7 +323,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--workload", default="plain",
-                            help="comma-separated workloads to run together: plain, fanout, long (default plain)")
+                            help="comma-separated workloads to run together: plain, fanout, long, nested "
+                                 "(default plain)")
         parser.add_argument("--sagas", type=int, default=40,
                             help="plain sagas to start, spread over the faults")
         parser.add_argument("--failure-share", type=float, default=0.3,
@@ -318,6 +340,11 @@ class Command(BaseCommand):
         parser.add_argument("--long-seconds", type=float, default=40.0,
                             help="how long the long step works (longer than SAGAS_STALL_AFTER and a sweep, "
                                  "so that the sweeper looks at it while it runs)")
+        parser.add_argument("--nested-sagas", type=int, default=8,
+                            help="nested sagas (a parent and two child sagas each)")
+        parser.add_argument("--nested-failure-share", type=float, default=0.6,
+                            help="share of nested sagas that fail: mostly the parent after its children "
+                                 "succeeded, else a member beside a child or the first child itself")
         parser.add_argument("--workers", type=int, default=2)
         parser.add_argument("--concurrency", type=int, default=2, help="prefork children per worker")
         parser.add_argument("--kills", type=int, default=3,
@@ -348,10 +375,14 @@ class Command(BaseCommand):
             raise CommandError(f"--workload: unknown {', '.join(unknown) or '(none given)'}; "
                                f"choose from {', '.join(WORKLOADS)}")
         o["workloads"] = [w for w in WORKLOADS if w in workloads]
-        counts = {"plain": o["sagas"], "fanout": o["fanout_sagas"], "long": o["long_sagas"]}
+        counts = {"plain": o["sagas"], "fanout": o["fanout_sagas"], "long": o["long_sagas"],
+                  "nested": o["nested_sagas"]}
+        o["counts"] = counts
         if o["workers"] < 1 or o["concurrency"] < 1 or any(counts[w] < 1 for w in o["workloads"]):
             raise CommandError("--workers, --concurrency and the saga count of every chosen workload "
-                               "(--sagas, --fanout-sagas, --long-sagas) must be at least 1")
+                               "(--sagas, --fanout-sagas, --long-sagas, --nested-sagas) must be at least 1")
+        if not 0 <= o["nested_failure_share"] <= 1:
+            raise CommandError("0 <= --nested-failure-share <= 1, please")
         if "long" in o["workloads"] and o["long_seconds"] < 5:
             raise CommandError("--long-seconds must be at least 5 (the lost message is timed from its end)")
         if not 0 <= o["fanout_failure_share"] <= 1 or o["member_seconds"] < 0:
@@ -393,6 +424,7 @@ class Command(BaseCommand):
         try:
             cluster.start()
             ids, ended = self._run(cluster, plan)
+            ids = with_descendants(ids)  # the child sagas are judged with their parents
             running_at_end = self._running_at_end(ids)
         finally:
             cluster.stop()
@@ -417,7 +449,7 @@ class Command(BaseCommand):
         broker = (f"its own Redis {cluster.broker_url}" if cluster.own_broker
                   else f"{cluster.broker_url.split('@')[-1]} (external)")
         sizes = {"plain": f"{o['sagas']} plain", "fanout": f"{o['fanout_sagas']} fan-out",
-                 "long": f"{o['long_sagas']} long-step"}
+                 "long": f"{o['long_sagas']} long-step", "nested": f"{o['nested_sagas']} nested"}
         self.stdout.write(
             f"saga_chaos: {' + '.join(sizes[w] for w in o['workloads'])} sagas, {o['workers']} workers x "
             f"{o['concurrency']} children + beat, broker {broker}, queue {cluster.queue}, "
@@ -426,6 +458,11 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"  fan-out: {len(FANOUT_MEMBERS)} members of {o['member_seconds']:g}s, one refusing after "
                 f"{o['member_seconds'] / 2:g}s in {o['fanout_failure_share']:.0%} of them")
+        if "nested" in o["workloads"]:
+            self.stdout.write(
+                f"  nested: each a parent of two {NESTED_CHILD_SAGA} children (one in a Parallel); "
+                f"{o['nested_failure_share']:.0%} fail (the parent after its children, a member beside one, "
+                f"or the first child)")
         if "long" in o["workloads"]:
             ways = (f"{LOST_MESSAGE} (Redis down over the step's end) and {LONG_STEP_KILL} (its worker killed "
                     "halfway), in turn" if cluster.own_broker else
@@ -460,7 +497,7 @@ class Command(BaseCommand):
             if workload == "long":
                 starts += [(t0 + (o["long_seconds"] / 2 + 5) * j, workload, j) for j in range(o["long_sagas"])]
             else:
-                n = o["sagas"] if workload == "plain" else o["fanout_sagas"]
+                n = o["counts"][workload]
                 starts += [(t0 + window * j / n, workload, j) for j in range(n)]
         starts.sort(key=lambda start: start[0])
         faults_due = [t0 + interval * (i + 1) for i in range(len(plan))]
@@ -489,7 +526,10 @@ class Command(BaseCommand):
                 if done != finished or now - last_print >= 30:
                     self._say(t0, f"finished {done}/{len(ids) + len(starts)} (started {len(ids)})")
                     finished, last_print = done, now
-                if not starts and not plan and not self.long_faults and done == len(ids):
+                # A parent's children are judged with it: wait for them too (one may end after its parent).
+                if (not starts and not plan and not self.long_faults and done == len(ids)
+                        and not SagaInstance.objects.filter(parent_id__in=ids).exclude(
+                            status__in=FINAL_SAGA_STATUSES).exists()):
                     break
             if now >= deadline:
                 self._say(t0, f"--timeout {o['timeout']:g}s reached")
@@ -507,6 +547,10 @@ class Command(BaseCommand):
         elif workload == "long":
             fail = self.rng.choice(LONG_REFUSING_STEPS) if self.rng.random() < o["failure_share"] else None
             data = {"i": i, "sleep": o["step_seconds"], "long_seconds": o["long_seconds"], "fail": fail}
+        elif workload == "nested":
+            fail, child_fail = (self.rng.choice(NESTED_REFUSALS) if self.rng.random() < o["nested_failure_share"]
+                                else (None, None))
+            data = {"i": i, "sleep": o["step_seconds"], "fail": fail, "child_fail": child_fail}
         else:
             fail = self.rng.choice(REFUSING_STEPS) if self.rng.random() < o["failure_share"] else None
             data = {"i": i, "sleep": o["step_seconds"], "fail": fail}
@@ -525,7 +569,9 @@ class Command(BaseCommand):
     def _held(self, pids: list[int]) -> frozenset:
         """The steps of this run's sagas held by processes ``pids`` (read from ``held_by``)."""
         wanted = {str(pid) for pid in pids}
-        rows = StepRecord.objects.filter(held_by__isnull=False, saga__idempotency_key__startswith=self.queue)
+        rows = StepRecord.objects.filter(Q(saga__idempotency_key__startswith=self.queue)
+                                         | Q(saga__parent__idempotency_key__startswith=self.queue),
+                                         held_by__isnull=False)
         return frozenset(pk for pk, holder in rows.values_list("pk", "held_by")
                          if holder.split("|")[2:3] and holder.split("|")[2] in wanted)
 
@@ -603,6 +649,16 @@ class Command(BaseCommand):
         return down_at, (f"saga {record.saga_id}: Redis on port {cluster.port} down {up:.1f}s but its long step "
                          f"did not succeed meanwhile (it is {record.status}); {killed}"), cut
 
+    @staticmethod
+    def _child_ends(sagas) -> dict:
+        """Child saga id (as text) -> when it reached its final status, for the children among ``sagas``."""
+        finals = SagaEvent.objects.filter(saga__in=sagas.filter(parent__isnull=False), kind__in=[
+            EventKind.SAGA_SUCCEEDED, EventKind.SAGA_COMPENSATED, EventKind.SAGA_FAILED]).order_by("created_at")
+        ends: dict = {}
+        for saga_id, at in finals.values_list("saga_id", "created_at"):
+            ends.setdefault(str(saga_id), at)  # its first end: a child undone later ended first as succeeded
+        return ends
+
     def _running_at_end(self, ids: list) -> dict:
         """Step id -> when its attempt began, for attempts a live process still holds at the end of the run."""
         now = timezone.now()
@@ -666,10 +722,13 @@ class Command(BaseCommand):
 
         trails: dict = {}
         stand_trails: dict = {}
-        rows = events.order_by("created_at", "id").values_list("saga_id", "created_at", "kind", "step_id")
-        for saga_id, at, kind, step_id in rows:
+        rows = events.order_by("created_at", "id").values_list("saga_id", "created_at", "kind", "step_id", "detail")
+        child_ended = self._child_ends(sagas)
+        for saga_id, at, kind, step_id, detail in rows:
             trails.setdefault(saga_id, []).append((at, kind))
-            stand_trails.setdefault(saga_id, []).append(TrailEvent(at, kind, step_id))
+            child = (detail or {}).get("child_saga") if kind == EventKind.STEP_WAITING else None
+            stand_trails.setdefault(saga_id, []).append(TrailEvent(
+                at, kind, step_id, waits_for_child=child is not None, child_ended=child_ended.get(child)))
         work = {saga_id: work_spans(trail, self.faults, ended, running_at_end)
                 for saga_id, trail in stand_trails.items()}
         recoveries = measure_recoveries(self.faults, trails, work)
@@ -691,7 +750,7 @@ class Command(BaseCommand):
 
         stills = measure_stand_stills(stand_trails, self.faults, ended, running_at_end)
         type_of = dict(sagas.values_list("id", "saga_type"))
-        types = [WORKLOADS[w] for w in o["workloads"]]
+        types = [t for w in o["workloads"] for t in [WORKLOADS[w], *CHILD_TYPES.get(w, [])]]
         overall = stand_still_figures(stills, o["max_recovery"])
         by_type = {t: stand_still_figures([s for s in stills if type_of.get(s.saga_id) == t], o["max_recovery"])
                    for t in types}
@@ -730,7 +789,8 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps({
                 "passed": passed,
                 "workloads": o["workloads"],
-                "sagas": len(ids),
+                "sagas": sagas.filter(parent__isnull=True).count(),
+                "child_sagas": sagas.filter(parent__isnull=False).count(),
                 "lost": lost,
                 "effects_left": len(left),
                 "stand_still": {**overall.as_dict(), "by_type": {t: f.as_dict() for t, f in by_type.items()}},
