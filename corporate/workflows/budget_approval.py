@@ -225,7 +225,7 @@ def build_saga(*, version: int, manager_deadline: float, executive_deadline: flo
         description="Approve spending: the manager approves, Finance reserves the funds from the department's "
                     "budget, an executive signs above a threshold.",
         input_schema=BudgetInput,
-        rehearsal=version == REHEARSAL_VERSION,
+        rehearsal=version in (REHEARSAL_VERSION, CONDITION_REHEARSAL_VERSION),
         steps=[
             Step("submit_request", submit_request, compensation=withdraw_request, transactional=True,
                  retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,
