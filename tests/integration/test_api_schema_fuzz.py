@@ -145,10 +145,14 @@ STARTS_PER_TYPE = max(5, MAX_EXAMPLES // 20)
 def reference_rows() -> None:
     """A few rows of each kind the corporate inputs name, so that their ids are listed in the schema."""
     from corporate import fixtures
+    from corporate.models import Employee
 
-    for _ in range(3):
-        fixtures.department(), fixtures.customer(), fixtures.product()
+    for n in range(3):
+        department = fixtures.department()
+        fixtures.customer(), fixtures.product()
         fixtures.service(live_version="0.0.0-live")
+        Employee.objects.create(saga_id=uuid.uuid4(), name=f"Hire {n}", email=f"hire{n}@corp.example",
+                                department=department, salary="50000")
 
 
 def generated_starts(schema, saga_type: str, auth: dict, count: int) -> list:
