@@ -206,6 +206,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The POST /api/sagas/ body, one schema per saga type, generated from each definition's input serializer.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "sagas.api.schema.saga_start_bodies"],
 }
 
 # --- Limits: what one request may cost ------------------------------------------

@@ -23,6 +23,8 @@ from django.utils.safestring import SafeString
 
 from . import access, engine
 from .bulk_admin import BULK_ACTIONS, BulkActionsMixin
+from .list_admin import StatusChipsMixin
+from .start_admin import StartSagaMixin
 from .errors import InvalidRequest, InvalidSignal, SagaError
 from .models import ACTIVE_SAGA_STATUSES, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 from .selectors import saga_tree, with_current_step
@@ -353,11 +355,11 @@ class PausedFilter(admin.SimpleListFilter):
 
 
 @admin.register(SagaInstance)
-class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
+class SagaInstanceAdmin(StatusChipsMixin, StartSagaMixin, BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
     """Sagas start through the API or Python and move only through the engine, which the actions call."""
 
     saga_id_lookup = "pk"
-    list_display = ("short_id", "saga_type", "status_badge", "current_step_display", "created_at",
+    list_display = ("short_id", "saga_type_display", "status_badge", "current_step_display", "created_display",
                     "duration_display", "error_excerpt")
     list_display_links = ("short_id",)
     list_filter = ("status", PausedFilter, WaitingForPersonFilter, HeldBySweeperFilter, "saga_type", "created_at")
@@ -421,13 +423,23 @@ class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
     def short_id(self, saga: SagaInstance) -> SafeString:
         return format_html('<code title="{}">{}</code>', saga.pk, short_id(saga.pk))
 
+    @admin.display(description="saga type", ordering="saga_type")
+    def saga_type_display(self, saga: SagaInstance) -> SafeString:
+        return _cut(saga.saga_type, "type")
+
+    @admin.display(description="created (UTC)", ordering="created_at")
+    def created_display(self, saga: SagaInstance) -> SafeString:
+        return format_html('{} <span class="time">{}</span>', f"{saga.created_at:%Y-%m-%d}",
+                           f"{saga.created_at:%H:%M:%S}")
+
     @admin.display(description="current step")
-    def current_step_display(self, saga: SagaInstance) -> str:
+    def current_step_display(self, saga: SagaInstance) -> SafeString | str:
         name = getattr(saga, "current_step", None)
         if not name:
             return "-"
         status = getattr(saga, "current_step_status", "")
-        return name if status == StepStatus.PENDING and saga.status in ACTIVE_SAGA_STATUSES else f"{name} ({status})"
+        shown = name if status == StepStatus.PENDING and saga.status in ACTIVE_SAGA_STATUSES else f"{name} ({status})"
+        return _cut(shown, "step")
 
     @admin.display(description="duration")
     def duration_display(self, saga: SagaInstance) -> str:
@@ -438,9 +450,10 @@ class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
 
     @admin.display(description="error")
     def error_excerpt(self, saga: SagaInstance) -> SafeString | str:
+        """Cut to the column's width (the whole error in its tooltip, and on the saga's page)."""
         if not saga.error:
             return ""
-        return format_html('<span title="{}">{}</span>', saga.error, truncatechars(saga.error, 70))
+        return _cut(saga.error, "error")
 
     @admin.display(description="resubmitted from")
     def resubmitted_from_link(self, saga: SagaInstance) -> SafeString | str:
@@ -602,8 +615,9 @@ class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
         }
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
+        start_url = reverse("admin:sagas_sagainstance_start") if access.may(request.user, "start") else ""
         return super().changelist_view(request, {**(extra_context or {}),
-                                                 "live_url": reverse("sagas-live")})
+                                                 "live_url": reverse("sagas-live"), "start_url": start_url})
 
     def _saga_for(self, request: HttpRequest, object_id: str) -> SagaInstance | None:
         """The saga ``object_id`` names, if this user may read it (else as unknown as a missing one)."""
@@ -612,6 +626,11 @@ class SagaInstanceAdmin(BulkActionsMixin, SagaIdSearchMixin, ReadOnlyAdmin):
         if saga is None or not (access.may(request.user, "view", saga) or access.may_signal_in(request.user, saga)):
             return None
         return saga
+
+
+def _cut(text: str, kind: str) -> SafeString:
+    """``text`` in a list column cut to its width with an ellipsis (the change list's CSS), whole in its tooltip."""
+    return format_html('<span class="cut cut-{}" title="{}">{}</span>', kind, text, truncatechars(text, 300))
 
 
 def children_tree_html(tree: dict) -> SafeString | str:

@@ -278,6 +278,9 @@ class Saga:
     # Input fields (and the same keys in step outputs and signals) shown masked to users without
     # ``sagas.view_sensitive_data``; stored as given.
     sensitive: tuple = ()
+    # A copy of another version's flow for drills (deadlines of seconds, say): listed and documented as a
+    # rehearsal (``GET /api/saga-types/``, the API schema, the admin's start form), never for real work.
+    rehearsal: bool = False
     layout: list = field(init=False, repr=False, compare=False)
     stages: list = field(init=False, repr=False, compare=False)
     _stage_of: list = field(init=False, repr=False, compare=False)
@@ -342,6 +345,8 @@ class Saga:
             raise SagaDefinitionError(
                 f"saga {self.name!r}: sensitive must be a tuple of field names, got {self.sensitive!r}")
         self.sensitive = tuple(self.sensitive)
+        if not isinstance(self.rehearsal, bool):
+            raise SagaDefinitionError(f"saga {self.name!r}: rehearsal must be True or False, got {self.rehearsal!r}")
 
     def _validate_pivot(self) -> None:
         pivots = [s.name for s in self.steps if s.pivot]
@@ -406,6 +411,7 @@ class Saga:
             "name": self.name,
             "version": self.version,
             "description": self.description,
+            "rehearsal": self.rehearsal,
             "steps": [
                 {
                     "index": i,

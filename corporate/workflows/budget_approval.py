@@ -24,6 +24,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from sagas import PermanentError, Saga, SkipWait, Step
+from sagas.input_schemas import RetiredField
 
 from ..models import (
     Approval,
@@ -62,14 +63,10 @@ class BudgetInput(serializers.Serializer):
     purpose = serializers.CharField(max_length=200)
     # Refused: the threshold is the department's (``Department.executive_threshold``, set by finance).
     # A request that named its own could skip the executive (240 000 with a threshold of 249 999).
-    executive_threshold = serializers.CharField(required=False, write_only=True, help_text=(
-        "no longer accepted: the threshold is the department's, set by finance"))
+    executive_threshold = RetiredField(message=(
+        "the executive threshold is set per department by finance (Department.executive_threshold), "
+        "not by the request"))
     reference = reference_field()
-
-    def validate_executive_threshold(self, value):
-        raise serializers.ValidationError(
-            "the executive threshold is set per department by finance (Department.executive_threshold), "
-            "not by the request")
 
 
 def _request(ctx) -> BudgetRequest:
@@ -228,6 +225,7 @@ def build_saga(*, version: int, manager_deadline: float, executive_deadline: flo
         description="Approve spending: the manager approves, Finance reserves the funds from the department's "
                     "budget, an executive signs above a threshold.",
         input_schema=BudgetInput,
+        rehearsal=version in (REHEARSAL_VERSION, CONDITION_REHEARSAL_VERSION),
         steps=[
             Step("submit_request", submit_request, compensation=withdraw_request, transactional=True,
                  retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,

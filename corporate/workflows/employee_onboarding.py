@@ -262,6 +262,7 @@ def build_saga(*, version: int, contract_deadline: float) -> Saga:
         version=version,
         description="Hire someone: employee record, signed contract, IT accounts and laptop, payroll, a desk.",
         input_schema=OnboardingInput,
+        rehearsal=version == REHEARSAL_VERSION,
         # Personal data: shown masked to whoever lacks sagas.view_sensitive_data.
         sensitive=("salary", "email", "sent_to"),
         steps=[
@@ -332,6 +333,7 @@ def build_pivot_saga(*, version: int, contract_deadline: float) -> Saga:
         description="Hire someone: employee record, signed contract (the point of no return), IT accounts and "
                     "laptop, payroll, a desk.",
         input_schema=PivotOnboardingInput,
+        rehearsal=version == PIVOT_REHEARSAL_VERSION,
         sensitive=("salary", "email", "sent_to"),
         steps=[
             _hr_within_band(),
@@ -365,6 +367,7 @@ def build_child_saga(*, version: int, contract_deadline: float) -> Saga:
         description="Hire someone: employee record, IT's provisioning (a child saga: accounts, licences, "
                     "laptop), signed contract (the point of no return), payroll, a desk.",
         input_schema=PivotOnboardingInput,
+        rehearsal=version == CHILD_REHEARSAL_VERSION,
         sensitive=("salary", "email", "sent_to"),
         steps=[
             _hr_within_band(),

@@ -169,6 +169,7 @@ def build_saga(*, version: int, release_deadline: float) -> Saga:
         version=version,
         description="Release a service: build, test, deploy, watch its health; roll back when it is unhealthy.",
         input_schema=DeploymentInput,
+        rehearsal=version == REHEARSAL_VERSION,
         steps=[
             Step("build", build, compensation=discard_build, transactional=True,
                  retry=STEP_RETRY, compensation_retry=COMPENSATION_RETRY, timeout=STEP_TIMEOUT,

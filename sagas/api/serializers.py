@@ -304,6 +304,13 @@ class SagaTypeOutputSerializer(serializers.Serializer):
     name = serializers.CharField()
     version = serializers.IntegerField()
     description = serializers.CharField(allow_blank=True)
+    rehearsal = serializers.BooleanField(help_text=(
+        "A rehearsal of another version's flow (for drills: deadlines of seconds, say), not for real work."))
+    input_schema = JSONObjectField(help_text=(
+        "The input this version takes, as JSON Schema (2020-12), generated from its definition; ids of rows "
+        "are listed when you may start the type. `POST /api/sagas/` with `saga_type`, this `version` and an "
+        "`input` it describes."))
+    input_example = JSONObjectField(help_text="An input this version accepts (its required fields).")
     steps = StepDefinitionOutputSerializer(many=True)
 
 

@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 
 from .. import access, analytics, engine
 from ..definitions import registry
+from ..input_schemas import example_input, input_schema
 from ..models import SagaEvent, SagaInstance, StepRecord
 from ..selectors import TREE_MAX_NODES, saga_tree, waiting_steps_for
 from .exceptions import IDEMPOTENCY_HEADER
@@ -179,9 +180,13 @@ class SagaTypeListApi(APIView):
     """The saga definitions this process has registered."""
 
     @extend_schema(tags=[TAG], summary="List registered saga types",
+                   description="Every registered version of each type you may use, with its steps and its "
+                               "input as JSON Schema (with an example); rehearsal versions say so.",
                    responses={200: SagaTypeOutputSerializer(many=True)})
     def get(self, request: Request) -> Response:
-        usable = [saga.describe() for saga in registry if access.may_use_type(request.user, saga.name)]
+        usable = [{**saga.describe(), "input_schema": input_schema(saga, request.user),
+                   "input_example": example_input(saga, request.user)}
+                  for saga in registry if access.may_use_type(request.user, saga.name)]
         return Response(SagaTypeOutputSerializer(usable, many=True).data)
 
 
