@@ -12,9 +12,8 @@ from django.db.models import Count
 
 from sagas import InvalidTransition, bulk, cancel, registry
 from sagas.models import BulkAction, BulkActionStatus, EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
-from tests.helpers import saga_user, wait_until
+from tests.helpers import kill_whole_worker, saga_user, wait_until
 from tests.integration.conftest import start_worker
-from tests.integration.test_reliability import _kill_whole_worker
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +136,7 @@ def test_a_job_whose_worker_is_killed_mid_batch_goes_on_from_its_cursor_and_acts
 
     with start_worker(queue=queue, concurrency=1, extra_env=env) as doomed:
         job = bulk.bulk_action_create(action="cancel", filter={"status": ["pending"]}, by=user)
-        stopped = _kill_mid_batch(job, lambda: _kill_whole_worker(doomed["process"]))
+        stopped = _kill_mid_batch(job, lambda: kill_whole_worker(doomed["process"]))
 
     assert stopped.status == BulkActionStatus.RUNNING and 200 <= stopped.succeeded < 1500
     # The killed batch left nothing: every cancel recorded is one the job counted.
