@@ -52,7 +52,8 @@ class OrderInput(serializers.Serializer):
     customer = serializers.PrimaryKeyRelatedField(queryset=Customer.objects.all())
     product = serializers.PrimaryKeyRelatedField(queryset=Product.objects.all())
     quantity = serializers.IntegerField(min_value=1)
-    ship_to = serializers.RegexField(r"^[A-Z]{2}$", error_messages={"invalid": "an ISO country code such as DE"})
+    ship_to = serializers.RegexField(r"^[A-Z]{2}$", initial="DE",
+                                     error_messages={"invalid": "an ISO country code such as DE"})
     reference = reference_field()
 
 

@@ -8,7 +8,8 @@ Every fenced block of README.md and docs/*.md is read:
   through ``call_command``, ``make`` targets and ``scripts/`` must exist, ``.venv/bin`` programs must be
   installed (and the test files a ``pytest`` line names must exist). ``NAME=value`` sets a variable,
   ``NAME=$(curl ... | jq -r .field)`` sets it from an answer, ``NAME=$(... manage.py ... --json | jq -r
-  '.[0].field')`` from what a command prints (the filter: ``.field``, optionally after ``.[N]``). A
+  '.[0].field')`` from what a command prints (the filter: a path of ``.field`` and ``.[N]``; ``jq -c``
+  keeps JSON). ``curl ... | jq FILTER`` runs the curl and leaves the filter unchecked. A
   ``manage.py`` line ending in ``# exits N`` must be refused with exit status N. A line this test does
   not know fails it. A session starts as the REST API page leaves a reader: ``API`` and ``TOKEN`` (the
   admin's) are set, on a database holding what ``make run`` creates (its admin, the demo's reference
@@ -187,18 +188,25 @@ class Session:
     def run(self, command: str, comment: str) -> None:
         if command.startswith("export "):
             command = command[len("export "):]
-        assigned = re.fullmatch(r"(\w+)=\$\((.*?)\|\s*jq -r (['\"]?)(?:\.\[(\d+)\])?\.(\w+)\3\)", command, re.S)
+        assigned = re.fullmatch(r"(\w+)=\$\((.*?)\|\s*jq -([rc]) (['\"]?)((?:\.\[\d+\]|\.\w+)+)\4\)", command, re.S)
         if assigned:
-            name, program, _, index, key = assigned.groups()
+            name, program, style, _, path = assigned.groups()
             words = shlex.split(self.expand(program))
             if words[0] == "curl":
                 answer = self.curl(words, "").json()
             else:
                 assert "manage.py" in words, f"{program}: only curl and manage.py answers are read here"
                 answer = json.loads(self.manage(words[words.index("manage.py") + 1:], ""))
-            self.variables[name] = str((answer if index is None else answer[int(index)])[key])
+            for step in re.findall(r"\.\[(\d+)\]|\.(\w+)", path):
+                answer = answer[int(step[0])] if step[0] else answer[step[1]]
+            self.variables[name] = (json.dumps(answer, separators=(",", ":"))
+                                    if style == "c" or not isinstance(answer, str) else answer)
             return
         words = shlex.split(command)
+        if "|" in words:  # a curl piped to jq: the answer is checked, what jq makes of it is not
+            assert words[0] == "curl" and words[words.index("|") + 1] == "jq", f"{command!r}: only curl ... | jq"
+            words = words[:words.index("|")]
+            command = shlex.join(words)
         if re.fullmatch(r"\w+=\S*", command) and len(words) == 1:
             name, _, text = words[0].partition("=")
             self.variables[name] = self.expand(text)
