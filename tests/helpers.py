@@ -153,3 +153,16 @@ def saga_user(username: str = "operator", permissions=SAGA_PERMISSIONS, *, passw
     user = get_user_model().objects.create_user(username, password=password, **fields)
     user.user_permissions.add(*Permission.objects.filter(codename__in=permissions, content_type__app_label="sagas"))
     return get_user_model().objects.get(pk=user.pk)  # a fresh object: no stale permission cache
+
+
+def paused_after_pivot(saga_type: str = "tests.pivoted") -> SagaInstance:
+    """A ``tests.pivoted`` saga run in this process until it pauses: past its pivot, ``notify`` refused for good."""
+    from sagas import start_saga
+    from sagas.engine import execute_step
+    from sagas.models import SagaStatus
+
+    saga = start_saga(saga_type, input={"fail": {"notify": "permanent"}})
+    for index in range(3):
+        execute_step(saga.id, index)
+    assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.PAUSED
+    return saga

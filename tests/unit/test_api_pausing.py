@@ -4,12 +4,10 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from sagas import pause, start_saga
-from sagas.engine import execute_step
 from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepStatus
-from tests.helpers import saga_user
+from tests.helpers import paused_after_pivot, saga_user
 
 SAGA = "tests.three_steps"
-PIVOTED = "tests.pivoted"
 
 
 def client_of(user) -> APIClient:
@@ -21,14 +19,6 @@ def client_of(user) -> APIClient:
 @pytest.fixture
 def operator(db):
     return saga_user("pauser", ["view_sagainstance", "pause_saga"])
-
-
-def paused_after_pivot():
-    saga = start_saga(PIVOTED, input={"fail": {"notify": "permanent"}})
-    for index in range(3):
-        execute_step(saga.id, index)
-    assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.PAUSED
-    return saga
 
 
 @pytest.mark.parametrize("path", ["pause/", "resume/", "steps/notify/skip/"])

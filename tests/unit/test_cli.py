@@ -14,7 +14,7 @@ from sagas.access import MASK
 from sagas.engine import Decision, execute_compensation, execute_step
 from sagas.management.commands.saga import BAD_INPUT, FORBIDDEN, NOT_ALLOWED, NOT_FOUND
 from sagas.models import EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
-from tests.helpers import saga_user
+from tests.helpers import paused_after_pivot, saga_user
 
 SAGA = "tests.three_steps"
 PIVOTED = "tests.pivoted"
@@ -40,14 +40,6 @@ def state() -> tuple:
     return (list(SagaInstance.objects.order_by("id").values_list("id", "status", "input", "error")),
             list(StepRecord.objects.order_by("id").values_list("id", "status", "result", "attempts")),
             SagaEvent.objects.count())
-
-
-def paused_after_pivot():
-    saga = start_saga(PIVOTED, input={"fail": {"notify": "permanent"}})
-    for index in range(3):
-        execute_step(saga.id, index)
-    assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.PAUSED
-    return saga
 
 
 def waiting_at_gate():
