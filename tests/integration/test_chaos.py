@@ -74,8 +74,15 @@ def assert_passed(run: subprocess.CompletedProcess, figures: dict) -> None:
         assert figures["faults"][kind]["faults"] == 2 and figures["faults"][kind]["affected"] > 0
 
 
+# saga_chaos starts a redis-server of its own (a broker it can restart); the runs that guard PostgreSQL's row
+# locks, or whose rule is the same on both databases, run there only, to keep the suite's time.
+needs_redis_server = pytest.mark.skipif(shutil.which("redis-server") is None,
+                                        reason="saga_chaos runs a redis-server of its own")
+ON_POSTGRESQL = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+
+
 @pytest.mark.timeout(360)
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="saga_chaos runs a redis-server of its own")
+@needs_redis_server
 def test_chaos_run_with_its_own_redis_loses_no_saga_and_recovers_in_time(transactional_db):
     run, figures = run_chaos("--broker-restarts", "1")
 
@@ -126,8 +133,8 @@ def assert_workload_passed(run: subprocess.CompletedProcess, figures: dict, saga
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="saga_chaos runs a redis-server of its own")
-@pytest.mark.skipif(not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"), reason=(
+@needs_redis_server
+@pytest.mark.skipif(not ON_POSTGRESQL, reason=(
     "what it guards is PostgreSQL's: concurrent claims of a Parallel's members under row locks (SQLite "
     "has one writer at a time); skipped there to keep the suite's time"))
 def test_chaos_fanout_run_leaves_no_effect_of_a_compensated_saga_in_place(transactional_db):
@@ -139,8 +146,8 @@ def test_chaos_fanout_run_leaves_no_effect_of_a_compensated_saga_in_place(transa
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="saga_chaos runs a redis-server of its own")
-@pytest.mark.skipif(not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"), reason=(
+@needs_redis_server
+@pytest.mark.skipif(not ON_POSTGRESQL, reason=(
     "the rule it guards (a saga due a stall time after a long step) is the database's clock and the engine's, "
     "the same on SQLite (tests/unit/test_reliability_review.py runs it on both); one database keeps the suite's time"))
 def test_chaos_long_step_run_moves_again_within_30s_of_a_lost_message(transactional_db):
@@ -152,8 +159,8 @@ def test_chaos_long_step_run_moves_again_within_30s_of_a_lost_message(transactio
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="saga_chaos runs a redis-server of its own")
-@pytest.mark.skipif(not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"), reason=(
+@needs_redis_server
+@pytest.mark.skipif(not ON_POSTGRESQL, reason=(
     "the tree's rules are the engine's, the same on SQLite (tests/integration/test_child_sagas.py and "
     "tests/integration/test_corporate_children.py run children there); one database keeps the suite's time"))
 def test_chaos_nested_run_undoes_children_as_a_whole_and_keeps_every_tree_consistent(transactional_db):
