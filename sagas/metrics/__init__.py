@@ -34,6 +34,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from django.db.models import Count, Q
 
 from .. import access
+from ..engine.intervention import PERSON
 from ..models import ACTIVE_SAGA_STATUSES, FINAL_SAGA_STATUSES, SagaInstance, SagaStatus
 from . import totals
 from .figures import (BUCKET_FIGURES, CHILD, DURATION_BUCKETS, ROOT, SUCCEEDED_STATUSES, Key, SecondsBetween,
@@ -132,10 +133,14 @@ def paused_family() -> Metric:
     rows = (SagaInstance.objects.filter(status=SagaStatus.PAUSED).order_by()
             .values_list("saga_type", "pause_cause")
             .annotate(n=Count("id"), children=Count("id", filter=Q(depth__gt=0))))
-    for saga_type, cause, n, children in sorted(rows):
-        for role, count in ((ROOT, n - children), (CHILD, children)):
-            if count:
-                paused.add_metric([saga_type, cause or "person", role], count)
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for saga_type, cause, n, children in rows:
+        # A saga paused before causes were recorded has none: a person paused it (the only pause there was).
+        counts[saga_type, cause or PERSON, ROOT] += n - children
+        counts[saga_type, cause or PERSON, CHILD] += children
+    for labels, count in sorted(counts.items()):
+        if count:
+            paused.add_metric(list(labels), count)
     return paused
 
 

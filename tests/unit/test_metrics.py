@@ -210,6 +210,21 @@ def test_paused_sagas_are_active_and_counted_by_why(db, sent):
     assert 'sagas_paused{cause="after_pivot",role="root",saga_type="tests.pivoted"} 1.0' in body
 
 
+def test_a_paused_saga_from_before_causes_were_recorded_counts_as_a_persons_in_one_series(db, sent):
+    from sagas import pause, start_saga
+    from sagas.metrics import compute_exposition
+
+    for _ in range(2):
+        pause(start_saga("tests.three_steps", input={}))
+    legacy = SagaInstance.objects.filter(status=SagaStatus.PAUSED).first()
+    SagaInstance.objects.filter(pk=legacy.pk).update(pause_cause="")  # paused before pause_cause existed
+
+    body = compute_exposition().decode()
+
+    lines = [line for line in body.splitlines() if line.startswith("sagas_paused{")]
+    assert lines == ['sagas_paused{cause="person",role="root",saga_type="tests.three_steps"} 2.0']
+
+
 # --- roots and children -------------------------------------------------------------------
 
 
