@@ -13,6 +13,7 @@ its definition (``saga_start_bodies``, a post-processing hook).
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -93,9 +94,20 @@ def saga_start_bodies(result: dict, generator: Any, request: Any, public: bool) 
         mapping[name] = f"#/components/schemas/{base}Start"
     body = {"oneOf": [{"$ref": ref} for ref in mapping.values()],
             "discriminator": {"propertyName": "saga_type", "mapping": mapping}}
+    used_before = _referenced(result)
     for media in operation.get("requestBody", {}).get("content", {}).values():
         media["schema"] = body
+    # The serializer's own body (SagaStartInput, and its SagaTypeEnum) is what the per-type bodies stand for
+    # now: drop the components nothing refers to any more.
+    while orphans := (used_before - _referenced(result)) & set(components):
+        for name in orphans:
+            del components[name]
     return result
+
+
+def _referenced(result: dict) -> set[str]:
+    """The components ``result`` refers to by ``$ref``."""
+    return set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(result)))
 
 
 def _component_base(name: str, taken: dict) -> str:

@@ -1,4 +1,6 @@
 """Each saga type's input as JSON Schema, generated from its serializer: in /api/saga-types/ and the API schema."""
+import json
+
 import jsonschema
 import pytest
 from rest_framework import serializers
@@ -198,6 +200,14 @@ def test_the_start_body_is_one_schema_per_type_discriminated_by_saga_type(rows, 
     assert f"{rehearsal} (a rehearsal" in onboarding["properties"]["version"]["description"]
     department = components["CorporateEmployeeOnboardingInput"]["properties"]["department"]
     assert department["enum"] == rows["department"]
+
+
+def test_no_component_of_the_schema_is_left_unreferenced(rows, starter):
+    doc = openapi(starter)
+    text = json.dumps(doc)
+
+    unused = [name for name in doc["components"]["schemas"] if f'"#/components/schemas/{name}"' not in text]
+    assert unused == []
 
 
 @pytest.mark.parametrize("saga_type", SAGA_TYPES)
