@@ -14,7 +14,7 @@ from tests.helpers import wait_for_saga
 
 from .test_browser import (  # noqa: F401 (fixtures)
     CHROMEDRIVER, CHROMIUM, DOCS, SHOTS, WIDTHS, at_width, browser, log_in, server, sideways_scroll, staff,
-    start_saga_through_api, wait,
+    screenshot, start_saga_through_api, wait,
 )
 
 pytestmark = [
@@ -66,8 +66,7 @@ def full_page_screenshot(browser, path):
     height = browser.execute_script("return document.documentElement.scrollHeight")
     frame = browser.execute_script("return window.outerHeight - window.innerHeight")
     browser.set_window_size(browser.get_window_size()["width"], min(height, 4000) + frame)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(path))
+    screenshot(browser, path.name, path.parent)
     browser.set_window_size(browser.get_window_size()["width"], 1000)
     assert browser.execute_script("return window.innerWidth") == width
 
@@ -154,7 +153,7 @@ def test_run_page_of_a_compensated_saga_shows_each_short_bar_and_zooms_in_its_ow
     if width == 1440:
         full_page_screenshot(browser, DOCS / "run-page-compensated.png")
         browser.execute_script("arguments[0].scrollIntoView()", chart)
-        chart.find_element(By.XPATH, "./ancestor::section").screenshot(str(DOCS / "run-page-timeline.png"))
+        screenshot(chart.find_element(By.XPATH, "./ancestor::section"), "run-page-timeline.png", DOCS)
 
     before = boxes(browser, ".saga-timeline-chart .bar-compensation")
     chart.find_element(By.CSS_SELECTOR, '.tl-tools button[data-zoom="8"]').click()
@@ -167,7 +166,7 @@ def test_run_page_of_a_compensated_saga_shows_each_short_bar_and_zooms_in_its_ow
     assert labels and all(re.fullmatch(r"\d+(\.\d+)? (ms|s)", t.get_attribute("textContent")) for t in labels)
     if width == 1440:
         browser.execute_script("arguments[0].scrollIntoView()", chart)
-        chart.screenshot(str(DOCS / "run-page-zoom.png"))
+        screenshot(chart, "run-page-zoom.png", DOCS)
 
 
 def test_a_childs_run_page_links_its_parent_and_shows_who_signalled_its_gate(server, browser, staff):

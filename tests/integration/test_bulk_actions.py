@@ -15,7 +15,7 @@ from sagas.models import BulkAction, BulkActionStatus, EventKind, SagaEvent, Sag
 from tests.helpers import kill_whole_worker, saga_user, wait_until
 from tests.integration.conftest import start_worker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]  # kills timed to land mid-job: nothing else running
 
 # Sagas in the big job; sized for the suite, and run by hand at 10 000 (``SAGAS_BULK_SAGAS=10000``).
 MANY = int(os.environ.get("SAGAS_BULK_SAGAS", "3000"))
