@@ -654,8 +654,9 @@ def _tree_list(nodes: list[dict]) -> SafeString:
 
 
 def _saga_link_id(saga_id) -> SafeString:
+    """A link to the saga's page by its short id (the whole id in its tooltip)."""
     url = reverse("admin:sagas_sagainstance_change", args=[saga_id])
-    return format_html('<a href="{}"><code>{}</code></a>', url, short_id(saga_id))
+    return format_html('<a href="{}"><code title="{}">{}</code></a>', url, saga_id, short_id(saga_id))
 
 
 # --- step records and events ------------------------------------------------------------
@@ -663,7 +664,7 @@ def _saga_link_id(saga_id) -> SafeString:
 
 @admin.register(StepRecord)
 class StepRecordAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
-    list_display = ("saga_link", "index", "name", "parallel_group", "status", "undoable", "attempts",
+    list_display = ("saga_link", "index", "name_display", "parallel_group", "status", "undoable", "attempts",
                     "compensation_attempts", "started_at", "finished_at")
     list_filter = ("status", "has_compensation", "saga__saga_type")
     search_fields = ("name", "saga__saga_type")
@@ -676,7 +677,11 @@ class StepRecordAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
 
     @admin.display(description="saga", ordering="saga__created_at")
     def saga_link(self, record: StepRecord) -> SafeString:
-        return _saga_link(record.saga)
+        return _saga_link_id(record.saga_id)
+
+    @admin.display(description="name", ordering="name")
+    def name_display(self, record: StepRecord) -> SafeString:
+        return _cut(record.name, "step")
 
     @admin.display(description="undoable", boolean=True, ordering="has_compensation")
     def undoable(self, record: StepRecord) -> bool:
@@ -693,7 +698,7 @@ class StepRecordAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
 
 @admin.register(SagaEvent)
 class SagaEventAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
-    list_display = ("created_at", "saga_link", "kind", "step_name", "sentence")
+    list_display = ("created_at", "saga_short", "kind", "step_short", "sentence_short")
     list_filter = ("kind", "created_at", "saga__saga_type")
     search_fields = ("kind", "saga__saga_type")
     list_select_related = ("saga", "step")
@@ -713,6 +718,19 @@ class SagaEventAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
     def sentence(self, event: SagaEvent) -> str:
         event.detail = shown(event.saga.saga_type, event.detail)  # as this user may see it (never saved)
         return describe_event(event)
+
+    # The list's columns: short ids, and the step and the sentence cut to their width (whole in the tooltip).
+    @admin.display(description="saga", ordering="saga__created_at")
+    def saga_short(self, event: SagaEvent) -> SafeString:
+        return _saga_link_id(event.saga_id)
+
+    @admin.display(description="step")
+    def step_short(self, event: SagaEvent) -> SafeString | str:
+        return _cut(self.step_name(event), "step") if event.step_id else ""
+
+    @admin.display(description="what happened")
+    def sentence_short(self, event: SagaEvent) -> SafeString:
+        return _cut(self.sentence(event), "sentence")
 
     @admin.display(description="detail")
     def detail_pretty(self, event: SagaEvent) -> SafeString:

@@ -1,6 +1,7 @@
 """The admin's saga list and its start page in a real browser (headless Chromium, as test_browser.py drives it):
-the list fits 1440 and 1920 px screens with its Duration and Error columns, its status chips filter it, and the
-start form starts a saga through the real server and worker, or shows the field errors of a bad one.
+the list fits 1440 and 1920 px screens with its Duration and Error columns, its status chips filter it, the
+start form starts a saga through the real server and worker, or shows the field errors of a bad one, and the
+admin's other pages (step records, events, bulk jobs and the bulk confirmation) fit those screens too.
 
 Screenshots the guide shows go to ``docs/`` (saga-list.png, start-form.png); the others to ``var/screenshots/``.
 """
@@ -9,7 +10,7 @@ from django.utils import timezone
 
 from corporate import fixtures
 from corporate.sagas import ORDER_FULFILLMENT
-from sagas.models import SagaInstance, SagaStatus, StepRecord, StepStatus
+from sagas.models import BulkAction, EventKind, SagaEvent, SagaInstance, SagaStatus, StepRecord, StepStatus
 from tests.helpers import wait_for_saga
 
 from .test_browser import (  # noqa: F401  (fixtures)
@@ -63,7 +64,7 @@ def test_the_list_fits_the_screen_with_its_duration_and_error_columns(server, br
     log_in(browser, server)
     browser.get(f"{server}{LIST}")
 
-    assert sideways_scroll(browser) == 0
+    assert sideways_scroll(browser) == 0 and inner_sideways_scroll(browser) == 0
     for name in ("duration_display", "error_excerpt"):
         assert fully_in_view(browser, column_header(browser, name)), name
     error = browser.find_element(By.CSS_SELECTOR, "#result_list td.field-error_excerpt .cut")
@@ -138,3 +139,47 @@ def test_the_start_form_shows_field_errors_then_starts_the_saga(server, browser,
     assert saga.input == {"customer": customer.pk, "product": product.pk, "quantity": 2, "ship_to": "DE"}
     assert "Started corporate.order_fulfillment version 2" in browser.find_element(By.CSS_SELECTOR, ".messagelist").text
     assert wait_for_saga(saga).status == SagaStatus.SUCCEEDED  # the worker ran it
+
+
+def inner_sideways_scroll(browser) -> int:
+    """How many px the widest scroll box of the page (a list's results) is wider than it shows."""
+    return browser.execute_script(
+        "return Math.max(0, ...Array.from(document.querySelectorAll('#changelist .results, #content-main'))"
+        ".map(function (e) { return e.scrollWidth - e.clientWidth; }))")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_admins_other_pages_fit_the_screen(server, browser, staff, width):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    sagas = listed_sagas()
+    for saga in sagas:
+        step = saga.steps.get()
+        SagaEvent.objects.create(saga=saga, step=step, kind=EventKind.STEP_FAILED,
+                                 detail={"attempt": 1, "error": LONG_ERROR})
+    job = BulkAction.objects.create(
+        action="cancel", filter={"status": ["running", "paused"], "saga_type": "corporate.order_fulfillment"},
+        reason="the payment provider is down for the afternoon; cancel what waits on it", requested_by=staff[0],
+        matched=3, succeeded=2, refused=[{"saga_id": str(sagas[0].pk), "reason": LONG_ERROR}])
+    at_width(browser, width)
+    log_in(browser, server)
+
+    for path in ("/admin/sagas/steprecord/", "/admin/sagas/sagaevent/", "/admin/sagas/bulkaction/",
+                 f"/admin/sagas/bulkaction/{job.pk}/change/"):
+        browser.get(f"{server}{path}")
+        wait(browser, lambda d: d.find_elements(By.ID, "content"))
+        assert "Server Error" not in browser.title, path
+        assert sideways_scroll(browser) == 0, path
+        assert inner_sideways_scroll(browser) == 0, path  # nor the list's own box (the admin's .results)
+        screenshot(browser, f"admin{path.replace('/', '-').rstrip('-')}-{width}.png")
+
+    # The bulk confirmation, for every running saga of the list (its filter chosen, then "Select all").
+    browser.get(f"{server}{LIST}?status__exact=running")
+    browser.find_element(By.ID, "action-toggle").click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value("bulk_cancel")
+    browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
+    wait(browser, lambda d: "Bulk" in d.find_element(By.ID, "content").text)
+    assert sideways_scroll(browser) == 0
+    screenshot(browser, f"admin-bulk-confirmation-{width}.png")
+    assert BulkAction.objects.count() == 1  # a confirmation page, nothing started yet
