@@ -1,6 +1,11 @@
 import time
 
+from django.db import connection
+
 from sagas.models import FINAL_SAGA_STATUSES, SagaInstance
+
+# The database the tests run on: what one database's tests skip or size by.
+ON_POSTGRESQL = connection.vendor == "postgresql"
 
 
 def wait_for_saga(saga, statuses=FINAL_SAGA_STATUSES, timeout: float = 60.0) -> SagaInstance:
@@ -155,13 +160,13 @@ def saga_user(username: str = "operator", permissions=SAGA_PERMISSIONS, *, passw
     return get_user_model().objects.get(pk=user.pk)  # a fresh object: no stale permission cache
 
 
-def paused_after_pivot(saga_type: str = "tests.pivoted") -> SagaInstance:
+def paused_after_pivot() -> SagaInstance:
     """A ``tests.pivoted`` saga run in this process until it pauses: past its pivot, ``notify`` refused for good."""
     from sagas import start_saga
     from sagas.engine import execute_step
     from sagas.models import SagaStatus
 
-    saga = start_saga(saga_type, input={"fail": {"notify": "permanent"}})
+    saga = start_saga("tests.pivoted", input={"fail": {"notify": "permanent"}})
     for index in range(3):
         execute_step(saga.id, index)
     assert SagaInstance.objects.get(pk=saga.pk).status == SagaStatus.PAUSED

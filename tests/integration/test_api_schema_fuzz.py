@@ -14,21 +14,19 @@ import urllib.request
 import uuid
 
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 
 from sagas.models import BulkAction, SagaInstance, SagaStatus, StepRecord, StepStatus
 from sagas.workers import delete_queue, free_port, spawn_web, stop_workers, wait_for_http
-from tests.helpers import saga_user
+from tests.helpers import ON_POSTGRESQL, saga_user
 
 pytestmark = pytest.mark.integration
 
 SAGA = "tests.three_steps"  # no input schema: a resubmitted copy of its input always passes
 # Per operation; sized for the suite, deeper with SAGAS_FUZZ_EXAMPLES: 200 on PostgreSQL (about two and a half
 # minutes on two cores); 50 on SQLite, where the API and its schema are the same and only the store differs.
-ON_POSTGRESQL = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
 MAX_EXAMPLES = int(os.environ.get("SAGAS_FUZZ_EXAMPLES", "200" if ON_POSTGRESQL else "50"))
 SEED = 7
 RUN_TIMEOUT = 600  # a guard against a hung run, not a measure: the operations grow with the API

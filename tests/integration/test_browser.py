@@ -319,7 +319,6 @@ def test_saga_page_draws_its_timeline_with_a_bar_per_attempt(server, browser, st
     buttons = [b.text for b in browser.find_elements(By.CSS_SELECTOR, ".run-actions button")]
     assert buttons == ["Resubmit"]
     browser.execute_script("arguments[0].scrollIntoView()", chart)
-    SHOTS.mkdir(parents=True, exist_ok=True)
     screenshot(chart.find_element(By.XPATH, "./ancestor::section"), "timeline.png")
 
 

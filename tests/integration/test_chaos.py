@@ -29,6 +29,7 @@ from sagas.chaos import (
 from sagas.invariants import check_sagas
 from sagas.models import FINAL_SAGA_STATUSES, SagaInstance
 from sagas.workers import database_url
+from tests.helpers import ON_POSTGRESQL
 
 pytestmark = [pytest.mark.integration, pytest.mark.alone]  # recoveries within bounds: nothing else running
 
@@ -75,10 +76,9 @@ def assert_passed(run: subprocess.CompletedProcess, figures: dict) -> None:
 
 
 # saga_chaos starts a redis-server of its own (a broker it can restart); the runs that guard PostgreSQL's row
-# locks, or whose rule is the same on both databases, run there only, to keep the suite's time.
+# locks, or whose rule is the same on both databases, run there only (ON_POSTGRESQL), to keep the suite's time.
 needs_redis_server = pytest.mark.skipif(shutil.which("redis-server") is None,
                                         reason="saga_chaos runs a redis-server of its own")
-ON_POSTGRESQL = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
 
 
 @pytest.mark.timeout(360)
