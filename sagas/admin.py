@@ -668,7 +668,6 @@ class StepRecordAdmin(SagaIdSearchMixin, ReadOnlyAdmin):
                     "compensation_attempts", "started_at", "finished_at")
     list_filter = ("status", "has_compensation", "saga__saga_type")
     search_fields = ("name", "saga__saga_type")
-    list_select_related = ("saga",)
     show_full_result_count = False
     fields = ("saga_link", "index", "name", "stage", "parallel_group", "status", "compensation", "attempts",
               "result_pretty", "error", "started_at", "finished_at", "compensation_attempts", "compensation_error",
