@@ -179,7 +179,8 @@ def test_the_admins_other_pages_fit_the_screen(server, browser, staff, width):
     browser.find_element(By.ID, "action-toggle").click()
     Select(browser.find_element(By.NAME, "action")).select_by_value("bulk_cancel")
     browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
-    wait(browser, lambda d: "Bulk" in d.find_element(By.ID, "content").text)
+    # The confirmation's own heading (the list's actions say "Bulk" too); found afresh each poll, as the page changes.
+    wait(browser, lambda d: d.find_elements(By.XPATH, "//div[@id='content']/h1[starts-with(., 'Bulk cancel')]"))
     assert sideways_scroll(browser) == 0
     screenshot(browser, f"admin-bulk-confirmation-{width}.png")
     assert BulkAction.objects.count() == 1  # a confirmation page, nothing started yet
